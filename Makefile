@@ -1,0 +1,42 @@
+# Everything installs into .venv/ in this directory; FFmpeg comes from Debian's package if missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test dev bench ffmpeg install clean
+
+ffmpeg:
+	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! fc-list 2>/dev/null | grep -q .; then \
+		echo "Installing FFmpeg and a font (Debian packages)..."; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg fonts-dejavu-core fontconfig >/dev/null; \
+	fi
+	@ffmpeg -hide_banner -version | head -1
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: ffmpeg $(STAMP)
+	@mkdir -p $(DAGSTER_HOME)
+
+demo: install
+	$(BIN)/mpegflow sample build/demo --name sample --duration 12
+	$(BIN)/mpegflow run build/demo/sample.mp4 --out build/demo/delivery
+
+test: install
+	$(BIN)/pytest -q
+
+dev: install
+	$(BIN)/dagster dev -w workspace.yaml
+
+bench: install
+	$(BIN)/python bench/ladder.py
+
+clean:
+	rm -rf $(VENV) build .mpegflow .dagster_home

@@ -1,0 +1,1 @@
+"""The FFmpeg layer: argv building, running, progress, probing. No Dagster imports here."""

@@ -1,0 +1,139 @@
+"""ffprobe into a typed model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel
+
+from .build import resolve_binary
+
+
+class ProbeError(RuntimeError):
+    """ffprobe could not read the file as media."""
+
+
+class StreamInfo(BaseModel):
+    index: int
+    codec_type: str
+    codec_name: Optional[str] = None
+    profile: Optional[str] = None
+    level: Optional[int] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    pix_fmt: Optional[str] = None
+    frame_rate: Optional[float] = None
+    bit_rate: Optional[int] = None
+    sample_rate: Optional[int] = None
+    channels: Optional[int] = None
+    duration: Optional[float] = None
+
+
+class MediaInfo(BaseModel):
+    format_name: str
+    duration: float
+    size_bytes: int
+    bit_rate: Optional[int] = None
+    streams: list[StreamInfo]
+
+    @property
+    def video(self) -> Optional[StreamInfo]:
+        return next((s for s in self.streams if s.codec_type == "video"), None)
+
+    @property
+    def audio(self) -> Optional[StreamInfo]:
+        return next((s for s in self.streams if s.codec_type == "audio"), None)
+
+    def summary(self) -> dict[str, object]:
+        """Flat facts a video engineer reads first."""
+        v, a = self.video, self.audio
+        facts: dict[str, object] = {
+            "duration_s": round(self.duration, 3),
+            "container": self.format_name,
+            "bitrate_kbps": round((self.bit_rate or 0) / 1000),
+        }
+        if v:
+            facts.update(
+                resolution=f"{v.width}x{v.height}",
+                video_codec=f"{v.codec_name} {v.profile or ''}".strip(),
+                frame_rate=round(v.frame_rate or 0, 3),
+            )
+        if a:
+            facts.update(audio_codec=a.codec_name, audio_channels=a.channels)
+        return facts
+
+
+def _num(value: object, cast: type = int) -> Optional[object]:
+    try:
+        return cast(value) if value not in (None, "N/A", "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _rate(value: Optional[str]) -> Optional[float]:
+    if not value or value in ("0/0", "N/A"):
+        return None
+    try:
+        return float(Fraction(value))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def parse_probe(data: dict) -> MediaInfo:
+    fmt = data.get("format") or {}
+    streams = [
+        StreamInfo(
+            index=s["index"],
+            codec_type=s.get("codec_type", "unknown"),
+            codec_name=s.get("codec_name"),
+            profile=s.get("profile"),
+            level=_num(s.get("level")),
+            width=_num(s.get("width")),
+            height=_num(s.get("height")),
+            pix_fmt=s.get("pix_fmt"),
+            frame_rate=_rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate")),
+            bit_rate=_num(s.get("bit_rate")),
+            sample_rate=_num(s.get("sample_rate")),
+            channels=_num(s.get("channels")),
+            duration=_num(s.get("duration"), float),
+        )
+        for s in data.get("streams", [])
+    ]
+    return MediaInfo(
+        format_name=fmt.get("format_name", "unknown"),
+        duration=_num(fmt.get("duration"), float) or 0.0,
+        size_bytes=_num(fmt.get("size")) or 0,
+        bit_rate=_num(fmt.get("bit_rate")),
+        streams=streams,
+    )
+
+
+def probe(path: Path, ffprobe: str = "ffprobe", timeout_s: float = 60.0) -> MediaInfo:
+    """Probe a local file. The path is passed with the `file:` protocol so names like `-x.mp4`
+    or `concat:a|b` are read as plain files."""
+    argv = [
+        resolve_binary(ffprobe), "-v", "error", "-hide_banner",
+        "-print_format", "json", "-show_format", "-show_streams",
+        f"file:{Path(path).resolve()}",
+    ]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ProbeError(f"ffprobe did not finish within {timeout_s:.0f}s on {path}") from exc
+    if proc.returncode != 0:
+        raise ProbeError(f"ffprobe cannot read {Path(path).name}: {proc.stderr.strip()[-500:] or 'no output'}")
+    return parse_probe(json.loads(proc.stdout or "{}"))
+
+
+def keyframe_times(path: Path, ffprobe: str = "ffprobe") -> list[float]:
+    """Presentation times of the video keyframes (used to check GOP alignment across renditions)."""
+    argv = [
+        resolve_binary(ffprobe), "-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey",
+        "-show_entries", "frame=pts_time", "-of", "csv=p=0", f"file:{Path(path).resolve()}",
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return [round(float(x.strip().strip(",")), 3) for x in proc.stdout.split() if x.strip().strip(",")]

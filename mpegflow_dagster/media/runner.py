@@ -1,0 +1,171 @@
+"""Run FFmpeg as a child process: no stdin, progress streamed, stderr tail kept, time limits enforced."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .build import resolve_binary
+from .progress import Progress, ProgressParser
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class RunResult:
+    argv: list[str]
+    returncode: int  # exit status; for a signal, the negative signal number (as in subprocess)
+    stderr_tail: str
+    wall_s: float
+    cpu_s: float
+    stopped_by: Optional[str] = None  # "timeout" | "stall" when we stopped it, else None
+    last_progress: Optional[Progress] = None
+
+    @property
+    def signal(self) -> Optional[int]:
+        return -self.returncode if self.returncode < 0 else None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.stopped_by is None
+
+
+class FFmpegFailed(RuntimeError):
+    """FFmpeg exited non-zero, died of a signal, or was stopped by the watchdog."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        how = (
+            f"stopped by the watchdog ({result.stopped_by})"
+            if result.stopped_by
+            else f"killed by signal {result.signal}" if result.signal else f"exit status {result.returncode}"
+        )
+        last = result.stderr_tail.strip().splitlines()[-1:] or ["(no stderr)"]
+        super().__init__(f"ffmpeg failed: {how}: {last[0]}")
+
+
+@dataclass
+class RunLimits:
+    timeout_s: Optional[float] = None  # wall-clock limit for one run
+    stall_s: Optional[float] = None  # no progress report for this long = stalled
+    kill_grace_s: float = 10.0  # SIGTERM first (FFmpeg finalizes), SIGKILL after this
+    stderr_lines: int = 60
+
+
+@dataclass
+class _Watch:
+    last_progress: Optional[Progress] = None
+    last_change: float = field(default_factory=time.monotonic)
+
+
+def run_ffmpeg(
+    args: Sequence[str],
+    *,
+    ffmpeg: str = "ffmpeg",
+    cwd: Optional[Path] = None,
+    duration_s: Optional[float] = None,
+    limits: RunLimits = RunLimits(),
+    on_progress: Optional[ProgressCallback] = None,
+) -> RunResult:
+    """Run `ffmpeg <global options> *args` and wait for it. Raises FFmpegFailed unless it succeeded.
+
+    Global options are always the same: `-nostdin` (never block on or eat a terminal), `-y` (we
+    write into private scratch directories), machine-readable progress on stdout.
+    """
+    argv = [resolve_binary(ffmpeg), "-nostdin", "-hide_banner", "-y", "-nostats", "-progress", "pipe:1", *args]
+    tail: collections.deque[str] = collections.deque(maxlen=limits.stderr_lines)
+    watch = _Watch()
+    parser = ProgressParser(duration_s)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, errors="replace", start_new_session=True,
+    )
+
+    def read_progress() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            report = parser.feed(line)
+            if report is None:
+                continue
+            if watch.last_progress is None or report.out_time_s != watch.last_progress.out_time_s:
+                watch.last_change = time.monotonic()
+            watch.last_progress = report
+            if on_progress is not None:
+                on_progress(report)
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            tail.append(line.rstrip("\n"))
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_progress, read_stderr)]
+    for t in readers:
+        t.start()
+
+    stopped_by: Optional[str] = None
+    status, rusage = _wait(proc.pid, 0.0)
+    while status is None:
+        now = time.monotonic()
+        if limits.timeout_s is not None and now - start > limits.timeout_s:
+            stopped_by = "timeout"
+        elif limits.stall_s is not None and now - watch.last_change > limits.stall_s:
+            stopped_by = "stall"
+        if stopped_by:
+            status, rusage = _stop(proc.pid, limits.kill_grace_s)
+            break
+        status, rusage = _wait(proc.pid, 0.2)
+    for t in readers:
+        t.join(timeout=5)
+    proc.returncode = status  # reaped by os.wait4, tell Popen so it does not wait again
+    result = RunResult(
+        argv=argv,
+        returncode=status,
+        stderr_tail="\n".join(tail),
+        wall_s=time.monotonic() - start,
+        cpu_s=rusage.ru_utime + rusage.ru_stime if rusage else 0.0,
+        stopped_by=stopped_by,
+        last_progress=watch.last_progress,
+    )
+    if not result.ok:
+        raise FFmpegFailed(result)
+    return result
+
+
+def _decode_status(raw: int) -> int:
+    return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+
+
+def _wait(pid: int, seconds: float):
+    """Reap `pid` within `seconds` if it exits; os.wait4 also gives its CPU time."""
+    deadline = time.monotonic() + seconds
+    while True:
+        wpid, raw, rusage = os.wait4(pid, os.WNOHANG)
+        if wpid == pid:
+            return _decode_status(raw), rusage
+        if time.monotonic() >= deadline:
+            return None, None
+        time.sleep(0.05)
+
+
+def _stop(pid: int, grace_s: float):
+    """One SIGTERM lets FFmpeg finalize; some builds ignore it, so SIGKILL after the grace."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    status, rusage = _wait(pid, grace_s)
+    if status is None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        status, rusage = _wait(pid, 30.0)
+    return status, rusage

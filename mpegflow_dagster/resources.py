@@ -1,0 +1,135 @@
+"""Dagster resources: the FFmpeg installation a run uses, and the delivery location."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from dagster import ConfigurableResource, Failure, InitResourceContext, MetadataValue
+from pydantic import Field, PrivateAttr
+
+from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_binary
+from .media.progress import Progress
+from .media.runner import RunLimits
+from .stages import Tools
+from .storage import LocalArtifactStore, scratch_dir
+
+
+class FFmpegResource(ConfigurableResource):
+    """The FFmpeg build every stage runs, checked when the run starts (before any encode).
+
+    Examples:
+        .. code-block:: python
+
+            from dagster import Definitions
+            from mpegflow_dagster import FFmpegResource
+
+            defs = Definitions(resources={"ffmpeg": FFmpegResource(threads=2, required_version="5.1")})
+    """
+
+    ffmpeg_path: Optional[str] = Field(
+        None, description="ffmpeg binary (name on PATH or path). Default: $MPEGFLOW_FFMPEG, else `ffmpeg`."
+    )
+    ffprobe_path: Optional[str] = Field(
+        None, description="ffprobe binary (name on PATH or path). Default: $MPEGFLOW_FFPROBE, else `ffprobe`."
+    )
+    threads: int = Field(0, ge=0, description="-threads for every encode; 0 lets FFmpeg choose.")
+    required_version: Optional[str] = Field(
+        None, description="Fail the run at start unless `ffmpeg -version` starts with this (e.g. `5.1`)."
+    )
+    timeout_s: Optional[float] = Field(None, gt=0, description="Stop one FFmpeg run after this many seconds.")
+    stall_s: Optional[float] = Field(
+        300.0, gt=0, description="Stop one FFmpeg run that reports no progress for this many seconds."
+    )
+    work_dir: str = Field(
+        ".mpegflow/work", description="Scratch space for stages; keep it on the storage root's filesystem."
+    )
+
+    _build: Optional[FFmpegBuild] = PrivateAttr(None)
+
+    @property
+    def ffmpeg(self) -> str:
+        return self.ffmpeg_path or os.environ.get("MPEGFLOW_FFMPEG") or "ffmpeg"
+
+    @property
+    def ffprobe(self) -> str:
+        return self.ffprobe_path or os.environ.get("MPEGFLOW_FFPROBE") or "ffprobe"
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._build = self.check()
+
+    def check(self) -> FFmpegBuild:
+        """Find both binaries and check the pinned version; raise a Failure saying what to install."""
+        try:
+            build = detect_build(self.ffmpeg)
+            resolve_binary(self.ffprobe)
+        except FFmpegNotFound as exc:
+            raise Failure(description=str(exc), allow_retries=False) from exc
+        if self.required_version and not build.version.startswith(self.required_version):
+            raise Failure(
+                description=(
+                    f"FFmpeg version mismatch: this deployment requires {self.required_version}, "
+                    f"but {build.path} is {build.version}. Install the required build or change "
+                    "`required_version`."
+                ),
+                metadata={"expected": self.required_version, "found": build.version, "path": build.path},
+                allow_retries=False,
+            )
+        return build
+
+    @property
+    def build(self) -> FFmpegBuild:
+        if self._build is None:
+            self._build = self.check()
+        return self._build
+
+    def tools(self, log=None, every_s: float = 5.0) -> Tools:
+        """Stage tools whose progress goes to `log` (a Dagster logger) at most every `every_s`."""
+        last: dict[str, float] = {}
+
+        def report(label: str, progress: Progress) -> None:
+            now = time.monotonic()
+            if progress.done or now - last.get(label, 0.0) >= every_s:
+                last[label] = now
+                log.info(f"{label}: {progress.describe()}")
+
+        return Tools(
+            ffmpeg=self.build.path,
+            ffprobe=resolve_binary(self.ffprobe),
+            threads=self.threads,
+            limits=RunLimits(timeout_s=self.timeout_s, stall_s=self.stall_s),
+            on_progress=report if log is not None else None,
+        )
+
+    @contextmanager
+    def scratch(self, *parts: str) -> Iterator[Path]:
+        with scratch_dir(Path(self.work_dir), *parts) as path:
+            yield path
+
+    def build_metadata(self) -> dict[str, MetadataValue]:
+        b = self.build
+        return {
+            "ffmpeg_version": MetadataValue.text(b.version),
+            "ffmpeg_build_hash": MetadataValue.text(b.build_hash),
+            "ffmpeg_path": MetadataValue.path(b.path),
+        }
+
+
+class DeliveryResource(ConfigurableResource):
+    """Where `emit` publishes finished trees: `<root>/<video>/hls/master.m3u8`, ...
+
+    Examples:
+        .. code-block:: python
+
+            from mpegflow_dagster import DeliveryResource
+
+            delivery = DeliveryResource(root="/srv/cdn-origin")
+    """
+
+    root: str = Field(".mpegflow/delivery", description="Local directory of the delivery tree (the CDN origin).")
+
+    def store(self) -> LocalArtifactStore:
+        return LocalArtifactStore(Path(self.root))

@@ -1,0 +1,136 @@
+"""The typed pipeline spec: the ladder and per-stage parameters a pipeline is generated from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .presets import Preset, load_presets
+
+_NAME = r"^[a-z][a-z0-9_]*$|^[0-9]+p[a-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rendition(_Strict):
+    """One rung of the ABR ladder."""
+
+    name: str = Field(pattern=_NAME, description="Rung name, used in asset keys and paths (e.g. 720p).")
+    height: int = Field(gt=0, le=4320, description="Output height; width follows the source aspect ratio.")
+    video_bitrate_kbps: int = Field(gt=0, description="Target video bitrate.")
+    maxrate_factor: float = Field(1.5, ge=1.0, description="VBV maxrate = bitrate x this; bufsize = 2 x maxrate.")
+    profile: Literal["baseline", "main", "high"] = "high"
+    level: str = Field("4.0", pattern=r"^\d(\.\d)?$")
+    audio_bitrate_kbps: int = Field(128, gt=0)
+    preset: str = Field("x264-vod", description="Name of a preset in resources/presets/.")
+
+
+class ThumbnailSpec(_Strict):
+    enabled: bool = True
+    interval_s: float = Field(5.0, gt=0, description="One JPEG every this many seconds, from t=0.")
+    width: int = Field(320, ge=16, description="Thumbnail width in pixels (height keeps the aspect ratio).")
+    sprite_tile_width: int = Field(160, ge=16, description="Width of one tile in the sprite sheet.")
+    sprite_columns: int = Field(10, ge=1, le=100)
+    quality: int = Field(4, ge=2, le=31, description="JPEG qscale (2 best, 31 worst).")
+
+
+class CaptionSpec(_Strict):
+    enabled: bool = True
+    rendition: str = Field("720p", description="Ladder rung whose settings the captioned encode uses.")
+    sidecar_extensions: tuple[str, ...] = (".srt", ".vtt")
+    font_size: int = Field(24, ge=6, le=120)
+
+
+class HlsSpec(_Strict):
+    segment_s: int = Field(4, ge=1, le=30, description="Target segment length; a multiple of gop_s.")
+    segment_type: Literal["mpegts", "fmp4"] = "mpegts"
+
+
+class EmitSpec(_Strict):
+    """What is published to the delivery location (configured per deployment, not per spec)."""
+
+    thumbnails: bool = Field(True, description="Publish thumbnails, sprite and storyboard beside the HLS tree.")
+
+
+class PipelineSpec(_Strict):
+    """A whole video pipeline. `name` prefixes every asset key, so specs compose in one Definitions."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Asset key prefix and group name.")
+    description: str = ""
+    gop_s: float = Field(2.0, gt=0, le=10, description="Keyframe interval, identical in every rendition.")
+    ladder: tuple[Rendition, ...] = Field(min_length=1)
+    upscale: bool = Field(False, description="Encode rungs taller than the source at their own height.")
+    thumbnails: ThumbnailSpec = ThumbnailSpec()
+    captions: CaptionSpec = CaptionSpec()
+    hls: HlsSpec = HlsSpec()
+    emit: EmitSpec = EmitSpec()
+    presets: dict[str, Preset] = Field(default_factory=dict, description="Resolved presets, by name.")
+
+    @field_validator("ladder")
+    @classmethod
+    def _unique_rungs(cls, ladder: tuple[Rendition, ...]) -> tuple[Rendition, ...]:
+        names = [r.name for r in ladder]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"ladder rung names must be unique; repeated: {', '.join(dupes)}")
+        return tuple(sorted(ladder, key=lambda r: (r.height, r.video_bitrate_kbps)))
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "PipelineSpec":
+        if self.hls.segment_s % self.gop_s > 1e-9:
+            raise ValueError(f"hls.segment_s ({self.hls.segment_s}) must be a multiple of gop_s ({self.gop_s})")
+        rungs = {r.name for r in self.ladder}
+        if self.captions.enabled and self.captions.rendition not in rungs:
+            raise ValueError(
+                f"captions.rendition {self.captions.rendition!r} is not a ladder rung (rungs: {', '.join(sorted(rungs))})"
+            )
+        missing = sorted({r.preset for r in self.ladder} - set(self.presets))
+        if missing:
+            raise ValueError(
+                f"ladder refers to unknown preset(s) {', '.join(missing)}; known: {', '.join(sorted(self.presets)) or 'none'}"
+            )
+        return self
+
+    def rendition(self, name: str) -> Rendition:
+        return next(r for r in self.ladder if r.name == name)
+
+    def preset_for(self, rendition: Rendition) -> Preset:
+        return self.presets[rendition.preset]
+
+    def stage_fingerprint(self, *parts: BaseModel) -> str:
+        """Stable hash of the settings that shape one stage's output (used as its code version)."""
+        blob = json.dumps([p.model_dump(mode="json") for p in parts], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be used; the message names the file and the field."""
+
+
+def load_spec(path: Path, presets_dir: Optional[Path] = None) -> PipelineSpec:
+    """Load a spec YAML. Presets come from `presets_dir` (default: `../presets` beside the spec's folder)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise SpecError(f"spec file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec file {path} must contain a mapping, got {type(raw).__name__}")
+    presets_dir = presets_dir or path.parent.parent / "presets"
+    raw = {**raw, "presets": {n: p.model_dump() for n, p in load_presets(presets_dir).items()}}
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        ]
+        raise SpecError(f"spec file {path} is invalid:\n" + "\n".join(lines)) from exc

@@ -1,0 +1,216 @@
+"""What each pipeline stage does, as plain functions over local paths. No Dagster here: the
+asset factory wires these into the graph, and anything else (a script, a test) can call them."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Optional
+
+from .media import commands
+from .media.hls import VariantStream, avc1_codec_string, master_playlist, measure_variant
+from .media.probe import MediaInfo, probe
+from .media.progress import Progress
+from .media.runner import RunLimits, RunResult, run_ffmpeg
+from .media.storyboard import storyboard_vtt
+from .spec import CaptionSpec, HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
+from .storage import ArtifactStore
+
+SOURCE_STEM = "source"
+CAPTIONS_STEM = "captions"
+
+
+class MediaRejected(ValueError):
+    """The input is not something this pipeline can process; retrying will not help."""
+
+
+@dataclass
+class Tools:
+    """How to run FFmpeg for one stage."""
+
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+    threads: int = 0  # 0 = let FFmpeg choose
+    limits: RunLimits = field(default_factory=RunLimits)
+    on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
+
+    def run(self, label: str, args: list[str], *, duration_s: Optional[float] = None, cwd: Optional[Path] = None) -> RunResult:
+        callback = (lambda p: self.on_progress(label, p)) if self.on_progress else None
+        return run_ffmpeg(args, ffmpeg=self.ffmpeg, cwd=cwd, duration_s=duration_s, limits=self.limits, on_progress=callback)
+
+
+@dataclass
+class StageOutput:
+    path: Path
+    facts: dict[str, object] = field(default_factory=dict)
+    runs: list[RunResult] = field(default_factory=list)
+
+
+# -- ingest / probe ---------------------------------------------------------------------------
+
+def find_sidecar(source: Path, extensions: tuple[str, ...]) -> Optional[Path]:
+    for ext in extensions:
+        candidate = source.with_suffix(ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...]) -> StageOutput:
+    """Copy the source (and a caption sidecar beside it, if any) into one artifact directory, so
+    later stages read a stored copy that cannot change under them."""
+    source = Path(source)
+    if not source.is_file():
+        raise MediaRejected(f"source {source} does not exist or is not a regular file")
+    if source.stat().st_size == 0:
+        raise MediaRejected(f"source {source} is empty (0 bytes)")
+    out = work / "ingest"
+    out.mkdir()
+    shutil.copyfile(source, out / f"{SOURCE_STEM}{source.suffix.lower() or '.bin'}")
+    sidecar = find_sidecar(source, caption_extensions)
+    if sidecar:
+        shutil.copyfile(sidecar, out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}")
+    return StageOutput(out, {"original_path": str(source.resolve()), "original_name": source.name,
+                             "caption_sidecar": sidecar.name if sidecar else "none"})
+
+
+def source_file(ingest_dir: Path) -> Path:
+    return next(p for p in Path(ingest_dir).iterdir() if p.stem == SOURCE_STEM)
+
+
+def captions_file(ingest_dir: Path) -> Optional[Path]:
+    return next((p for p in Path(ingest_dir).iterdir() if p.stem == CAPTIONS_STEM), None)
+
+
+def probe_source(ingest_dir: Path, work: Path, tools: Tools) -> StageOutput:
+    info = probe(source_file(ingest_dir), tools.ffprobe)
+    video = info.video
+    if video is None or not video.width or not video.height:
+        raise MediaRejected("the source has no video stream: nothing to encode")
+    if info.duration <= 0:
+        raise MediaRejected("the source has no duration: it is empty or unreadable")
+    out = work / "probe.json"
+    out.write_text(info.model_dump_json(indent=2))
+    return StageOutput(out, info.summary())
+
+
+def load_probe(path: Path) -> MediaInfo:
+    return MediaInfo.model_validate_json(Path(path).read_text())
+
+
+# -- encode -----------------------------------------------------------------------------------
+
+def encode_rendition(
+    ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rendition: Rendition, tools: Tools, work: Path,
+    *, subtitles: Optional[Path] = None, label: Optional[str] = None,
+) -> StageOutput:
+    preset = spec.preset_for(rendition)
+    video = info.video
+    assert video is not None and video.height  # probe_source guarantees it
+    height = commands.rendition_height(rendition.height, video.height, spec.upscale)
+    cwd = None
+    subtitle_name = None
+    if subtitles is not None:
+        # Run in the scratch dir with a plainly named copy: no filter-path escaping needed.
+        subtitle_name = f"{CAPTIONS_STEM}{subtitles.suffix}"
+        shutil.copyfile(subtitles, work / subtitle_name)
+        cwd = work
+    out = work / f"{label or rendition.name}.mp4"
+    args = commands.encode_rendition_args(
+        source_file(ingest_dir), out, height=height,
+        video_bitrate_kbps=rendition.video_bitrate_kbps, maxrate_factor=rendition.maxrate_factor,
+        profile=rendition.profile, level=rendition.level, audio_bitrate_kbps=rendition.audio_bitrate_kbps,
+        speed=preset.speed, tune=preset.tune, pix_fmt=preset.pix_fmt, x264_params=preset.x264_params,
+        audio_sample_rate=preset.audio_sample_rate, audio_channels=preset.audio_channels,
+        gop_s=spec.gop_s, frame_rate=video.frame_rate or 30.0, has_audio=info.audio is not None,
+        threads=tools.threads,
+        subtitles=subtitle_name, subtitle_font_size=spec.captions.font_size,
+    )
+    run = tools.run(label or rendition.name, args, duration_s=info.duration, cwd=cwd)
+    result = probe(out, tools.ffprobe)
+    facts = {**result.summary(), "preset": preset.ref, "target_kbps": rendition.video_bitrate_kbps,
+             "encode_speed_x": round(info.duration / run.wall_s, 2) if run.wall_s else None}
+    return StageOutput(out, facts, [run])
+
+
+def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: Tools, work: Path) -> Optional[StageOutput]:
+    """The captioned rendition, or None when the source has no caption sidecar."""
+    sidecar = captions_file(ingest_dir)
+    if sidecar is None:
+        return None
+    rung = spec.rendition(spec.captions.rendition)
+    return encode_rendition(ingest_dir, info, spec, rung, tools, work, subtitles=sidecar, label="captioned")
+
+
+# -- thumbnails -------------------------------------------------------------------------------
+
+def thumbnails(ingest_dir: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Tools, work: Path) -> StageOutput:
+    """JPEGs every `interval_s`, a sprite sheet of them, and a WebVTT storyboard into the sprite."""
+    out = work / "thumbnails"
+    frames = out / "frames"
+    frames.mkdir(parents=True)
+    runs = [tools.run("thumbnails", commands.thumbnails_args(
+        source_file(ingest_dir), frames, interval_s=cfg.interval_s, width=cfg.width, quality=cfg.quality,
+        threads=tools.threads), duration_s=info.duration)]
+    count = len(list(frames.glob("*.jpg")))
+    if count == 0:
+        raise MediaRejected("no thumbnail could be extracted: the video stream has no decodable frames")
+    columns = min(cfg.sprite_columns, count)
+    rows = math.ceil(count / columns)
+    runs.append(tools.run("sprite", commands.sprite_args(
+        frames, out / "sprite.jpg", columns=columns, rows=rows, tile_width=cfg.sprite_tile_width, quality=cfg.quality)))
+    video = info.video
+    assert video is not None and video.width and video.height
+    tile_height = commands.even(cfg.sprite_tile_width * video.height / video.width)
+    (out / "storyboard.vtt").write_text(storyboard_vtt(
+        count=count, interval_s=cfg.interval_s, duration_s=info.duration, sprite_uri="sprite.jpg",
+        tile_width=cfg.sprite_tile_width, tile_height=tile_height, columns=columns))
+    facts = {"count": count, "interval_s": cfg.interval_s, "thumbnail_width": cfg.width,
+             "sprite_grid": f"{columns}x{rows}", "sprite_tile": f"{cfg.sprite_tile_width}x{tile_height}"}
+    return StageOutput(out, facts, runs)
+
+
+# -- package ----------------------------------------------------------------------------------
+
+def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: Path) -> StageOutput:
+    """One HLS variant per rendition (stream copy) and a master playlist over all of them."""
+    out = work / "hls"
+    variants: list[VariantStream] = []
+    runs: list[RunResult] = []
+    for name, mp4 in renditions.items():
+        vdir = out / name
+        vdir.mkdir(parents=True)
+        info = probe(mp4, tools.ffprobe)
+        runs.append(tools.run(f"hls {name}", commands.hls_variant_args(
+            mp4, vdir, segment_s=cfg.segment_s, segment_type=cfg.segment_type), duration_s=info.duration))
+        peak, average, version = measure_variant(vdir / "index.m3u8")
+        video = info.video
+        assert video is not None and video.width and video.height
+        codecs = avc1_codec_string(mp4) + (",mp4a.40.2" if info.audio else "")
+        variants.append(VariantStream(f"{name}/index.m3u8", version, video.width, video.height, video.frame_rate, codecs, peak, average))
+    (out / "master.m3u8").write_text(master_playlist(variants))
+    facts = {"variants": len(variants), "segment_s": cfg.segment_s, "segment_type": cfg.segment_type,
+             "ladder": ", ".join(f"{v.height}p@{v.peak_bps // 1000}k" for v in sorted(variants, key=lambda v: v.peak_bps))}
+    return StageOutput(out, facts, runs)
+
+
+# -- emit -------------------------------------------------------------------------------------
+
+def emit(video: str, parts: dict[str, Path], delivery: ArtifactStore, work: Path) -> StageOutput:
+    """Publish each part to `<delivery>/<video>/<part>` (atomically, one part at a time, playlists
+    inside a part appear together with their segments) and write a manifest of what went where."""
+    manifest: dict[str, dict[str, object]] = {}
+    for part, path in parts.items():
+        staged = work / part
+        if Path(path).is_dir():
+            shutil.copytree(path, staged)
+        else:
+            shutil.copyfile(path, staged)
+        record = delivery.publish(staged, PurePosixPath(video) / part)
+        manifest[part] = {"uri": record.uri, "sha256": record.sha256, "size_bytes": record.size_bytes, "files": record.files}
+    out = work / "published.json"
+    out.write_text(json.dumps({"video": video, "parts": manifest}, indent=2, sort_keys=True))
+    return StageOutput(out, {"published": ", ".join(manifest), **{f"{p}_uri": m["uri"] for p, m in manifest.items()}})

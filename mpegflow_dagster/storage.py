@@ -1,0 +1,154 @@
+"""Where binary artifacts live: streamed, hashed and published atomically. No Dagster here.
+
+An artifact is a file or a directory tree produced in a scratch directory. Publishing moves it
+to its final location under a temporary name first and renames it into place only when complete,
+so a reader never sees a half-written output. The store is a small interface so that S3 is a
+second backend, not a rewrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Protocol
+
+CHUNK = 1 << 20  # stream in 1 MiB chunks: memory stays flat for any file size
+SCRATCH_MARKER = ".mpegflow-scratch"
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    uri: str  # where it was published (path or s3:// URI)
+    sha256: str  # file: sha256 of its bytes; directory: sha256 of its sorted "relpath sha256" manifest
+    size_bytes: int
+    files: int
+    is_dir: bool
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def describe(path: Path) -> tuple[str, int, int]:
+    """(sha256, total size, file count) of a file or tree, streaming every byte once."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path), path.stat().st_size, 1
+    manifest = hashlib.sha256()
+    size = count = 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        manifest.update(f"{rel} {sha256_file(f)}\n".encode())
+        size += f.stat().st_size
+        count += 1
+    return manifest.hexdigest(), size, count
+
+
+class ArtifactStore(Protocol):
+    def publish(self, src: Path, key: PurePosixPath) -> ArtifactRecord:
+        """Move `src` (file or directory) to `key`, atomically replacing what was there."""
+
+    def local_path(self, key: PurePosixPath) -> Path:
+        """A local path holding the artifact at `key` (a cached download for remote stores)."""
+
+    def exists(self, key: PurePosixPath) -> bool: ...
+
+
+class LocalArtifactStore:
+    """Artifacts under one root directory: `<root>/<key>`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, key: PurePosixPath) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"artifact key {key} escapes the storage root {self.root}")
+        return path
+
+    def exists(self, key: PurePosixPath) -> bool:
+        return self._path(key).exists()
+
+    def local_path(self, key: PurePosixPath) -> Path:
+        path = self._path(key)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no artifact at {path}: materialize the upstream asset first (or check the storage root)"
+            )
+        return path
+
+    def publish(self, src: Path, key: PurePosixPath) -> ArtifactRecord:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            _move_or_copy(Path(src), staging)
+            sha, size, files = describe(staging)
+            _replace(staging, dest)
+        finally:
+            if staging.exists():
+                _remove(staging)
+        return ArtifactRecord(uri=str(dest), sha256=sha, size_bytes=size, files=files, is_dir=dest.is_dir())
+
+
+def _move_or_copy(src: Path, dest: Path) -> None:
+    """Rename when on the same filesystem (no bytes copied), else stream a copy."""
+    try:
+        os.rename(src, dest)
+    except OSError:
+        if src.is_dir():
+            shutil.copytree(src, dest)
+        else:
+            shutil.copyfile(src, dest)
+
+
+def _replace(staging: Path, dest: Path) -> None:
+    if staging.is_dir() and dest.exists():
+        # Directories cannot be swapped in one rename: move the old one aside first.
+        old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
+        os.rename(dest, old)
+        os.rename(staging, dest)
+        _remove(old)
+    else:
+        os.replace(staging, dest)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def scratch_dir(root: Path, *parts: str) -> Iterator[Path]:
+    """A private directory for one stage attempt. Removed with everything in it if the stage
+    raises: a failed stage leaves no partial files. On success it stays until the IO manager
+    has published the artifact out of it (see `release_scratch`)."""
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", p)[:64] for p in parts]
+    path = Path(root).resolve() / ".".join([*safe, uuid.uuid4().hex[:8]])
+    path.mkdir(parents=True)
+    (path / SCRATCH_MARKER).touch()
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def release_scratch(artifact: Path) -> None:
+    """Remove the scratch directory an artifact was made in, once it has been published."""
+    for parent in Path(artifact).parents:
+        if (parent / SCRATCH_MARKER).exists():
+            shutil.rmtree(parent, ignore_errors=True)
+            return
