@@ -62,9 +62,13 @@ def _output(stage: StageOutput, ffmpeg: FFmpegResource, code: str, **extra: Any)
     return Output(stage.path, metadata=metadata)
 
 
-def _rejected(exc: Exception) -> Failure:
+def _rejected(context: AssetExecutionContext, exc: Exception) -> Failure:
     """Bad input or a missing tool: fail at once, no retry would change the outcome."""
-    return Failure(description=str(exc), metadata={"error": type(exc).__name__}, allow_retries=False)
+    return Failure(
+        description=f"video {context.partition_key!r}: {exc}",
+        metadata={"error": type(exc).__name__},
+        allow_retries=False,
+    )
 
 
 def build_video_assets(spec: PipelineSpec) -> list[AssetsDefinition]:
@@ -97,7 +101,7 @@ def build_video_assets(spec: PipelineSpec) -> list[AssetsDefinition]:
             try:
                 out = stages.ingest(Path(source), work, spec.captions.sidecar_extensions)
             except MediaRejected as exc:
-                raise _rejected(exc) from exc
+                raise _rejected(context, exc) from exc
         return Output(out.path, metadata=out.facts)
 
     @asset(name="probe", code_version="1", ins={"ingest": AssetIn(key("ingest"))},
@@ -107,7 +111,7 @@ def build_video_assets(spec: PipelineSpec) -> list[AssetsDefinition]:
             try:
                 out = stages.probe_source(ingest, work, ffmpeg.tools())
             except (MediaRejected, ProbeError, FFmpegNotFound) as exc:
-                raise _rejected(exc) from exc
+                raise _rejected(context, exc) from exc
         return _output(out, ffmpeg, "1")
 
     def rendition_asset(rung_name: str) -> AssetsDefinition:
@@ -135,7 +139,7 @@ def build_video_assets(spec: PipelineSpec) -> list[AssetsDefinition]:
             try:
                 out = stages.thumbnails(ingest, stages.load_probe(probe), spec.thumbnails, ffmpeg.tools(context.log), work)
             except MediaRejected as exc:
-                raise _rejected(exc) from exc
+                raise _rejected(context, exc) from exc
         return _output(out, ffmpeg, thumbs_code)
 
     caption_rung = spec.rendition(spec.captions.rendition)

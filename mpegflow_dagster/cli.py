@@ -7,13 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, ExecuteInProcessResult, RunConfig, materialize
+from dagster import DagsterInstance
 
-from .assets import IngestConfig, build_video_assets, partitions_for
 from .media.synth import sample_with_captions
 from .project import Project
+from .runs import materialize_video, stage_report
 from .spec import SpecError
 from .videos import video_key
 
@@ -25,43 +25,6 @@ def _instance(project_root: Path) -> DagsterInstance:
         home.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
-
-
-def _stage_report(result: ExecuteInProcessResult, asset_keys: Sequence[AssetKey], prefix: str) -> dict[str, dict[str, Any]]:
-    materialized = {
-        e.asset_key: e.step_materialization_data.materialization.metadata
-        for e in result.get_asset_materialization_events()
-        if e.asset_key is not None
-    }
-    step_status: dict[str, tuple[str, Optional[str]]] = {}
-    for event in result.all_events:
-        if event.step_key is None:
-            continue
-        if event.event_type == DagsterEventType.STEP_SUCCESS:
-            step_status[event.step_key] = ("succeeded", None)
-        elif event.event_type == DagsterEventType.STEP_SKIPPED:
-            step_status[event.step_key] = ("skipped", "an upstream output was not produced")
-        elif event.event_type == DagsterEventType.STEP_FAILURE:
-            error = event.step_failure_data.error
-            message = (error.cause.message if error and error.cause else error.message if error else "").strip()
-            step_status[event.step_key] = ("failed", message.splitlines()[0] if message else "failed")
-    stages: dict[str, dict[str, Any]] = {}
-    for key in asset_keys:
-        name = key.path[-1]
-        step = "__".join(key.path)
-        entry: dict[str, Any] = {"asset_key": key.to_user_string()}
-        if key in materialized:
-            meta = materialized[key]
-            entry["status"] = "materialized"
-            for field in ("path", "sha256", "size_bytes", "resolution", "bitrate_kbps", "duration_s"):
-                if field in meta:
-                    entry[field] = meta[field].value
-        else:
-            status, reason = step_status.get(step, ("not_run", "an upstream stage failed"))
-            entry["status"] = "skipped" if status == "succeeded" else status
-            entry["reason"] = reason or "produced no output (nothing to do)"
-        stages[name] = entry
-    return stages
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -78,23 +41,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = project.spec(args.pipeline)
     out_dir = str(Path(args.out).resolve()) if args.out else project.settings.delivery_dir
     video = args.video or video_key(source.name)
-    instance = _instance(root)
-    assets = build_video_assets(spec)
-    instance.add_dynamic_partitions(partitions_for(spec).name, [video])
-    result = materialize(
-        assets,
-        instance=instance,
-        partition_key=video,
-        resources=project.resources(delivery_dir=out_dir),
-        run_config=RunConfig(
-            ops={f"{spec.name}__ingest": IngestConfig(source_path=str(source))},
-            loggers={"console": {"config": {"log_level": args.log_level}}},
-        ),
-        tags={"mpegflow/video": video, "mpegflow/source": str(source)},
-        raise_on_error=False,
-    )
-    keys = [k for a in assets for k in a.keys]
-    stages = _stage_report(result, keys, spec.name)
+    result = materialize_video(project, spec, video, instance=_instance(root), source=source,
+                               delivery_dir=out_dir, log_level=args.log_level)
+    stages = stage_report(result, spec)
     failed = [n for n, s in stages.items() if s["status"] in ("failed", "not_run")]
     master = Path(out_dir) / video / "hls" / "master.m3u8"
     report = {

@@ -1,0 +1,36 @@
+"""Build a test project on temp directories and check media with real FFmpeg."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from mpegflow_dagster.project import Project, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def temp_project(base: Path, **ffmpeg_settings) -> Project:
+    """The repository's specs and presets, with storage, scratch and delivery under `base`."""
+    repo = Project.load(ROOT)
+    settings = Settings(storage_dir="storage", work_dir="work", delivery_dir="delivery", ffmpeg=ffmpeg_settings)
+    return Project(root=ROOT, specs=repo.specs, settings=settings.resolved(base))
+
+
+def decode_errors(path: Path) -> str:
+    """Everything FFmpeg complains about while decoding the whole file ('' = clean)."""
+    proc = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", f"file:{path}", "-f", "null", "-"],
+                          capture_output=True, text=True)
+    return proc.stderr.strip() + ("" if proc.returncode == 0 else f" (exit {proc.returncode})")
+
+
+def gray_crop(path: Path, at_s: float, crop: str) -> bytes:
+    """One frame's region as 8-bit gray pixels (crop = w:h:x:y in FFmpeg's crop syntax)."""
+    return subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-ss", str(at_s), "-i", f"file:{path}", "-frames:v", "1",
+         "-vf", f"crop={crop},format=gray", "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
+
+
+def mean_abs_diff(a: bytes, b: bytes) -> float:
+    assert len(a) == len(b) and a
+    return sum(abs(x - y) for x, y in zip(a, b)) / len(a)

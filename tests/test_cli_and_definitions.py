@@ -1,0 +1,83 @@
+"""`mpegflow run` as a user runs it, and the code location as `dagster dev` loads it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from dagster import DagsterInstance, Definitions
+
+from mpegflow_dagster import Project, build_video_assets
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run_cli(args, tmp_path, **env):
+    full_env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "MPEGFLOW_STORAGE_DIR": str(tmp_path / "storage"),
+                "MPEGFLOW_WORK_DIR": str(tmp_path / "work"), **env}
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return subprocess.run([str(BIN / "mpegflow"), *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_path):
+    source = make_source("My Clip", duration_s=2.0, captions=True)
+    proc = run_cli(["run", str(source), "--out", str(tmp_path / "out"), "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["status"] == "succeeded"
+    video = report["video"]
+    assert video.startswith("my-clip-")  # unsafe name -> slug + hash
+    assert report["master_playlist"] == str(tmp_path / "out" / video / "hls" / "master.m3u8")
+    assert Path(report["master_playlist"]).read_text().count("#EXT-X-STREAM-INF") == 4
+    assert report["stages"]["rendition_1080p"]["status"] == "materialized"
+    # The run is on the persistent instance, where the UI will show it.
+    with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        assert instance.get_run_by_id(report["run_id"]).is_success
+        assert video in instance.get_dynamic_partitions("vod_videos")
+
+
+def test_run_fails_with_nonzero_exit_and_reasons(tmp_path):
+    junk = tmp_path / "broken.mp4"
+    junk.write_bytes(b"junk" * 1000)
+    proc = run_cli(["run", str(junk), "--out", str(tmp_path / "out"), "--json"], tmp_path)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["status"] == "failed" and report["master_playlist"] is None
+    assert report["stages"]["probe"]["status"] == "failed"
+    assert "broken" in report["stages"]["probe"]["reason"]
+    missing = run_cli(["run", str(tmp_path / "nope.mp4")], tmp_path)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_invalid_spec_is_reported_before_anything_runs(make_source, tmp_path):
+    spec = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
+    spec["gop_s"] = 3
+    bad = tmp_path / "pipelines" / "bad.yaml"
+    bad.parent.mkdir()
+    bad.write_text(yaml.safe_dump(spec))
+    proc = run_cli(["run", str(make_source(duration_s=2.0)), "--spec", str(bad)], tmp_path)
+    assert proc.returncode == 2 and "multiple of gop_s" in proc.stderr
+    assert not (tmp_path / "home" / "history").exists()
+
+
+def test_code_location_validates():
+    proc = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def test_two_specs_coexist_by_key_prefix(tmp_path):
+    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
+    raw["name"] = "shorts"
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "shorts.yaml").write_text(yaml.safe_dump(raw))
+    project = Project.load(ROOT, [ROOT / "resources" / "pipelines" / "vod.yaml", tmp_path / "pipelines" / "shorts.yaml"])
+    defs = project.definitions()
+    Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert {"vod/rendition_720p", "shorts/rendition_720p", "shorts/hls"} <= keys
+    assert len(keys) == 2 * len(build_video_assets(project.spec("vod")))

@@ -1,0 +1,77 @@
+"""The FFmpeg runner and probe, on real FFmpeg."""
+
+import shutil
+
+import pytest
+
+from mpegflow_dagster.media.build import FFmpegNotFound, detect_build
+from mpegflow_dagster.media.probe import ProbeError, probe
+from mpegflow_dagster.media.runner import FFmpegFailed, RunLimits, run_ffmpeg
+
+
+def test_progress_is_reported_and_cpu_time_measured(make_source, tmp_path):
+    src = make_source(duration_s=3.0)
+    reports = []
+    result = run_ffmpeg(
+        ["-i", f"file:{src}", "-c:v", "libx264", "-preset", "ultrafast", "-f", "mp4", f"file:{tmp_path / 'o.mp4'}"],
+        duration_s=3.0, on_progress=reports.append,
+    )
+    assert result.ok and result.cpu_s > 0 and result.wall_s > 0
+    assert reports[-1].done and reports[-1].percent == pytest.approx(100, abs=5)
+    assert "-nostdin" in result.argv and "-y" in result.argv
+
+
+def test_failure_keeps_the_stderr_tail(tmp_path):
+    with pytest.raises(FFmpegFailed) as err:
+        run_ffmpeg(["-i", f"file:{tmp_path / 'missing.mp4'}", "-f", "null", "-"])
+    assert err.value.result.returncode != 0
+    assert "No such file or directory" in err.value.result.stderr_tail
+    assert "No such file or directory" in str(err.value)
+
+
+@pytest.mark.parametrize("limits, reason", [(RunLimits(timeout_s=1.0), "timeout"), (RunLimits(stall_s=1.0), "stall")])
+def test_watchdog_stops_runaway_and_stalled_runs(tmp_path, limits, reason):
+    # -re paces reading at real time: a 60 s source takes 60 s, far past the limit.
+    # The stall case reads a FIFO that never delivers: FFmpeg makes no progress at all.
+    if reason == "stall":
+        import os
+
+        fifo = tmp_path / "never.ts"
+        os.mkfifo(fifo)
+        args = ["-f", "mpegts", "-i", f"file:{fifo}", "-f", "null", "-"]
+    else:
+        args = ["-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=60", "-f", "null", "-"]
+    with pytest.raises(FFmpegFailed) as err:
+        run_ffmpeg(args, limits=limits)
+    result = err.value.result
+    assert result.stopped_by == reason
+    assert result.wall_s < 15
+
+
+def test_probe_reads_streams_and_treats_odd_names_as_plain_files(make_source):
+    for odd in ("-starts-with-dash", "concat:a|b", "pipe:1", "with space"):
+        src = make_source(odd, duration_s=2.0)
+        info = probe(src)
+        assert info.video.width == 640 and info.video.height == 360
+        assert info.audio is not None and info.duration == pytest.approx(2.0, abs=0.2)
+
+
+def test_probe_rejects_non_media_with_a_reason(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(ProbeError, match="junk.mp4"):
+        probe(junk)
+
+
+def test_build_detection_and_missing_binary(tmp_path):
+    build = detect_build("ffmpeg")
+    assert build.major >= 5 and build.version and len(build.build_hash) == 16
+    assert "libavcodec" in build.libraries
+    with pytest.raises(FFmpegNotFound, match="MPEGFLOW_FFMPEG"):
+        detect_build(str(tmp_path / "no-ffmpeg"))
+    fake = tmp_path / "fake-ffmpeg"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    fake.chmod(0o755)
+    with pytest.raises(FFmpegNotFound, match="does not look like FFmpeg"):
+        detect_build(str(fake))
+    assert shutil.which("ffprobe")

@@ -1,0 +1,53 @@
+from pathlib import PurePosixPath
+
+import pytest
+
+from mpegflow_dagster.storage import LocalArtifactStore, describe, release_scratch, scratch_dir, sha256_file
+
+
+def test_publish_file_moves_hashes_and_replaces(tmp_path):
+    store = LocalArtifactStore(tmp_path / "store")
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 3_000_000)
+    expected = sha256_file(src)
+    record = store.publish(src, PurePosixPath("k/a.bin"))
+    assert record.sha256 == expected and record.size_bytes == 3_000_000 and not src.exists()
+    src.write_bytes(b"new")
+    record2 = store.publish(src, PurePosixPath("k/a.bin"))
+    assert store.local_path(PurePosixPath("k/a.bin")).read_bytes() == b"new"
+    assert record2.sha256 != expected
+    assert [p.name for p in (tmp_path / "store" / "k").iterdir()] == ["a.bin"]  # no staging leftovers
+
+
+def test_publish_directory_replaces_whole_tree(tmp_path):
+    store = LocalArtifactStore(tmp_path / "store")
+    for version in ("one", "two"):
+        tree = tmp_path / "tree"
+        (tree / "sub").mkdir(parents=True)
+        (tree / "sub" / f"{version}.txt").write_text(version)
+        record = store.publish(tree, PurePosixPath("k/tree"))
+        assert record.is_dir and record.files == 1
+    published = store.local_path(PurePosixPath("k/tree"))
+    assert [p.name for p in published.rglob("*.txt")] == ["two.txt"]
+    assert describe(published)[0] == record.sha256
+
+
+def test_keys_cannot_escape_the_root(tmp_path):
+    store = LocalArtifactStore(tmp_path / "store")
+    with pytest.raises(ValueError, match="escapes"):
+        store.local_path(PurePosixPath("../outside"))
+    with pytest.raises(FileNotFoundError, match="materialize the upstream asset"):
+        store.local_path(PurePosixPath("never/written"))
+
+
+def test_scratch_is_removed_on_failure_and_released_after_publish(tmp_path):
+    with pytest.raises(RuntimeError):
+        with scratch_dir(tmp_path, "stage", "../../video") as work:
+            (work / "partial.mp4").write_bytes(b"half")
+            raise RuntimeError("encode failed")
+    assert not work.exists() and work.parent == tmp_path.resolve()
+    with scratch_dir(tmp_path, "stage") as work:
+        (work / "out.mp4").write_bytes(b"done")
+    LocalArtifactStore(tmp_path / "store").publish(work / "out.mp4", PurePosixPath("x/out.mp4"))
+    release_scratch(work / "out.mp4")
+    assert not work.exists()
