@@ -1,37 +1,52 @@
-"""The asset factory: one typed spec in, the Dagster assets of its video graph out."""
+"""The asset factory: one typed spec in, the Dagster assets of its video graph out.
 
+Every stage runs through `_StageRun`, which gives it what a video pipeline needs around the
+FFmpeg work: skip when nothing changed, a scratch directory removed on failure, failure
+classification with retries only for what can heal, one `rendition.failed` event per failed
+rendition, and a provenance record on the materialization.
+"""
 
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetKey,
+    AssetObservation,
     AssetRecordsFilter,
     AssetsDefinition,
-    Backoff,
     Config,
+    DataVersion,
     DynamicPartitionsDefinition,
+    EventLogRecord,
     Failure,
-    Jitter,
     MetadataValue,
     Output,
-    RetryPolicy,
+    RetryRequested,
     asset,
 )
 from pydantic import Field
 
 from . import stages
-from .media.build import FFmpegNotFound
-from .media.probe import ProbeError
+from .events import Event
+from .io_manager import PROVENANCE_KEY, Reused
+from .media.classify import Classification, classify_exception
+from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
 from .resources import DeliveryResource, FFmpegResource
-from .spec import PipelineSpec
-from .stages import MediaRejected, StageOutput
+from .spec import PipelineSpec, StageKind
+from .stages import StageOutput, Tools
+from .storage import describe
+from .webhooks import WebhookResource
 
 IO_MANAGER_KEY = "media_io_manager"
-# Until failures are classified, any FFmpeg error gets a short, bounded retry with backoff.
-FFMPEG_RETRY = RetryPolicy(max_retries=2, delay=2.0, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+FORCE_TAG = "mpegflow/force"  # run tag: "true" re-runs stages even when nothing changed
+DATA_VERSION_TAG = "dagster/data_version"
 
 
 class IngestConfig(Config):
@@ -49,32 +64,172 @@ def rendition_asset_name(name: str) -> str:
     return f"rendition_{name}"
 
 
-def _output(stage: StageOutput, ffmpeg: FFmpegResource, code: str, **extra: Any) -> Output[Path]:
-    """The Output of a stage with the metadata a video engineer reads first."""
-    metadata: dict[str, Any] = {k: v for k, v in stage.facts.items() if v is not None}
-    metadata.update(ffmpeg.build_metadata())
-    metadata["stage_fingerprint"] = MetadataValue.text(code)
-    if stage.runs:
-        metadata["ffmpeg_argv"] = MetadataValue.json([r.argv for r in stage.runs])
-        metadata["ffmpeg_wall_s"] = round(sum(r.wall_s for r in stage.runs), 3)
-        metadata["ffmpeg_cpu_s"] = round(sum(r.cpu_s for r in stage.runs), 3)
-    metadata.update(extra)
-    return Output(stage.path, metadata=metadata)
+@dataclass(frozen=True)
+class _StageDef:
+    name: str  # asset name
+    kind: StageKind
+    fingerprint: str  # hash of the resolved stage spec
+    inputs: tuple[str, ...] = ()  # upstream asset names whose data versions feed the recipe
+    preset: Optional[str] = None
+    rendition: Optional[str] = None  # set for encodes: failures are announced as rendition.failed
+    reusable: bool = True  # False: always run (publishing to the outside world)
 
 
-def _rejected(context: AssetExecutionContext, exc: Exception) -> Failure:
-    """Bad input or a missing tool: fail at once, no retry would change the outcome."""
-    return Failure(
-        description=f"video {context.partition_key!r}: {exc}",
-        metadata={"error": type(exc).__name__},
-        allow_retries=False,
-    )
+def _latest(context: AssetExecutionContext, key: AssetKey) -> Optional[EventLogRecord]:
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1
+    ).records
+    return records[0] if records else None
 
 
-def build_video_assets(spec: PipelineSpec) -> list[AssetsDefinition]:
+class _StageRun:
+    """One attempt of one stage for one video."""
+
+    def __init__(self, context: AssetExecutionContext, spec: PipelineSpec, stage: _StageDef,
+                 ffmpeg: FFmpegResource, events: WebhookResource) -> None:
+        self.context, self.spec, self.stage, self.ffmpeg, self.events = context, spec, stage, ffmpeg, events
+        self.video = context.partition_key
+
+    def key(self, name: str) -> AssetKey:
+        return AssetKey([self.spec.name, name])
+
+    def run(self, produce: Callable[[Path, Tools], Optional[StageOutput]], *, recipe_extra: Optional[dict] = None) -> Optional[Output]:
+        context, build = self.context, self.ffmpeg.build
+        inputs: dict[str, Optional[str]] = {}
+        for name in self.stage.inputs:
+            record = _latest(context, self.key(name))
+            inputs[name] = record.asset_materialization.tags.get(DATA_VERSION_TAG) if record and record.asset_materialization else None
+        threads = self._threads()
+        recipe = recipe_hash(fingerprint=self.stage.fingerprint, build_hash=build.build_hash,
+                             inputs={**inputs, **(recipe_extra or {})}, threads=threads)
+        reused = self._reuse(recipe)
+        if reused is not None:
+            return reused
+        started, attempt = time.time(), context.retry_number
+        try:
+            with self.ffmpeg.scratch(self.stage.name, self.video) as work:
+                out = produce(work, self.ffmpeg.tools(context.log, threads=threads))
+                if out is None:
+                    return None
+                sha, size, _ = describe(out.path)
+        except (Failure, RetryRequested):
+            raise
+        except Exception as exc:
+            self._failed(exc, attempt)
+        provenance = Provenance(
+            pipeline=self.spec.name, asset=self.stage.name, video=self.video, run_id=context.run_id, recipe=recipe,
+            stage_fingerprint=self.stage.fingerprint, preset=self.stage.preset,
+            encoder=EncoderBuild.of(build, self.ffmpeg.pin),
+            encoder_libraries={"x264": v} if (v := x264_version(out.path)) else {},
+            argv=[r.argv for r in out.runs], inputs=inputs, output_sha256=sha, output_size_bytes=size,
+            media={k: v for k, v in out.facts.items() if v is not None},
+            wall_s=round(time.time() - started, 3), ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
+            attempt=attempt + 1, earlier_failures=[o["failure_class"] for o in self._failures()],
+        )
+        self._announce_success(out, sha)
+        return Output(out.path, data_version=DataVersion(sha), metadata=self._metadata(provenance, out.facts))
+
+    def _metadata(self, prov: Provenance, facts: dict[str, Any]) -> dict[str, Any]:
+        metadata: dict[str, Any] = {k: v for k, v in facts.items() if v is not None}
+        metadata.update(
+            recipe=prov.recipe, stage_fingerprint=prov.stage_fingerprint, attempt=prov.attempt,
+            ffmpeg_version=prov.encoder.ffmpeg_version, ffmpeg_build_hash=prov.encoder.ffmpeg_build_hash,
+            wall_s=prov.wall_s, ffmpeg_cpu_s=prov.ffmpeg_cpu_s, reused=prov.reused_from_run is not None,
+        )
+        if prov.preset:
+            metadata["preset"] = prov.preset
+        if prov.argv:
+            metadata["ffmpeg_argv"] = MetadataValue.json(prov.argv)
+        metadata[PROVENANCE_KEY] = MetadataValue.json(prov.model_dump(mode="json"))
+        return metadata
+
+    # -- skip unchanged work ------------------------------------------------------------------
+
+    def _reuse(self, recipe: str) -> Optional[Output]:
+        context = self.context
+        if not self.stage.reusable or context.run.tags.get(FORCE_TAG, "").lower() == "true":
+            return None
+        record = _latest(context, context.asset_key)
+        meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
+        if "recipe" not in meta or meta["recipe"].value != recipe or PROVENANCE_KEY not in meta:
+            return None
+        prov = Provenance.model_validate(meta[PROVENANCE_KEY].value)
+        prov = prov.model_copy(update={"run_id": context.run_id, "reused_from_run": prov.reused_from_run or record.run_id,
+                                       "attempt": context.retry_number + 1, "wall_s": 0.0, "ffmpeg_cpu_s": 0.0})
+        context.log.info(f"{self.stage.name}: inputs, parameters and encoder build unchanged: reusing the output of run {prov.reused_from_run}")
+        facts = {k: v.value for k, v in meta.items() if k in prov.media}
+        return Output(Reused(Path(meta["path"].value).name, prov.output_sha256), data_version=DataVersion(prov.output_sha256),
+                      metadata=self._metadata(prov, facts))
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _threads(self) -> int:
+        """Each earlier `resource` failure in this run halves the threads (less memory, fewer frames in flight)."""
+        base = self.ffmpeg.threads
+        resource_failures = sum(1 for o in self._failures() if o["failure_class"] == "resource")
+        if not resource_failures:
+            return base
+        return max(1, (base or os.cpu_count() or 2) >> resource_failures)
+
+    def _failures(self) -> list[dict[str, Any]]:
+        """Failed attempts of this stage in this run, oldest first (recorded as asset observations)."""
+        records = self.context.instance.fetch_observations(
+            AssetRecordsFilter(asset_key=self.context.asset_key, asset_partitions=[self.video]), limit=50
+        ).records
+        found = [r.asset_observation.metadata for r in records
+                 if r.run_id == self.context.run_id and r.asset_observation and "failure_class" in r.asset_observation.metadata]
+        return [{k: v.value for k, v in m.items()} for m in reversed(found)]
+
+    def _failed(self, exc: Exception, attempt: int) -> NoReturn:
+        c: Classification = classify_exception(exc, family=self.ffmpeg.build.family)
+        stderr = getattr(getattr(exc, "result", None), "stderr_tail", "") or ""
+        details = {"failure_class": c.failure_class, "reason": c.reason, "message": c.message,
+                   "exit_code": c.exit_code, "signal": c.signal, "attempt": attempt + 1}
+        self.context.log_event(AssetObservation(
+            asset_key=self.context.asset_key, partition=self.video,
+            metadata={**{k: v for k, v in details.items() if v is not None}, "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```")},
+        ))
+        policy = self.spec.failures.retry_for(self.stage.kind)
+        if c.failure_class in ("transient", "resource") and attempt < policy.max_retries:
+            wait = policy.wait_s(attempt, random.random())
+            self.context.log.warning(
+                f"{self.stage.name} attempt {attempt + 1} failed ({c.failure_class}: {c.reason}: {c.message}); "
+                f"retrying in {wait:.1f}s"
+            )
+            raise RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from exc
+        subject = f"rendition {self.stage.rendition}" if self.stage.rendition else f"stage {self.stage.name}"
+        headline = f"{subject} failed: {c.failure_class}: {c.reason}"
+        if self.stage.rendition:
+            self.events.sink().send(Event(
+                type="rendition.failed", pipeline=self.spec.name, video=self.video, run_id=self.context.run_id,
+                subject=self.stage.rendition, message=headline, data=details,
+            ))
+        raise Failure(
+            description=f"video {self.video!r}: {headline} ({c.message})",
+            metadata={**{k: v for k, v in details.items() if v is not None},
+                      "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```")},
+            allow_retries=False,
+        ) from exc
+
+    def _announce_success(self, out: StageOutput, sha: str) -> None:
+        kinds = {"encode": "rendition.ready", "package": "package.ready", "ingest": "video.received"}
+        event_type = kinds.get(self.stage.kind)
+        if event_type:
+            self.events.sink().send(Event(
+                type=event_type, pipeline=self.spec.name, video=self.video, run_id=self.context.run_id,
+                subject=self.stage.rendition, message=f"{self.stage.name} ready", data={"sha256": sha, **_jsonable(out.facts)},
+            ))
+
+
+def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(facts, default=str))
+
+
+def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None) -> list[AssetsDefinition]:
     """Assets for one pipeline spec, every key prefixed with `spec.name` and partitioned by video:
     ingest -> probe -> rendition_<rung> (one per ladder rung), thumbnails, captions -> hls ->
-    emit / emit_captions.
+    emit / emit_captions. `encoder_pin` (the deployment's FFmpeg pin) is part of every FFmpeg
+    stage's code version, so changing it marks those stages stale.
 
     Examples:
         .. code-block:: python
@@ -85,110 +240,108 @@ def build_video_assets(spec: PipelineSpec) -> list[AssetsDefinition]:
             assets = build_video_assets(load_spec(Path("resources/pipelines/vod.yaml")))
     """
     prefix = spec.name
-    partitions = partitions_for(spec)
     common: dict[str, Any] = dict(
-        key_prefix=[prefix], group_name=prefix, partitions_def=partitions, io_manager_key=IO_MANAGER_KEY
+        key_prefix=[prefix], group_name=prefix, partitions_def=partitions_for(spec), io_manager_key=IO_MANAGER_KEY
     )
-    ffmpeg_common = dict(common, retry_policy=FFMPEG_RETRY, kinds={"ffmpeg"})
 
     def key(name: str) -> AssetKey:
         return AssetKey([prefix, name])
 
-    @asset(name="ingest", code_version="1", description="Stored copy of the source video and its caption sidecar.", **common)
-    def ingest(context: AssetExecutionContext, config: IngestConfig, ffmpeg: FFmpegResource) -> Output[Path]:
-        source = config.source_path or _last_source(context)
-        with ffmpeg.scratch("ingest", context.partition_key) as work:
-            try:
-                out = stages.ingest(Path(source), work, spec.captions.sidecar_extensions)
-            except MediaRejected as exc:
-                raise _rejected(context, exc) from exc
-        return Output(out.path, metadata=out.facts)
+    def fingerprint(*parts: Any) -> str:
+        return spec.stage_fingerprint(*parts) + (f"+{encoder_pin}" if encoder_pin else "")
 
-    @asset(name="probe", code_version="1", ins={"ingest": AssetIn(key("ingest"))},
-           description="ffprobe facts of the source (JSON).", **common)
-    def probe(context: AssetExecutionContext, ffmpeg: FFmpegResource, ingest: Path) -> Output[Path]:
-        with ffmpeg.scratch("probe", context.partition_key) as work:
-            try:
-                out = stages.probe_source(ingest, work, ffmpeg.tools())
-            except (MediaRejected, ProbeError, FFmpegNotFound) as exc:
-                raise _rejected(context, exc) from exc
-        return _output(out, ffmpeg, "1")
+    def ins(*names: str) -> dict[str, AssetIn]:
+        return {n: AssetIn(key(n)) for n in names}
+
+    ingest_def = _StageDef("ingest", "ingest", "ingest-1")
+
+    @asset(name="ingest", code_version=ingest_def.fingerprint, description="Stored copy of the source video and its caption sidecar.", **common)
+    def ingest(context: AssetExecutionContext, config: IngestConfig, ffmpeg: FFmpegResource, events: WebhookResource) -> Output:
+        source = Path(config.source_path or _last_source(context))
+        stat = source.stat() if source.is_file() else None
+        identity = {"source": str(source.resolve()), "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
+        return _StageRun(context, spec, ingest_def, ffmpeg, events).run(
+            lambda work, tools: stages.ingest(source, work, spec.captions.sidecar_extensions), recipe_extra=identity)
+
+    probe_def = _StageDef("probe", "probe", "probe-1", inputs=("ingest",))
+
+    @asset(name="probe", code_version=probe_def.fingerprint, ins=ins("ingest"), description="ffprobe facts of the source (JSON).", **common)
+    def probe(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, ingest: Path) -> Output:
+        return _StageRun(context, spec, probe_def, ffmpeg, events).run(lambda work, tools: stages.probe_source(ingest, work, tools))
 
     def rendition_asset(rung_name: str) -> AssetsDefinition:
         rung = spec.rendition(rung_name)
-        code = spec.stage_fingerprint(rung, spec.preset_for(rung))
+        preset = spec.preset_for(rung)
+        sdef = _StageDef(rendition_asset_name(rung.name), "encode", fingerprint(rung, preset, spec.failures),
+                         inputs=("ingest", "probe"), preset=preset.ref, rendition=rung.name)
 
-        @asset(name=rendition_asset_name(rung.name), code_version=code,
-               ins={"ingest": AssetIn(key("ingest")), "probe": AssetIn(key("probe"))},
+        @asset(name=sdef.name, code_version=sdef.fingerprint, ins=ins("ingest", "probe"), kinds={"ffmpeg"},
                description=f"{rung.name}: H.264 {rung.profile} {rung.video_bitrate_kbps} kb/s, keyframes every {spec.gop_s:g}s.",
-               **ffmpeg_common)
-        def _rendition(context: AssetExecutionContext, ffmpeg: FFmpegResource, ingest: Path, probe: Path) -> Output[Path]:
-            with ffmpeg.scratch(rung.name, context.partition_key) as work:
-                out = stages.encode_rendition(ingest, stages.load_probe(probe), spec, rung, ffmpeg.tools(context.log), work)
-            return _output(out, ffmpeg, code)
+               **common)
+        def _rendition(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
+                       ingest: Path, probe: Path) -> Output:
+            return _StageRun(context, spec, sdef, ffmpeg, events).run(
+                lambda work, tools: stages.encode_rendition(ingest, stages.load_probe(probe), spec, rung, tools, work))
 
         return _rendition
 
-    thumbs_code = spec.stage_fingerprint(spec.thumbnails)
+    thumbs_def = _StageDef("thumbnails", "thumbnails", fingerprint(spec.thumbnails), inputs=("ingest", "probe"))
 
-    @asset(name="thumbnails", code_version=thumbs_code,
-           ins={"ingest": AssetIn(key("ingest")), "probe": AssetIn(key("probe"))},
-           description="JPEG thumbnails, a sprite sheet and a WebVTT storyboard.", **ffmpeg_common)
-    def thumbnails(context: AssetExecutionContext, ffmpeg: FFmpegResource, ingest: Path, probe: Path) -> Output[Path]:
-        with ffmpeg.scratch("thumbnails", context.partition_key) as work:
-            try:
-                out = stages.thumbnails(ingest, stages.load_probe(probe), spec.thumbnails, ffmpeg.tools(context.log), work)
-            except MediaRejected as exc:
-                raise _rejected(context, exc) from exc
-        return _output(out, ffmpeg, thumbs_code)
+    @asset(name="thumbnails", code_version=thumbs_def.fingerprint, ins=ins("ingest", "probe"), kinds={"ffmpeg"},
+           description="JPEG thumbnails, a sprite sheet and a WebVTT storyboard.", **common)
+    def thumbnails(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
+                   ingest: Path, probe: Path) -> Output:
+        return _StageRun(context, spec, thumbs_def, ffmpeg, events).run(
+            lambda work, tools: stages.thumbnails(ingest, stages.load_probe(probe), spec.thumbnails, tools, work))
 
     caption_rung = spec.rendition(spec.captions.rendition)
-    captions_code = spec.stage_fingerprint(spec.captions, caption_rung, spec.preset_for(caption_rung))
+    captions_def = _StageDef("captions", "captions",
+                             fingerprint(spec.captions, caption_rung, spec.preset_for(caption_rung), spec.failures),
+                             inputs=("ingest", "probe"), preset=spec.preset_for(caption_rung).ref, rendition="captioned")
 
-    @asset(name="captions", code_version=captions_code, output_required=False,
-           ins={"ingest": AssetIn(key("ingest")), "probe": AssetIn(key("probe"))},
-           description="A rendition with the sidecar captions burned in; skipped when there is no sidecar.",
-           **ffmpeg_common)
-    def captions(context: AssetExecutionContext, ffmpeg: FFmpegResource, ingest: Path, probe: Path):
+    @asset(name="captions", code_version=captions_def.fingerprint, output_required=False, ins=ins("ingest", "probe"),
+           kinds={"ffmpeg"}, description="A rendition with the sidecar captions burned in; skipped when there is no sidecar.",
+           **common)
+    def captions(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, ingest: Path, probe: Path):
         if not spec.captions.enabled:
             context.log.info("captions are disabled in the spec: nothing to burn in")
             return
-        with ffmpeg.scratch("captions", context.partition_key) as work:
-            out = stages.burn_captions(ingest, stages.load_probe(probe), spec, ffmpeg.tools(context.log), work)
-        if out is None:
+        if stages.captions_file(ingest) is None:
             context.log.info(f"no caption sidecar ({', '.join(spec.captions.sidecar_extensions)}) beside the source: skipped")
             return
-        yield _output(out, ffmpeg, captions_code)
+        result = _StageRun(context, spec, captions_def, ffmpeg, events).run(
+            lambda work, tools: stages.burn_captions(ingest, stages.load_probe(probe), spec, tools, work))
+        if result is not None:
+            yield result
 
-    rung_ins = {rendition_asset_name(r.name): AssetIn(key(rendition_asset_name(r.name))) for r in spec.ladder}
-    hls_code = spec.stage_fingerprint(spec.hls)
+    rung_names = tuple(rendition_asset_name(r.name) for r in spec.ladder)
+    hls_def = _StageDef("hls", "package", fingerprint(spec.hls), inputs=rung_names)
 
-    @asset(name="hls", code_version=hls_code, ins=rung_ins,
-           description="HLS VOD: one variant per rendition and a master playlist.", **ffmpeg_common)
-    def hls(context: AssetExecutionContext, ffmpeg: FFmpegResource, **renditions: Path) -> Output[Path]:
+    @asset(name="hls", code_version=hls_def.fingerprint, ins=ins(*rung_names), kinds={"ffmpeg"},
+           description="HLS VOD: one variant per rendition and a master playlist.", **common)
+    def hls(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, **renditions: Path) -> Output:
         by_rung = {name.removeprefix("rendition_"): path for name, path in renditions.items()}
-        with ffmpeg.scratch("hls", context.partition_key) as work:
-            out = stages.package_hls(by_rung, spec.hls, ffmpeg.tools(context.log), work)
-        return _output(out, ffmpeg, hls_code, master_playlist=MetadataValue.path(str(out.path / "master.m3u8")))
+        return _StageRun(context, spec, hls_def, ffmpeg, events).run(
+            lambda work, tools: stages.package_hls(by_rung, spec.hls, tools, work))
 
-    @asset(name="emit", code_version=spec.stage_fingerprint(spec.emit),
-           ins={"hls": AssetIn(key("hls")), "thumbnails": AssetIn(key("thumbnails"))},
+    emit_def = _StageDef("emit", "emit", fingerprint(spec.emit), inputs=("hls", "thumbnails"), reusable=False)
+
+    @asset(name="emit", code_version=emit_def.fingerprint, ins=ins("hls", "thumbnails"),
            description="Publishes the HLS tree and thumbnails to the delivery location.", **common)
-    def emit(context: AssetExecutionContext, ffmpeg: FFmpegResource, delivery: DeliveryResource,
-             hls: Path, thumbnails: Path) -> Output[Path]:
+    def emit(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, delivery: DeliveryResource,
+             hls: Path, thumbnails: Path) -> Output:
         parts = {"hls": hls, **({"thumbnails": thumbnails} if spec.emit.thumbnails else {})}
-        with ffmpeg.scratch("emit", context.partition_key) as work:
-            out = stages.emit(context.partition_key, parts, delivery.store(), work)
-        master = Path(delivery.store().root) / context.partition_key / "hls" / "master.m3u8"
-        return Output(out.path, metadata={**out.facts, "master_playlist": MetadataValue.path(str(master))})
+        return _StageRun(context, spec, emit_def, ffmpeg, events).run(
+            lambda work, tools: stages.emit(context.partition_key, parts, delivery.store(), work))
 
-    @asset(name="emit_captions", code_version="1", ins={"captions": AssetIn(key("captions"))},
+    emit_captions_def = _StageDef("emit_captions", "emit", "emit-captions-1", inputs=("captions",), reusable=False)
+
+    @asset(name="emit_captions", code_version=emit_captions_def.fingerprint, ins=ins("captions"),
            description="Publishes the captioned rendition to the delivery location.", **common)
-    def emit_captions(context: AssetExecutionContext, ffmpeg: FFmpegResource, delivery: DeliveryResource,
-                      captions: Path) -> Output[Path]:
-        with ffmpeg.scratch("emit_captions", context.partition_key) as work:
-            out = stages.emit(context.partition_key, {"captioned.mp4": captions}, delivery.store(), work)
-        return Output(out.path, metadata=out.facts)
+    def emit_captions(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
+                      delivery: DeliveryResource, captions: Path) -> Output:
+        return _StageRun(context, spec, emit_captions_def, ffmpeg, events).run(
+            lambda work, tools: stages.emit(context.partition_key, {"captioned.mp4": captions}, delivery.store(), work))
 
     renditions = [rendition_asset(r.name) for r in spec.ladder]
     return [ingest, probe, *renditions, thumbnails, captions, hls, emit, emit_captions]
@@ -196,13 +349,10 @@ def build_video_assets(spec: PipelineSpec) -> list[AssetsDefinition]:
 
 def _last_source(context: AssetExecutionContext) -> str:
     """The path this partition was last ingested from, so a re-run from the UI needs no config."""
-    records = context.instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[context.partition_key]), limit=1
-    ).records
-    if records:
-        meta = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
-        if "original_path" in meta:
-            return str(meta["original_path"].value)
+    record = _latest(context, context.asset_key)
+    meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
+    if "original_path" in meta:
+        return str(meta["original_path"].value)
     raise Failure(
         description=(
             f"video {context.partition_key!r} has never been ingested: pass its file as run config "

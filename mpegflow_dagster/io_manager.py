@@ -2,23 +2,42 @@
 
 Nothing is pickled and no file is read into memory: files are moved (or stream-copied) into the
 store under a temporary name, hashed while streaming, and renamed into place when complete.
-Downstream assets receive a local Path.
+Downstream assets receive a local Path. An asset whose recipe is unchanged returns `Reused`
+instead: the stored artifact is checked and kept, nothing is re-encoded.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Union
 
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import Field
 
-from .storage import ArtifactStore, LocalArtifactStore, release_scratch
+from .provenance import SIDECAR_SUFFIX
+from .storage import ArtifactRecord, ArtifactStore, LocalArtifactStore, release_scratch, scratch_dir
 
 UNPARTITIONED = "__all__"
+PROVENANCE_KEY = "provenance"
+
+
+@dataclass(frozen=True)
+class Reused:
+    """Returned by an asset to keep the artifact it stored earlier (same recipe, same bytes)."""
+
+    name: str  # the artifact's file or directory name
+    sha256: str
+
+
+class StoredArtifactChanged(RuntimeError):
+    pass
 
 
 class BinaryIOManager(ConfigurableIOManager):
-    """Stores each output (a file or a directory) at `<root>/<asset key path>/<partition>/<name>`.
+    """Stores each output (a file or a directory) at `<root>/<asset key path>/<partition>/<name>`,
+    with its provenance record beside it as `<name>.provenance.json`.
 
     Examples:
         .. code-block:: python
@@ -46,30 +65,52 @@ class BinaryIOManager(ConfigurableIOManager):
         partition = context.asset_partition_key if context.has_asset_partitions else UNPARTITIONED
         return PurePosixPath(*context.asset_key.path, partition)
 
-    def handle_output(self, context: OutputContext, obj: Path) -> None:
-        if not isinstance(obj, Path) or not obj.exists():
+    def handle_output(self, context: OutputContext, obj: Union[Path, Reused]) -> None:
+        store = self.store()
+        folder = self._folder(context)
+        if isinstance(obj, Reused):
+            record = store.stat(folder / obj.name)
+            if record is None or record.sha256 != obj.sha256:
+                raise StoredArtifactChanged(
+                    f"{context.asset_key.to_user_string()}: the stored artifact {folder / obj.name} is missing or "
+                    "changed since it was recorded; re-run with the run tag `mpegflow/force=true` to re-encode."
+                )
+        elif isinstance(obj, Path) and obj.exists():
+            record = store.publish(obj, folder / obj.name)
+            release_scratch(obj)
+        else:
             raise TypeError(
                 f"{context.asset_key.to_user_string()} returned {obj!r}: assets using BinaryIOManager must "
                 "return the Path of a file or directory they wrote."
             )
-        record = self.store().publish(obj, self._folder(context) / obj.name)
-        release_scratch(obj)
-        context.add_output_metadata(
-            {
-                "path": MetadataValue.path(record.uri),
-                "sha256": MetadataValue.text(record.sha256),
-                "size_bytes": MetadataValue.int(record.size_bytes),
-                "size_mb": MetadataValue.float(round(record.size_bytes / 1e6, 3)),
-                "files": MetadataValue.int(record.files),
-            }
-        )
+        provenance = context.output_metadata.get(PROVENANCE_KEY)
+        if provenance is not None:
+            self._publish_sidecar(store, folder / f"{obj.name}{SIDECAR_SUFFIX}", provenance.value)
+        context.add_output_metadata(_record_metadata(record))
+
+    def _publish_sidecar(self, store: ArtifactStore, key: PurePosixPath, provenance: object) -> None:
+        with scratch_dir(Path(self.root) / ".sidecars") as work:
+            sidecar = work / key.name
+            sidecar.write_text(json.dumps(provenance, indent=2, sort_keys=True))
+            store.publish(sidecar, key)
+        release_scratch(sidecar)
 
     def load_input(self, context: InputContext) -> Path:
         folder = self.store().local_path(self._folder(context))
-        entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        entries = [p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(SIDECAR_SUFFIX)]
         if len(entries) != 1:
             raise FileNotFoundError(
                 f"expected one artifact in {folder}, found {len(entries)}: re-materialize "
                 f"{context.asset_key.to_user_string()} for this partition"
             )
         return entries[0]
+
+
+def _record_metadata(record: ArtifactRecord) -> dict[str, MetadataValue]:
+    return {
+        "path": MetadataValue.path(record.uri),
+        "sha256": MetadataValue.text(record.sha256),
+        "size_bytes": MetadataValue.int(record.size_bytes),
+        "size_mb": MetadataValue.float(round(record.size_bytes / 1e6, 3)),
+        "files": MetadataValue.int(record.files),
+    }

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
-from dagster import Definitions
+from dagster import AssetsDefinition, Definitions, EnvVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .assets import IO_MANAGER_KEY, build_video_assets
 from .io_manager import BinaryIOManager
 from .resources import DeliveryResource, FFmpegResource
 from .spec import PipelineSpec, load_spec
+from .webhooks import WebhookResource
 
 
 class FFmpegSettings(BaseModel):
@@ -21,6 +22,7 @@ class FFmpegSettings(BaseModel):
 
     threads: int = 0
     required_version: Optional[str] = None
+    required_build_hash: Optional[str] = None
     timeout_s: Optional[float] = None
     stall_s: Optional[float] = 300.0
 
@@ -34,6 +36,8 @@ class Settings(BaseModel):
     storage_dir: str = Field(".mpegflow/storage", description="Published artifacts (the IO manager root).")
     work_dir: str = Field(".mpegflow/work", description="Scratch space; same filesystem as storage_dir.")
     delivery_dir: str = Field(".mpegflow/delivery", description="Delivery tree: <delivery_dir>/<video>/...")
+    events_path: str = Field(".mpegflow/events.jsonl", description="Every pipeline event, one JSON object a line.")
+    webhook_url: Optional[str] = Field(None, description="POST signed events here (secret: $MPEGFLOW_WEBHOOK_SECRET).")
     ffmpeg: FFmpegSettings = FFmpegSettings()
 
     def resolved(self, base: Path) -> "Settings":
@@ -45,6 +49,8 @@ class Settings(BaseModel):
             "storage_dir": pick("storage_dir", "MPEGFLOW_STORAGE_DIR"),
             "work_dir": pick("work_dir", "MPEGFLOW_WORK_DIR"),
             "delivery_dir": pick("delivery_dir", "MPEGFLOW_DELIVERY_DIR"),
+            "events_path": pick("events_path", "MPEGFLOW_EVENTS_PATH"),
+            "webhook_url": os.environ.get("MPEGFLOW_WEBHOOK_URL") or self.webhook_url,
         })
 
 
@@ -75,7 +81,17 @@ class Project(BaseModel):
             "ffmpeg": FFmpegResource(work_dir=s.work_dir, **s.ffmpeg.model_dump()),
             IO_MANAGER_KEY: BinaryIOManager(root=s.storage_dir),
             "delivery": DeliveryResource(root=delivery_dir or s.delivery_dir),
+            "events": WebhookResource(
+                events_path=s.events_path,
+                outbox_dir=str(Path(s.events_path).parent / "webhooks"),
+                url=s.webhook_url,
+                secret=EnvVar("MPEGFLOW_WEBHOOK_SECRET") if s.webhook_url else "",
+            ),
         }
+
+    def assets(self, spec: PipelineSpec) -> list[AssetsDefinition]:
+        pin = "/".join(p for p in (self.settings.ffmpeg.required_version, self.settings.ffmpeg.required_build_hash) if p)
+        return build_video_assets(spec, encoder_pin=pin or None)
 
     def spec(self, name: Optional[str] = None) -> PipelineSpec:
         if name is None:
@@ -86,5 +102,5 @@ class Project(BaseModel):
             raise KeyError(f"no pipeline named {name!r}; known: {', '.join(s.name for s in self.specs)}") from None
 
     def definitions(self) -> Definitions:
-        assets = [a for spec in self.specs for a in build_video_assets(spec)]
+        assets = [a for spec in self.specs for a in self.assets(spec)]
         return Definitions(assets=assets, resources=self.resources())

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from dagster import ConfigurableResource, Failure, InitResourceContext, MetadataValue
+from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_binary
@@ -40,6 +40,9 @@ class FFmpegResource(ConfigurableResource):
     required_version: Optional[str] = Field(
         None, description="Fail the run at start unless `ffmpeg -version` starts with this (e.g. `5.1`)."
     )
+    required_build_hash: Optional[str] = Field(
+        None, description="Fail the run at start unless the build hash (version line + configuration) is this."
+    )
     timeout_s: Optional[float] = Field(None, gt=0, description="Stop one FFmpeg run after this many seconds.")
     stall_s: Optional[float] = Field(
         300.0, gt=0, description="Stop one FFmpeg run that reports no progress for this many seconds."
@@ -68,17 +71,30 @@ class FFmpegResource(ConfigurableResource):
             resolve_binary(self.ffprobe)
         except FFmpegNotFound as exc:
             raise Failure(description=str(exc), allow_retries=False) from exc
-        if self.required_version and not build.version.startswith(self.required_version):
+        mismatches = [
+            (what, expected, found)
+            for what, expected, found in (
+                ("version", self.required_version, build.version),
+                ("build hash", self.required_build_hash, build.build_hash),
+            )
+            if expected and not found.startswith(expected)
+        ]
+        for what, expected, found in mismatches:
             raise Failure(
                 description=(
-                    f"FFmpeg version mismatch: this deployment requires {self.required_version}, "
-                    f"but {build.path} is {build.version}. Install the required build or change "
-                    "`required_version`."
+                    f"FFmpeg {what} mismatch: this deployment requires {expected}, but {build.path} is {found}. "
+                    f"Install the required build or change the pin (required_version / required_build_hash)."
                 ),
-                metadata={"expected": self.required_version, "found": build.version, "path": build.path},
+                metadata={"expected": expected, "found": found, "path": build.path},
                 allow_retries=False,
             )
         return build
+
+    @property
+    def pin(self) -> Optional[str]:
+        """The deployment's pin, as recorded in provenance."""
+        parts = [p for p in (self.required_version, self.required_build_hash) if p]
+        return "/".join(parts) or None
 
     @property
     def build(self) -> FFmpegBuild:
@@ -86,7 +102,7 @@ class FFmpegResource(ConfigurableResource):
             self._build = self.check()
         return self._build
 
-    def tools(self, log=None, every_s: float = 5.0) -> Tools:
+    def tools(self, log=None, *, threads: Optional[int] = None, every_s: float = 5.0) -> Tools:
         """Stage tools whose progress goes to `log` (a Dagster logger) at most every `every_s`."""
         last: dict[str, float] = {}
 
@@ -99,7 +115,7 @@ class FFmpegResource(ConfigurableResource):
         return Tools(
             ffmpeg=self.build.path,
             ffprobe=resolve_binary(self.ffprobe),
-            threads=self.threads,
+            threads=self.threads if threads is None else threads,
             limits=RunLimits(timeout_s=self.timeout_s, stall_s=self.stall_s),
             on_progress=report if log is not None else None,
         )
@@ -108,14 +124,6 @@ class FFmpegResource(ConfigurableResource):
     def scratch(self, *parts: str) -> Iterator[Path]:
         with scratch_dir(Path(self.work_dir), *parts) as path:
             yield path
-
-    def build_metadata(self) -> dict[str, MetadataValue]:
-        b = self.build
-        return {
-            "ffmpeg_version": MetadataValue.text(b.version),
-            "ffmpeg_build_hash": MetadataValue.text(b.build_hash),
-            "ffmpeg_path": MetadataValue.path(b.path),
-        }
 
 
 class DeliveryResource(ConfigurableResource):

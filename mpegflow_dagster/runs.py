@@ -14,7 +14,7 @@ from dagster import (
     materialize,
 )
 
-from .assets import IngestConfig, build_video_assets, partitions_for
+from .assets import FORCE_TAG, IngestConfig, build_video_assets, partitions_for
 from .project import Project
 from .spec import PipelineSpec
 
@@ -28,11 +28,12 @@ def materialize_video(
     source: Optional[Path] = None,
     delivery_dir: Optional[str] = None,
     stages: Optional[Sequence[str]] = None,
+    force: bool = False,
     log_level: str = "INFO",
 ) -> ExecuteInProcessResult:
     """Register `video` as a partition and materialize its graph (or only `stages`, by asset name).
-    With `source`, the video is (re-)ingested from that file."""
-    assets = build_video_assets(spec)
+    With `source`, the video is (re-)ingested from that file; `force` re-runs unchanged stages."""
+    assets = project.assets(spec)
     instance.add_dynamic_partitions(partitions_for(spec).name, [video])
     selection = [AssetKey([spec.name, name]) for name in stages] if stages else None
     ops = {f"{spec.name}__ingest": IngestConfig(source_path=str(source))} if source else {}
@@ -43,7 +44,8 @@ def materialize_video(
         selection=selection,
         resources=project.resources(delivery_dir=delivery_dir),
         run_config=RunConfig(ops=ops, loggers={"console": {"config": {"log_level": log_level}}}),
-        tags={"mpegflow/video": video, **({"mpegflow/source": str(source)} if source else {})},
+        tags={"mpegflow/video": video, **({"mpegflow/source": str(source)} if source else {}),
+              **({FORCE_TAG: "true"} if force else {})},
         raise_on_error=False,
     )
 

@@ -53,6 +53,33 @@ class HlsSpec(_Strict):
     segment_type: Literal["mpegts", "fmp4"] = "mpegts"
 
 
+StageKind = Literal["ingest", "probe", "encode", "thumbnails", "captions", "package", "emit"]
+
+
+class RetrySpec(_Strict):
+    """Retries for transient and resource failures; permanent and security failures never retry."""
+
+    max_retries: int = Field(3, ge=0, le=20)
+    delay_s: float = Field(2.0, ge=0, description="Wait before the first retry.")
+    backoff: float = Field(2.0, ge=1.0, description="Each later wait is this many times the previous one.")
+    jitter: float = Field(0.25, ge=0, le=1, description="Random +-fraction applied to every wait.")
+
+    def wait_s(self, retry_number: int, rand: float) -> float:
+        """Wait before retry `retry_number + 1`; `rand` in [0, 1)."""
+        return self.delay_s * self.backoff**retry_number * (1 + self.jitter * (2 * rand - 1))
+
+
+class FailureSpec(_Strict):
+    verification: Literal["strict", "tolerant"] = Field(
+        "strict", description="strict: duration within 0.5 s/2% and no corruption in stderr; tolerant: 10%, warnings ignored."
+    )
+    retry: RetrySpec = RetrySpec()
+    retry_by_stage: dict[StageKind, RetrySpec] = Field(default_factory=dict, description="Overrides per stage kind.")
+
+    def retry_for(self, kind: StageKind) -> RetrySpec:
+        return self.retry_by_stage.get(kind, self.retry)
+
+
 class EmitSpec(_Strict):
     """What is published to the delivery location (configured per deployment, not per spec)."""
 
@@ -71,6 +98,7 @@ class PipelineSpec(_Strict):
     captions: CaptionSpec = CaptionSpec()
     hls: HlsSpec = HlsSpec()
     emit: EmitSpec = EmitSpec()
+    failures: FailureSpec = FailureSpec()
     presets: dict[str, Preset] = Field(default_factory=dict, description="Resolved presets, by name.")
 
     @field_validator("ladder")

@@ -16,6 +16,7 @@ from .media.probe import MediaInfo, probe
 from .media.progress import Progress
 from .media.runner import RunLimits, RunResult, run_ffmpeg
 from .media.storyboard import storyboard_vtt
+from .media.verify import OutputRejected, verify_output
 from .spec import CaptionSpec, HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
 from .storage import ArtifactStore
 
@@ -131,6 +132,10 @@ def encode_rendition(
     )
     run = tools.run(label or rendition.name, args, duration_s=info.duration, cwd=cwd)
     result = probe(out, tools.ffprobe)
+    # Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output.
+    problems = verify_output(result, info, expect_audio=True, policy=spec.failures.verification, stderr_tail=run.stderr_tail)
+    if problems:
+        raise OutputRejected(problems)
     facts = {**result.summary(), "preset": preset.ref, "target_kbps": rendition.video_bitrate_kbps,
              "encode_speed_x": round(info.duration / run.wall_s, 2) if run.wall_s else None}
     return StageOutput(out, facts, [run])

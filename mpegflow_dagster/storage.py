@@ -63,6 +63,9 @@ class ArtifactStore(Protocol):
 
     def exists(self, key: PurePosixPath) -> bool: ...
 
+    def stat(self, key: PurePosixPath) -> ArtifactRecord | None:
+        """The record of what is stored at `key` now (re-hashed), or None if nothing is."""
+
 
 class LocalArtifactStore:
     """Artifacts under one root directory: `<root>/<key>`."""
@@ -87,13 +90,20 @@ class LocalArtifactStore:
             )
         return path
 
+    def stat(self, key: PurePosixPath) -> ArtifactRecord | None:
+        path = self._path(key)
+        if not path.exists():
+            return None
+        sha, size, files = describe(path)
+        return ArtifactRecord(uri=str(path), sha256=sha, size_bytes=size, files=files, is_dir=path.is_dir())
+
     def publish(self, src: Path, key: PurePosixPath) -> ArtifactRecord:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
             _move_or_copy(Path(src), staging)
-            sha, size, files = describe(staging)
+            sha, size, files = describe(staging)  # what was stored, whether renamed or copied
             _replace(staging, dest)
         finally:
             if staging.exists():

@@ -1,0 +1,83 @@
+"""Provenance records: everything needed to answer "why does this output look this way?".
+
+A record is stored as Dagster materialization metadata and as a JSON sidecar next to the
+artifact (`<artifact>.provenance.json`). No Dagster here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+from .media.build import FFmpegBuild
+
+SIDECAR_SUFFIX = ".provenance.json"
+_X264_SEI = re.compile(rb"x264 - core (\d+)(?: r(\d+))?")
+
+
+class EncoderBuild(BaseModel):
+    ffmpeg_version: str
+    ffmpeg_build_hash: str
+    ffmpeg_path: str
+    libraries: dict[str, str]
+    pinned: Optional[str] = Field(None, description="The deployment's pin (version prefix or build hash), if any.")
+
+    @classmethod
+    def of(cls, build: FFmpegBuild, pinned: Optional[str]) -> "EncoderBuild":
+        return cls(ffmpeg_version=build.version, ffmpeg_build_hash=build.build_hash, ffmpeg_path=build.path,
+                   libraries=build.libraries, pinned=pinned)
+
+
+class Provenance(BaseModel):
+    pipeline: str
+    asset: str
+    video: str
+    run_id: str
+    recipe: str = Field(description="Hash of everything that determines the output: stage spec, encoder build, inputs.")
+    stage_fingerprint: str = Field(description="Hash of the resolved stage spec (rung, preset, parameters).")
+    preset: Optional[str] = None
+    encoder: EncoderBuild
+    encoder_libraries: dict[str, str] = Field(default_factory=dict, description="e.g. {'x264': 'core 164 r3095'}.")
+    argv: list[list[str]] = Field(default_factory=list)
+    inputs: dict[str, Optional[str]] = Field(default_factory=dict, description="Upstream asset -> data version used.")
+    output_sha256: str
+    output_size_bytes: int
+    media: dict[str, Any] = Field(default_factory=dict)
+    wall_s: float
+    ffmpeg_cpu_s: float
+    attempt: int
+    earlier_failures: list[str] = Field(default_factory=list, description="Failure classes of earlier attempts.")
+    host: str = Field(default_factory=socket.gethostname)
+    bit_exact: bool = True
+    reused_from_run: Optional[str] = None
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def recipe_hash(*, fingerprint: str, build_hash: str, inputs: dict[str, Optional[str]], threads: int) -> str:
+    """Equal recipes give equal bytes (with bit-exact output): the key for skipping unchanged work."""
+    blob = json.dumps({"f": fingerprint, "b": build_hash, "i": inputs, "t": threads}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def x264_version(path: Path, scan_bytes: int = 4 << 20) -> Optional[str]:
+    """The libx264 version that wrote an H.264 file, from the SEI message x264 embeds."""
+    if not Path(path).is_file():
+        return None
+    with open(path, "rb") as fh:
+        match = _X264_SEI.search(fh.read(scan_bytes))
+    if not match:
+        return None
+    core, rev = match.group(1).decode(), match.group(2)
+    return f"core {core}" + (f" r{rev.decode()}" if rev else "")
+
+
+def sidecar_path(artifact: Path) -> Path:
+    return Path(artifact).with_name(Path(artifact).name + SIDECAR_SUFFIX)
