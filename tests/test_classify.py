@@ -1,0 +1,348 @@
+"""Failure classification and output verification on real FFmpeg runs of a damaged/hostile corpus.
+
+Every case runs through the real runner with both Debian FFmpeg 5.1 and a static 9.0 build, so the
+exit-status differences between the families are exercised, not assumed. Exit statuses asserted
+here were measured on those two builds.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.server
+import os
+import signal
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import pytest
+
+from mpegflow_dagster.media.build import FFmpegBuild, detect_build
+from mpegflow_dagster.media.classify import Classification, classify, classify_exception
+from mpegflow_dagster.media.probe import ProbeError, parse_probe, probe
+from mpegflow_dagster.media.runner import FFmpegFailed, RunLimits, RunResult, run_ffmpeg
+from mpegflow_dagster.media.verify import OutputRejected, stderr_problems, verify_output
+from mpegflow_dagster.stages import MediaRejected
+
+import corpus  # tests/ is on sys.path (rootdir conftest, no package)
+
+
+def _static_9() -> str:
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@pytest.fixture(params=["5.1", "9.0"])
+def build(request: pytest.FixtureRequest) -> FFmpegBuild:
+    found = detect_build("/usr/bin/ffmpeg" if request.param == "5.1" else _static_9())
+    assert found.family == ("ffmpeg<=6" if request.param == "5.1" else "ffmpeg7+")
+    return found
+
+
+@pytest.fixture
+def clip(make_source) -> Path:
+    source = make_source("clip", duration_s=2.0, width=320, height=240)
+    return corpus.faststart(source, source.parent)
+
+
+@pytest.fixture(scope="module")
+def http_base() -> Iterator[str]:
+    """A local HTTP server answering 404 or 503 depending on the path."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404 if "404" in self.path else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _fail(build: FFmpegBuild, args: list[str], **kwargs: object) -> tuple[RunResult, Classification]:
+    with pytest.raises(FFmpegFailed) as err:
+        run_ffmpeg(args, ffmpeg=build.path, **kwargs)
+    result = err.value.result
+    return result, classify(result, family=build.family)
+
+
+def _in(path: Path) -> list[str]:
+    return ["-protocol_whitelist", "file", "-i", f"file:{path}"]
+
+
+def _x264(out: Path) -> list[str]:
+    return ["-c:v", "libx264", "-preset", "ultrafast", "-f", "mp4", f"file:{out}"]
+
+
+NULL = ["-f", "null", "-"]
+
+# name -> (argv maker(tmp, clip, http_base), class, reason, {family: measured exit status}).
+Maker = Callable[[Path, Path, str], list[str]]
+CASES: dict[str, tuple[Maker, str, str, dict[str, int]]] = {
+    "missing": (lambda d, c, h: _in(corpus.missing(d)) + NULL,
+                "permanent", "input.not_found", {"ffmpeg<=6": 1, "ffmpeg7+": 254}),
+    "zero_byte": (lambda d, c, h: _in(corpus.zero_byte(d)) + NULL,
+                  "permanent", "input.invalid_data", {"ffmpeg<=6": 1, "ffmpeg7+": 183}),
+    "random_bytes": (lambda d, c, h: _in(corpus.random_bytes(d)) + NULL,
+                     "permanent", "input.invalid_data", {"ffmpeg<=6": 1, "ffmpeg7+": 183}),
+    "audio_only": (lambda d, c, h: _in(corpus.audio_only(d)) + ["-map", "0:v:0"] + _x264(d / "o.mp4"),
+                   "permanent", "input.no_video_stream", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
+    "pixel_bomb": (lambda d, c, h: _in(corpus.pixel_bomb_png(d)) + NULL,
+                   "permanent", "input.too_large", {"ffmpeg<=6": 1, "ffmpeg7+": 69}),
+    "unknown_encoder": (lambda d, c, h: _in(c) + ["-c:v", "libfoo264", "-f", "mp4", f"file:{d / 'o.mp4'}"],
+                        "permanent", "config.unknown_encoder", {"ffmpeg<=6": 1, "ffmpeg7+": 8}),
+    "invalid_preset": (lambda d, c, h: _in(c) + ["-c:v", "libx264", "-preset", "warpspeed", "-f", "mp4", f"file:{d / 'o.mp4'}"],
+                       "permanent", "config.invalid_option", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
+    "invalid_bitrate": (lambda d, c, h: _in(c) + ["-c:v", "libx264", "-b:v", "lots", "-f", "mp4", f"file:{d / 'o.mp4'}"],
+                        "permanent", "config.invalid_option", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
+    "odd_dimensions": (lambda d, c, h: _in(c) + ["-vf", "scale=321:241,format=yuv420p"] + _x264(d / "o.mp4"),
+                       "permanent", "config.encoder_rejected", {"ffmpeg<=6": 1, "ffmpeg7+": 187}),
+    "hls_reads_local_file": (lambda d, c, h: _in(corpus.hls_reading_local_file(d)) + NULL,
+                             "security", "security.playlist_input", {"ffmpeg<=6": 1, "ffmpeg7+": 183}),
+    "hls_disguised_as_mp4": (lambda d, c, h: _in(corpus.hls_disguised_as_mp4(d)) + NULL,
+                             "security", "security.playlist_input", {"ffmpeg<=6": 1, "ffmpeg7+": 183}),
+    "ffconcat_disguised_as_mp4": (lambda d, c, h: _in(corpus.ffconcat_disguised_as_mp4(d)) + NULL,
+                                  "security", "security.playlist_input", {"ffmpeg<=6": 1, "ffmpeg7+": 255}),
+    "playlist_vs_format_whitelist": (
+        lambda d, c, h: ["-format_whitelist", "mov,mp4,m4a,3gp,3g2,mj2"] + _in(corpus.hls_playlist(d, c)) + NULL,
+        "security", "security.forbidden_format", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
+    "forbidden_protocol": (lambda d, c, h: ["-protocol_whitelist", "file", "-i", f"{h}/404.mp4"] + NULL,
+                           "security", "security.forbidden_protocol", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
+    "connection_refused": (lambda d, c, h: ["-i", f"http://127.0.0.1:{corpus.free_tcp_port()}/x.mp4"] + NULL,
+                           "transient", "network.refused", {"ffmpeg<=6": 1, "ffmpeg7+": 145}),
+    "http_404": (lambda d, c, h: ["-i", f"{h}/404.mp4"] + NULL,
+                 "permanent", "network.http_error", {"ffmpeg<=6": 1, "ffmpeg7+": 8}),
+    "http_503": (lambda d, c, h: ["-i", f"{h}/503.mp4"] + NULL,
+                 "transient", "network.http_error", {"ffmpeg<=6": 1, "ffmpeg7+": 8}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_corpus_failures_are_classified(build, clip, tmp_path, http_base, case):
+    make_args, failure_class, reason, exit_codes = CASES[case]
+    result, got = _fail(build, make_args(tmp_path, clip, http_base))
+    assert (got.failure_class, got.reason) == (failure_class, reason), got.message
+    assert result.returncode == got.exit_code == exit_codes[build.family]
+    assert got.signal is None and got.message
+
+
+def test_read_timeout_is_transient(build):
+    listener = corpus.silent_listener()
+    try:
+        port = listener.getsockname()[1]
+        result, got = _fail(build, ["-rw_timeout", "1000000", "-i", f"http://127.0.0.1:{port}/x.mp4"] + NULL)
+    finally:
+        listener.close()
+    assert (got.failure_class, got.reason) == ("transient", "network.timeout")
+    assert result.returncode == {"ffmpeg<=6": 1, "ffmpeg7+": 146}[build.family]
+
+
+def test_unwritable_output_directory(build, clip, tmp_path):
+    target = corpus.unwritable_dir(tmp_path)
+    if target is None:
+        pytest.skip("no directory here refuses writes to this user")
+    result, got = _fail(build, _in(clip) + ["-c", "copy", "-f", "mp4", f"file:{target / 'o.mp4'}"])
+    assert (got.failure_class, got.reason) == ("permanent", "io.permission_denied")
+    assert result.returncode == {"ffmpeg<=6": 1, "ffmpeg7+": 243}[build.family]
+
+
+def test_unmatched_stderr_falls_back_to_the_exit_status(build):
+    # No stderr rule knows a filter-size failure: 5.1's exit 1 says nothing (unknown, retried a
+    # bounded number of times); 9.0's EINVAL (234) makes it permanent.
+    result, got = _fail(build, ["-f", "lavfi", "-i", "testsrc2=size=320x240:duration=1", "-vf", "crop=4000:4000"] + NULL)
+    expected = {"ffmpeg<=6": ("transient", "unknown"), "ffmpeg7+": ("permanent", "config.invalid_option")}
+    assert (got.failure_class, got.reason) == expected[build.family]
+
+
+def test_disk_full(build, clip):
+    # 5.1 exits 0 when the trailer cannot be written; only the stderr check catches it.
+    args = _in(clip) + ["-c", "copy", "-f", "mpegts", "file:/dev/full"]
+    if build.family == "ffmpeg7+":
+        result, got = _fail(build, args)
+        assert (got.failure_class, got.reason, result.returncode) == ("resource", "resource.disk_full", 228)
+    else:
+        result = run_ffmpeg(args, ffmpeg=build.path)
+        assert result.ok
+        assert any("Error writing trailer" in p for p in stderr_problems(result.stderr_tail, "tolerant"))
+
+
+def test_codec_this_build_cannot_decode(build, tmp_path):
+    vvc = corpus.vvc_clip(tmp_path, _static_9())
+    if build.family == "ffmpeg<=6":
+        _, got = _fail(build, _in(vvc) + NULL)
+        assert (got.failure_class, got.reason) == ("permanent", "input.unsupported_codec")
+    else:
+        assert run_ffmpeg(_in(vvc) + NULL, ffmpeg=build.path).ok
+
+
+def test_playlists_pass_a_file_only_protocol_whitelist(build, clip, tmp_path):
+    # Why security.playlist_input exists: `-protocol_whitelist file` does not stop a playlist or
+    # concat list from pulling in other local files; only a format whitelist does.
+    for playlist in (["-i", f"file:{corpus.hls_playlist(tmp_path, clip)}"],
+                     ["-f", "concat", "-safe", "0", "-i", f"file:{corpus.concat_list(tmp_path, clip)}"]):
+        result = run_ffmpeg(["-protocol_whitelist", "file", *playlist, *NULL], ffmpeg=build.path)
+        assert result.ok and result.last_progress is not None and result.last_progress.out_time_s > 1.5
+
+
+def _run_and_signal(build: FFmpegBuild, tmp_path: Path, sig: int) -> RunResult:
+    """Start a real-time encode, send `sig` to the FFmpeg child once it reports progress."""
+    marker = str(tmp_path / "signalled.mp4")
+    started = threading.Event()
+    failure: list[FFmpegFailed] = []
+
+    def target() -> None:
+        try:
+            run_ffmpeg(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=30"] + _x264(Path(marker)),
+                       ffmpeg=build.path, on_progress=lambda p: started.set())
+        except FFmpegFailed as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    assert started.wait(15)
+    pid = _child_with_arg(marker)
+    assert pid is not None
+    os.kill(pid, sig)
+    thread.join(30)
+    assert failure, "the run should have failed"
+    return failure[0].result
+
+
+def _child_with_arg(arg: str) -> Optional[int]:
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and arg in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_signals_we_did_not_send_are_transient(build, tmp_path, sig):
+    result = _run_and_signal(build, tmp_path, sig)
+    got = classify(result, family=build.family)
+    assert (got.failure_class, got.reason) == ("transient", "process.killed"), got.message
+    if sig == signal.SIGKILL:
+        assert result.returncode == -9 and got.signal == 9 and got.exit_code is None
+    else:  # FFmpeg traps SIGTERM, finalizes and exits 255 (both builds)
+        assert result.returncode == 255 and got.exit_code == 255 and got.signal is None
+    cancelled = classify(result, family=build.family, we_signalled=True)
+    assert (cancelled.failure_class, cancelled.reason) == ("cancelled", "process.cancelled")
+
+
+@pytest.mark.parametrize(
+    "source, limits, reason",
+    [
+        # -re at 0.5 fps: progress reports keep coming but out_time only moves every 2 s
+        # (9.0 then answers SIGTERM only at the next frame).
+        ("testsrc2=size=320x240:rate=0.5:duration=60", RunLimits(stall_s=1.0, kill_grace_s=5), "process.stalled"),
+        ("testsrc2=size=320x240:rate=25:duration=60", RunLimits(timeout_s=1.0, kill_grace_s=5), "process.watchdog_timeout"),
+    ],
+    ids=["stall", "timeout"],
+)
+def test_watchdog_stops_are_transient(build, tmp_path, source, limits, reason):
+    result, got = _fail(build, ["-re", "-f", "lavfi", "-i", source] + _x264(tmp_path / "o.mp4"), limits=limits)
+    assert result.stopped_by in ("stall", "timeout")
+    assert (got.failure_class, got.reason) == ("transient", reason)
+
+
+def test_probe_explains_an_ambiguous_kill(build, clip, tmp_path):
+    result = _run_and_signal(build, tmp_path, signal.SIGKILL)
+    audio = probe(corpus.audio_only(tmp_path))
+    bomb = parse_probe({"format": {"format_name": "png_pipe", "duration": "0.04", "size": "100"},
+                        "streams": [{"index": 0, "codec_type": "video", "width": 40000, "height": 40000}]})
+    normal = probe(clip)
+    assert classify(result, family=build.family, probe=bomb).reason == "input.too_large"
+    assert classify(result, family=build.family, probe=audio).reason == "input.no_video_stream"
+    assert classify(result, family=build.family, probe=normal).reason == "process.killed"
+
+
+# --- exit 0 is not success -------------------------------------------------------------------
+
+
+def _encode(build: FFmpegBuild, src: Path, out: Path, *extra: str) -> RunResult:
+    return run_ffmpeg(_in(src) + list(extra) + ["-c:a", "aac"] + _x264(out), ffmpeg=build.path)
+
+
+def test_half_a_file_encodes_with_exit_0_but_is_rejected(build, clip, tmp_path):
+    result = _encode(build, corpus.truncated(clip, tmp_path), tmp_path / "o.mp4")
+    assert result.ok
+    out, src = probe(tmp_path / "o.mp4"), probe(clip)
+    for policy in ("strict", "tolerant"):
+        problems = verify_output(out, src, expect_audio=True, policy=policy, stderr_tail=result.stderr_tail)
+        assert any("lasts" in p for p in problems), problems
+
+
+def test_concealed_corruption_fails_strict_only(build, clip, tmp_path):
+    result = _encode(build, corpus.bit_flipped(clip, tmp_path), tmp_path / "o.mp4")
+    assert result.ok
+    out, src = probe(tmp_path / "o.mp4"), probe(clip)
+    strict = verify_output(out, src, expect_audio=True, policy="strict", stderr_tail=result.stderr_tail)
+    assert strict and all(p.startswith("stderr shows damage") for p in strict), strict
+    assert verify_output(out, src, expect_audio=True, policy="tolerant", stderr_tail=result.stderr_tail) == []
+
+
+def test_clean_encode_passes_and_missing_audio_is_caught(build, clip, tmp_path):
+    result = _encode(build, clip, tmp_path / "o.mp4")
+    src = probe(clip)
+    out = probe(tmp_path / "o.mp4")
+    assert verify_output(out, src, expect_audio=True, policy="strict", stderr_tail=result.stderr_tail) == []
+    silent = _encode(build, clip, tmp_path / "silent.mp4", "-an")
+    out = probe(tmp_path / "silent.mp4")
+    problems = verify_output(out, src, expect_audio=True, policy="strict", stderr_tail=silent.stderr_tail)
+    assert problems == ["source has audio but the output has none"]
+    assert verify_output(out, src, expect_audio=False, policy="strict", stderr_tail=silent.stderr_tail) == []
+
+
+def test_audio_only_output_has_no_video(tmp_path):
+    audio = probe(corpus.audio_only(tmp_path))
+    problems = verify_output(audio, audio, expect_audio=True, policy="tolerant", stderr_tail="")
+    assert problems == ["output has no video stream"]
+
+
+# --- exceptions stages raise ------------------------------------------------------------------
+
+
+def test_classify_exception(tmp_path):
+    with pytest.raises(OSError) as disk:
+        with open("/dev/full", "wb") as f:
+            f.write(b"x")
+    assert disk.value.errno == errno.ENOSPC
+    with pytest.raises(ProbeError) as bad_probe:
+        probe(corpus.zero_byte(tmp_path))
+    with pytest.raises(FFmpegFailed) as failed:
+        run_ffmpeg(_in(corpus.missing(tmp_path)) + NULL)
+    expected = [
+        (disk.value, "resource", "resource.disk_full"),
+        (MemoryError(), "resource", "resource.out_of_memory"),
+        (bad_probe.value, "permanent", "input.invalid_data"),
+        (MediaRejected("no video"), "permanent", "input.rejected"),
+        (OutputRejected(["output is empty"]), "permanent", "output.verification_failed"),
+        (PermissionError(errno.EACCES, "denied"), "permanent", "io.permission_denied"),
+        (failed.value, "permanent", "input.not_found"),
+        (ValueError("surprise"), "transient", "unknown"),
+    ]
+    for exc, failure_class, reason in expected:
+        got = classify_exception(exc, family="ffmpeg<=6")
+        assert (got.failure_class, got.reason) == (failure_class, reason), exc
+
+
+def test_watchdog_and_cancel_take_precedence_over_stderr():
+    # A run we stopped prints errors while dying; those must not decide the class.
+    dying = RunResult(argv=["ffmpeg"], returncode=255, stderr_tail="No space left on device", wall_s=1, cpu_s=1)
+    assert classify(dying, family="ffmpeg<=6").reason == "resource.disk_full"
+    assert classify(replace(dying, stopped_by="stall"), family="ffmpeg<=6").reason == "process.stalled"
+    assert classify(dying, family="ffmpeg<=6", we_signalled=True).failure_class == "cancelled"
+    # 143 is EHOSTUNREACH in 7+, not 128+SIGTERM.
+    unreachable = replace(dying, returncode=143, stderr_tail="")
+    assert classify(unreachable, family="ffmpeg7+").reason == "network.unreachable"
+    assert classify(unreachable, family="ffmpeg<=6").reason == "unknown"
+    crashed = replace(dying, returncode=-signal.SIGSEGV, stderr_tail="")
+    assert classify(crashed, family="ffmpeg7+").failure_class == "security"
