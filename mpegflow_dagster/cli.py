@@ -13,7 +13,7 @@ from dagster import DagsterInstance
 
 from .media.synth import sample_with_captions
 from .project import Project
-from .runs import materialize_video, stage_report
+from .runs import materialize_video, outcome_event, stage_report
 from .spec import SpecError
 from .videos import video_key
 
@@ -43,13 +43,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     video = args.video or video_key(source.name)
     result = materialize_video(project, spec, video, instance=_instance(root), source=source,
                                delivery_dir=out_dir, log_level=args.log_level)
-    stages = stage_report(result, spec)
-    failed = [n for n, s in stages.items() if s["status"] in ("failed", "not_run")]
+    stages = stage_report(result.all_events, spec)
+    outcome = outcome_event(spec, video, result.run_id, stages)
+    project.resources()["events"].sink().send(outcome)
     master = Path(out_dir) / video / "hls" / "master.m3u8"
     report = {
         "video": video,
         "pipeline": spec.name,
-        "status": "failed" if failed or not result.success else "succeeded",
+        "status": "succeeded" if outcome.type == "video.succeeded" else "failed",
         "run_id": result.run_id,
         "dagster_home": os.environ["DAGSTER_HOME"],
         "master_playlist": str(master) if stages.get("emit", {}).get("status") == "materialized" else None,

@@ -20,7 +20,7 @@ from .webhooks import WebhookResource
 class FFmpegSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    threads: int = 0
+    threads: int = 2  # fixed: x264 output depends on its thread count
     required_version: Optional[str] = None
     required_build_hash: Optional[str] = None
     timeout_s: Optional[float] = None

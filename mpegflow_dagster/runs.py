@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 
 from dagster import (
     AssetKey,
+    DagsterEvent,
     DagsterEventType,
     DagsterInstance,
     ExecuteInProcessResult,
@@ -15,6 +16,7 @@ from dagster import (
 )
 
 from .assets import FORCE_TAG, IngestConfig, build_video_assets, partitions_for
+from .events import Event
 from .project import Project
 from .spec import PipelineSpec
 
@@ -50,41 +52,67 @@ def materialize_video(
     )
 
 
-def stage_report(result: ExecuteInProcessResult, spec: PipelineSpec) -> dict[str, dict[str, Any]]:
-    """Per asset of the spec: materialized / skipped (produced nothing to do) / failed (with the
-    error) / not_run (an upstream stage failed, or it was not selected)."""
+def stage_report(events: Sequence[DagsterEvent], spec: PipelineSpec) -> dict[str, dict[str, Any]]:
+    """Per asset of the spec, from one run's events: materialized / skipped (nothing to do) /
+    failed (with class and reason) / not_run (an upstream stage failed, or it was not selected)."""
     materialized = {
         e.asset_key: e.step_materialization_data.materialization.metadata
-        for e in result.get_asset_materialization_events()
-        if e.asset_key is not None
+        for e in events
+        if e.event_type == DagsterEventType.ASSET_MATERIALIZATION and e.asset_key is not None
     }
-    steps: dict[str, tuple[str, Optional[str]]] = {}
-    for event in result.all_events:
+    steps: dict[str, dict[str, Any]] = {}
+    for event in events:
         if event.step_key is None:
             continue
         if event.event_type == DagsterEventType.STEP_SUCCESS:
-            steps[event.step_key] = ("succeeded", None)
+            steps[event.step_key] = {"status": "succeeded"}
         elif event.event_type == DagsterEventType.STEP_SKIPPED:
-            steps[event.step_key] = ("skipped", "an upstream output was not produced")
+            steps[event.step_key] = {"status": "skipped", "reason": "an upstream output was not produced"}
         elif event.event_type == DagsterEventType.STEP_FAILURE:
-            data = event.step_failure_data
-            if data.user_failure_data and data.user_failure_data.description:
-                message = data.user_failure_data.description
-            else:
-                error = data.error
-                message = (error.cause.message if error and error.cause else error.message if error else "").strip()
-            steps[event.step_key] = ("failed", message.splitlines()[0] if message else "failed")
+            steps[event.step_key] = _failure(event)
     report: dict[str, dict[str, Any]] = {}
     for key in (k for a in build_video_assets(spec) for k in a.keys):
         entry: dict[str, Any] = {"asset_key": key.to_user_string()}
         if key in materialized:
+            meta = materialized[key]
             entry["status"] = "materialized"
-            for field in ("path", "sha256", "size_bytes", "resolution", "bitrate_kbps", "duration_s"):
-                if field in materialized[key]:
-                    entry[field] = materialized[key][field].value
+            for field in ("path", "sha256", "size_bytes", "resolution", "bitrate_kbps", "duration_s", "reused", "attempt"):
+                if field in meta:
+                    entry[field] = meta[field].value
         else:
-            status, reason = steps.get("__".join(key.path), ("not_run", "an upstream stage failed or it was not selected"))
-            entry["status"] = "skipped" if status == "succeeded" else status
-            entry["reason"] = reason or "nothing to do (no output produced)"
+            step = steps.get("__".join(key.path), {"status": "not_run", "reason": "an upstream stage failed or it was not selected"})
+            entry.update(step)
+            if step["status"] == "succeeded":
+                entry.update(status="skipped", reason="nothing to do (no output produced)")
         report[key.path[-1]] = entry
     return report
+
+
+def _failure(event: DagsterEvent) -> dict[str, Any]:
+    data = event.step_failure_data
+    if data.user_failure_data is not None:
+        meta = data.user_failure_data.metadata
+        entry: dict[str, Any] = {"status": "failed", "reason": data.user_failure_data.description or "failed"}
+        if "failure_class" in meta:
+            entry.update(failure_class=meta["failure_class"].value, reason_code=meta["reason"].value)
+            if "exit_code" in meta:
+                entry["exit_code"] = meta["exit_code"].value
+        return entry
+    error = data.error
+    message = (error.cause.message if error and error.cause else error.message if error else "").strip()
+    return {"status": "failed", "reason": message.splitlines()[0] if message else "failed"}
+
+
+def outcome_event(spec: PipelineSpec, video: str, run_id: str, report: dict[str, dict[str, Any]]) -> Event:
+    """`video.succeeded` when every stage materialized or had nothing to do, else `video.failed`
+    naming the failed stages with their class and reason."""
+    failed = {name: s for name, s in report.items() if s["status"] in ("failed", "not_run")}
+    if not failed:
+        return Event(type="video.succeeded", pipeline=spec.name, video=video, run_id=run_id,
+                     message=f"video {video} succeeded")
+    causes = {n: f"{s['failure_class']}: {s['reason_code']}" for n, s in failed.items() if "reason_code" in s}
+    headline = ", ".join(f"{n} ({c})" for n, c in sorted(causes.items())) or ", ".join(sorted(failed))
+    return Event(type="video.failed", pipeline=spec.name, video=video, run_id=run_id,
+                 message=f"video {video} failed: {headline}",
+                 data={"failed": sorted(n for n, s in failed.items() if s["status"] == "failed"),
+                       "not_run": sorted(n for n, s in failed.items() if s["status"] == "not_run"), "causes": causes})

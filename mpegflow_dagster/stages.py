@@ -15,6 +15,7 @@ from .media.hls import VariantStream, avc1_codec_string, master_playlist, measur
 from .media.probe import MediaInfo, probe
 from .media.progress import Progress
 from .media.runner import RunLimits, RunResult, run_ffmpeg
+from .media.safety import MAX_PIXELS, playlist_signature
 from .media.storyboard import storyboard_vtt
 from .media.verify import OutputRejected, verify_output
 from .spec import CaptionSpec, HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
@@ -26,6 +27,11 @@ CAPTIONS_STEM = "captions"
 
 class MediaRejected(ValueError):
     """The input is not something this pipeline can process; retrying will not help."""
+
+    def __init__(self, message: str, *, reason: str = "input.rejected", failure_class: str = "permanent") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.failure_class = failure_class
 
 
 @dataclass
@@ -87,12 +93,22 @@ def captions_file(ingest_dir: Path) -> Optional[Path]:
 
 
 def probe_source(ingest_dir: Path, work: Path, tools: Tools) -> StageOutput:
-    info = probe(source_file(ingest_dir), tools.ffprobe)
+    source = source_file(ingest_dir)
+    signature = playlist_signature(source)
+    if signature:
+        raise MediaRejected(
+            f"the source is a playlist or file list ({signature!r}), not media: refused, it would make FFmpeg read other files",
+            reason="security.playlist_input", failure_class="security",
+        )
+    info = probe(source, tools.ffprobe)
     video = info.video
     if video is None or not video.width or not video.height:
-        raise MediaRejected("the source has no video stream: nothing to encode")
+        raise MediaRejected("the source has no video stream: nothing to encode", reason="input.no_video_stream")
+    if video.width * video.height > MAX_PIXELS:
+        raise MediaRejected(f"the source declares {video.width}x{video.height} pixels, above the {MAX_PIXELS} limit",
+                            reason="input.too_large")
     if info.duration <= 0:
-        raise MediaRejected("the source has no duration: it is empty or unreadable")
+        raise MediaRejected("the source has no duration: it is empty or unreadable", reason="input.invalid_data")
     out = work / "probe.json"
     out.write_text(info.model_dump_json(indent=2))
     return StageOutput(out, info.summary())

@@ -28,7 +28,7 @@ def run(instance, make_source, tmp_path_factory):
     spec = project.spec("vod")
     source = make_source("clip", duration_s=DURATION, width=1920, height=1080, fps=30, captions=True)
     result = materialize_video(project, spec, "clip", instance=instance, source=source)
-    return {"project": project, "spec": spec, "result": result, "report": stage_report(result, spec),
+    return {"project": project, "spec": spec, "result": result, "report": stage_report(result.all_events, spec),
             "delivery": base / "delivery" / "clip", "base": base}
 
 
@@ -118,7 +118,7 @@ def test_no_sidecar_skips_captions_cleanly(instance, make_source, tmp_path):
     spec = project.spec("vod")
     source = make_source("nocap", duration_s=2.0, captions=False)
     result = materialize_video(project, spec, "nocap", instance=instance, source=source)
-    report = stage_report(result, spec)
+    report = stage_report(result.all_events, spec)
     assert result.success
     assert report["captions"]["status"] == "skipped"
     assert report["emit_captions"]["status"] == "skipped"
@@ -133,7 +133,7 @@ def test_bad_input_fails_clearly_and_publishes_nothing(instance, tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"\x00garbage" * 4096)
     result = materialize_video(project, spec, "junk", instance=instance, source=junk)
-    report = stage_report(result, spec)
+    report = stage_report(result.all_events, spec)
     assert not result.success
     assert report["probe"]["status"] == "failed" and "junk" in report["probe"]["reason"]
     assert report["rendition_720p"]["status"] == "not_run"

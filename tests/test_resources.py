@@ -28,4 +28,4 @@ def test_wrong_or_missing_ffmpeg_fails_the_run_at_start(make_source, tmp_path, m
     text = " ".join(str(e.event_specific_data) for e in failures) + " ".join(e.message or "" for e in failures)
     assert message in text
     assert not result.get_asset_materialization_events()  # not even ingest ran
-    assert not any(stage["status"] == "materialized" for stage in stage_report(result, spec).values())
+    assert not any(stage["status"] == "materialized" for stage in stage_report(result.all_events, spec).values())

@@ -194,9 +194,10 @@ def classify_exception(
         return Classification("permanent", "output.verification_failed", str(exc))
     if isinstance(exc, ProbeError):
         return Classification("permanent", "input.invalid_data", str(exc))
-    # By name: stages imports this layer, so importing stages here would be a cycle.
-    if any(c.__name__ == "MediaRejected" and c.__module__.endswith(".stages") for c in type(exc).__mro__):
-        return Classification("permanent", "input.rejected", str(exc))
+    # Exceptions that already know their class (e.g. stages.MediaRejected) say so themselves.
+    known_class, known_reason = getattr(exc, "failure_class", None), getattr(exc, "reason", None)
+    if known_class in ("transient", "permanent", "resource", "security", "cancelled") and isinstance(known_reason, str):
+        return Classification(known_class, known_reason, str(exc))
     if isinstance(exc, FFmpegNotFound):
         return Classification("permanent", "config.ffmpeg_not_found", str(exc))
     if isinstance(exc, MemoryError):

@@ -14,11 +14,12 @@ from typing import Optional
 
 import ffmpeg
 
+from .safety import SAFE_INPUT, SOURCE_FORMATS
+
 _BITEXACT = {"fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact", "map_metadata": "-1", "map_chapters": "-1"}
 
-
-def _input(path: Path, **options: object):
-    return ffmpeg.input(f"file:{Path(path).resolve()}", protocol_whitelist="file", **options)
+def _input(path: Path, *, formats: str = SOURCE_FORMATS, **options: object):
+    return ffmpeg.input(f"file:{Path(path).resolve()}", **{**SAFE_INPUT, "format_whitelist": formats}, **options)
 
 
 def _output_name(path: Path) -> str:
@@ -107,7 +108,7 @@ def thumbnails_args(src: Path, out_dir: Path, *, interval_s: float, width: int, 
 def sprite_args(thumb_dir: Path, out: Path, *, columns: int, rows: int, tile_width: int, quality: int) -> list[str]:
     """Tile the numbered thumbnails into one sprite sheet, row by row."""
     tiles = (
-        _input(Path(thumb_dir) / "%05d.jpg", f="image2", start_number=1)
+        _input(Path(thumb_dir) / "%05d.jpg", formats="image2", f="image2", start_number=1)
         .filter("scale", tile_width, -2)
         .filter("tile", f"{columns}x{rows}")
     )
@@ -120,7 +121,7 @@ def hls_variant_args(src: Path, out_dir: Path, *, segment_s: int, segment_type: 
     ext = "m4s" if segment_type == "fmp4" else "ts"
     return (
         ffmpeg.output(
-            _input(src), _output_name(out_dir / "index.m3u8"), c="copy", f="hls",
+            _input(src, formats="mov,mp4"), _output_name(out_dir / "index.m3u8"), c="copy", f="hls",
             hls_time=segment_s, hls_playlist_type="vod", hls_segment_type=segment_type,
             hls_flags="independent_segments", hls_segment_filename=str(out_dir / f"seg_%05d.{ext}"),
             **_BITEXACT,

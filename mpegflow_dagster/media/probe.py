@@ -11,6 +11,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from .build import resolve_binary
+from .safety import safe_input_args
 
 
 class ProbeError(RuntimeError):
@@ -116,7 +117,7 @@ def probe(path: Path, ffprobe: str = "ffprobe", timeout_s: float = 60.0) -> Medi
     """Probe a local file. The path is passed with the `file:` protocol so names like `-x.mp4`
     or `concat:a|b` are read as plain files."""
     argv = [
-        resolve_binary(ffprobe), "-v", "error", "-hide_banner",
+        resolve_binary(ffprobe), "-v", "error", "-hide_banner", *safe_input_args(),
         "-print_format", "json", "-show_format", "-show_streams",
         f"file:{Path(path).resolve()}",
     ]

@@ -1,0 +1,157 @@
+"""Failure handling through Dagster: classify, retry only what can heal, isolate, clean up, announce."""
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for_test
+
+from mpegflow_dagster.events import JsonlEventSink
+from mpegflow_dagster.project import Project
+from mpegflow_dagster.runs import materialize_video, stage_report
+from mpegflow_dagster.spec import load_spec
+
+from pipeline_helpers import ROOT, temp_project
+
+FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "backoff": 2.0, "jitter": 0.1}}
+
+
+def project_with(tmp_path: Path, spec_changes: dict, preset_files: dict[str, str] = {}, **ffmpeg_settings) -> Project:
+    """The default spec with changes, extra presets, and storage under tmp_path."""
+    presets = tmp_path / "resources" / "presets"
+    presets.mkdir(parents=True)
+    for src in (ROOT / "resources" / "presets").glob("*.yaml"):
+        (presets / src.name).write_text(src.read_text())
+    for name, text in preset_files.items():
+        (presets / name).write_text(text)
+    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
+    raw.update(spec_changes)
+    spec_file = tmp_path / "resources" / "pipelines" / "vod.yaml"
+    spec_file.parent.mkdir()
+    spec_file.write_text(yaml.safe_dump(raw))
+    base = temp_project(tmp_path, **ffmpeg_settings)
+    return base.model_copy(update={"specs": [load_spec(spec_file, presets)]})
+
+
+def events_of(project: Project) -> list[dict]:
+    return JsonlEventSink(Path(project.settings.events_path)).read()
+
+
+def ffmpeg_wrapper(tmp_path: Path, body: str) -> Path:
+    """A real-FFmpeg harness: runs `body` (bash) before exec'ing the real binary."""
+    script = tmp_path / "ffmpeg-harness"
+    script.write_text(f"#!/bin/bash\n{body}\nexec ffmpeg \"$@\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def test_permanent_failure_isolates_one_rendition(tmp_path, make_source):
+    broken = "name: broken-tune\nversion: 1\ntune: no-such-tune\n"
+    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
+    for rung in raw["ladder"]:
+        if rung["name"] == "480p":
+            rung["preset"] = "broken-tune"
+    project = project_with(tmp_path, {"ladder": raw["ladder"], "failures": FAST_RETRY}, {"broken.yaml": broken})
+    spec = project.spec()
+    with instance_for_test() as instance:
+        result = materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
+        report = stage_report(result.all_events, spec)
+        retries = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
+    assert report["rendition_480p"]["status"] == "failed"
+    assert report["rendition_480p"]["reason"].startswith("video 'clip': rendition 480p failed: permanent: config.")
+    for sibling in ("rendition_240p", "rendition_720p", "rendition_1080p", "thumbnails", "captions"):
+        assert report[sibling]["status"] in ("materialized", "skipped"), sibling
+    assert report["hls"]["status"] == "not_run" and report["emit"]["status"] == "not_run"
+    assert retries == []  # permanent: no retry
+    failed = [e for e in events_of(project) if e["type"] == "rendition.failed"]
+    assert len(failed) == 1
+    assert failed[0]["message"] == f"rendition 480p failed: permanent: {failed[0]['data']['reason']}"
+    assert failed[0]["data"]["reason"].startswith("config.")
+    assert not list((tmp_path / "work").iterdir())  # partial outputs removed
+    assert not (tmp_path / "storage" / "vod" / "rendition_480p").exists()
+    assert not (tmp_path / "delivery" / "clip").exists()
+
+
+def test_killed_encode_is_retried_alone_and_completes(tmp_path, make_source):
+    marker = tmp_path / "killed-once"
+    # First 480p encode: start the real FFmpeg, SIGKILL it mid-way (as the OOM killer would).
+    harness = ffmpeg_wrapper(tmp_path, f"""
+if [[ "$*" == *480p.mp4* && ! -e {marker} ]]; then
+  touch {marker}; ffmpeg "$@" & sleep 0.3; kill -9 $!; wait $!; kill -9 $$
+fi""")
+    project = project_with(tmp_path, {"failures": FAST_RETRY})
+    spec = project.spec()
+    with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPEGFLOW_FFMPEG", str(harness))
+        result = materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
+        report = stage_report(result.all_events, spec)
+        retried = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY}
+        meta = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(["vod", "rendition_480p"]), asset_partitions=["clip"]), limit=1
+        ).records[0].asset_materialization.metadata
+    assert marker.exists() and result.success
+    assert retried == {"vod__rendition_480p"}
+    assert report["emit"]["status"] == "materialized"
+    prov = meta["provenance"].value
+    assert prov["attempt"] == 2 and prov["earlier_failures"] == ["transient"]
+    assert not [e for e in events_of(project) if e["type"] == "rendition.failed"]
+
+
+@pytest.mark.parametrize(
+    "name, content, failure_class, reason",
+    [
+        ("playlist.mp4", b"#EXTM3U\n#EXTINF:1,\n/etc/passwd\n", "security", "security.playlist_input"),
+        ("list.mp4", b"ffconcat version 1.0\nfile '/etc/passwd'\n", "security", "security.playlist_input"),
+        ("-dash.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 2000, "permanent", "input.invalid_data"),
+        ("empty.mp4", b"", "permanent", "input.rejected"),
+    ],
+)
+def test_hostile_and_broken_sources_fail_with_a_class_and_publish_nothing(tmp_path, name, content, failure_class, reason):
+    source = tmp_path / "in" / name
+    source.parent.mkdir()
+    source.write_bytes(content)
+    project = temp_project(tmp_path)
+    spec = project.spec()
+    with instance_for_test() as instance:
+        result = materialize_video(project, spec, "bad", instance=instance, source=source)
+        failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert len(failures) == 1
+    meta = failures[0].step_failure_data.user_failure_data.metadata
+    assert (meta["failure_class"].value, meta["reason"].value) == (failure_class, reason)
+    assert not (tmp_path / "delivery").exists()
+    assert not any((tmp_path / "storage" / "vod").glob("rendition_*"))
+    assert source.read_bytes() == content
+
+
+def test_audio_only_source_is_rejected_as_no_video(tmp_path):
+    from mpegflow_dagster.media.runner import run_ffmpeg
+
+    audio = tmp_path / "in" / "radio.m4a"
+    audio.parent.mkdir()
+    run_ffmpeg(["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", f"file:{audio}"])
+    project = temp_project(tmp_path)
+    with instance_for_test() as instance:
+        result = materialize_video(project, project.spec(), "radio", instance=instance, source=audio)
+    report = stage_report(result.all_events, project.spec())
+    assert "permanent: input.no_video_stream" in report["probe"]["reason"]
+
+
+def test_cli_json_reports_class_and_reason(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"#EXTM3U\n")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "MPEGFLOW_STORAGE_DIR": str(tmp_path / "s"),
+           "MPEGFLOW_WORK_DIR": str(tmp_path / "w"), "MPEGFLOW_EVENTS_PATH": str(tmp_path / "events.jsonl")}
+    proc = subprocess.run([str(Path(sys.executable).parent / "mpegflow"), "run", str(junk), "--json", "--out", str(tmp_path / "o")],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert report["stages"]["probe"]["failure_class"] == "security"
+    assert report["stages"]["probe"]["reason_code"] == "security.playlist_input"
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["type"] for e in events].count("video.failed") == 1
