@@ -74,8 +74,8 @@ def test_thumbnails_sprite_and_storyboard(run):
     frames = sorted((thumbs / "frames").glob("*.jpg"))
     count = math.ceil(DURATION / cfg.interval_s)
     assert len(frames) == count
-    assert probe(frames[0]).video.width == cfg.width
-    sprite = probe(thumbs / "sprite.jpg").video
+    assert probe(frames[0], formats="image2").video.width == cfg.width
+    sprite = probe(thumbs / "sprite.jpg", formats="image2").video
     tile_h = 90  # 160 wide at 16:9
     assert (sprite.width, sprite.height) == (min(count, cfg.sprite_columns) * cfg.sprite_tile_width,
                                              math.ceil(count / cfg.sprite_columns) * tile_h)

@@ -11,7 +11,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from .build import resolve_binary
-from .safety import safe_input_args
+from .safety import SOURCE_FORMATS, safe_input_args
 
 
 class ProbeError(RuntimeError):
@@ -113,11 +113,12 @@ def parse_probe(data: dict) -> MediaInfo:
     )
 
 
-def probe(path: Path, ffprobe: str = "ffprobe", timeout_s: float = 60.0) -> MediaInfo:
-    """Probe a local file. The path is passed with the `file:` protocol so names like `-x.mp4`
-    or `concat:a|b` are read as plain files."""
+def probe(path: Path, ffprobe: str = "ffprobe", timeout_s: float = 60.0, formats: str = SOURCE_FORMATS) -> MediaInfo:
+    """Probe a local file with the untrusted-input restrictions (only `formats` demuxers, the
+    pixel cap). The path is passed with the `file:` protocol so names like `-x.mp4` or
+    `concat:a|b` are read as plain files."""
     argv = [
-        resolve_binary(ffprobe), "-v", "error", "-hide_banner", *safe_input_args(),
+        resolve_binary(ffprobe), "-v", "error", "-hide_banner", *safe_input_args(formats),
         "-print_format", "json", "-show_format", "-show_streams",
         f"file:{Path(path).resolve()}",
     ]

@@ -15,9 +15,10 @@ SAFE_INPUT: dict[str, object] = {"protocol_whitelist": "file", "format_whitelist
 _LIST_SIGNATURES = (b"#EXTM3U", b"ffconcat", b"#EXTINF", b"<MPD", b"<?xml")
 
 
-def safe_input_args() -> list[str]:
+def safe_input_args(formats: str = SOURCE_FORMATS) -> list[str]:
     """SAFE_INPUT as command-line options (for ffprobe, which ffmpeg-python does not build)."""
-    return [arg for name, value in SAFE_INPUT.items() for arg in (f"-{name}", str(value))]
+    options = {**SAFE_INPUT, "format_whitelist": formats}
+    return [arg for name, value in options.items() for arg in (f"-{name}", str(value))]
 
 
 def playlist_signature(path: Path) -> Optional[str]:
