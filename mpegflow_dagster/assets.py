@@ -124,6 +124,7 @@ class _StageRun:
             argv=[r.argv for r in out.runs], inputs=inputs, output_sha256=sha, output_size_bytes=size,
             media={k: v for k, v in out.facts.items() if v is not None},
             wall_s=round(time.time() - started, 3), ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
+            ffmpeg_runs=[(round(r.started_at, 3), round(r.wall_s, 3)) for r in out.runs],
             attempt=attempt + 1, earlier_failures=[o["failure_class"] for o in self._failures()],
         )
         self._announce_success(out, sha)
@@ -155,7 +156,8 @@ class _StageRun:
             return None
         prov = Provenance.model_validate(meta[PROVENANCE_KEY].value)
         prov = prov.model_copy(update={"run_id": context.run_id, "reused_from_run": prov.reused_from_run or record.run_id,
-                                       "attempt": context.retry_number + 1, "wall_s": 0.0, "ffmpeg_cpu_s": 0.0})
+                                       "attempt": context.retry_number + 1, "wall_s": 0.0, "ffmpeg_cpu_s": 0.0,
+                                       "ffmpeg_runs": []})
         context.log.info(f"{self.stage.name}: inputs, parameters and encoder build unchanged: reusing the output of run {prov.reused_from_run}")
         facts = {k: v.value for k, v in meta.items() if k in prov.media}
         return Output(Reused(Path(meta["path"].value).name, prov.output_sha256), data_version=DataVersion(prov.output_sha256),

@@ -51,6 +51,7 @@ class Provenance(BaseModel):
     media: dict[str, Any] = Field(default_factory=dict)
     wall_s: float
     ffmpeg_cpu_s: float
+    ffmpeg_runs: list[tuple[float, float]] = Field(default_factory=list, description="(start epoch, wall seconds) of each FFmpeg run.")
     attempt: int
     earlier_failures: list[str] = Field(default_factory=list, description="Failure classes of earlier attempts.")
     host: str = Field(default_factory=socket.gethostname)

@@ -25,6 +25,7 @@ class RunResult:
     stderr_tail: str
     wall_s: float
     cpu_s: float
+    started_at: float = 0.0  # epoch seconds
     stopped_by: Optional[str] = None  # "timeout" | "stall" when we stopped it, else None
     last_progress: Optional[Progress] = None
 
@@ -83,7 +84,7 @@ def run_ffmpeg(
     tail: collections.deque[str] = collections.deque(maxlen=limits.stderr_lines)
     watch = _Watch()
     parser = ProgressParser(duration_s)
-    start = time.monotonic()
+    started_at, start = time.time(), time.monotonic()
     proc = subprocess.Popen(
         argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, errors="replace", start_new_session=True,
@@ -131,6 +132,7 @@ def run_ffmpeg(
         stderr_tail="\n".join(tail),
         wall_s=time.monotonic() - start,
         cpu_s=rusage.ru_utime + rusage.ru_stime if rusage else 0.0,
+        started_at=started_at,
         stopped_by=stopped_by,
         last_progress=watch.last_progress,
     )
