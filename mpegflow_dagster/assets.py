@@ -31,6 +31,7 @@ from dagster import (
     RetryRequested,
     asset,
 )
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from . import stages
@@ -39,6 +40,7 @@ from .io_manager import PROVENANCE_KEY, Reused
 from .media.classify import Classification, classify_exception
 from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
 from .resources import DeliveryResource, FFmpegResource
+from .s3 import download_source, parse_s3_uri
 from .spec import PipelineSpec, StageKind
 from .stages import StageOutput, Tools
 from .storage import describe
@@ -52,7 +54,7 @@ DATA_VERSION_TAG = "dagster/data_version"
 class IngestConfig(Config):
     source_path: Optional[str] = Field(
         None,
-        description="Local path of the source video. Default: the path this video was last ingested from.",
+        description="Local path or s3:// URI of the source video. Default: where this video was last ingested from.",
     )
 
 
@@ -214,12 +216,13 @@ class _StageRun:
         ) from exc
 
     def _announce_success(self, out: StageOutput, sha: str) -> None:
-        kinds = {"encode": "rendition.ready", "package": "package.ready", "ingest": "video.received"}
+        kinds = {"encode": "rendition.ready", "package": "package.ready", "ingest": "video.received", "emit": "video.published"}
         event_type = kinds.get(self.stage.kind)
         if event_type:
             self.events.sink().send(Event(
                 type=event_type, pipeline=self.spec.name, video=self.video, run_id=self.context.run_id,
-                subject=self.stage.rendition, message=f"{self.stage.name} ready", data={"sha256": sha, **_jsonable(out.facts)},
+                subject=self.stage.rendition or (self.stage.name if self.stage.kind == "emit" else None),
+                message=f"{self.stage.name} ready", data={"sha256": sha, **_jsonable(out.facts)},
             ))
 
 
@@ -258,12 +261,27 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
     ingest_def = _StageDef("ingest", "ingest", "ingest-1")
 
     @asset(name="ingest", code_version=ingest_def.fingerprint, description="Stored copy of the source video and its caption sidecar.", **common)
-    def ingest(context: AssetExecutionContext, config: IngestConfig, ffmpeg: FFmpegResource, events: WebhookResource) -> Output:
-        source = Path(config.source_path or _last_source(context))
-        stat = source.stat() if source.is_file() else None
-        identity = {"source": str(source.resolve()), "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
-        return _StageRun(context, spec, ingest_def, ffmpeg, events).run(
-            lambda work, tools: stages.ingest(source, work, spec.captions.sidecar_extensions), recipe_extra=identity)
+    def ingest(context: AssetExecutionContext, config: IngestConfig, ffmpeg: FFmpegResource, events: WebhookResource,
+               s3: S3Resource) -> Output:
+        source = config.source_path or _last_source(context)
+        extensions = spec.captions.sidecar_extensions
+        if source.startswith("s3://"):
+            bucket, key = parse_s3_uri(source)
+            head = s3.get_client().head_object(Bucket=bucket, Key=key)
+            identity = {"source": source, "etag": head["ETag"], "size": head["ContentLength"]}
+
+            def produce(work: Path, tools: Tools) -> StageOutput:
+                local = download_source(s3.get_client(), source, work / "download", extensions)
+                return stages.ingest(local, work, extensions, origin=source)
+        else:
+            path = Path(source)
+            stat = path.stat() if path.is_file() else None
+            identity = {"source": str(path.resolve()), "size": stat.st_size if stat else None,
+                        "mtime_ns": stat.st_mtime_ns if stat else None}
+
+            def produce(work: Path, tools: Tools) -> StageOutput:
+                return stages.ingest(path, work, extensions)
+        return _StageRun(context, spec, ingest_def, ffmpeg, events).run(produce, recipe_extra=identity)
 
     probe_def = _StageDef("probe", "probe", "probe-1", inputs=("ingest",))
 

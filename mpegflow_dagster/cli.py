@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     video = args.video or video_key(source.name)
     result = materialize_video(project, spec, video, instance=_instance(root), source=source,
                                delivery_dir=out_dir, log_level=args.log_level)
-    stages = stage_report(result.all_events, spec)
+    stages = stage_report(result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys])
     outcome = outcome_event(spec, video, result.run_id, stages)
     project.resources()["events"].sink().send(outcome)
     master = Path(out_dir) / video / "hls" / "master.m3u8"

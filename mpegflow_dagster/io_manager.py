@@ -9,6 +9,7 @@ instead: the stored artifact is checked and kept, nothing is re-encoded.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Union
@@ -17,7 +18,7 @@ from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputCo
 from pydantic import Field
 
 from .provenance import SIDECAR_SUFFIX
-from .storage import ArtifactRecord, ArtifactStore, LocalArtifactStore, release_scratch, scratch_dir
+from .storage import ArtifactRecord, ArtifactStore, LocalArtifactStore, release_scratch
 
 UNPARTITIONED = "__all__"
 PROVENANCE_KEY = "provenance"
@@ -35,30 +36,11 @@ class StoredArtifactChanged(RuntimeError):
     pass
 
 
-class BinaryIOManager(ConfigurableIOManager):
-    """Stores each output (a file or a directory) at `<root>/<asset key path>/<partition>/<name>`,
-    with its provenance record beside it as `<name>.provenance.json`.
-
-    Examples:
-        .. code-block:: python
-
-            from pathlib import Path
-            from dagster import Definitions, asset
-            from mpegflow_dagster import BinaryIOManager
-
-            @asset
-            def clip() -> Path:
-                out = Path("/tmp/clip.bin")
-                out.write_bytes(b"...")
-                return out
-
-            defs = Definitions(assets=[clip], resources={"io_manager": BinaryIOManager(root="/tmp/media")})
-    """
-
-    root: str = Field(".mpegflow/storage", description="Directory that holds every published artifact.")
+class ArtifactIOManager(ConfigurableIOManager):
+    """Base of the binary IO managers: what to do with outputs, given a store (`store()`)."""
 
     def store(self) -> ArtifactStore:
-        return LocalArtifactStore(Path(self.root))
+        raise NotImplementedError("subclasses return the ArtifactStore they publish to")
 
     @staticmethod
     def _folder(context: InputContext | OutputContext) -> PurePosixPath:
@@ -88,12 +70,12 @@ class BinaryIOManager(ConfigurableIOManager):
             self._publish_sidecar(store, folder / f"{obj.name}{SIDECAR_SUFFIX}", provenance.value)
         context.add_output_metadata(_record_metadata(record))
 
-    def _publish_sidecar(self, store: ArtifactStore, key: PurePosixPath, provenance: object) -> None:
-        with scratch_dir(Path(self.root) / ".sidecars") as work:
-            sidecar = work / key.name
+    @staticmethod
+    def _publish_sidecar(store: ArtifactStore, key: PurePosixPath, provenance: object) -> None:
+        with tempfile.TemporaryDirectory(prefix="mpegflow-sidecar-") as work:
+            sidecar = Path(work) / key.name
             sidecar.write_text(json.dumps(provenance, indent=2, sort_keys=True))
             store.publish(sidecar, key)
-        release_scratch(sidecar)
 
     def load_input(self, context: InputContext) -> Path:
         folder = self.store().local_path(self._folder(context))
@@ -114,3 +96,29 @@ def _record_metadata(record: ArtifactRecord) -> dict[str, MetadataValue]:
         "size_mb": MetadataValue.float(round(record.size_bytes / 1e6, 3)),
         "files": MetadataValue.int(record.files),
     }
+
+
+class BinaryIOManager(ArtifactIOManager):
+    """Stores each output (a file or a directory) at `<root>/<asset key path>/<partition>/<name>`,
+    with its provenance record beside it as `<name>.provenance.json`.
+
+    Examples:
+        .. code-block:: python
+
+            from pathlib import Path
+            from dagster import Definitions, asset
+            from mpegflow_dagster import BinaryIOManager
+
+            @asset
+            def clip() -> Path:
+                out = Path("/tmp/clip.bin")
+                out.write_bytes(b"...")
+                return out
+
+            defs = Definitions(assets=[clip], resources={"io_manager": BinaryIOManager(root="/tmp/media")})
+    """
+
+    root: str = Field(".mpegflow/storage", description="Directory that holds every published artifact.")
+
+    def store(self) -> ArtifactStore:
+        return LocalArtifactStore(Path(self.root))

@@ -7,12 +7,16 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import yaml
-from dagster import AssetsDefinition, Definitions, EnvVar
+from dagster import AssetSelection, AssetsDefinition, Definitions, EnvVar, SensorDefinition
+from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field
 
-from .assets import IO_MANAGER_KEY, build_video_assets
+from .assets import IO_MANAGER_KEY, build_video_assets, partitions_for
 from .io_manager import BinaryIOManager
-from .resources import DeliveryResource, FFmpegResource
+from .outcomes import outcome_sensors
+from .resources import FFmpegResource, LocalDeliveryResource
+from .s3 import S3BinaryIOManager, S3DeliveryResource
+from .sensors import build_s3_upload_sensor
 from .spec import PipelineSpec, load_spec
 from .webhooks import WebhookResource
 
@@ -27,6 +31,29 @@ class FFmpegSettings(BaseModel):
     stall_s: Optional[float] = 300.0
 
 
+class S3Settings(BaseModel):
+    """S3 (or an S3-compatible store). Unset buckets keep the local default for that role."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: Optional[str] = Field(None, description="For S3-compatible stores (MinIO, moto...).")
+    region: Optional[str] = None
+    storage_bucket: Optional[str] = Field(None, description="Artifacts (the IO manager) go here instead of storage_dir.")
+    storage_prefix: str = "mpegflow/storage"
+    delivery_bucket: Optional[str] = Field(None, description="emit publishes here (the CDN origin) instead of delivery_dir.")
+    delivery_prefix: str = ""
+    upload_bucket: Optional[str] = Field(None, description="Watched by the upload sensor: <upload_prefix>/<pipeline>/...")
+    upload_prefix: str = "uploads"
+
+
+_S3_ENV = {
+    "endpoint_url": "MPEGFLOW_S3_ENDPOINT_URL", "region": "MPEGFLOW_S3_REGION",
+    "storage_bucket": "MPEGFLOW_S3_BUCKET", "storage_prefix": "MPEGFLOW_S3_PREFIX",
+    "delivery_bucket": "MPEGFLOW_DELIVERY_BUCKET", "delivery_prefix": "MPEGFLOW_DELIVERY_PREFIX",
+    "upload_bucket": "MPEGFLOW_UPLOAD_BUCKET", "upload_prefix": "MPEGFLOW_UPLOAD_PREFIX",
+}
+
+
 class Settings(BaseModel):
     """resources/settings.yaml. Relative directories are resolved against the project directory;
     MPEGFLOW_STORAGE_DIR / MPEGFLOW_WORK_DIR / MPEGFLOW_DELIVERY_DIR override them."""
@@ -39,6 +66,7 @@ class Settings(BaseModel):
     events_path: str = Field(".mpegflow/events.jsonl", description="Every pipeline event, one JSON object a line.")
     webhook_url: Optional[str] = Field(None, description="POST signed events here (secret: $MPEGFLOW_WEBHOOK_SECRET).")
     ffmpeg: FFmpegSettings = FFmpegSettings()
+    s3: S3Settings = S3Settings()
 
     def resolved(self, base: Path) -> "Settings":
         def pick(name: str, env: str) -> str:
@@ -51,6 +79,7 @@ class Settings(BaseModel):
             "delivery_dir": pick("delivery_dir", "MPEGFLOW_DELIVERY_DIR"),
             "events_path": pick("events_path", "MPEGFLOW_EVENTS_PATH"),
             "webhook_url": os.environ.get("MPEGFLOW_WEBHOOK_URL") or self.webhook_url,
+            "s3": self.s3.model_copy(update={f: os.environ[e] for f, e in _S3_ENV.items() if os.environ.get(e)}),
         })
 
 
@@ -76,11 +105,24 @@ class Project(BaseModel):
         return cls(root=root, specs=[load_spec(f, resources / "presets") for f in files], settings=settings)
 
     def resources(self, delivery_dir: Optional[str] = None) -> dict[str, object]:
-        s = self.settings
+        """Local storage and delivery unless S3 buckets are configured; `delivery_dir` forces a
+        local delivery directory (the CLI's --out)."""
+        s, b = self.settings, self.settings.s3
+        s3 = S3Resource(endpoint_url=b.endpoint_url, region_name=b.region)
+        cache = str(Path(s.work_dir) / "s3-cache")
+        if b.storage_bucket:
+            io_manager: object = S3BinaryIOManager(s3=s3, bucket=b.storage_bucket, prefix=b.storage_prefix, cache_dir=cache)
+        else:
+            io_manager = BinaryIOManager(root=s.storage_dir)
+        if b.delivery_bucket and not delivery_dir:
+            delivery: object = S3DeliveryResource(s3=s3, bucket=b.delivery_bucket, prefix=b.delivery_prefix, cache_dir=cache)
+        else:
+            delivery = LocalDeliveryResource(root=delivery_dir or s.delivery_dir)
         return {
             "ffmpeg": FFmpegResource(work_dir=s.work_dir, **s.ffmpeg.model_dump()),
-            IO_MANAGER_KEY: BinaryIOManager(root=s.storage_dir),
-            "delivery": DeliveryResource(root=delivery_dir or s.delivery_dir),
+            IO_MANAGER_KEY: io_manager,
+            "delivery": delivery,
+            "s3": s3,
             "events": WebhookResource(
                 events_path=s.events_path,
                 outbox_dir=str(Path(s.events_path).parent / "webhooks"),
@@ -88,6 +130,18 @@ class Project(BaseModel):
                 secret=EnvVar("MPEGFLOW_WEBHOOK_SECRET") if s.webhook_url else "",
             ),
         }
+
+    def sensors(self) -> list[SensorDefinition]:
+        """Run-outcome announcements always; an S3 upload sensor per pipeline when a bucket is set."""
+        found = list(outcome_sensors(self.specs))
+        b = self.settings.s3
+        if b.upload_bucket:
+            found += [
+                build_s3_upload_sensor(spec.name, AssetSelection.groups(spec.name), partitions_for(spec),
+                                       b.upload_bucket, f"{b.upload_prefix.strip('/')}/{spec.name}")
+                for spec in self.specs
+            ]
+        return found
 
     def assets(self, spec: PipelineSpec) -> list[AssetsDefinition]:
         pin = "/".join(p for p in (self.settings.ffmpeg.required_version, self.settings.ffmpeg.required_build_hash) if p)
@@ -103,4 +157,4 @@ class Project(BaseModel):
 
     def definitions(self) -> Definitions:
         assets = [a for spec in self.specs for a in self.assets(spec)]
-        return Definitions(assets=assets, resources=self.resources())
+        return Definitions(assets=assets, resources=self.resources(), sensors=self.sensors())

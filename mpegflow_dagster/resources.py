@@ -15,7 +15,7 @@ from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_bina
 from .media.progress import Progress
 from .media.runner import RunLimits
 from .stages import Tools
-from .storage import LocalArtifactStore, scratch_dir
+from .storage import ArtifactStore, LocalArtifactStore, scratch_dir
 
 
 class FFmpegResource(ConfigurableResource):
@@ -127,17 +127,25 @@ class FFmpegResource(ConfigurableResource):
 
 
 class DeliveryResource(ConfigurableResource):
-    """Where `emit` publishes finished trees: `<root>/<video>/hls/master.m3u8`, ...
+    """Where `emit` publishes finished trees, as `<video>/hls/master.m3u8`, `<video>/thumbnails/`...
+    Use `LocalDeliveryResource` or `mpegflow_dagster.s3.S3DeliveryResource`."""
+
+    def store(self) -> ArtifactStore:
+        raise NotImplementedError("use LocalDeliveryResource or S3DeliveryResource")
+
+
+class LocalDeliveryResource(DeliveryResource):
+    """Publishes to a local directory: `<root>/<video>/hls/master.m3u8`, ...
 
     Examples:
         .. code-block:: python
 
-            from mpegflow_dagster import DeliveryResource
+            from mpegflow_dagster import LocalDeliveryResource
 
-            delivery = DeliveryResource(root="/srv/cdn-origin")
+            delivery = LocalDeliveryResource(root="/srv/cdn-origin")
     """
 
     root: str = Field(".mpegflow/delivery", description="Local directory of the delivery tree (the CDN origin).")
 
-    def store(self) -> LocalArtifactStore:
+    def store(self) -> ArtifactStore:
         return LocalArtifactStore(Path(self.root))

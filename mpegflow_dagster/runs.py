@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from dagster import (
     AssetKey,
@@ -17,8 +17,10 @@ from dagster import (
 
 from .assets import FORCE_TAG, IngestConfig, build_video_assets, partitions_for
 from .events import Event
-from .project import Project
 from .spec import PipelineSpec
+
+if TYPE_CHECKING:  # project.py builds sensors from this module
+    from .project import Project
 
 
 def materialize_video(
@@ -52,9 +54,12 @@ def materialize_video(
     )
 
 
-def stage_report(events: Sequence[DagsterEvent], spec: PipelineSpec) -> dict[str, dict[str, Any]]:
+def stage_report(
+    events: Sequence[DagsterEvent], spec: PipelineSpec, selected: Optional[Sequence[AssetKey]] = None
+) -> dict[str, dict[str, Any]]:
     """Per asset of the spec, from one run's events: materialized / skipped (nothing to do) /
-    failed (with class and reason) / not_run (an upstream stage failed, or it was not selected)."""
+    failed (with class and reason) / not_run (an upstream stage failed) / not_selected (outside
+    the run's `selected` assets, when given)."""
     materialized = {
         e.asset_key: e.step_materialization_data.materialization.metadata
         for e in events
@@ -79,8 +84,10 @@ def stage_report(events: Sequence[DagsterEvent], spec: PipelineSpec) -> dict[str
             for field in ("path", "sha256", "size_bytes", "resolution", "bitrate_kbps", "duration_s", "reused", "attempt"):
                 if field in meta:
                     entry[field] = meta[field].value
+        elif selected is not None and key not in selected:
+            entry["status"] = "not_selected"
         else:
-            step = steps.get("__".join(key.path), {"status": "not_run", "reason": "an upstream stage failed or it was not selected"})
+            step = steps.get("__".join(key.path), {"status": "not_run", "reason": "an upstream stage failed"})
             entry.update(step)
             if step["status"] == "succeeded":
                 entry.update(status="skipped", reason="nothing to do (no output produced)")

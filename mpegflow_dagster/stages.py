@@ -66,9 +66,10 @@ def find_sidecar(source: Path, extensions: tuple[str, ...]) -> Optional[Path]:
     return None
 
 
-def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...]) -> StageOutput:
+def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin: Optional[str] = None) -> StageOutput:
     """Copy the source (and a caption sidecar beside it, if any) into one artifact directory, so
-    later stages read a stored copy that cannot change under them."""
+    later stages read a stored copy that cannot change under them. `origin` names where the
+    source came from when `source` is a local download of it (an s3:// URI)."""
     source = Path(source)
     if not source.is_file():
         raise MediaRejected(f"source {source} does not exist or is not a regular file")
@@ -80,7 +81,7 @@ def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...]) -> Sta
     sidecar = find_sidecar(source, caption_extensions)
     if sidecar:
         shutil.copyfile(sidecar, out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}")
-    return StageOutput(out, {"original_path": str(source.resolve()), "original_name": source.name,
+    return StageOutput(out, {"original_path": origin or str(source.resolve()), "original_name": source.name,
                              "caption_sidecar": sidecar.name if sidecar else "none"})
 
 
@@ -234,4 +235,7 @@ def emit(video: str, parts: dict[str, Path], delivery: ArtifactStore, work: Path
         manifest[part] = {"uri": record.uri, "sha256": record.sha256, "size_bytes": record.size_bytes, "files": record.files}
     out = work / "published.json"
     out.write_text(json.dumps({"video": video, "parts": manifest}, indent=2, sort_keys=True))
-    return StageOutput(out, {"published": ", ".join(manifest), **{f"{p}_uri": m["uri"] for p, m in manifest.items()}})
+    facts: dict[str, object] = {"published": ", ".join(manifest), **{f"{p}_uri": m["uri"] for p, m in manifest.items()}}
+    if "hls" in manifest:
+        facts["master_playlist"] = f"{manifest['hls']['uri']}/master.m3u8"
+    return StageOutput(out, facts)

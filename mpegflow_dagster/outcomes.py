@@ -1,0 +1,59 @@
+"""`video.succeeded` / `video.failed` for runs launched from the UI, a schedule or a sensor.
+
+The CLI announces its own runs; these run-status sensors do the same for every other run, from
+the run's event log. Both paths build the event with `runs.outcome_event`, whose id is stable per
+run, so a run announced twice is delivered once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunStatusSensorContext,
+    SensorDefinition,
+    run_status_sensor,
+)
+
+from .events import Event
+from .runs import outcome_event, stage_report
+from .spec import PipelineSpec
+from .webhooks import WebhookResource
+
+PARTITION_TAG = "dagster/partition"
+
+
+def run_outcomes(instance: DagsterInstance, run: DagsterRun, specs: Sequence[PipelineSpec]) -> Iterator[Event]:
+    """One outcome event per pipeline the run touched (runs outside any pipeline give none)."""
+    video = run.tags.get(PARTITION_TAG)
+    selected = list(run.asset_selection or [])
+    if not video or not selected:
+        return
+    events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+    for spec in specs:
+        mine = [k for k in selected if k.path[0] == spec.name]
+        if mine:
+            yield outcome_event(spec, video, run.run_id, stage_report(events, spec, selected=mine))
+
+
+def outcome_sensors(specs: Sequence[PipelineSpec]) -> tuple[SensorDefinition, SensorDefinition]:
+    def announce(context: RunStatusSensorContext, events: WebhookResource) -> None:
+        sink = events.sink()
+        for event in run_outcomes(context.instance, context.dagster_run, specs):
+            sink.send(event)
+
+    @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, name="mpegflow_video_succeeded",
+                       default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
+    def succeeded(context: RunStatusSensorContext, events: WebhookResource) -> None:
+        announce(context, events)
+
+    @run_status_sensor(run_status=DagsterRunStatus.FAILURE, name="mpegflow_video_failed",
+                       default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
+    def failed(context: RunStatusSensorContext, events: WebhookResource) -> None:
+        announce(context, events)
+
+    return succeeded, failed
