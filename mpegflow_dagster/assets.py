@@ -21,13 +21,16 @@ from dagster import (
     AssetObservation,
     AssetRecordsFilter,
     AssetsDefinition,
+    Backoff,
     Config,
     DataVersion,
     DynamicPartitionsDefinition,
     EventLogRecord,
     Failure,
+    Jitter,
     MetadataValue,
     Output,
+    RetryPolicy,
     RetryRequested,
     asset,
 )
@@ -40,7 +43,7 @@ from .io_manager import PROVENANCE_KEY, Reused
 from .media.classify import Classification, classify_exception
 from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
 from .resources import DeliveryResource, FFmpegResource
-from .s3 import download_source, parse_s3_uri
+from .s3 import classify_s3_error, download_source, parse_s3_uri
 from .spec import PipelineSpec, StageKind
 from .stages import StageOutput, Tools
 from .storage import describe
@@ -185,7 +188,7 @@ class _StageRun:
         return [{k: v.value for k, v in m.items()} for m in reversed(found)]
 
     def _failed(self, exc: Exception, attempt: int) -> NoReturn:
-        c: Classification = classify_exception(exc, family=self.ffmpeg.build.family)
+        c: Classification = classify_s3_error(exc) or classify_exception(exc, family=self.ffmpeg.build.family)
         stderr = getattr(getattr(exc, "result", None), "stderr_tail", "") or ""
         details = {"failure_class": c.failure_class, "reason": c.reason, "message": c.message,
                    "exit_code": c.exit_code, "signal": c.signal, "attempt": attempt + 1}
@@ -245,8 +248,13 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
             assets = build_video_assets(load_spec(Path("resources/pipelines/vod.yaml")))
     """
     prefix = spec.name
+    retry = spec.failures.retry
     common: dict[str, Any] = dict(
-        key_prefix=[prefix], group_name=prefix, partitions_def=partitions_for(spec), io_manager_key=IO_MANAGER_KEY
+        key_prefix=[prefix], group_name=prefix, partitions_def=partitions_for(spec), io_manager_key=IO_MANAGER_KEY,
+        # Stage bodies classify their own failures (RetryRequested / Failure); this policy covers
+        # what happens outside them: storage errors while loading inputs or publishing outputs.
+        retry_policy=RetryPolicy(max_retries=retry.max_retries, delay=retry.delay_s, backoff=Backoff.EXPONENTIAL,
+                                 jitter=Jitter.PLUS_MINUS),
     )
 
     def key(name: str) -> AssetKey:

@@ -17,12 +17,20 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from dagster import ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from .io_manager import ArtifactIOManager
+from .media.classify import Classification
 from .resources import DeliveryResource
 from .storage import ArtifactRecord, describe
 from .videos import video_key
@@ -372,3 +380,16 @@ def download_source(
             raise
         break
     return dest
+
+
+def classify_s3_error(exc: BaseException) -> Optional[Classification]:
+    """S3 failures a retry can heal (endpoint unreachable, throttling, 5xx) and those it cannot."""
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
+        return Classification("transient", "network.unreachable", f"S3 endpoint unreachable: {exc}")
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exc.response.get("Error", {}).get("Code", "")
+        if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
+            return Classification("transient", "network.http_error", f"S3 answered {status} {code}: retry later")
+        return Classification("permanent", "storage.rejected", f"S3 refused the request ({status} {code}): {exc}")
+    return None
