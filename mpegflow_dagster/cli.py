@@ -15,6 +15,7 @@ from .media.synth import sample_with_captions
 from .project import Project
 from .runs import materialize_video, outcome_event, stage_report
 from .spec import SpecError
+from .why import explain, render
 from .videos import video_key
 
 
@@ -42,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_dir = str(Path(args.out).resolve()) if args.out else project.settings.delivery_dir
     video = args.video or video_key(source.name)
     result = materialize_video(project, spec, video, instance=_instance(root), source=source,
-                               delivery_dir=out_dir, log_level=args.log_level)
+                               delivery_dir=out_dir, force=args.force, log_level=args.log_level)
     stages = stage_report(result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys])
     outcome = outcome_event(spec, video, result.run_id, stages)
     project.resources()["events"].sink().send(outcome)
@@ -70,6 +71,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if report["status"] == "succeeded" else 1
 
 
+def cmd_why(args: argparse.Namespace) -> int:
+    root = Path(args.project).resolve()
+    try:
+        project = Project.load(root, [Path(args.spec)] if args.spec else None)
+        report = explain(_instance(root), project.spec(args.pipeline), args.video, args.asset)
+    except (SpecError, FileNotFoundError, KeyError) as exc:
+        print(f"mpegflow: {exc}", file=sys.stderr)
+        return 2
+    if report["runs"] == 0 and not any("materialized" in s for s in report["stages"].values()):
+        print(f"mpegflow: no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     clip = sample_with_captions(Path(args.directory), name=args.name, duration_s=args.duration, height=args.height)
     print(clip)
@@ -88,8 +104,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--video", help="video id (partition key); default derived from the file name")
     run.add_argument("--project", default=".", help="project directory holding resources/ (default: .)")
     run.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    run.add_argument("--force", action="store_true", help="re-run stages even when nothing changed")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
+
+    why = sub.add_parser("why", help="what happened to a video: each stage's status, attempts, provenance")
+    why.add_argument("video", help="video id (partition key)")
+    why.add_argument("asset", nargs="?", help="one asset name (e.g. rendition_720p); default: all")
+    why.add_argument("--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)")
+    why.add_argument("--pipeline", help="pipeline name, when the project has several specs")
+    why.add_argument("--project", default=".", help="project directory holding resources/ (default: .)")
+    why.add_argument("--json", action="store_true", help="print JSON")
+    why.set_defaults(func=cmd_why)
 
     sample = sub.add_parser("sample", help="generate a test clip with a caption sidecar (FFmpeg lavfi)")
     sample.add_argument("directory")

@@ -70,7 +70,9 @@ def encode_rendition_args(
     maxrate = int(video_bitrate_kbps * maxrate_factor)
     # x264 must not add keyframes of its own (scene cuts, keyint) or renditions drift apart.
     gop_frames = max(1, math.ceil(gop_s * max(frame_rate, 1.0)))
-    params = {"scenecut": "0", "open-gop": "0", **x264_params}
+    # Frame threads with VBV make x264's output depend on thread timing (measured: three runs,
+    # three hashes); sliced threads are deterministic for a given thread count.
+    params = {"scenecut": "0", "open-gop": "0", "sliced-threads": "1", **x264_params}
     vopts: dict[str, object] = {
         "c:v": "libx264", "preset": speed, "profile:v": profile, "level:v": level,
         "b:v": f"{video_bitrate_kbps}k", "maxrate:v": f"{maxrate}k", "bufsize:v": f"{2 * maxrate}k",

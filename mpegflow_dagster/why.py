@@ -1,0 +1,125 @@
+"""`mpegflow why`: the resolved graph of one video, read back from the Dagster instance.
+
+For each stage: its status in the latest run of the video, start/end, attempts, and from its
+latest materialization the provenance record (encoder build, argv, preset, input and output
+hashes) and the upstream materializations it consumed; for a failed stage, the failure class,
+reason and exit code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Optional
+
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, RunsFilter
+
+from .assets import build_video_assets
+from .spec import PipelineSpec
+
+PARTITION_TAG = "dagster/partition"
+INPUT_POINTER_TAG = "dagster/input_event_pointer/"
+
+
+def _when(ts: Optional[float]) -> Optional[str]:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+def explain(instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Optional[str] = None) -> dict[str, Any]:
+    """Everything known about `video` in pipeline `spec` (or one `asset` of it)."""
+    keys = [k for a in build_video_assets(spec) for k in a.keys if asset is None or k.path[-1] == asset]
+    if not keys:
+        raise KeyError(f"pipeline {spec.name} has no asset {asset!r}")
+    runs = instance.get_runs(RunsFilter(tags={PARTITION_TAG: video}), limit=50)
+    steps: dict[str, Any] = {}
+    failures: dict[str, dict[str, Any]] = {}
+    for run in reversed(runs):  # oldest first: newer runs overwrite what they touched
+        for stat in instance.get_run_step_stats(run.run_id):
+            steps[stat.step_key] = (run.run_id, stat)
+        for record in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE):
+            event = record.dagster_event
+            data = event.step_failure_data if event else None
+            if event and data and data.user_failure_data:
+                meta = {k: v.value for k, v in data.user_failure_data.metadata.items() if k != "stderr_tail"}
+                failures[event.step_key] = {"run_id": run.run_id, "description": data.user_failure_data.description, **meta}
+    stages: dict[str, Any] = {}
+    for key in keys:
+        step_key = "__".join(key.path)
+        entry: dict[str, Any] = {"asset_key": key.to_user_string()}
+        if step_key in steps:
+            run_id, stat = steps[step_key]
+            entry.update(status=stat.status.value.lower() if stat.status else "unknown", run_id=run_id,
+                         start=_when(stat.start_time), end=_when(stat.end_time), attempts=stat.attempts)
+            if stat.status and stat.status.value == "FAILURE" and step_key in failures:
+                entry["failure"] = failures[step_key]
+        else:
+            entry["status"] = "never_run"
+        entry.update(_materialization(instance, key, video))
+        stages[key.path[-1]] = entry
+    latest = runs[0] if runs else None
+    return {
+        "video": video,
+        "pipeline": spec.name,
+        "runs": len(runs),
+        "latest_run": {"run_id": latest.run_id, "status": latest.status.value.lower()} if latest else None,
+        "stages": stages,
+    }
+
+
+def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> dict[str, Any]:
+    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[video]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return {}
+    record = records[0]
+    mat = record.asset_materialization
+    meta = mat.metadata
+    consumed = {tag[len(INPUT_POINTER_TAG):]: int(value) for tag, value in (mat.tags or {}).items()
+                if tag.startswith(INPUT_POINTER_TAG)}
+    upstream = {}
+    for name, storage_id in consumed.items():
+        found = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey.from_user_string(name), storage_ids=[storage_id]), limit=1).records
+        up = found[0] if found else None
+        upstream[name] = {"storage_id": storage_id, "run_id": up.run_id if up else None,
+                          "sha256": up.asset_materialization.metadata["sha256"].value
+                          if up and up.asset_materialization and "sha256" in up.asset_materialization.metadata else None}
+    return {
+        "materialized": {
+            "run_id": record.run_id,
+            "at": _when(record.timestamp),
+            "path": meta["path"].value if "path" in meta else None,
+            "sha256": meta["sha256"].value if "sha256" in meta else None,
+            "data_version": (mat.tags or {}).get("dagster/data_version"),
+            "code_version": (mat.tags or {}).get("dagster/code_version"),
+            "provenance": meta["provenance"].value if "provenance" in meta else None,
+            "consumed": upstream,
+        }
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """A terminal view: one block per stage."""
+    lines = [f"{report['pipeline']} / {report['video']}: {report['runs']} run(s); latest "
+             f"{(report['latest_run'] or {}).get('run_id', '-')} {(report['latest_run'] or {}).get('status', '')}"]
+    for name, s in report["stages"].items():
+        lines.append(f"\n{name}: {s['status']}" + (f"  {s.get('start')} -> {s.get('end')}, attempts {s.get('attempts')}" if s.get("start") else ""))
+        if "failure" in s:
+            f = s["failure"]
+            lines.append(f"  failed: {f.get('failure_class')}: {f.get('reason')} (exit {f.get('exit_code')}): {f.get('message')}")
+        m = s.get("materialized")
+        if m:
+            prov = m.get("provenance") or {}
+            enc = prov.get("encoder", {})
+            lines.append(f"  output   {m['path']}  sha256 {str(m['sha256'])[:16]}...  (run {m['run_id'][:8]}, {m['at']})")
+            if enc:
+                lines.append(f"  encoder  ffmpeg {enc.get('ffmpeg_version')} build {enc.get('ffmpeg_build_hash')}"
+                             + "".join(f", {k} {v}" for k, v in prov.get("encoder_libraries", {}).items())
+                             + (f", pinned {enc['pinned']}" if enc.get("pinned") else ""))
+            if prov.get("preset"):
+                lines.append(f"  preset   {prov['preset']}  stage {prov.get('stage_fingerprint')}  recipe {prov.get('recipe')}")
+            if prov.get("reused_from_run"):
+                lines.append(f"  reused   output of run {prov['reused_from_run']} (nothing changed)")
+            for upstream, u in m["consumed"].items():
+                lines.append(f"  consumed {upstream} sha256 {str(u['sha256'])[:16]}... (run {str(u['run_id'])[:8]})")
+            for argv in prov.get("argv", []):
+                lines.append("  argv     " + " ".join(argv))
+    return "\n".join(lines)

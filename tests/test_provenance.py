@@ -1,0 +1,165 @@
+"""Provenance, pinning, reproducible outputs, skipping unchanged work, and `mpegflow why`."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, instance_for_test
+from dagster._core.definitions.data_version import StaleStatus
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from mpegflow_dagster.media.build import detect_build
+from mpegflow_dagster.runs import materialize_video, stage_report
+from mpegflow_dagster.why import explain
+
+from pipeline_helpers import ROOT, temp_project
+
+FFMPEG_STAGES = ("rendition_240p", "rendition_480p", "rendition_720p", "rendition_1080p", "thumbnails", "captions", "hls")
+
+
+def latest(instance, name: str, video: str):
+    record = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(["vod", name]), asset_partitions=[video]), limit=1).records[0]
+    return record.asset_materialization
+
+
+def logging_ffmpeg(tmp_path: Path) -> tuple[Path, Path]:
+    """A harness around the real FFmpeg that records every invocation except `-version`."""
+    log = tmp_path / "ffmpeg-calls.log"
+    script = tmp_path / "ffmpeg-logged"
+    script.write_text(f'#!/bin/bash\n[[ "$*" == *-version* ]] || echo "$*" >> {log}\nexec ffmpeg "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script, log
+
+
+@pytest.fixture(scope="module")
+def first_run(make_source, tmp_path_factory):
+    base = tmp_path_factory.mktemp("prov")
+    project = temp_project(base, threads=2, required_version=detect_build("ffmpeg").version[:3])
+    source = make_source("clip", duration_s=3.0, captions=True)
+    with instance_for_test() as instance:
+        result = materialize_video(project, project.spec(), "clip", instance=instance, source=source)
+        assert result.success
+        yield {"project": project, "instance": instance, "source": source, "base": base, "run_id": result.run_id}
+
+
+def test_every_artifact_carries_provenance_in_metadata_and_sidecar(first_run):
+    instance, project = first_run["instance"], first_run["project"]
+    mat = latest(instance, "rendition_720p", "clip")
+    prov = mat.metadata["provenance"].value
+    build = detect_build("ffmpeg")
+    assert prov["encoder"]["ffmpeg_version"] == build.version
+    assert prov["encoder"]["ffmpeg_build_hash"] == build.build_hash
+    assert prov["encoder"]["pinned"] == build.version[:3]
+    assert prov["encoder_libraries"]["x264"].startswith("core ")
+    assert prov["preset"] == "x264-vod@1" and prov["attempt"] == 1 and prov["earlier_failures"] == []
+    assert any("libx264" in argv and "-b:v" in argv for argv in prov["argv"])
+    ingest_sha = latest(instance, "ingest", "clip").metadata["sha256"].value
+    assert prov["inputs"]["ingest"] == ingest_sha  # the source's identity: the ingest data version
+    assert prov["output_sha256"] == mat.metadata["sha256"].value == mat.tags["dagster/data_version"]
+    assert prov["media"]["resolution"] == "640x360" and prov["media"]["duration_s"] > 2.5
+    assert prov["wall_s"] > 0 and prov["ffmpeg_cpu_s"] > 0 and prov["host"]
+    sidecar = Path(mat.metadata["path"].value + ".provenance.json")
+    assert json.loads(sidecar.read_text())["output_sha256"] == prov["output_sha256"]
+
+
+def test_unchanged_rematerialization_runs_no_ffmpeg(first_run, tmp_path, monkeypatch):
+    harness, log = logging_ffmpeg(tmp_path)
+    monkeypatch.setenv("MPEGFLOW_FFMPEG", str(harness))
+    instance, project = first_run["instance"], first_run["project"]
+    before = {n: latest(instance, n, "clip").metadata["sha256"].value for n in FFMPEG_STAGES}
+    result = materialize_video(project, project.spec(), "clip", instance=instance, source=first_run["source"])
+    assert result.success
+    assert not log.exists(), log.read_text()  # not one FFmpeg process besides -version
+    for name in FFMPEG_STAGES:
+        meta = latest(instance, name, "clip").metadata
+        assert meta["reused"].value is True, name
+        assert meta["sha256"].value == before[name]
+        assert meta["provenance"].value["reused_from_run"] == first_run["run_id"]
+
+
+def test_forced_rerun_reencodes_byte_identical_outputs(first_run, tmp_path, monkeypatch):
+    harness, log = logging_ffmpeg(tmp_path)
+    monkeypatch.setenv("MPEGFLOW_FFMPEG", str(harness))
+    instance, project = first_run["instance"], first_run["project"]
+    before = {n: latest(instance, n, "clip").metadata["sha256"].value for n in (*FFMPEG_STAGES, "probe")}
+    result = materialize_video(project, project.spec(), "clip", instance=instance, source=first_run["source"], force=True)
+    assert result.success
+    assert log.read_text().count("libx264") == 5  # four rungs and the captioned encode ran again
+    for name, sha in before.items():
+        meta = latest(instance, name, "clip").metadata
+        assert meta["reused"].value is False, name
+        assert meta["sha256"].value == sha, f"{name} is not reproducible"  # hls: every segment and playlist
+
+
+def test_changing_one_rung_marks_only_it_and_its_dependents_stale(first_run):
+    instance, project = first_run["instance"], first_run["project"]
+    spec = project.spec()
+    ladder = tuple(r.model_copy(update={"video_bitrate_kbps": 1100}) if r.name == "480p" else r for r in spec.ladder)
+    changed = project.model_copy(update={"specs": [spec.model_copy(update={"ladder": ladder})]})
+    assets = changed.assets(changed.spec())
+
+    def stale() -> set[str]:
+        resolver = get_stale_status_resolver(instance, assets)  # what the UI computes for "stale"
+        return {k.path[-1] for a in assets for k in a.keys if resolver.get_status(k, "clip") == StaleStatus.STALE}
+
+    assert stale() == {"rendition_480p"}  # its code version changed; nothing else did
+    # Re-encoding it changes its data version: now (and only now) its consumer is stale too.
+    assert materialize_video(changed, changed.spec(), "clip", instance=instance, stages=["rendition_480p"]).success
+    assert stale() == {"hls"}
+
+
+def test_pinned_build_mismatch_fails_before_encoding(make_source, tmp_path):
+    project = temp_project(tmp_path, required_build_hash="0123456789abcdef")
+    with instance_for_test() as instance:
+        result = materialize_video(project, project.spec(), "v", instance=instance, source=make_source(duration_s=2.0))
+    assert not result.success
+    assert not result.get_asset_materialization_events()
+    text = " ".join(str(e.event_specific_data) for e in result.all_events if e.is_failure)
+    assert "requires 0123456789abcdef" in text and detect_build("ffmpeg").build_hash in text
+
+
+def test_why_answers_for_a_finished_and_a_failed_video(first_run, tmp_path):
+    instance, project = first_run["instance"], first_run["project"]
+    started = time.perf_counter()
+    report = explain(instance, project.spec(), "clip")
+    elapsed = time.perf_counter() - started
+    print(f"mpegflow why over {len(report['stages'])} stages: {elapsed:.3f}s")
+    r720 = report["stages"]["rendition_720p"]
+    assert r720["status"] == "success" and r720["attempts"] >= 1 and r720["start"] and r720["end"]
+    prov = r720["materialized"]["provenance"]
+    assert prov["preset"] == "x264-vod@1" and prov["argv"]
+    assert r720["materialized"]["consumed"]["vod/ingest"]["sha256"] == report["stages"]["ingest"]["materialized"]["sha256"]
+
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 5000)
+    materialize_video(project, project.spec(), "junk", instance=instance, source=junk)
+    failed = explain(instance, project.spec(), "junk")
+    assert failed["latest_run"]["status"] == "failure"
+    probe = failed["stages"]["probe"]
+    assert probe["status"] == "failure"
+    assert (probe["failure"]["failure_class"], probe["failure"]["reason"]) == ("permanent", "input.invalid_data")
+    assert failed["stages"]["rendition_720p"]["status"] == "never_run"
+
+
+def test_why_cli_prints_json_and_refuses_unknown_videos(make_source, tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "MPEGFLOW_STORAGE_DIR": str(tmp_path / "s"),
+           "MPEGFLOW_WORK_DIR": str(tmp_path / "w"), "MPEGFLOW_EVENTS_PATH": str(tmp_path / "e.jsonl")}
+    (tmp_path / "home").mkdir()
+    mpegflow = str(Path(sys.executable).parent / "mpegflow")
+    src = make_source("tiny", duration_s=2.0)
+    run = subprocess.run([mpegflow, "run", str(src), "--out", str(tmp_path / "o")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    why = subprocess.run([mpegflow, "why", "tiny", "rendition_240p", "--json"], cwd=ROOT, env=env, capture_output=True, text=True)
+    report = json.loads(why.stdout)
+    assert list(report["stages"]) == ["rendition_240p"]
+    assert report["stages"]["rendition_240p"]["materialized"]["provenance"]["asset"] == "rendition_240p"
+    text = subprocess.run([mpegflow, "why", "tiny"], cwd=ROOT, env=env, capture_output=True, text=True).stdout
+    assert "encoder  ffmpeg" in text and "argv" in text
+    unknown = subprocess.run([mpegflow, "why", "nope"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "no run of video 'nope'" in unknown.stderr
