@@ -12,7 +12,8 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from contextlib import ExitStack
+from typing import Any, Callable, Iterator, Optional
 
 from dagster import (
     AssetExecutionContext,
@@ -20,6 +21,7 @@ from dagster import (
     AssetKey,
     AssetObservation,
     AssetRecordsFilter,
+    AssetSpec,
     AssetsDefinition,
     Backoff,
     Config,
@@ -33,6 +35,7 @@ from dagster import (
     RetryPolicy,
     RetryRequested,
     asset,
+    multi_asset,
 )
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
@@ -69,6 +72,11 @@ def rendition_asset_name(name: str) -> str:
     return f"rendition_{name}"
 
 
+def step_keys(assets: list[AssetsDefinition]) -> dict[AssetKey, str]:
+    """Which step materializes each asset (renditions and thumbnails share one)."""
+    return {key: a.node_def.name for a in assets for key in a.keys}
+
+
 @dataclass(frozen=True)
 class _StageDef:
     name: str  # asset name
@@ -88,52 +96,64 @@ def _latest(context: AssetExecutionContext, key: AssetKey) -> Optional[EventLogR
 
 
 class _StageRun:
-    """One attempt of one stage for one video."""
+    """One attempt of one stage (one asset) for one video: prepare (recipe, reuse), produce in a
+    scratch directory, finish (provenance, Output) or fail (classification, retry or Failure)."""
 
     def __init__(self, context: AssetExecutionContext, spec: PipelineSpec, stage: _StageDef,
-                 ffmpeg: FFmpegResource, events: WebhookResource) -> None:
+                 ffmpeg: FFmpegResource, events: WebhookResource, *, multi: bool = False) -> None:
         self.context, self.spec, self.stage, self.ffmpeg, self.events = context, spec, stage, ffmpeg, events
         self.video = context.partition_key
+        self.asset_key = AssetKey([spec.name, stage.name])
+        # A multi-asset names each output after its key; a single asset has one default output.
+        self.output_name = self.asset_key.to_python_identifier() if multi else "result"
+        self.inputs: dict[str, Optional[str]] = {}
+        self.recipe = ""
+        self.threads = ffmpeg.threads
 
     def key(self, name: str) -> AssetKey:
         return AssetKey([self.spec.name, name])
 
     def run(self, produce: Callable[[Path, Tools], Optional[StageOutput]], *, recipe_extra: Optional[dict] = None) -> Optional[Output]:
-        context, build = self.context, self.ffmpeg.build
-        inputs: dict[str, Optional[str]] = {}
-        for name in self.stage.inputs:
-            record = _latest(context, self.key(name))
-            inputs[name] = record.asset_materialization.tags.get(DATA_VERSION_TAG) if record and record.asset_materialization else None
-        threads = self._threads()
-        recipe = recipe_hash(fingerprint=self.stage.fingerprint, build_hash=build.build_hash,
-                             inputs={**inputs, **(recipe_extra or {})}, threads=threads)
-        reused = self._reuse(recipe)
+        reused = self.prepare(recipe_extra)
         if reused is not None:
             return reused
-        started, attempt = time.time(), context.retry_number
+        started = time.time()
         try:
             with self.ffmpeg.scratch(self.stage.name, self.video) as work:
-                out = produce(work, self.ffmpeg.tools(context.log, threads=threads))
-                if out is None:
-                    return None
-                sha, size, _ = describe(out.path)
+                out = produce(work, self.ffmpeg.tools(self.context.log, threads=self.threads))
+                return None if out is None else self.finish(out, started)
         except (Failure, RetryRequested):
             raise
         except Exception as exc:
-            self._failed(exc, attempt)
+            raise self.failure(exc) from exc
+
+    def prepare(self, recipe_extra: Optional[dict] = None) -> Optional[Output]:
+        """Work out the recipe; an Output reusing the stored artifact when nothing changed."""
+        for name in self.stage.inputs:
+            record = _latest(self.context, self.key(name))
+            self.inputs[name] = record.asset_materialization.tags.get(DATA_VERSION_TAG) if record and record.asset_materialization else None
+        self.threads = self._threads()
+        self.recipe = recipe_hash(fingerprint=self.stage.fingerprint, build_hash=self.ffmpeg.build.build_hash,
+                                  inputs={**self.inputs, **(recipe_extra or {})}, threads=self.threads)
+        return self._reuse()
+
+    def finish(self, out: StageOutput, started: float) -> Output:
+        """Hash the output (inside the scratch dir, so a failure here still cleans up) and describe it."""
+        sha, size, _ = describe(out.path)
         provenance = Provenance(
-            pipeline=self.spec.name, asset=self.stage.name, video=self.video, run_id=context.run_id, recipe=recipe,
-            stage_fingerprint=self.stage.fingerprint, preset=self.stage.preset,
-            encoder=EncoderBuild.of(build, self.ffmpeg.pin),
+            pipeline=self.spec.name, asset=self.stage.name, video=self.video, run_id=self.context.run_id,
+            recipe=self.recipe, stage_fingerprint=self.stage.fingerprint, preset=self.stage.preset,
+            encoder=EncoderBuild.of(self.ffmpeg.build, self.ffmpeg.pin),
             encoder_libraries={"x264": v} if (v := x264_version(out.path)) else {},
-            argv=[r.argv for r in out.runs], inputs=inputs, output_sha256=sha, output_size_bytes=size,
+            argv=[r.argv for r in out.runs], inputs=self.inputs, output_sha256=sha, output_size_bytes=size,
             media={k: v for k, v in out.facts.items() if v is not None},
             wall_s=round(time.time() - started, 3), ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
             ffmpeg_runs=[(round(r.started_at, 3), round(r.wall_s, 3)) for r in out.runs],
-            attempt=attempt + 1, earlier_failures=[o["failure_class"] for o in self._failures()],
+            attempt=self.context.retry_number + 1, earlier_failures=[o["failure_class"] for o in self._failures()],
         )
         self._announce_success(out, sha)
-        return Output(out.path, data_version=DataVersion(sha), metadata=self._metadata(provenance, out.facts))
+        return Output(out.path, output_name=self.output_name, data_version=DataVersion(sha),
+                      metadata=self._metadata(provenance, out.facts))
 
     def _metadata(self, prov: Provenance, facts: dict[str, Any]) -> dict[str, Any]:
         metadata: dict[str, Any] = {k: v for k, v in facts.items() if v is not None}
@@ -151,13 +171,13 @@ class _StageRun:
 
     # -- skip unchanged work ------------------------------------------------------------------
 
-    def _reuse(self, recipe: str) -> Optional[Output]:
+    def _reuse(self) -> Optional[Output]:
         context = self.context
         if not self.stage.reusable or context.run.tags.get(FORCE_TAG, "").lower() == "true":
             return None
-        record = _latest(context, context.asset_key)
+        record = _latest(context, self.asset_key)
         meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
-        if "recipe" not in meta or meta["recipe"].value != recipe or PROVENANCE_KEY not in meta:
+        if "recipe" not in meta or meta["recipe"].value != self.recipe or PROVENANCE_KEY not in meta:
             return None
         prov = Provenance.model_validate(meta[PROVENANCE_KEY].value)
         prov = prov.model_copy(update={"run_id": context.run_id, "reused_from_run": prov.reused_from_run or record.run_id,
@@ -165,8 +185,8 @@ class _StageRun:
                                        "ffmpeg_runs": []})
         context.log.info(f"{self.stage.name}: inputs, parameters and encoder build unchanged: reusing the output of run {prov.reused_from_run}")
         facts = {k: v.value for k, v in meta.items() if k in prov.media}
-        return Output(Reused(Path(meta["path"].value).name, prov.output_sha256), data_version=DataVersion(prov.output_sha256),
-                      metadata=self._metadata(prov, facts))
+        return Output(Reused(Path(meta["path"].value).name, prov.output_sha256), output_name=self.output_name,
+                      data_version=DataVersion(prov.output_sha256), metadata=self._metadata(prov, facts))
 
     # -- failures -----------------------------------------------------------------------------
 
@@ -181,29 +201,38 @@ class _StageRun:
     def _failures(self) -> list[dict[str, Any]]:
         """Failed attempts of this stage in this run, oldest first (recorded as asset observations)."""
         records = self.context.instance.fetch_observations(
-            AssetRecordsFilter(asset_key=self.context.asset_key, asset_partitions=[self.video]), limit=50
+            AssetRecordsFilter(asset_key=self.asset_key, asset_partitions=[self.video]), limit=50
         ).records
         found = [r.asset_observation.metadata for r in records
                  if r.run_id == self.context.run_id and r.asset_observation and "failure_class" in r.asset_observation.metadata]
         return [{k: v.value for k, v in m.items()} for m in reversed(found)]
 
-    def _failed(self, exc: Exception, attempt: int) -> NoReturn:
-        c: Classification = classify_s3_error(exc) or classify_exception(exc, family=self.ffmpeg.build.family)
+    def classification(self, exc: Exception) -> Classification:
+        return classify_s3_error(exc) or classify_exception(exc, family=self.ffmpeg.build.family)
+
+    def retryable(self, c: Classification) -> bool:
+        policy = self.spec.failures.retry_for(self.stage.kind)
+        return c.failure_class in ("transient", "resource") and self.context.retry_number < policy.max_retries
+
+    def failure(self, exc: Exception) -> Exception:
+        """Record a failed attempt and say what to raise: RetryRequested while a retry can heal it,
+        else a Failure (announcing a failed rendition once)."""
+        c = self.classification(exc)
+        attempt = self.context.retry_number
         stderr = getattr(getattr(exc, "result", None), "stderr_tail", "") or ""
         details = {"failure_class": c.failure_class, "reason": c.reason, "message": c.message,
                    "exit_code": c.exit_code, "signal": c.signal, "attempt": attempt + 1}
-        self.context.log_event(AssetObservation(
-            asset_key=self.context.asset_key, partition=self.video,
-            metadata={**{k: v for k, v in details.items() if v is not None}, "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```")},
-        ))
+        meta = {**{k: v for k, v in details.items() if v is not None},
+                "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```")}
+        self.context.log_event(AssetObservation(asset_key=self.asset_key, partition=self.video, metadata=meta))
         policy = self.spec.failures.retry_for(self.stage.kind)
-        if c.failure_class in ("transient", "resource") and attempt < policy.max_retries:
+        if self.retryable(c):
             wait = policy.wait_s(attempt, random.random())
             self.context.log.warning(
                 f"{self.stage.name} attempt {attempt + 1} failed ({c.failure_class}: {c.reason}: {c.message}); "
                 f"retrying in {wait:.1f}s"
             )
-            raise RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait) from exc
+            return RetryRequested(max_retries=policy.max_retries, seconds_to_wait=wait)
         subject = f"rendition {self.stage.rendition}" if self.stage.rendition else f"stage {self.stage.name}"
         headline = f"{subject} failed: {c.failure_class}: {c.reason}"
         if self.stage.rendition:
@@ -211,12 +240,7 @@ class _StageRun:
                 type="rendition.failed", pipeline=self.spec.name, video=self.video, run_id=self.context.run_id,
                 subject=self.stage.rendition, message=headline, data=details,
             ))
-        raise Failure(
-            description=f"video {self.video!r}: {headline} ({c.message})",
-            metadata={**{k: v for k, v in details.items() if v is not None},
-                      "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```")},
-            allow_retries=False,
-        ) from exc
+        return Failure(description=f"video {self.video!r}: {headline} ({c.message})", metadata=meta, allow_retries=False)
 
     def _announce_success(self, out: StageOutput, sha: str) -> None:
         kinds = {"encode": "rendition.ready", "package": "package.ready", "ingest": "video.received", "emit": "video.published"}
@@ -227,6 +251,69 @@ class _StageRun:
                 subject=self.stage.rendition or (self.stage.name if self.stage.kind == "emit" else None),
                 message=f"{self.stage.name} ready", data={"sha256": sha, **_jsonable(out.facts)},
             ))
+
+
+def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, _StageRun],
+                   ffmpeg: FFmpegResource, ingest: Path, probe: Path) -> Iterator[Output]:
+    """The selected renditions and thumbnails of one video, from one decode of the source.
+
+    If the shared run fails and a retry can heal it, the step retries (what was already
+    materialized is reused). Otherwise each output is encoded alone, so one bad rendition does not
+    take its siblings down, and the step fails naming the ones that failed."""
+    todo = []
+    for name, run in runs.items():
+        reused = run.prepare()
+        if reused is not None:
+            yield reused
+        else:
+            todo.append(name)
+    if not todo:
+        return
+    info = stages.load_probe(probe)
+    rungs = [spec.rendition(n.removeprefix("rendition_")) for n in todo if n != "thumbnails"]
+    started = time.time()
+    try:
+        with ExitStack() as scratches:
+            work = {n.removeprefix("rendition_"): scratches.enter_context(ffmpeg.scratch(n, context.partition_key))
+                    for n in todo}
+            tools = ffmpeg.tools(context.log, threads=min(runs[n].threads for n in todo))
+            outs = stages.encode_ladder(ingest, info, spec, rungs, "thumbnails" in todo, tools, work)
+            finished = [runs[n].finish(outs[n.removeprefix("rendition_")], started) for n in todo]
+    except Exception as exc:
+        first = runs[todo[0]]
+        if len(todo) == 1 or first.retryable(first.classification(exc)):
+            verdicts = [runs[n].failure(exc) for n in todo]
+            raise verdicts[0] from exc
+        context.log.warning(f"shared encode of {', '.join(todo)} failed ({exc}); encoding each alone to isolate it")
+        yield from _encode_each(spec, {n: runs[n] for n in todo}, ingest, info)
+        return
+    yield from finished
+
+
+def _encode_each(spec: PipelineSpec, runs: dict[str, _StageRun], ingest: Path, info) -> Iterator[Output]:
+    failures: list[Exception] = []
+    for name, run in runs.items():
+        if name == "thumbnails":
+            def produce(work: Path, tools: Tools) -> StageOutput:
+                return stages.thumbnails(ingest, info, spec.thumbnails, tools, work)
+        else:
+            rung = spec.rendition(name.removeprefix("rendition_"))
+
+            def produce(work: Path, tools: Tools, rung=rung) -> StageOutput:
+                return stages.encode_rendition(ingest, info, spec, rung, tools, work)
+        try:
+            output = run.run(produce)
+        except (Failure, RetryRequested) as exc:
+            failures.append(exc)
+            continue
+        if output is not None:
+            yield output
+    retry = next((f for f in failures if isinstance(f, RetryRequested)), None)
+    if retry is not None:
+        raise retry
+    if failures:
+        raise Failure(description="; ".join(f.description or "" for f in failures if isinstance(f, Failure)),
+                      metadata=failures[0].metadata if isinstance(failures[0], Failure) else {}, allow_retries=False)
 
 
 def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
@@ -297,30 +384,37 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
     def probe(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, ingest: Path) -> Output:
         return _StageRun(context, spec, probe_def, ffmpeg, events).run(lambda work, tools: stages.probe_source(ingest, work, tools))
 
-    def rendition_asset(rung_name: str) -> AssetsDefinition:
-        rung = spec.rendition(rung_name)
-        preset = spec.preset_for(rung)
-        sdef = _StageDef(rendition_asset_name(rung.name), "encode", fingerprint(rung, preset, spec.failures),
-                         inputs=("ingest", "probe"), preset=preset.ref, rendition=rung.name)
+    # Renditions and thumbnails share one step so that one FFmpeg decode feeds every encoder;
+    # each is still its own asset (own materialization, code version, retries, provenance), and
+    # any subset can be materialized on demand.
+    encode_defs = {
+        rendition_asset_name(r.name): _StageDef(
+            rendition_asset_name(r.name), "encode", fingerprint(r, spec.preset_for(r), spec.failures),
+            inputs=("ingest", "probe"), preset=spec.preset_for(r).ref, rendition=r.name)
+        for r in spec.ladder
+    }
+    encode_defs["thumbnails"] = _StageDef("thumbnails", "thumbnails", fingerprint(spec.thumbnails), inputs=("ingest", "probe"))
+    descriptions = {rendition_asset_name(r.name): f"{r.name}: H.264 {r.profile} {r.video_bitrate_kbps} kb/s, "
+                    f"keyframes every {spec.gop_s:g}s." for r in spec.ladder}
+    descriptions["thumbnails"] = "JPEG thumbnails, a sprite sheet and a WebVTT storyboard."
 
-        @asset(name=sdef.name, code_version=sdef.fingerprint, ins=ins("ingest", "probe"), kinds={"ffmpeg"},
-               description=f"{rung.name}: H.264 {rung.profile} {rung.video_bitrate_kbps} kb/s, keyframes every {spec.gop_s:g}s.",
-               **common)
-        def _rendition(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
-                       ingest: Path, probe: Path) -> Output:
-            return _StageRun(context, spec, sdef, ffmpeg, events).run(
-                lambda work, tools: stages.encode_rendition(ingest, stages.load_probe(probe), spec, rung, tools, work))
-
-        return _rendition
-
-    thumbs_def = _StageDef("thumbnails", "thumbnails", fingerprint(spec.thumbnails), inputs=("ingest", "probe"))
-
-    @asset(name="thumbnails", code_version=thumbs_def.fingerprint, ins=ins("ingest", "probe"), kinds={"ffmpeg"},
-           description="JPEG thumbnails, a sprite sheet and a WebVTT storyboard.", **common)
-    def thumbnails(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
-                   ingest: Path, probe: Path) -> Output:
-        return _StageRun(context, spec, thumbs_def, ffmpeg, events).run(
-            lambda work, tools: stages.thumbnails(ingest, stages.load_probe(probe), spec.thumbnails, tools, work))
+    @multi_asset(
+        name=f"{prefix}__encode",
+        specs=[
+            AssetSpec(key(name), deps=[key("ingest"), key("probe")], code_version=sdef.fingerprint, skippable=True,
+                      kinds={"ffmpeg"}, group_name=prefix, description=descriptions[name],
+                      partitions_def=common["partitions_def"]).with_io_manager_key(IO_MANAGER_KEY)
+            for name, sdef in encode_defs.items()
+        ],
+        ins=ins("ingest", "probe"),
+        can_subset=True,
+        retry_policy=common["retry_policy"],
+    )
+    def encode(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
+               ingest: Path, probe: Path) -> Iterator[Output]:
+        runs = {name: _StageRun(context, spec, sdef, ffmpeg, events, multi=True)
+                for name, sdef in encode_defs.items() if key(name) in context.selected_asset_keys}
+        yield from _encode_shared(context, spec, runs, ffmpeg, ingest, probe)
 
     caption_rung = spec.rendition(spec.captions.rendition)
     captions_def = _StageDef("captions", "captions",
@@ -371,8 +465,7 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
         return _StageRun(context, spec, emit_captions_def, ffmpeg, events).run(
             lambda work, tools: stages.emit(context.partition_key, {"captioned.mp4": captions}, delivery.store(), work))
 
-    renditions = [rendition_asset(r.name) for r in spec.ladder]
-    return [ingest, probe, *renditions, thumbnails, captions, hls, emit, emit_captions]
+    return [ingest, probe, encode, captions, hls, emit, emit_captions]
 
 
 def _last_source(context: AssetExecutionContext) -> str:

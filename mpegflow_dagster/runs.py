@@ -15,7 +15,7 @@ from dagster import (
     materialize,
 )
 
-from .assets import FORCE_TAG, IngestConfig, build_video_assets, partitions_for
+from .assets import FORCE_TAG, IngestConfig, build_video_assets, partitions_for, step_keys
 from .events import Event
 from .spec import PipelineSpec
 
@@ -76,7 +76,7 @@ def stage_report(
         elif event.event_type == DagsterEventType.STEP_FAILURE:
             steps[event.step_key] = _failure(event)
     report: dict[str, dict[str, Any]] = {}
-    for key in (k for a in build_video_assets(spec) for k in a.keys):
+    for key, step_key in step_keys(build_video_assets(spec)).items():
         entry: dict[str, Any] = {"asset_key": key.to_user_string()}
         if key in materialized:
             meta = materialized[key]
@@ -87,7 +87,7 @@ def stage_report(
         elif selected is not None and key not in selected:
             entry["status"] = "not_selected"
         else:
-            step = steps.get("__".join(key.path), {"status": "not_run", "reason": "an upstream stage failed"})
+            step = steps.get(step_key, {"status": "not_run", "reason": "an upstream stage failed"})
             entry.update(step)
             if step["status"] == "succeeded":
                 entry.update(status="skipped", reason="nothing to do (no output produced)")

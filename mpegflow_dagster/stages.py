@@ -121,14 +121,37 @@ def load_probe(path: Path) -> MediaInfo:
 
 # -- encode -----------------------------------------------------------------------------------
 
+def h264_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> commands.H264Output:
+    preset = spec.preset_for(rendition)
+    video = info.video
+    assert video is not None and video.height  # probe_source guarantees it
+    return commands.H264Output(
+        height=commands.rendition_height(rendition.height, video.height, spec.upscale),
+        video_bitrate_kbps=rendition.video_bitrate_kbps, maxrate_factor=rendition.maxrate_factor,
+        profile=rendition.profile, level=rendition.level, audio_bitrate_kbps=rendition.audio_bitrate_kbps,
+        speed=preset.speed, tune=preset.tune, pix_fmt=preset.pix_fmt, x264_params=tuple(sorted(preset.x264_params.items())),
+        audio_sample_rate=preset.audio_sample_rate, audio_channels=preset.audio_channels,
+        gop_s=spec.gop_s, frame_rate=video.frame_rate or 30.0, has_audio=info.audio is not None,
+    )
+
+
+def _checked_rendition(out: Path, info: MediaInfo, spec: PipelineSpec, rendition: Rendition, run: RunResult,
+                       tools: Tools) -> StageOutput:
+    """Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output."""
+    result = probe(out, tools.ffprobe)
+    problems = verify_output(result, info, expect_audio=True, policy=spec.failures.verification, stderr_tail=run.stderr_tail)
+    if problems:
+        raise OutputRejected(problems)
+    facts = {**result.summary(), "preset": spec.preset_for(rendition).ref, "target_kbps": rendition.video_bitrate_kbps,
+             "encode_speed_x": round(info.duration / run.wall_s, 2) if run.wall_s else None}
+    return StageOutput(out, facts, [run])
+
+
 def encode_rendition(
     ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rendition: Rendition, tools: Tools, work: Path,
     *, subtitles: Optional[Path] = None, label: Optional[str] = None,
 ) -> StageOutput:
-    preset = spec.preset_for(rendition)
-    video = info.video
-    assert video is not None and video.height  # probe_source guarantees it
-    height = commands.rendition_height(rendition.height, video.height, spec.upscale)
+    """One rendition by its own FFmpeg run (optionally with captions burned in)."""
     cwd = None
     subtitle_name = None
     if subtitles is not None:
@@ -138,24 +161,36 @@ def encode_rendition(
         cwd = work
     out = work / f"{label or rendition.name}.mp4"
     args = commands.encode_rendition_args(
-        source_file(ingest_dir), out, height=height,
-        video_bitrate_kbps=rendition.video_bitrate_kbps, maxrate_factor=rendition.maxrate_factor,
-        profile=rendition.profile, level=rendition.level, audio_bitrate_kbps=rendition.audio_bitrate_kbps,
-        speed=preset.speed, tune=preset.tune, pix_fmt=preset.pix_fmt, x264_params=preset.x264_params,
-        audio_sample_rate=preset.audio_sample_rate, audio_channels=preset.audio_channels,
-        gop_s=spec.gop_s, frame_rate=video.frame_rate or 30.0, has_audio=info.audio is not None,
-        threads=tools.threads,
+        source_file(ingest_dir), out, h264_output(spec, rendition, info), threads=tools.threads,
         subtitles=subtitle_name, subtitle_font_size=spec.captions.font_size,
     )
     run = tools.run(label or rendition.name, args, duration_s=info.duration, cwd=cwd)
-    result = probe(out, tools.ffprobe)
-    # Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output.
-    problems = verify_output(result, info, expect_audio=True, policy=spec.failures.verification, stderr_tail=run.stderr_tail)
-    if problems:
-        raise OutputRejected(problems)
-    facts = {**result.summary(), "preset": preset.ref, "target_kbps": rendition.video_bitrate_kbps,
-             "encode_speed_x": round(info.duration / run.wall_s, 2) if run.wall_s else None}
-    return StageOutput(out, facts, [run])
+    return _checked_rendition(out, info, spec, rendition, run, tools)
+
+
+def encode_ladder(
+    ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rungs: list[Rendition], with_thumbnails: bool,
+    tools: Tools, work: dict[str, Path],
+) -> dict[str, StageOutput]:
+    """Several renditions (and the thumbnails) from ONE decode of the source: FFmpeg splits the
+    decoded video to every encoder, which on a CPU-bound box beats one run per output. `work`
+    and the result are keyed by rung name and "thumbnails" (one scratch dir per output, so each
+    is published and cleaned up on its own). Any failure fails the whole run; callers isolate by
+    re-running the outputs one by one."""
+    outputs = {work[r.name] / f"{r.name}.mp4": h264_output(spec, r, info) for r in rungs}
+    frames = work["thumbnails"] / "thumbnails" / "frames" if with_thumbnails else Path()
+    thumbs = None
+    if with_thumbnails:
+        frames.mkdir(parents=True)
+        cfg = spec.thumbnails
+        thumbs = (frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality))
+    args = commands.encode_ladder_args(source_file(ingest_dir), outputs, threads=tools.threads, thumbnails=thumbs)
+    run = tools.run("ladder " + ",".join([*(r.name for r in rungs), *(["thumbnails"] if with_thumbnails else [])]),
+                    args, duration_s=info.duration)
+    results = {r.name: _checked_rendition(out, info, spec, r, run, tools) for r, out in zip(rungs, outputs)}
+    if with_thumbnails:
+        results["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [run])
+    return results
 
 
 def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: Tools, work: Path) -> Optional[StageOutput]:
@@ -174,16 +209,22 @@ def thumbnails(ingest_dir: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Too
     out = work / "thumbnails"
     frames = out / "frames"
     frames.mkdir(parents=True)
-    runs = [tools.run("thumbnails", commands.thumbnails_args(
-        source_file(ingest_dir), frames, interval_s=cfg.interval_s, width=cfg.width, quality=cfg.quality,
-        threads=tools.threads), duration_s=info.duration)]
+    run = tools.run("thumbnails", commands.thumbnails_args(
+        source_file(ingest_dir), frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality),
+        threads=tools.threads), duration_s=info.duration)
+    return _finish_thumbnails(out, info, cfg, tools, [run])
+
+
+def _finish_thumbnails(out: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Tools, runs: list[RunResult]) -> StageOutput:
+    """Sprite sheet and storyboard over the JPEGs extracted into `out/frames`."""
+    frames = out / "frames"
     count = len(list(frames.glob("*.jpg")))
     if count == 0:
         raise MediaRejected("no thumbnail could be extracted: the video stream has no decodable frames")
     columns = min(cfg.sprite_columns, count)
     rows = math.ceil(count / columns)
-    runs.append(tools.run("sprite", commands.sprite_args(
-        frames, out / "sprite.jpg", columns=columns, rows=rows, tile_width=cfg.sprite_tile_width, quality=cfg.quality)))
+    runs = [*runs, tools.run("sprite", commands.sprite_args(
+        frames, out / "sprite.jpg", columns=columns, rows=rows, tile_width=cfg.sprite_tile_width, quality=cfg.quality))]
     video = info.video
     assert video is not None and video.width and video.height
     tile_height = commands.even(cfg.sprite_tile_width * video.height / video.width)

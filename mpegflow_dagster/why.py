@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, RunsFilter
 
-from .assets import build_video_assets
+from .assets import build_video_assets, step_keys
 from .spec import PipelineSpec
 
 PARTITION_TAG = "dagster/partition"
@@ -26,7 +26,8 @@ def _when(ts: Optional[float]) -> Optional[str]:
 
 def explain(instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Optional[str] = None) -> dict[str, Any]:
     """Everything known about `video` in pipeline `spec` (or one `asset` of it)."""
-    keys = [k for a in build_video_assets(spec) for k in a.keys if asset is None or k.path[-1] == asset]
+    steps_of = step_keys(build_video_assets(spec))
+    keys = [k for k in steps_of if asset is None or k.path[-1] == asset]
     if not keys:
         raise KeyError(f"pipeline {spec.name} has no asset {asset!r}")
     runs = instance.get_runs(RunsFilter(tags={PARTITION_TAG: video}), limit=50)
@@ -43,7 +44,7 @@ def explain(instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Op
                 failures[event.step_key] = {"run_id": run.run_id, "description": data.user_failure_data.description, **meta}
     stages: dict[str, Any] = {}
     for key in keys:
-        step_key = "__".join(key.path)
+        step_key = steps_of[key]
         entry: dict[str, Any] = {"asset_key": key.to_user_string()}
         if step_key in steps:
             run_id, stat = steps[step_key]

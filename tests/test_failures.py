@@ -92,7 +92,7 @@ fi""")
             AssetRecordsFilter(asset_key=AssetKey(["vod", "rendition_480p"]), asset_partitions=["clip"]), limit=1
         ).records[0].asset_materialization.metadata
     assert marker.exists() and result.success
-    assert retried == {"vod__rendition_480p"}
+    assert retried == {"vod__encode"}
     assert report["emit"]["status"] == "materialized"
     prov = meta["provenance"].value
     assert prov["attempt"] == 2 and prov["earlier_failures"] == ["transient"]

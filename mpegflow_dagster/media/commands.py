@@ -9,6 +9,7 @@ bytes twice.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,7 @@ import ffmpeg
 from .safety import SAFE_INPUT, SOURCE_FORMATS
 
 _BITEXACT = {"fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact", "map_metadata": "-1", "map_chapters": "-1"}
+
 
 def _input(path: Path, *, formats: str = SOURCE_FORMATS, **options: object):
     return ffmpeg.input(f"file:{Path(path).resolve()}", **{**SAFE_INPUT, "format_whitelist": formats}, **options)
@@ -34,77 +36,107 @@ def rendition_height(target: int, source: int, upscale: bool) -> int:
     return even(target if upscale else min(target, source))
 
 
-def encode_rendition_args(
-    src: Path,
-    out: Path,
-    *,
-    height: int,
-    video_bitrate_kbps: int,
-    maxrate_factor: float,
-    profile: str,
-    level: str,
-    audio_bitrate_kbps: int,
-    speed: str,
-    tune: Optional[str],
-    pix_fmt: str,
-    x264_params: dict[str, str],
-    audio_sample_rate: int,
-    audio_channels: int,
-    gop_s: float,
-    frame_rate: float,
-    has_audio: bool,
-    threads: int,
-    subtitles: Optional[str] = None,
-    subtitle_font_size: int = 24,
-) -> list[str]:
+@dataclass(frozen=True)
+class H264Output:
+    """Everything that shapes one H.264/AAC rendition's bytes (besides the source and the build)."""
+
+    height: int
+    video_bitrate_kbps: int
+    maxrate_factor: float
+    profile: str
+    level: str
+    audio_bitrate_kbps: int
+    speed: str
+    tune: Optional[str]
+    pix_fmt: str
+    x264_params: tuple[tuple[str, str], ...]
+    audio_sample_rate: int
+    audio_channels: int
+    gop_s: float
+    frame_rate: float
+    has_audio: bool
+
+
+@dataclass(frozen=True)
+class ThumbnailOutput:
+    interval_s: float
+    width: int
+    quality: int
+
+
+def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int):
     """H.264/AAC MP4 with keyframes forced every `gop_s` seconds of source time, so every rendition
-    of the same source has its keyframes (and so its HLS segment boundaries) at the same times.
-    `subtitles` is a file name relative to the working directory FFmpeg runs in (filter-path
-    escaping is avoided by running in a scratch dir holding a copy named plainly)."""
-    inp = _input(src)
-    video = inp["v:0"]
-    if subtitles:
-        # Burn in at source resolution before scaling, so text is sharp at every size.
-        video = video.filter("subtitles", filename=subtitles, force_style=f"FontSize={subtitle_font_size}")
-    video = video.filter("scale", -2, height, flags="bicubic").filter("format", pix_fmt)
-    maxrate = int(video_bitrate_kbps * maxrate_factor)
+    of the same source has its keyframes (and so its HLS segment boundaries) at the same times."""
+    video = video.filter("scale", -2, enc.height, flags="bicubic").filter("format", enc.pix_fmt)
+    maxrate = int(enc.video_bitrate_kbps * enc.maxrate_factor)
     # x264 must not add keyframes of its own (scene cuts, keyint) or renditions drift apart.
-    gop_frames = max(1, math.ceil(gop_s * max(frame_rate, 1.0)))
+    gop_frames = max(1, math.ceil(enc.gop_s * max(enc.frame_rate, 1.0)))
     # Frame threads with VBV make x264's output depend on thread timing (measured: three runs,
     # three hashes); sliced threads are deterministic for a given thread count.
-    params = {"scenecut": "0", "open-gop": "0", "sliced-threads": "1", **x264_params}
-    vopts: dict[str, object] = {
-        "c:v": "libx264", "preset": speed, "profile:v": profile, "level:v": level,
-        "b:v": f"{video_bitrate_kbps}k", "maxrate:v": f"{maxrate}k", "bufsize:v": f"{2 * maxrate}k",
+    params = {"scenecut": "0", "open-gop": "0", "sliced-threads": "1", **dict(enc.x264_params)}
+    opts: dict[str, object] = {
+        "c:v": "libx264", "preset": enc.speed, "profile:v": enc.profile, "level:v": enc.level,
+        "b:v": f"{enc.video_bitrate_kbps}k", "maxrate:v": f"{maxrate}k", "bufsize:v": f"{2 * maxrate}k",
         "g": 2 * gop_frames, "keyint_min": gop_frames, "sc_threshold": 0, "forced-idr": 1,
-        "force_key_frames": f"expr:gte(t,n_forced*{gop_s:g})",
+        "force_key_frames": f"expr:gte(t,n_forced*{enc.gop_s:g})",
         "x264-params": ":".join(f"{k}={v}" for k, v in sorted(params.items())),
         "threads": threads,
     }
-    if tune:
-        vopts["tune"] = tune
+    if enc.tune:
+        opts["tune"] = enc.tune
     streams = [video]
-    if has_audio:
-        streams.append(inp["a:0"])
-        vopts.update({"c:a": "aac", "b:a": f"{audio_bitrate_kbps}k", "ar": audio_sample_rate, "ac": audio_channels})
-    return (
-        ffmpeg.output(*streams, _output_name(out), movflags="+faststart", f="mp4", **vopts, **_BITEXACT)
-        .get_args()
-    )
+    if enc.has_audio:
+        streams.append(audio)
+        opts.update({"c:a": "aac", "b:a": f"{enc.audio_bitrate_kbps}k", "ar": enc.audio_sample_rate,
+                     "ac": enc.audio_channels})
+    return ffmpeg.output(*streams, _output_name(out), movflags="+faststart", f="mp4", **opts, **_BITEXACT)
 
 
-def thumbnails_args(src: Path, out_dir: Path, *, interval_s: float, width: int, quality: int, threads: int) -> list[str]:
+def _thumbnail_output(video, out_dir: Path, thumbs: ThumbnailOutput, threads: int):
     """One JPEG for each of t = 0, interval, 2*interval, ... < duration (the first frame at or after
     each mark, so there are ceil(duration / interval)), named 00001.jpg, 00002.jpg, ...
 
     `select` against the frame count does not drift, unlike `fps=1/N`, which also drops the
     last mark when it falls within half an interval of the end."""
-    video = _input(src)["v:0"].filter("select", f"gte(t,{interval_s:g}*selected_n)").filter("scale", width, -2)
-    return (
-        ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr",
-                      **{"q:v": quality}, threads=threads, **_BITEXACT)
-        .get_args()
-    )
+    video = video.filter("select", f"gte(t,{thumbs.interval_s:g}*selected_n)").filter("scale", thumbs.width, -2)
+    return ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr",
+                         **{"q:v": thumbs.quality}, threads=threads, **_BITEXACT)
+
+
+def encode_rendition_args(
+    src: Path, out: Path, enc: H264Output, *, threads: int, subtitles: Optional[str] = None, subtitle_font_size: int = 24
+) -> list[str]:
+    """One rendition. `subtitles` is a file name relative to the working directory FFmpeg runs in
+    (filter-path escaping is avoided by running in a scratch dir holding a copy named plainly)."""
+    inp = _input(src)
+    video = inp["v:0"]
+    if subtitles:
+        # Burn in at source resolution before scaling, so text is sharp at every size.
+        video = video.filter("subtitles", filename=subtitles, force_style=f"FontSize={subtitle_font_size}")
+    return _rendition_output(video, inp["a:0"], out, enc, threads).get_args()
+
+
+def encode_ladder_args(
+    src: Path, renditions: dict[Path, H264Output], *, threads: int,
+    thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None,
+) -> list[str]:
+    """Every rendition (and the thumbnails) from one decode of the source: the video is split
+    once, each branch scaled and encoded with exactly the options `encode_rendition_args` uses."""
+    inp = _input(src)
+    branches = len(renditions) + (1 if thumbnails else 0)
+    split = inp["v:0"].filter_multi_output("split", branches) if branches > 1 else None
+
+    def branch(i: int):
+        return split.stream(i) if split is not None else inp["v:0"]
+
+    outputs = [_rendition_output(branch(i), inp["a:0"], out, enc, threads) for i, (out, enc) in enumerate(renditions.items())]
+    if thumbnails:
+        outputs.append(_thumbnail_output(branch(len(renditions)), thumbnails[0], thumbnails[1], threads))
+    return ffmpeg.merge_outputs(*outputs).get_args()
+
+
+def thumbnails_args(src: Path, out_dir: Path, thumbs: ThumbnailOutput, *, threads: int) -> list[str]:
+    return _thumbnail_output(_input(src)["v:0"], out_dir, thumbs, threads).get_args()
 
 
 def sprite_args(thumb_dir: Path, out: Path, *, columns: int, rows: int, tile_width: int, quality: int) -> list[str]:
