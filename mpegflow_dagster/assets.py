@@ -389,7 +389,7 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
     # any subset can be materialized on demand.
     encode_defs = {
         rendition_asset_name(r.name): _StageDef(
-            rendition_asset_name(r.name), "encode", fingerprint(r, spec.preset_for(r), spec.failures),
+            rendition_asset_name(r.name), "encode", fingerprint(r, spec.preset_for(r), spec.encode_settings()),
             inputs=("ingest", "probe"), preset=spec.preset_for(r).ref, rendition=r.name)
         for r in spec.ladder
     }
@@ -418,7 +418,7 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
 
     caption_rung = spec.rendition(spec.captions.rendition)
     captions_def = _StageDef("captions", "captions",
-                             fingerprint(spec.captions, caption_rung, spec.preset_for(caption_rung), spec.failures),
+                             fingerprint(spec.captions, caption_rung, spec.preset_for(caption_rung), spec.encode_settings()),
                              inputs=("ingest", "probe"), preset=spec.preset_for(caption_rung).ref, rendition="captioned")
 
     @asset(name="captions", code_version=captions_def.fingerprint, output_required=False, ins=ins("ingest", "probe"),

@@ -126,15 +126,19 @@ class PipelineSpec(_Strict):
             )
         return self
 
+    def encode_settings(self) -> dict[str, object]:
+        """Spec-wide settings that shape every encoded rendition's bytes."""
+        return {"gop_s": self.gop_s, "upscale": self.upscale}
+
     def rendition(self, name: str) -> Rendition:
         return next(r for r in self.ladder if r.name == name)
 
     def preset_for(self, rendition: Rendition) -> Preset:
         return self.presets[rendition.preset]
 
-    def stage_fingerprint(self, *parts: BaseModel) -> str:
+    def stage_fingerprint(self, *parts: BaseModel | dict) -> str:
         """Stable hash of the settings that shape one stage's output (used as its code version)."""
-        blob = json.dumps([p.model_dump(mode="json") for p in parts], sort_keys=True)
+        blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
