@@ -46,7 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                delivery_dir=out_dir, force=args.force, log_level=args.log_level)
     stages = stage_report(result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys])
     outcome = outcome_event(spec, video, result.run_id, stages)
-    project.resources()["events"].sink().send(outcome)
+    with project.event_sink() as sink:
+        sink.send(outcome)
     master = Path(out_dir) / video / "hls" / "master.m3u8"
     report = {
         "video": video,

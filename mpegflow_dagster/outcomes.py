@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 from dagster import (
+    DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -30,10 +31,16 @@ PARTITION_TAG = "dagster/partition"
 def run_outcomes(instance: DagsterInstance, run: DagsterRun, specs: Sequence[PipelineSpec]) -> Iterator[Event]:
     """One outcome event per pipeline the run touched (runs outside any pipeline give none)."""
     video = run.tags.get(PARTITION_TAG)
-    selected = list(run.asset_selection or [])
-    if not video or not selected:
+    if not video:
         return
     events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+    # A whole-job run (materialize(), a launched asset job) records no asset_selection: what it
+    # planned to materialize is what it was about.
+    selected = list(run.asset_selection or dict.fromkeys(
+        e.asset_key for e in events
+        if e.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED and e.asset_key is not None))
+    if not selected:
+        return
     for spec in specs:
         mine = [k for k in selected if k.path[0] == spec.name]
         if mine:

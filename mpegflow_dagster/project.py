@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import yaml
-from dagster import AssetSelection, AssetsDefinition, Definitions, EnvVar, SensorDefinition
+from dagster import AssetSelection, AssetsDefinition, Definitions, EnvVar, SensorDefinition, build_resources
 from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field
 
 from .assets import IO_MANAGER_KEY, build_video_assets, partitions_for
+from .events import EventSink
 from .io_manager import BinaryIOManager
 from .outcomes import outcome_sensors
 from .resources import FFmpegResource, LocalDeliveryResource
@@ -130,6 +132,12 @@ class Project(BaseModel):
                 secret=EnvVar("MPEGFLOW_WEBHOOK_SECRET") if s.webhook_url else "",
             ),
         }
+
+    @contextmanager
+    def event_sink(self) -> Iterator[EventSink]:
+        """The configured event sink outside a run, with EnvVar secrets resolved as in a run."""
+        with build_resources({"events": self.resources()["events"]}) as resources:
+            yield resources.events.sink()
 
     def sensors(self) -> list[SensorDefinition]:
         """Run-outcome announcements always; an S3 upload sensor per pipeline when a bucket is set."""
