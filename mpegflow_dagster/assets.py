@@ -139,13 +139,13 @@ class _StageRun:
 
     def finish(self, out: StageOutput, started: float) -> Output:
         """Hash the output (inside the scratch dir, so a failure here still cleans up) and describe it."""
-        sha, size, _ = describe(out.path)
+        sha, size, files = describe(out.path)
         provenance = Provenance(
             pipeline=self.spec.name, asset=self.stage.name, video=self.video, run_id=self.context.run_id,
             recipe=self.recipe, stage_fingerprint=self.stage.fingerprint, preset=self.stage.preset,
             encoder=EncoderBuild.of(self.ffmpeg.build, self.ffmpeg.pin),
             encoder_libraries={"x264": v} if (v := x264_version(out.path)) else {},
-            argv=[r.argv for r in out.runs], inputs=self.inputs, output_sha256=sha, output_size_bytes=size,
+            argv=[r.argv for r in out.runs], inputs=self.inputs, output_sha256=sha, output_size_bytes=size, output_files=files,
             media={k: v for k, v in out.facts.items() if v is not None},
             wall_s=round(time.time() - started, 3), ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
             ffmpeg_runs=[(round(r.started_at, 3), round(r.wall_s, 3)) for r in out.runs],
@@ -158,6 +158,7 @@ class _StageRun:
     def _metadata(self, prov: Provenance, facts: dict[str, Any]) -> dict[str, Any]:
         metadata: dict[str, Any] = {k: v for k, v in facts.items() if v is not None}
         metadata.update(
+            sha256=prov.output_sha256, size_bytes=prov.output_size_bytes, files=prov.output_files,
             recipe=prov.recipe, stage_fingerprint=prov.stage_fingerprint, attempt=prov.attempt,
             ffmpeg_version=prov.encoder.ffmpeg_version, ffmpeg_build_hash=prov.encoder.ffmpeg_build_hash,
             wall_s=prov.wall_s, ffmpeg_cpu_s=prov.ffmpeg_cpu_s, reused=prov.reused_from_run is not None,

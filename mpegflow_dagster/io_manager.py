@@ -12,13 +12,13 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Union
+from typing import Any, Mapping, Optional, Union
 
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import Field
 
 from .provenance import SIDECAR_SUFFIX
-from .storage import ArtifactRecord, ArtifactStore, LocalArtifactStore, release_scratch
+from .storage import ArtifactRecord, ArtifactStore, Digest, LocalArtifactStore, release_scratch
 
 UNPARTITIONED = "__all__"
 PROVENANCE_KEY = "provenance"
@@ -58,7 +58,7 @@ class ArtifactIOManager(ConfigurableIOManager):
                     "changed since it was recorded; re-run with the run tag `mpegflow/force=true` to re-encode."
                 )
         elif isinstance(obj, Path) and obj.exists():
-            record = store.publish(obj, folder / obj.name)
+            record = store.publish(obj, folder / obj.name, digest=_digest(context.output_metadata))
             release_scratch(obj)
         else:
             raise TypeError(
@@ -86,6 +86,13 @@ class ArtifactIOManager(ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} for this partition"
             )
         return entries[0]
+
+
+def _digest(metadata: Mapping[str, Any]) -> Optional[Digest]:
+    """The digest an asset reported with its output (`sha256`, `size_bytes`, `files`), if any."""
+    if all(k in metadata for k in ("sha256", "size_bytes", "files")):
+        return (metadata["sha256"].value, metadata["size_bytes"].value, metadata["files"].value)
+    return None
 
 
 def _record_metadata(record: ArtifactRecord) -> dict[str, MetadataValue]:

@@ -48,6 +48,7 @@ class Provenance(BaseModel):
     inputs: dict[str, Optional[str]] = Field(default_factory=dict, description="Upstream asset -> data version used.")
     output_sha256: str
     output_size_bytes: int
+    output_files: int = 1
     media: dict[str, Any] = Field(default_factory=dict)
     wall_s: float
     ffmpeg_cpu_s: float

@@ -32,7 +32,7 @@ from pydantic import Field
 from .io_manager import ArtifactIOManager
 from .media.classify import Classification
 from .resources import DeliveryResource
-from .storage import ArtifactRecord, describe
+from .storage import ArtifactRecord, Digest, describe
 from .videos import video_key
 
 # Uploaded to their final keys after everything else: a reader that finds one finds what it lists.
@@ -180,7 +180,7 @@ class S3ArtifactStore:
             raise
         return True
 
-    def publish(self, src: Path, key: PurePosixPath) -> ArtifactRecord:
+    def publish(self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None) -> ArtifactRecord:
         src = Path(src)
         final = self._object_key(key)
         if src.is_file():
@@ -191,7 +191,7 @@ class S3ArtifactStore:
                 raise ValueError(f"{src} is an empty directory: S3 cannot hold it, write at least one file")
         else:
             raise FileNotFoundError(f"nothing to publish at {src}: the asset must return an existing file or directory")
-        sha, size, count = describe(src)
+        sha, size, count = digest or describe(src)
         previous = set(self._artifact_objects(final))
         staging_root = "/".join(p for p in (self.prefix, ".staging", uuid.uuid4().hex) if p)
         staged = {dest: f"{staging_root}/{dest[len(final):].lstrip('/') or PurePosixPath(final).name}" for dest, _ in files}

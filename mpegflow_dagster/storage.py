@@ -16,7 +16,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Protocol
+from typing import Iterator, Optional, Protocol
 
 CHUNK = 1 << 20  # stream in 1 MiB chunks: memory stays flat for any file size
 SCRATCH_MARKER = ".mpegflow-scratch"
@@ -31,6 +31,9 @@ class ArtifactRecord:
     is_dir: bool
 
 
+Digest = tuple[str, int, int]  # (sha256, size in bytes, file count), as `describe` returns
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -39,7 +42,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def describe(path: Path) -> tuple[str, int, int]:
+def describe(path: Path) -> Digest:
     """(sha256, total size, file count) of a file or tree, streaming every byte once."""
     path = Path(path)
     if path.is_file():
@@ -55,8 +58,9 @@ def describe(path: Path) -> tuple[str, int, int]:
 
 
 class ArtifactStore(Protocol):
-    def publish(self, src: Path, key: PurePosixPath) -> ArtifactRecord:
-        """Move `src` (file or directory) to `key`, atomically replacing what was there."""
+    def publish(self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None) -> ArtifactRecord:
+        """Move `src` (file or directory) to `key`, atomically replacing what was there. `digest`
+        is `describe(src)` when the caller already has it (saves reading every byte again)."""
 
     def local_path(self, key: PurePosixPath) -> Path:
         """A local path holding the artifact at `key` (a cached download for remote stores)."""
@@ -97,13 +101,14 @@ class LocalArtifactStore:
         sha, size, files = describe(path)
         return ArtifactRecord(uri=str(path), sha256=sha, size_bytes=size, files=files, is_dir=path.is_dir())
 
-    def publish(self, src: Path, key: PurePosixPath) -> ArtifactRecord:
+    def publish(self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None) -> ArtifactRecord:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
-            _move_or_copy(Path(src), staging)
-            sha, size, files = describe(staging)  # what was stored, whether renamed or copied
+            renamed = _move_or_copy(Path(src), staging)
+            # A rename keeps the very bytes the caller hashed; a copy is hashed as stored.
+            sha, size, files = digest if digest and renamed else describe(staging)
             _replace(staging, dest)
         finally:
             if staging.exists():
@@ -111,15 +116,17 @@ class LocalArtifactStore:
         return ArtifactRecord(uri=str(dest), sha256=sha, size_bytes=size, files=files, is_dir=dest.is_dir())
 
 
-def _move_or_copy(src: Path, dest: Path) -> None:
-    """Rename when on the same filesystem (no bytes copied), else stream a copy."""
+def _move_or_copy(src: Path, dest: Path) -> bool:
+    """Rename when on the same filesystem (no bytes copied, True), else stream a copy (False)."""
     try:
         os.rename(src, dest)
+        return True
     except OSError:
         if src.is_dir():
             shutil.copytree(src, dest)
         else:
             shutil.copyfile(src, dest)
+        return False
 
 
 def _replace(staging: Path, dest: Path) -> None:
