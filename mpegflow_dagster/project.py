@@ -27,6 +27,7 @@ class FFmpegSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     threads: int = 2  # fixed: x264 output depends on its thread count
+    encode_lanes: int = 2
     required_version: Optional[str] = None
     required_build_hash: Optional[str] = None
     timeout_s: Optional[float] = None

@@ -37,6 +37,9 @@ class FFmpegResource(ConfigurableResource):
         None, description="ffprobe binary (name on PATH or path). Default: $MPEGFLOW_FFPROBE, else `ffprobe`."
     )
     threads: int = Field(0, ge=0, description="-threads for every encode; 0 lets FFmpeg choose.")
+    encode_lanes: int = Field(
+        2, ge=1, description="FFmpeg processes the shared rendition encode is spread over (about the number of cores)."
+    )
     required_version: Optional[str] = Field(
         None, description="Fail the run at start unless `ffmpeg -version` starts with this (e.g. `5.1`)."
     )
@@ -116,6 +119,7 @@ class FFmpegResource(ConfigurableResource):
             ffmpeg=self.build.path,
             ffprobe=resolve_binary(self.ffprobe),
             threads=self.threads if threads is None else threads,
+            lanes=self.encode_lanes,
             limits=RunLimits(timeout_s=self.timeout_s, stall_s=self.stall_s),
             on_progress=report if log is not None else None,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
@@ -41,6 +42,7 @@ class Tools:
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
     threads: int = 0  # 0 = let FFmpeg choose
+    lanes: int = 1  # FFmpeg processes a shared encode may run at once
     limits: RunLimits = field(default_factory=RunLimits)
     on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
 
@@ -172,25 +174,48 @@ def encode_ladder(
     ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rungs: list[Rendition], with_thumbnails: bool,
     tools: Tools, work: dict[str, Path],
 ) -> dict[str, StageOutput]:
-    """Several renditions (and the thumbnails) from ONE decode of the source: FFmpeg splits the
-    decoded video to every encoder, which on a CPU-bound box beats one run per output. `work`
-    and the result are keyed by rung name and "thumbnails" (one scratch dir per output, so each
-    is published and cleaned up on its own). Any failure fails the whole run; callers isolate by
-    re-running the outputs one by one."""
-    outputs = {work[r.name] / f"{r.name}.mp4": h264_output(spec, r, info) for r in rungs}
-    frames = work["thumbnails"] / "thumbnails" / "frames" if with_thumbnails else Path()
-    thumbs = None
-    if with_thumbnails:
+    """Several renditions (and the thumbnails) with as few decodes of the source as the CPUs allow:
+    the outputs are spread over `tools.lanes` FFmpeg processes running at once, each decoding the
+    source once and splitting it to its encoders. (One process alone leaves cores idle: x264's
+    deterministic sliced threads encode each frame before the next is fed.) Each output's bytes are
+    the same whichever process made it. `work` and the result are keyed by rung name and
+    "thumbnails" (one scratch dir per output, so each is published and cleaned up on its own).
+    Any failure fails the whole call; callers isolate by re-running the outputs one by one."""
+    source = source_file(ingest_dir)
+    frames = work["thumbnails"] / "thumbnails" / "frames" if with_thumbnails else None
+    if frames is not None:
         frames.mkdir(parents=True)
+
+    def lane_run(lane: list[Rendition], thumbs: bool) -> RunResult:
         cfg = spec.thumbnails
-        thumbs = (frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality))
-    args = commands.encode_ladder_args(source_file(ingest_dir), outputs, threads=tools.threads, thumbnails=thumbs)
-    run = tools.run("ladder " + ",".join([*(r.name for r in rungs), *(["thumbnails"] if with_thumbnails else [])]),
-                    args, duration_s=info.duration)
-    results = {r.name: _checked_rendition(out, info, spec, r, run, tools) for r, out in zip(rungs, outputs)}
-    if with_thumbnails:
-        results["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [run])
+        args = commands.encode_ladder_args(
+            source, {work[r.name] / f"{r.name}.mp4": h264_output(spec, r, info) for r in lane}, threads=tools.threads,
+            thumbnails=(frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality)) if thumbs and frames else None)
+        label = "encode " + ",".join([*(r.name for r in lane), *(["thumbnails"] if thumbs else [])])
+        return tools.run(label, args, duration_s=info.duration)
+
+    lanes = _lanes(rungs, max(1, tools.lanes))
+    with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
+        futures = [pool.submit(lane_run, lane, with_thumbnails and i == len(lanes) - 1) for i, lane in enumerate(lanes)]
+        runs = [f.result() for f in futures]  # the first failure propagates (after every lane ended)
+    run_of = {r.name: run for lane, run in zip(lanes, runs) for r in lane}
+    results = {r.name: _checked_rendition(work[r.name] / f"{r.name}.mp4", info, spec, r, run_of[r.name], tools)
+               for r in rungs}
+    if frames is not None:
+        results["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [runs[-1]])
     return results
+
+
+def _lanes(rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:
+    """Rungs spread over at most `lanes` groups of similar cost (pixels per frame, ~height^2),
+    heaviest first; the last group is the lightest (thumbnails go there)."""
+    groups: list[list[Rendition]] = [[] for _ in range(min(lanes, len(rungs)) or 1)]
+    load = [0] * len(groups)
+    for rung in sorted(rungs, key=lambda r: -r.height):
+        i = load.index(min(load))
+        groups[i].append(rung)
+        load[i] += rung.height**2
+    return sorted(groups, key=lambda g: -sum(r.height**2 for r in g))
 
 
 def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: Tools, work: Path) -> Optional[StageOutput]:
