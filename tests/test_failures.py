@@ -155,3 +155,37 @@ def test_cli_json_reports_class_and_reason(tmp_path):
     assert report["stages"]["probe"]["reason_code"] == "security.playlist_input"
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["type"] for e in events].count("video.failed") == 1
+
+
+def ffmpeg_families():
+    """Debian's FFmpeg (5.1) and, when the dev dependency is installed, a static 9.0 build."""
+    families = [pytest.param("ffmpeg", id="ffmpeg-5.1")]
+    try:
+        import imageio_ffmpeg
+
+        families.append(pytest.param(imageio_ffmpeg.get_ffmpeg_exe(), id="ffmpeg-9"))
+    except ImportError:
+        pass
+    return families
+
+
+@pytest.mark.parametrize("ffmpeg_bin", ffmpeg_families())
+def test_truncated_source_is_rejected_by_verification_on_both_families(tmp_path, make_source, monkeypatch, ffmpeg_bin):
+    """A faststart MP4 cut in half probes as whole and encodes with exit 0: only verification sees it."""
+    import corpus
+
+    monkeypatch.setenv("MPEGFLOW_FFMPEG", ffmpeg_bin)
+    (tmp_path / "in").mkdir()
+    cut = corpus.truncated(corpus.faststart(make_source("cut", duration_s=4.0), tmp_path), tmp_path / "in")
+    project = temp_project(tmp_path)
+    spec = project.spec()
+    with instance_for_test() as instance:
+        result = materialize_video(project, spec, "cut", instance=instance, source=cut)
+    report = stage_report(result.all_events, spec)
+    assert report["rendition_720p"]["status"] == "failed"
+    assert report["rendition_720p"]["reason_code"] == "output.verification_failed"
+    assert report["hls"]["status"] == "not_run"
+    failed = [e for e in events_of(project) if e["type"] == "rendition.failed"]
+    assert sorted(e["subject"] for e in failed) == ["1080p", "240p", "480p", "720p"]  # one each, isolated
+    assert all(e["message"].endswith("permanent: output.verification_failed") for e in failed)
+    assert not any((tmp_path / "storage" / "vod").glob("rendition_*"))
