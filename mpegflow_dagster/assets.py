@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from contextlib import ExitStack
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from dagster import (
     AssetExecutionContext,
@@ -29,13 +29,19 @@ from dagster import (
     DynamicPartitionsDefinition,
     EventLogRecord,
     Failure,
+    GraphDefinition,
     Jitter,
     MetadataValue,
     Output,
     RetryPolicy,
     RetryRequested,
+    AssetOut,
+    OpExecutionContext,
+    Out,
     asset,
+    graph_multi_asset,
     multi_asset,
+    op,
 )
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
@@ -73,8 +79,15 @@ def rendition_asset_name(name: str) -> str:
 
 
 def step_keys(assets: list[AssetsDefinition]) -> dict[AssetKey, str]:
-    """Which step materializes each asset (renditions and thumbnails share one)."""
-    return {key: a.node_def.name for a in assets for key in a.keys}
+    """Which step materializes each asset (renditions and thumbnails share one; a graph-backed
+    asset's step is named `<graph>.<op>`)."""
+    def step(node: Any) -> str:
+        if isinstance(node, GraphDefinition):
+            [inner] = node.node_defs
+            return f"{node.name}.{inner.name}"
+        return node.name
+
+    return {key: step(a.node_def) for a in assets for key in a.keys}
 
 
 @dataclass(frozen=True)
@@ -260,7 +273,7 @@ def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dic
 
     If the shared run fails and a retry can heal it, the step retries (what was already
     materialized is reused). Otherwise each output is encoded alone, so one bad rendition does not
-    take its siblings down, and the step fails naming the ones that failed."""
+    take its siblings down, and the step fails naming the ones that failed (see `_settle`)."""
     todo = []
     for name, run in runs.items():
         reused = run.prepare()
@@ -283,16 +296,45 @@ def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dic
     except Exception as exc:
         first = runs[todo[0]]
         if len(todo) == 1 or first.retryable(first.classification(exc)):
-            verdicts = [runs[n].failure(exc) for n in todo]
-            raise verdicts[0] from exc
+            verdicts = {n: runs[n].failure(exc) for n in todo}
+            if isinstance(verdicts[todo[0]], RetryRequested):
+                raise verdicts[todo[0]] from exc
+            _settle(context, spec, verdicts, renditions_done=_renditions(runs, exclude=todo))
+            return
         context.log.warning(f"shared encode of {', '.join(todo)} failed ({exc}); encoding each alone to isolate it")
-        yield from _encode_each(spec, {n: runs[n] for n in todo}, ingest, info)
+        yield from _encode_each(context, spec, {n: runs[n] for n in todo}, ingest, info,
+                                renditions_done=_renditions(runs, exclude=todo))
         return
     yield from finished
 
 
-def _encode_each(spec: PipelineSpec, runs: dict[str, _StageRun], ingest: Path, info) -> Iterator[Output]:
-    failures: list[Exception] = []
+def _settle(context: AssetExecutionContext, spec: PipelineSpec, failures: dict[str, Exception],
+            renditions_done: int) -> None:
+    """After some outputs failed for good: fail the step, unless only renditions failed, the spec
+    packages a partial ladder (hls.min_renditions) and enough renditions are done; then the failed
+    ones are simply not produced (their failure is recorded and announced) and packaging goes on."""
+    retry = next((f for f in failures.values() if isinstance(f, RetryRequested)), None)
+    if retry is not None:
+        raise retry
+    final = {n: f for n, f in failures.items() if isinstance(f, Failure)}
+    if not final:
+        return
+    partial_ok = spec.hls.min_renditions is not None and renditions_done >= spec.hls.min_renditions
+    if partial_ok and all(n.startswith("rendition_") for n in final):
+        context.log.warning(f"{', '.join(final)} failed; packaging goes on without them (hls.min_renditions)")
+        return
+    first = next(iter(final.values()))
+    raise Failure(description="; ".join(f.description or "" for f in final.values()), metadata=first.metadata,
+                  allow_retries=False)
+
+
+def _renditions(names: Iterable[str], exclude: Iterable[str] = ()) -> int:
+    return sum(1 for n in names if n.startswith("rendition_") and n not in set(exclude))
+
+
+def _encode_each(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, _StageRun], ingest: Path, info,
+                 renditions_done: int) -> Iterator[Output]:
+    failures: dict[str, Exception] = {}
     for name, run in runs.items():
         if name == "thumbnails":
             def produce(work: Path, tools: Tools) -> StageOutput:
@@ -305,16 +347,12 @@ def _encode_each(spec: PipelineSpec, runs: dict[str, _StageRun], ingest: Path, i
         try:
             output = run.run(produce)
         except (Failure, RetryRequested) as exc:
-            failures.append(exc)
+            failures[name] = exc
             continue
         if output is not None:
             yield output
-    retry = next((f for f in failures if isinstance(f, RetryRequested)), None)
-    if retry is not None:
-        raise retry
-    if failures:
-        raise Failure(description="; ".join(f.description or "" for f in failures if isinstance(f, Failure)),
-                      metadata=failures[0].metadata if isinstance(failures[0], Failure) else {}, allow_retries=False)
+            renditions_done += _renditions([name])
+    _settle(context, spec, failures, renditions_done)
 
 
 def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
@@ -440,12 +478,41 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
     rung_names = tuple(rendition_asset_name(r.name) for r in spec.ladder)
     hls_def = _StageDef("hls", "package", fingerprint(spec.hls), inputs=rung_names)
 
-    @asset(name="hls", code_version=hls_def.fingerprint, ins=ins(*rung_names), kinds={"ffmpeg"},
-           description="HLS VOD: one variant per rendition and a master playlist.", **common)
-    def hls(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, **renditions: Path) -> Output:
-        by_rung = {name.removeprefix("rendition_"): path for name, path in renditions.items()}
+    def package(context: AssetExecutionContext | OpExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
+                renditions: list[Path]) -> Output:
+        by_rung = {path.stem: path for path in renditions}
+        if len(by_rung) < len(renditions):
+            raise Failure(description="the renditions to package were loaded ambiguously: materialize hls together "
+                                      "with all its renditions (unchanged ones are reused, not re-encoded)", allow_retries=False)
+        if len(by_rung) < spec.renditions_required:
+            raise Failure(description=f"only {len(by_rung)} of {len(spec.ladder)} renditions were produced; packaging "
+                                      f"needs {spec.renditions_required} (hls.min_renditions)", allow_retries=False)
         return _StageRun(context, spec, hls_def, ffmpeg, events).run(
             lambda work, tools: stages.package_hls(by_rung, spec.hls, tools, work))
+
+    hls_description = "HLS VOD: one variant per rendition and a master playlist."
+    if spec.hls.min_renditions is None:
+        @asset(name="hls", code_version=hls_def.fingerprint, ins=ins(*rung_names), kinds={"ffmpeg"},
+               description=hls_description, **common)
+        def hls(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, **renditions: Path) -> Output:
+            return package(context, ffmpeg, events, [renditions[name] for name in rung_names])
+    else:
+        # A partial ladder reaches the packager through one fan-in input, which Dagster runs with
+        # the renditions that were produced (a plain input from a missing asset skips the step).
+        @op(name=f"{prefix}__package_hls", retry_policy=common["retry_policy"], out=Out(io_manager_key=IO_MANAGER_KEY))
+        def package_hls(context: OpExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
+                        renditions: list[Path]) -> Output:
+            return package(context, ffmpeg, events, renditions)
+
+        @graph_multi_asset(
+            name=f"{prefix}__hls",
+            outs={"hls": AssetOut(key=key("hls"), code_version=hls_def.fingerprint, kinds={"ffmpeg"}, group_name=prefix,
+                                  io_manager_key=IO_MANAGER_KEY, description=hls_description)},
+            ins=ins(*rung_names),
+            partitions_def=common["partitions_def"],
+        )
+        def hls(**renditions):
+            return package_hls([renditions[name] for name in rung_names])
 
     emit_def = _StageDef("emit", "emit", fingerprint(spec.emit), inputs=("hls", "thumbnails"), reusable=False)
 

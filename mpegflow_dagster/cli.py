@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = {
         "video": video,
         "pipeline": spec.name,
-        "status": "succeeded" if outcome.type == "video.succeeded" else "failed",
+        "status": "failed" if outcome.type == "video.failed" else "partial" if "degraded" in outcome.data else "succeeded",
         "run_id": result.run_id,
         "dagster_home": os.environ["DAGSTER_HOME"],
         "master_playlist": str(master) if stages.get("emit", {}).get("status") == "materialized" else None,

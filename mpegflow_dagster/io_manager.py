@@ -45,7 +45,10 @@ class ArtifactIOManager(ConfigurableIOManager):
     @staticmethod
     def _folder(context: InputContext | OutputContext) -> PurePosixPath:
         partition = context.asset_partition_key if context.has_asset_partitions else UNPARTITIONED
-        return PurePosixPath(*context.asset_key.path, partition)
+        # For a fan-in input, each upstream output names its own asset; the input's key does not.
+        upstream = context.upstream_output if isinstance(context, InputContext) else None
+        key = upstream.asset_key if upstream is not None and upstream.has_asset_key else context.asset_key
+        return PurePosixPath(*key.path, partition)
 
     def handle_output(self, context: OutputContext, obj: Union[Path, Reused]) -> None:
         store = self.store()

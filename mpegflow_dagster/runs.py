@@ -65,6 +65,18 @@ def stage_report(
         for e in events
         if e.event_type == DagsterEventType.ASSET_MATERIALIZATION and e.asset_key is not None
     }
+    # Failed attempts are recorded as observations: they name the output (several outputs can
+    # share a step) and stay visible when packaging went on without a failed rendition.
+    observed: dict[AssetKey, dict[str, Any]] = {}
+    for event in events:
+        if event.event_type == DagsterEventType.ASSET_OBSERVATION and event.asset_key is not None:
+            meta = event.asset_observation_data.asset_observation.metadata
+            if "failure_class" in meta:
+                observed[event.asset_key] = {
+                    "status": "failed", "failure_class": meta["failure_class"].value, "reason_code": meta["reason"].value,
+                    "reason": f"{meta['failure_class'].value}: {meta['reason'].value}: {meta['message'].value}",
+                    **({"exit_code": meta["exit_code"].value} if "exit_code" in meta else {}),
+                }
     steps: dict[str, dict[str, Any]] = {}
     for event in events:
         if event.step_key is None:
@@ -86,6 +98,8 @@ def stage_report(
                     entry[field] = meta[field].value
         elif selected is not None and key not in selected:
             entry["status"] = "not_selected"
+        elif key in observed:
+            entry.update(observed[key])
         else:
             step = steps.get(step_key, {"status": "not_run", "reason": "an upstream stage failed"})
             entry.update(step)
@@ -119,6 +133,10 @@ def outcome_event(spec: PipelineSpec, video: str, run_id: str, report: dict[str,
                      message=f"video {video} succeeded")
     causes = {n: f"{s['failure_class']}: {s['reason_code']}" for n, s in failed.items() if "reason_code" in s}
     headline = ", ".join(f"{n} ({c})" for n, c in sorted(causes.items())) or ", ".join(sorted(failed))
+    if report.get("emit", {}).get("status") == "materialized":  # published without some renditions
+        return Event(type="video.succeeded", pipeline=spec.name, video=video, run_id=run_id,
+                     message=f"video {video} published without: {headline}",
+                     data={"degraded": sorted(failed), "causes": causes})
     return Event(type="video.failed", pipeline=spec.name, video=video, run_id=run_id,
                  message=f"video {video} failed: {headline}",
                  data={"failed": sorted(n for n, s in failed.items() if s["status"] == "failed"),

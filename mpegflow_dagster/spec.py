@@ -51,6 +51,9 @@ class CaptionSpec(_Strict):
 class HlsSpec(_Strict):
     segment_s: int = Field(4, ge=1, le=30, description="Target segment length; a multiple of gop_s.")
     segment_type: Literal["mpegts", "fmp4"] = "mpegts"
+    min_renditions: Optional[int] = Field(
+        None, ge=1, description="Package when at least this many renditions succeed (None: all are required)."
+    )
 
 
 StageKind = Literal["ingest", "probe", "encode", "thumbnails", "captions", "package", "emit"]
@@ -119,6 +122,8 @@ class PipelineSpec(_Strict):
             raise ValueError(
                 f"captions.rendition {self.captions.rendition!r} is not a ladder rung (rungs: {', '.join(sorted(rungs))})"
             )
+        if self.hls.min_renditions is not None and self.hls.min_renditions > len(self.ladder):
+            raise ValueError(f"hls.min_renditions ({self.hls.min_renditions}) exceeds the ladder's {len(self.ladder)} rungs")
         missing = sorted({r.preset for r in self.ladder} - set(self.presets))
         if missing:
             raise ValueError(
@@ -129,6 +134,11 @@ class PipelineSpec(_Strict):
     def encode_settings(self) -> dict[str, object]:
         """Spec-wide settings that shape every encoded rendition's bytes."""
         return {"gop_s": self.gop_s, "upscale": self.upscale}
+
+    @property
+    def renditions_required(self) -> int:
+        """How many renditions packaging needs (the whole ladder unless hls.min_renditions)."""
+        return self.hls.min_renditions or len(self.ladder)
 
     def rendition(self, name: str) -> Rendition:
         return next(r for r in self.ladder if r.name == name)

@@ -10,7 +10,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for
 
 from mpegflow_dagster.events import JsonlEventSink
 from mpegflow_dagster.project import Project
-from mpegflow_dagster.runs import materialize_video, stage_report
+from mpegflow_dagster.runs import materialize_video, outcome_event, stage_report
 from mpegflow_dagster.spec import load_spec
 
 from pipeline_helpers import ROOT, temp_project
@@ -60,7 +60,8 @@ def test_permanent_failure_isolates_one_rendition(tmp_path, make_source):
         report = stage_report(result.all_events, spec)
         retries = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     assert report["rendition_480p"]["status"] == "failed"
-    assert report["rendition_480p"]["reason"].startswith("video 'clip': rendition 480p failed: permanent: config.")
+    assert report["rendition_480p"]["failure_class"] == "permanent"
+    assert report["rendition_480p"]["reason_code"].startswith("config.")
     for sibling in ("rendition_240p", "rendition_720p", "rendition_1080p", "thumbnails", "captions"):
         assert report[sibling]["status"] in ("materialized", "skipped"), sibling
     assert report["hls"]["status"] == "not_run" and report["emit"]["status"] == "not_run"
@@ -72,6 +73,55 @@ def test_permanent_failure_isolates_one_rendition(tmp_path, make_source):
     assert not list((tmp_path / "work").iterdir())  # partial outputs removed
     assert not (tmp_path / "storage" / "vod" / "rendition_480p").exists()
     assert not (tmp_path / "delivery" / "clip").exists()
+
+
+def test_min_renditions_packages_what_succeeded(tmp_path, make_source):
+    broken = "name: broken-tune\nversion: 1\ntune: no-such-tune\n"
+    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
+    for rung in raw["ladder"]:
+        if rung["name"] == "480p":
+            rung["preset"] = "broken-tune"
+    hls = {**raw["hls"], "min_renditions": 3}
+    project = project_with(tmp_path, {"ladder": raw["ladder"], "hls": hls, "failures": FAST_RETRY}, {"broken.yaml": broken})
+    spec = project.spec()
+    with instance_for_test() as instance:
+        result = materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
+    report = stage_report(result.all_events, spec)
+    assert report["rendition_480p"]["status"] == "failed" and report["rendition_480p"]["failure_class"] == "permanent"
+    assert report["hls"]["status"] == "materialized" and report["emit"]["status"] == "materialized"
+    master = (tmp_path / "delivery" / "clip" / "hls" / "master.m3u8").read_text()
+    assert master.count("#EXT-X-STREAM-INF") == 3 and "480p/" not in master
+    assert [e["subject"] for e in events_of(project) if e["type"] == "rendition.failed"] == ["480p"]
+    outcome = outcome_event(spec, "clip", result.run_id, report)
+    assert outcome.type == "video.succeeded" and outcome.data["degraded"] == ["rendition_480p"]
+    # On demand, a partial ladder is re-packaged together with its renditions (reused, not re-encoded).
+    with instance_for_test() as instance:
+        materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
+        alone = materialize_video(project, spec, "clip", instance=instance, stages=["hls"])
+        assert "materialize hls together with all its renditions" in stage_report(alone.all_events, spec)["hls"]["reason"]
+        rungs = [f"rendition_{r.name}" for r in spec.ladder]
+        together = materialize_video(project, spec, "clip", instance=instance, stages=[*rungs, "hls"])
+        assert stage_report(together.all_events, spec)["hls"]["status"] == "materialized"
+        assert all(e.step_materialization_data.materialization.metadata["reused"].value
+                   for e in together.get_asset_materialization_events() if e.asset_key.path[-1] in rungs)
+
+
+def test_min_renditions_still_fails_when_too_few_succeed(tmp_path, make_source):
+    broken = "name: broken-tune\nversion: 1\ntune: no-such-tune\n"
+    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
+    for rung in raw["ladder"]:
+        if rung["name"] in ("480p", "720p"):
+            rung["preset"] = "broken-tune"
+    project = project_with(tmp_path, {"ladder": raw["ladder"], "hls": {**raw["hls"], "min_renditions": 3},
+                                      "failures": FAST_RETRY}, {"broken.yaml": broken})
+    spec = project.spec()
+    with instance_for_test() as instance:
+        result = materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
+    report = stage_report(result.all_events, spec)
+    assert {report[r]["status"] for r in ("rendition_480p", "rendition_720p")} == {"failed"}
+    assert report["rendition_240p"]["status"] == "materialized"
+    assert report["hls"]["status"] == "not_run" and not (tmp_path / "delivery" / "clip").exists()
+    assert outcome_event(spec, "clip", result.run_id, report).type == "video.failed"
 
 
 def test_killed_encode_is_retried_alone_and_completes(tmp_path, make_source):
