@@ -10,9 +10,9 @@ import json
 import os
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import ExitStack
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from dagster import (
@@ -20,6 +20,7 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetObservation,
+    AssetOut,
     AssetRecordsFilter,
     AssetSpec,
     AssetsDefinition,
@@ -32,12 +33,11 @@ from dagster import (
     GraphDefinition,
     Jitter,
     MetadataValue,
+    OpExecutionContext,
+    Out,
     Output,
     RetryPolicy,
     RetryRequested,
-    AssetOut,
-    OpExecutionContext,
-    Out,
     asset,
     graph_multi_asset,
     multi_asset,
@@ -400,8 +400,8 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
         source = config.source_path or _last_source(context)
         extensions = spec.captions.sidecar_extensions
         if source.startswith("s3://"):
-            bucket, key = parse_s3_uri(source)
-            head = s3.get_client().head_object(Bucket=bucket, Key=key)
+            bucket, object_key = parse_s3_uri(source)
+            head = s3.get_client().head_object(Bucket=bucket, Key=object_key)
             identity = {"source": source, "etag": head["ETag"], "size": head["ContentLength"]}
 
             def produce(work: Path, tools: Tools) -> StageOutput:
