@@ -152,7 +152,7 @@ class _StageRun:
 
     def finish(self, out: StageOutput, started: float) -> Output:
         """Hash the output (inside the scratch dir, so a failure here still cleans up) and describe it."""
-        sha, size, files = describe(out.path)
+        sha, size, files = describe(out.path, out.hashed)
         provenance = Provenance(
             pipeline=self.spec.name, asset=self.stage.name, video=self.video, run_id=self.context.run_id,
             recipe=self.recipe, stage_fingerprint=self.stage.fingerprint, preset=self.stage.preset,

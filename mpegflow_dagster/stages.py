@@ -20,7 +20,7 @@ from .media.safety import MAX_PIXELS, playlist_signature
 from .media.storyboard import storyboard_vtt
 from .media.verify import OutputRejected, verify_output
 from .spec import CaptionSpec, HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
-from .storage import ArtifactStore
+from .storage import ArtifactStore, copy_hashing
 
 SOURCE_STEM = "source"
 CAPTIONS_STEM = "captions"
@@ -56,6 +56,7 @@ class StageOutput:
     path: Path
     facts: dict[str, object] = field(default_factory=dict)
     runs: list[RunResult] = field(default_factory=list)
+    hashed: dict[Path, str] = field(default_factory=dict)  # sha256 of files hashed while written
 
 
 # -- ingest / probe ---------------------------------------------------------------------------
@@ -79,12 +80,14 @@ def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin
         raise MediaRejected(f"source {source} is empty (0 bytes)")
     out = work / "ingest"
     out.mkdir()
-    shutil.copyfile(source, out / f"{SOURCE_STEM}{source.suffix.lower() or '.bin'}")
+    stored = out / f"{SOURCE_STEM}{source.suffix.lower() or '.bin'}"
+    hashed = {stored: copy_hashing(source, stored)}
     sidecar = find_sidecar(source, caption_extensions)
     if sidecar:
         shutil.copyfile(sidecar, out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}")
     return StageOutput(out, {"original_path": origin or str(source.resolve()), "original_name": source.name,
-                             "caption_sidecar": sidecar.name if sidecar else "none"})
+                             "source_sha256": hashed[stored], "caption_sidecar": sidecar.name if sidecar else "none"},
+                       hashed=hashed)
 
 
 def source_file(ingest_dir: Path) -> Path:

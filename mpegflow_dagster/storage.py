@@ -42,16 +42,32 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def describe(path: Path) -> Digest:
-    """(sha256, total size, file count) of a file or tree, streaming every byte once."""
+def copy_hashing(src: Path, dest: Path) -> str:
+    """Stream-copy `src` to `dest` and return its sha256: one read where copy-then-hash needs two."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+    return h.hexdigest()
+
+
+def describe(path: Path, known: Optional[dict[Path, str]] = None) -> Digest:
+    """(sha256, total size, file count) of a file or tree, streaming every byte once; `known`
+    gives the sha256 of files already hashed (while they were written)."""
     path = Path(path)
+    known = known or {}
+
+    def sha(f: Path) -> str:
+        return known.get(f) or sha256_file(f)
+
     if path.is_file():
-        return sha256_file(path), path.stat().st_size, 1
+        return sha(path), path.stat().st_size, 1
     manifest = hashlib.sha256()
     size = count = 0
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = f.relative_to(path).as_posix()
-        manifest.update(f"{rel} {sha256_file(f)}\n".encode())
+        manifest.update(f"{rel} {sha(f)}\n".encode())
         size += f.stat().st_size
         count += 1
     return manifest.hexdigest(), size, count
