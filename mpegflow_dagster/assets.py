@@ -359,11 +359,11 @@ def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(facts, default=str))
 
 
-def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None) -> list[AssetsDefinition]:
+def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = None) -> list[AssetsDefinition]:
     """Assets for one pipeline spec, every key prefixed with `spec.name` and partitioned by video:
     ingest -> probe -> rendition_<rung> (one per ladder rung), thumbnails, captions -> hls ->
-    emit / emit_captions. `encoder_pin` (the deployment's FFmpeg pin) is part of every FFmpeg
-    stage's code version, so changing it marks those stages stale.
+    emit / emit_captions. `encoder_build` (the FFmpeg build hash or pinned version) is part of
+    every FFmpeg stage's code version, so a new encoder build marks those stages stale.
 
     Examples:
         .. code-block:: python
@@ -387,7 +387,7 @@ def build_video_assets(spec: PipelineSpec, *, encoder_pin: Optional[str] = None)
         return AssetKey([prefix, name])
 
     def fingerprint(*parts: Any) -> str:
-        return spec.stage_fingerprint(*parts) + (f"+{encoder_pin}" if encoder_pin else "")
+        return spec.stage_fingerprint(*parts) + (f"+{encoder_build}" if encoder_build else "")
 
     def ins(*names: str) -> dict[str, AssetIn]:
         return {n: AssetIn(key(n)) for n in names}

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .assets import IO_MANAGER_KEY, build_video_assets, partitions_for
 from .events import EventSink
 from .io_manager import BinaryIOManager
+from .media.build import FFmpegNotFound, detect_build
 from .outcomes import outcome_sensors
 from .resources import FFmpegResource, LocalDeliveryResource
 from .s3 import S3BinaryIOManager, S3DeliveryResource
@@ -153,8 +154,18 @@ class Project(BaseModel):
         return found
 
     def assets(self, spec: PipelineSpec) -> list[AssetsDefinition]:
-        pin = "/".join(p for p in (self.settings.ffmpeg.required_version, self.settings.ffmpeg.required_build_hash) if p)
-        return build_video_assets(spec, encoder_pin=pin or None)
+        return build_video_assets(spec, encoder_build=self.encoder_build())
+
+    def encoder_build(self) -> Optional[str]:
+        """The FFmpeg build the code versions name: the pinned build hash, else the build found
+        here (so a new FFmpeg marks the FFmpeg stages stale), else the pinned version, if any."""
+        f = self.settings.ffmpeg
+        if f.required_build_hash:
+            return f.required_build_hash
+        try:
+            return detect_build(FFmpegResource(work_dir=self.settings.work_dir).ffmpeg).build_hash
+        except FFmpegNotFound:
+            return f.required_version
 
     def spec(self, name: Optional[str] = None) -> PipelineSpec:
         if name is None:

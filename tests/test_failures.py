@@ -47,13 +47,18 @@ def ffmpeg_wrapper(tmp_path: Path, body: str) -> Path:
     return script
 
 
-def test_permanent_failure_isolates_one_rendition(tmp_path, make_source):
-    broken = "name: broken-tune\nversion: 1\ntune: no-such-tune\n"
+def project_with_broken(tmp_path: Path, rungs: set[str], **spec_changes) -> Project:
+    """The default spec whose `rungs` use a preset x264 refuses (an unknown tune): a permanent config error."""
     raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
     for rung in raw["ladder"]:
-        if rung["name"] == "480p":
+        if rung["name"] in rungs:
             rung["preset"] = "broken-tune"
-    project = project_with(tmp_path, {"ladder": raw["ladder"], "failures": FAST_RETRY}, {"broken.yaml": broken})
+    return project_with(tmp_path, {"ladder": raw["ladder"], "failures": FAST_RETRY, **spec_changes},
+                        {"broken.yaml": "name: broken-tune\nversion: 1\ntune: no-such-tune\n"})
+
+
+def test_permanent_failure_isolates_one_rendition(tmp_path, make_source):
+    project = project_with_broken(tmp_path, {"480p"})
     spec = project.spec()
     with instance_for_test() as instance:
         result = materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
@@ -76,13 +81,7 @@ def test_permanent_failure_isolates_one_rendition(tmp_path, make_source):
 
 
 def test_min_renditions_packages_what_succeeded(tmp_path, make_source):
-    broken = "name: broken-tune\nversion: 1\ntune: no-such-tune\n"
-    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
-    for rung in raw["ladder"]:
-        if rung["name"] == "480p":
-            rung["preset"] = "broken-tune"
-    hls = {**raw["hls"], "min_renditions": 3}
-    project = project_with(tmp_path, {"ladder": raw["ladder"], "hls": hls, "failures": FAST_RETRY}, {"broken.yaml": broken})
+    project = project_with_broken(tmp_path, {"480p"}, hls={"segment_s": 4, "min_renditions": 3})
     spec = project.spec()
     with instance_for_test() as instance:
         result = materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
@@ -107,13 +106,7 @@ def test_min_renditions_packages_what_succeeded(tmp_path, make_source):
 
 
 def test_min_renditions_still_fails_when_too_few_succeed(tmp_path, make_source):
-    broken = "name: broken-tune\nversion: 1\ntune: no-such-tune\n"
-    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
-    for rung in raw["ladder"]:
-        if rung["name"] in ("480p", "720p"):
-            rung["preset"] = "broken-tune"
-    project = project_with(tmp_path, {"ladder": raw["ladder"], "hls": {**raw["hls"], "min_renditions": 3},
-                                      "failures": FAST_RETRY}, {"broken.yaml": broken})
+    project = project_with_broken(tmp_path, {"480p", "720p"}, hls={"segment_s": 4, "min_renditions": 3})
     spec = project.spec()
     with instance_for_test() as instance:
         result = materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))

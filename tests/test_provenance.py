@@ -13,6 +13,7 @@ from dagster import AssetKey, AssetRecordsFilter, instance_for_test
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
+from mpegflow_dagster.assets import build_video_assets
 from mpegflow_dagster.media.build import detect_build
 from mpegflow_dagster.runs import materialize_video, stage_report
 from mpegflow_dagster.why import explain
@@ -112,6 +113,15 @@ def test_changing_one_rung_marks_only_it_and_its_dependents_stale(first_run):
     # Re-encoding it changes its data version: now (and only now) its consumer is stale too.
     assert materialize_video(changed, changed.spec(), "clip", instance=instance, stages=["rendition_480p"]).success
     assert stale() == {"hls"}
+
+
+def test_a_new_encoder_build_marks_the_ffmpeg_stages_stale(first_run):
+    instance, project = first_run["instance"], first_run["project"]
+    assets = build_video_assets(project.spec(), encoder_build="another-build")
+    resolver = get_stale_status_resolver(instance, assets)
+    stale = {k.path[-1] for a in assets for k in a.keys if resolver.get_status(k, "clip") == StaleStatus.STALE}
+    assert stale == {"rendition_240p", "rendition_480p", "rendition_720p", "rendition_1080p", "thumbnails",
+                     "captions", "hls", "emit"}
 
 
 def test_pinned_build_mismatch_fails_before_encoding(make_source, tmp_path):
