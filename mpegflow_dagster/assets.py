@@ -87,7 +87,7 @@ def step_keys(assets: list[AssetsDefinition]) -> dict[AssetKey, str]:
             return f"{node.name}.{inner.name}"
         return node.name
 
-    return {key: step(a.node_def) for a in assets for key in a.keys}
+    return {key: step(a.node_def) for a in assets for key in a.keys_by_output_name.values()}  # in spec order
 
 
 @dataclass(frozen=True)
