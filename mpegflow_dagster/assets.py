@@ -112,7 +112,7 @@ class _StageRun:
     """One attempt of one stage (one asset) for one video: prepare (recipe, reuse), produce in a
     scratch directory, finish (provenance, Output) or fail (classification, retry or Failure)."""
 
-    def __init__(self, context: AssetExecutionContext, spec: PipelineSpec, stage: _StageDef,
+    def __init__(self, context: AssetExecutionContext | OpExecutionContext, spec: PipelineSpec, stage: _StageDef,
                  ffmpeg: FFmpegResource, events: WebhookResource, *, multi: bool = False) -> None:
         self.context, self.spec, self.stage, self.ffmpeg, self.events = context, spec, stage, ffmpeg, events
         self.video = context.partition_key
