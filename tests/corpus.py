@@ -89,25 +89,24 @@ def pixel_bomb_png(directory: Path, width: int = 40000, height: int = 40000) -> 
     return out
 
 
+def _vod_playlist(out: Path, entry: object) -> Path:
+    out.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{entry}\n#EXT-X-ENDLIST\n")
+    return out
+
+
 def hls_playlist(directory: Path, segment: Path) -> Path:
     """A well-formed VOD playlist naming a local media file."""
-    out = directory / "list.m3u8"
-    out.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{segment}\n#EXT-X-ENDLIST\n")
-    return out
+    return _vod_playlist(directory / "list.m3u8", segment)
 
 
 def hls_reading_local_file(directory: Path, target: str = "/etc/passwd") -> Path:
     """The classic exfiltration playlist: a 'segment' that is a local non-media file."""
-    out = directory / "evil.m3u8"
-    out.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{target}\n#EXT-X-ENDLIST\n")
-    return out
+    return _vod_playlist(directory / "evil.m3u8", target)
 
 
 def hls_disguised_as_mp4(directory: Path, url: str = "http://127.0.0.1:9/a.ts") -> Path:
     """A playlist named .mp4 whose segment is fetched over HTTP (server-side request forgery)."""
-    out = directory / "upload.mp4"
-    out.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{url}\n#EXT-X-ENDLIST\n")
-    return out
+    return _vod_playlist(directory / "upload.mp4", url)
 
 
 def ffconcat_disguised_as_mp4(directory: Path, target: str = "/etc/passwd") -> Path:
