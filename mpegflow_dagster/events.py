@@ -43,19 +43,25 @@ class EventSink(Protocol):
 
 
 class JsonlEventSink:
-    """Appends events to a JSON Lines file, once per event id (safe across processes)."""
+    """Appends events to a JSON Lines file, once per event id (safe across processes).
+
+    An event id names its run, and a run's events are written while it runs, so a repeat can only
+    be among the last lines: only the file's tail is searched, however long the file grows."""
+
+    TAIL_BYTES = 1 << 20
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
     def send(self, event: Event) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+", encoding="utf-8") as fh:
+        with open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            fh.seek(0)
-            if any(json.loads(line).get("id") == event.id for line in fh if line.strip()):
+            size = fh.seek(0, 2)
+            fh.seek(max(0, size - self.TAIL_BYTES))
+            if f'"id": "{event.id}"'.encode() in fh.read():
                 return
-            fh.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
+            fh.write((json.dumps(event.to_dict(), sort_keys=True) + "\n").encode())
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

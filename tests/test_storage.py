@@ -51,3 +51,15 @@ def test_scratch_is_removed_on_failure_and_released_after_publish(tmp_path):
     LocalArtifactStore(tmp_path / "store").publish(work / "out.mp4", PurePosixPath("x/out.mp4"))
     release_scratch(work / "out.mp4")
     assert not work.exists()
+
+
+def test_jsonl_events_are_written_once_per_id(tmp_path):
+    from mpegflow_dagster.events import Event, JsonlEventSink
+
+    sink = JsonlEventSink(tmp_path / "events.jsonl")
+    first = Event(type="rendition.failed", pipeline="vod", video="v", run_id="r1", subject="480p", message="m")
+    for _ in range(3):
+        sink.send(first)
+    sink.send(Event(type="rendition.failed", pipeline="vod", video="v", run_id="r2", subject="480p", message="m"))
+    assert [e["run_id"] for e in sink.read()] == ["r1", "r2"]
+    assert sink.read()[0]["id"] == first.id
