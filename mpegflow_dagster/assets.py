@@ -122,6 +122,7 @@ class _StageRun:
         self.inputs: dict[str, Optional[str]] = {}
         self.recipe = ""
         self.threads = ffmpeg.threads
+        self.earlier: list[dict[str, Any]] = []  # failed attempts of this stage in this run
 
     def key(self, name: str) -> AssetKey:
         return AssetKey([self.spec.name, name])
@@ -145,6 +146,7 @@ class _StageRun:
         for name in self.stage.inputs:
             record = _latest(self.context, self.key(name))
             self.inputs[name] = record.asset_materialization.tags.get(DATA_VERSION_TAG) if record and record.asset_materialization else None
+        self.earlier = self._failures()
         self.threads = self._threads()
         self.recipe = recipe_hash(fingerprint=self.stage.fingerprint, build_hash=self.ffmpeg.build.build_hash,
                                   inputs={**self.inputs, **(recipe_extra or {})}, threads=self.threads)
@@ -162,7 +164,7 @@ class _StageRun:
             media={k: v for k, v in out.facts.items() if v is not None},
             wall_s=round(time.time() - started, 3), ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
             ffmpeg_runs=[(round(r.started_at, 3), round(r.wall_s, 3)) for r in out.runs],
-            attempt=self.context.retry_number + 1, earlier_failures=[o["failure_class"] for o in self._failures()],
+            attempt=self.context.retry_number + 1, earlier_failures=[o["failure_class"] for o in self.earlier],
         )
         self._announce_success(out, sha)
         return Output(out.path, output_name=self.output_name, data_version=DataVersion(sha),
@@ -207,7 +209,7 @@ class _StageRun:
     def _threads(self) -> int:
         """Each earlier `resource` failure in this run halves the threads (less memory, fewer frames in flight)."""
         base = self.ffmpeg.threads
-        resource_failures = sum(1 for o in self._failures() if o["failure_class"] == "resource")
+        resource_failures = sum(1 for o in self.earlier if o["failure_class"] == "resource")
         if not resource_failures:
             return base
         return max(1, (base or os.cpu_count() or 2) >> resource_failures)

@@ -21,12 +21,9 @@ from dagster import (
 )
 
 from .events import Event
-from .runs import outcome_event, stage_report
+from .runs import PARTITION_TAG, outcome_event, stage_report
 from .spec import PipelineSpec
 from .webhooks import WebhookResource
-
-PARTITION_TAG = "dagster/partition"
-
 
 def run_outcomes(instance: DagsterInstance, run: DagsterRun, specs: Sequence[PipelineSpec]) -> Iterator[Event]:
     """One outcome event per pipeline the run touched (runs outside any pipeline give none)."""

@@ -19,6 +19,8 @@ from .assets import FORCE_TAG, IngestConfig, build_video_assets, partitions_for,
 from .events import Event
 from .spec import PipelineSpec
 
+PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
+
 if TYPE_CHECKING:  # project.py builds sensors from this module
     from .project import Project
 

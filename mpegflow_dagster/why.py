@@ -13,10 +13,10 @@ from typing import Any, Optional
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, RunsFilter
 
-from .assets import build_video_assets, step_keys
+from .assets import DATA_VERSION_TAG, build_video_assets, step_keys
+from .runs import PARTITION_TAG
 from .spec import PipelineSpec
 
-PARTITION_TAG = "dagster/partition"
 INPUT_POINTER_TAG = "dagster/input_event_pointer/"
 
 
@@ -89,7 +89,7 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
             "at": _when(record.timestamp),
             "path": meta["path"].value if "path" in meta else None,
             "sha256": meta["sha256"].value if "sha256" in meta else None,
-            "data_version": (mat.tags or {}).get("dagster/data_version"),
+            "data_version": (mat.tags or {}).get(DATA_VERSION_TAG),
             "code_version": (mat.tags or {}).get("dagster/code_version"),
             "provenance": meta["provenance"].value if "provenance" in meta else None,
             "consumed": upstream,

@@ -122,15 +122,17 @@ _Outcome = tuple[FailureClass, str, str]
 
 # Fallback by exit status when no stderr rule matched. Values measured on Debian 5.1 and a
 # 9.0 static build; ambiguous 7+ values (8, 255) are deliberately absent.
+_EVERY_FAMILY: dict[int, _Outcome] = {
+    69: ("permanent", "input.invalid_data", "the decode-error rate exceeded the limit"),
+    123: ("transient", "process.killed", "FFmpeg received more than 3 signals"),
+}
 EXIT_CODES: dict[str, dict[int, _Outcome]] = {
     "ffmpeg<=6": {
-        69: ("permanent", "input.invalid_data", "the decode-error rate exceeded the limit"),
-        123: ("transient", "process.killed", "FFmpeg received more than 3 signals"),
+        **_EVERY_FAMILY,
         255: ("transient", "process.killed", "FFmpeg stopped after receiving a signal"),
     },
     "ffmpeg7+": {
-        69: ("permanent", "input.invalid_data", "the decode-error rate exceeded the limit"),
-        123: ("transient", "process.killed", "FFmpeg received more than 3 signals"),
+        **_EVERY_FAMILY,
         183: ("permanent", "input.invalid_data", "invalid data (AVERROR_INVALIDDATA)"),
         234: ("permanent", "config.invalid_option", "invalid argument (EINVAL)"),
         254: ("permanent", "input.not_found", "no such file or directory (ENOENT)"),
