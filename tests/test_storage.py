@@ -1,8 +1,14 @@
+import hashlib
+import os
+import threading
 from pathlib import PurePosixPath
 
 import pytest
 
-from mpegflow_dagster.storage import LocalArtifactStore, describe, release_scratch, scratch_dir, sha256_file
+from mpegflow_dagster import storage
+from mpegflow_dagster.storage import (
+    LocalArtifactStore, SourceChanged, copy_hashing, describe, release_scratch, scratch_dir, sha256_file,
+)
 
 
 def test_publish_file_moves_hashes_and_replaces(tmp_path):
@@ -17,6 +23,36 @@ def test_publish_file_moves_hashes_and_replaces(tmp_path):
     assert store.local_path(PurePosixPath("k/a.bin")).read_bytes() == b"new"
     assert record2.sha256 != expected
     assert [p.name for p in (tmp_path / "store" / "k").iterdir()] == ["a.bin"]  # no staging leftovers
+
+
+def test_copy_hashing_copies_every_byte_and_returns_its_sha256(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "COPY_CHUNK", 65_537)  # many kernel copy calls, the last one partial
+    data = os.urandom(1_000_003)
+    (tmp_path / "src.bin").write_bytes(data)
+    digest = copy_hashing(tmp_path / "src.bin", tmp_path / "dest.bin")
+    assert (tmp_path / "dest.bin").read_bytes() == data
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
+def test_copy_hashing_refuses_a_source_still_being_written(tmp_path):
+    src = tmp_path / "growing.bin"
+    src.write_bytes(os.urandom(32 << 20))
+    stop = threading.Event()
+
+    def append() -> None:  # like an upload still in progress
+        with open(src, "ab") as fh:
+            while not stop.is_set():
+                fh.write(b"x" * 4096)
+                fh.flush()
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        with pytest.raises(SourceChanged, match="changed while it was being copied"):
+            copy_hashing(src, tmp_path / "dest.bin")
+    finally:
+        stop.set()
+        writer.join()
 
 
 def test_publish_directory_replaces_whole_tree(tmp_path):
