@@ -113,15 +113,19 @@ class _StageRun:
     scratch directory, finish (provenance, Output) or fail (classification, retry or Failure)."""
 
     def __init__(self, context: AssetExecutionContext | OpExecutionContext, spec: PipelineSpec, stage: _StageDef,
-                 ffmpeg: FFmpegResource, events: WebhookResource, *, multi: bool = False) -> None:
+                 ffmpeg: FFmpegResource, events: WebhookResource, *, multi: bool = False,
+                 upstream_versions: Optional[dict[str, Optional[str]]] = None) -> None:
         self.context, self.spec, self.stage, self.ffmpeg, self.events = context, spec, stage, ffmpeg, events
         self.video = context.partition_key
         self.asset_key = AssetKey([spec.name, stage.name])
         # A multi-asset names each output after its key; a single asset has one default output.
         self.output_name = self.asset_key.to_python_identifier() if multi else "result"
         self.inputs: dict[str, Optional[str]] = {}
+        # Data versions of upstream assets by name; outputs of one step share it (one query each).
+        self.upstream_versions = {} if upstream_versions is None else upstream_versions
         self.recipe = ""
         self.threads = ffmpeg.threads
+        self.lanes = ffmpeg.encode_lanes
         self.earlier: list[dict[str, Any]] = []  # failed attempts of this stage in this run
 
     def key(self, name: str) -> AssetKey:
@@ -134,7 +138,7 @@ class _StageRun:
         started = time.time()
         try:
             with self.ffmpeg.scratch(self.stage.name, self.video) as work:
-                out = produce(work, self.ffmpeg.tools(self.context.log, threads=self.threads))
+                out = produce(work, self.ffmpeg.tools(self.context.log, threads=self.threads, lanes=self.lanes))
                 return None if out is None else self.finish(out, started)
         except (Failure, RetryRequested):
             raise
@@ -144,10 +148,14 @@ class _StageRun:
     def prepare(self, recipe_extra: Optional[dict] = None) -> Optional[Output]:
         """Work out the recipe; an Output reusing the stored artifact when nothing changed."""
         for name in self.stage.inputs:
-            record = _latest(self.context, self.key(name))
-            self.inputs[name] = record.asset_materialization.tags.get(DATA_VERSION_TAG) if record and record.asset_materialization else None
+            if name not in self.upstream_versions:
+                record = _latest(self.context, self.key(name))
+                self.upstream_versions[name] = (record.asset_materialization.tags.get(DATA_VERSION_TAG)
+                                                if record and record.asset_materialization else None)
+            self.inputs[name] = self.upstream_versions[name]
         self.earlier = self._failures()
-        self.threads = self._threads()
+        self.threads = self._reduced(self.ffmpeg.threads)
+        self.lanes = self._reduced(self.ffmpeg.encode_lanes)
         self.recipe = recipe_hash(fingerprint=self.stage.fingerprint, build_hash=self.ffmpeg.build.build_hash,
                                   inputs={**self.inputs, **(recipe_extra or {})}, threads=self.threads)
         return self._reuse()
@@ -206,9 +214,9 @@ class _StageRun:
 
     # -- failures -----------------------------------------------------------------------------
 
-    def _threads(self) -> int:
-        """Each earlier `resource` failure in this run halves the threads (less memory, fewer frames in flight)."""
-        base = self.ffmpeg.threads
+    def _reduced(self, base: int) -> int:
+        """`base` (threads or lanes) halved for each earlier `resource` failure of this stage in this
+        run: less memory, fewer frames in flight. A base of 0 (FFmpeg decides) counts as the CPUs."""
         resource_failures = sum(1 for o in self.earlier if o["failure_class"] == "resource")
         if not resource_failures:
             return base
@@ -216,6 +224,8 @@ class _StageRun:
 
     def _failures(self) -> list[dict[str, Any]]:
         """Failed attempts of this stage in this run, oldest first (recorded as asset observations)."""
+        if self.context.retry_number == 0:
+            return []
         records = self.context.instance.fetch_observations(
             AssetRecordsFilter(asset_key=self.asset_key, asset_partitions=[self.video]), limit=50
         ).records
@@ -292,7 +302,8 @@ def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dic
         with ExitStack() as scratches:
             work = {n.removeprefix("rendition_"): scratches.enter_context(ffmpeg.scratch(n, context.partition_key))
                     for n in todo}
-            tools = ffmpeg.tools(context.log, threads=min(runs[n].threads for n in todo))
+            tools = ffmpeg.tools(context.log, threads=min(runs[n].threads for n in todo),
+                                 lanes=min(runs[n].lanes for n in todo))
             outs = stages.encode_ladder(ingest, info, spec, rungs, "thumbnails" in todo, tools, work)
             finished = [runs[n].finish(outs[n.removeprefix("rendition_")], started) for n in todo]
     except Exception as exc:
@@ -453,7 +464,8 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
     )
     def encode(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
                ingest: Path, probe: Path) -> Iterator[Output]:
-        runs = {name: _StageRun(context, spec, sdef, ffmpeg, events, multi=True)
+        upstream: dict[str, Optional[str]] = {}
+        runs = {name: _StageRun(context, spec, sdef, ffmpeg, events, multi=True, upstream_versions=upstream)
                 for name, sdef in encode_defs.items() if key(name) in context.selected_asset_keys}
         yield from _encode_shared(context, spec, runs, ffmpeg, ingest, probe)
 

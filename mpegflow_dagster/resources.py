@@ -27,7 +27,7 @@ class FFmpegResource(ConfigurableResource):
             from dagster import Definitions
             from mpegflow_dagster import FFmpegResource
 
-            defs = Definitions(resources={"ffmpeg": FFmpegResource(threads=2, required_version="5.1")})
+            defs = Definitions(resources={"ffmpeg": FFmpegResource(threads=1, required_version="5.1")})
     """
 
     ffmpeg_path: Optional[str] = Field(
@@ -36,7 +36,11 @@ class FFmpegResource(ConfigurableResource):
     ffprobe_path: Optional[str] = Field(
         None, description="ffprobe binary (name on PATH or path). Default: $MPEGFLOW_FFPROBE, else `ffprobe`."
     )
-    threads: int = Field(0, ge=0, description="-threads for every encode; 0 lets FFmpeg choose.")
+    threads: int = Field(
+        1, ge=0,
+        description="-threads of every encoder. 1 gives the same bytes on every run; more (or 0, FFmpeg decides) "
+        "speeds up a lone encode, but x264's output then varies from run to run when maxrate binds.",
+    )
     encode_lanes: int = Field(
         2, ge=1, description="FFmpeg processes the shared rendition encode is spread over (about the number of cores)."
     )
@@ -105,13 +109,16 @@ class FFmpegResource(ConfigurableResource):
             self._build = self.check()
         return self._build
 
-    def tools(self, log=None, *, threads: Optional[int] = None, every_s: float = 5.0) -> Tools:
-        """Stage tools whose progress goes to `log` (a Dagster logger) at most every `every_s`."""
+    def tools(self, log=None, *, threads: Optional[int] = None, lanes: Optional[int] = None, every_s: float = 5.0) -> Tools:
+        """Stage tools whose progress goes to `log` (a Dagster logger) every `every_s`, plus a last
+        line when done; runs shorter than `every_s` log nothing (each line is an event-log write)."""
+        first: dict[str, float] = {}
         last: dict[str, float] = {}
 
         def report(label: str, progress: Progress) -> None:
             now = time.monotonic()
-            if progress.done or now - last.get(label, 0.0) >= every_s:
+            since = last.get(label) or first.setdefault(label, now)
+            if (progress.done and label in last) or (not progress.done and now - since >= every_s):
                 last[label] = now
                 log.info(f"{label}: {progress.describe()}")
 
@@ -119,7 +126,7 @@ class FFmpegResource(ConfigurableResource):
             ffmpeg=self.build.path,
             ffprobe=resolve_binary(self.ffprobe),
             threads=self.threads if threads is None else threads,
-            lanes=self.encode_lanes,
+            lanes=self.encode_lanes if lanes is None else lanes,
             limits=RunLimits(timeout_s=self.timeout_s, stall_s=self.stall_s),
             on_progress=report if log is not None else None,
         )

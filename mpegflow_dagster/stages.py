@@ -179,9 +179,9 @@ def encode_ladder(
 ) -> dict[str, StageOutput]:
     """Several renditions (and the thumbnails) with as few decodes of the source as the CPUs allow:
     the outputs are spread over `tools.lanes` FFmpeg processes running at once, each decoding the
-    source once and splitting it to its encoders. (One process alone leaves cores idle: x264's
-    deterministic sliced threads encode each frame before the next is fed.) Each output's bytes are
-    the same whichever process made it. `work` and the result are keyed by rung name and
+    source once and splitting it to its encoders. (Lanes keep the cores busy when x264 runs one
+    thread per encoder, which is what makes its output reproducible.) Each output's bytes are the
+    same whichever process made it. `work` and the result are keyed by rung name and
     "thumbnails" (one scratch dir per output, so each is published and cleaned up on its own).
     Any failure fails the whole call; callers isolate by re-running the outputs one by one."""
     source = source_file(ingest_dir)
@@ -189,24 +189,25 @@ def encode_ladder(
     if frames is not None:
         frames.mkdir(parents=True)
 
-    def lane_run(lane: list[Rendition], thumbs: bool) -> RunResult:
+    def lane(rungs_here: list[Rendition], thumbs: bool) -> dict[str, StageOutput]:
+        """Run one lane and verify its outputs while the other lanes are still encoding."""
         cfg = spec.thumbnails
         args = commands.encode_ladder_args(
-            source, {work[r.name] / f"{r.name}.mp4": h264_output(spec, r, info) for r in lane}, threads=tools.threads,
+            source, {work[r.name] / f"{r.name}.mp4": h264_output(spec, r, info) for r in rungs_here}, threads=tools.threads,
             thumbnails=(frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality)) if thumbs and frames else None)
-        label = "encode " + ",".join([*(r.name for r in lane), *(["thumbnails"] if thumbs else [])])
-        return tools.run(label, args, duration_s=info.duration)
+        label = "encode " + ",".join([*(r.name for r in rungs_here), *(["thumbnails"] if thumbs else [])])
+        run = tools.run(label, args, duration_s=info.duration)
+        done = {r.name: _checked_rendition(work[r.name] / f"{r.name}.mp4", info, spec, r, run, tools) for r in rungs_here}
+        if thumbs and frames is not None:
+            done["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [run])
+        return done
 
     lanes = _lanes(rungs, max(1, tools.lanes))
     with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
-        futures = [pool.submit(lane_run, lane, with_thumbnails and i == len(lanes) - 1) for i, lane in enumerate(lanes)]
-        runs = [f.result() for f in futures]  # the first failure propagates (after every lane ended)
-    run_of = {r.name: run for lane, run in zip(lanes, runs) for r in lane}
-    results = {r.name: _checked_rendition(work[r.name] / f"{r.name}.mp4", info, spec, r, run_of[r.name], tools)
-               for r in rungs}
-    if frames is not None:
-        results["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [runs[-1]])
-    return results
+        futures = [pool.submit(lane, group, with_thumbnails and i == len(lanes) - 1) for i, group in enumerate(lanes)]
+        finished = [f.result() for f in futures]  # the first failure propagates (after every lane ended)
+    results = {name: out for done in finished for name, out in done.items()}
+    return {name: results[name] for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]}
 
 
 def _lanes(rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:
@@ -267,25 +268,29 @@ def _finish_thumbnails(out: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: To
 # -- package ----------------------------------------------------------------------------------
 
 def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: Path) -> StageOutput:
-    """One HLS variant per rendition (stream copy) and a master playlist over all of them."""
+    """One HLS variant per rendition (stream copy, all at once: each is a short I/O-bound run)
+    and a master playlist over all of them."""
     out = work / "hls"
-    variants: list[VariantStream] = []
-    runs: list[RunResult] = []
-    for name, mp4 in renditions.items():
+
+    def variant(name: str, mp4: Path) -> tuple[VariantStream, RunResult]:
         vdir = out / name
         vdir.mkdir(parents=True)
         info = probe(mp4, tools.ffprobe)
-        runs.append(tools.run(f"hls {name}", commands.hls_variant_args(
-            mp4, vdir, segment_s=cfg.segment_s, segment_type=cfg.segment_type), duration_s=info.duration))
+        run = tools.run(f"hls {name}", commands.hls_variant_args(
+            mp4, vdir, segment_s=cfg.segment_s, segment_type=cfg.segment_type), duration_s=info.duration)
         peak, average, version = measure_variant(vdir / "index.m3u8")
         video = info.video
         assert video is not None and video.width and video.height
         codecs = avc1_codec_string(mp4) + (",mp4a.40.2" if info.audio else "")
-        variants.append(VariantStream(f"{name}/index.m3u8", version, video.width, video.height, video.frame_rate, codecs, peak, average))
+        return VariantStream(f"{name}/index.m3u8", version, video.width, video.height, video.frame_rate, codecs, peak, average), run
+
+    with ThreadPoolExecutor(max_workers=max(1, len(renditions))) as pool:
+        made = list(pool.map(lambda item: variant(*item), renditions.items()))
+    variants = [v for v, _ in made]
     (out / "master.m3u8").write_text(master_playlist(variants))
     facts = {"variants": len(variants), "segment_s": cfg.segment_s, "segment_type": cfg.segment_type,
              "ladder": ", ".join(f"{v.height}p@{v.peak_bps // 1000}k" for v in sorted(variants, key=lambda v: v.peak_bps))}
-    return StageOutput(out, facts, runs)
+    return StageOutput(out, facts, [run for _, run in made])
 
 
 # -- emit -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from dagster import DagsterInstance, Definitions
+from dagster import DagsterInstance, Definitions, in_process_executor
 
 from mpegflow_dagster import Project, build_video_assets
 
@@ -78,6 +78,7 @@ def test_two_specs_coexist_by_key_prefix(tmp_path):
     project = Project.load(ROOT, [ROOT / "resources" / "pipelines" / "vod.yaml", tmp_path / "pipelines" / "shorts.yaml"])
     defs = project.definitions()
     Definitions.validate_loadable(defs)
+    assert defs.executor is in_process_executor  # UI and sensor runs too: no process per step
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert {"vod/rendition_720p", "shorts/rendition_720p", "shorts/hls"} <= keys
     assert len(keys) == 2 * len([k for a in build_video_assets(project.spec("vod")) for k in a.keys])

@@ -41,7 +41,7 @@ def logging_ffmpeg(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def first_run(make_source, tmp_path_factory):
     base = tmp_path_factory.mktemp("prov")
-    project = temp_project(base, threads=2, required_version=detect_build("ffmpeg").version[:3])
+    project = temp_project(base, required_version=detect_build("ffmpeg").version[:3])
     source = make_source("clip", duration_s=3.0, captions=True)
     with instance_for_test() as instance:
         result = materialize_video(project, project.spec(), "clip", instance=instance, source=source)
