@@ -334,7 +334,10 @@ def machine_busy_s() -> float:
 @contextlib.contextmanager
 def measured(into: dict):
     """Wall, children CPU (ffmpeg/ffprobe) and this process's CPU of the block; `other_cpu_s` is CPU the
-    rest of the machine used meanwhile (other users' jobs): high values mean the figure is contaminated."""
+    rest of the machine used meanwhile (other users' jobs): high values mean the figure is contaminated.
+    Dirty pages left by whatever ran before (the previous run's outputs, the copied-in source) are
+    written back first, so no run pays for its predecessor's writeback."""
+    os.sync()
     c0, s0 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     m0, e0, t0 = machine_busy_s(), time.time(), time.monotonic()
     yield

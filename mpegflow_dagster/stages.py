@@ -20,7 +20,7 @@ from .media.safety import MAX_PIXELS, playlist_signature
 from .media.storyboard import storyboard_vtt
 from .media.verify import OutputRejected, verify_output
 from .spec import CaptionSpec, HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
-from .storage import ArtifactStore, copy_hashing
+from .storage import ArtifactStore, copy_hashing, sha256_files
 
 SOURCE_STEM = "source"
 CAPTIONS_STEM = "captions"
@@ -200,6 +200,8 @@ def encode_ladder(
         done = {r.name: _checked_rendition(work[r.name] / f"{r.name}.mp4", info, spec, r, run, tools) for r in rungs_here}
         if thumbs and frames is not None:
             done["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [run])
+        for out in done.values():  # hashed here, while the other lanes still encode, not after the last one
+            out.hashed.update(sha256_files(out.path))
         return done
 
     lanes = _lanes(rungs, max(1, tools.lanes))
@@ -272,7 +274,7 @@ def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: P
     and a master playlist over all of them."""
     out = work / "hls"
 
-    def variant(name: str, mp4: Path) -> tuple[VariantStream, RunResult]:
+    def variant(name: str, mp4: Path) -> tuple[VariantStream, RunResult, dict[Path, str]]:
         vdir = out / name
         vdir.mkdir(parents=True)
         info = probe(mp4, tools.ffprobe)
@@ -282,15 +284,16 @@ def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: P
         video = info.video
         assert video is not None and video.width and video.height
         codecs = avc1_codec_string(mp4) + (",mp4a.40.2" if info.audio else "")
-        return VariantStream(f"{name}/index.m3u8", version, video.width, video.height, video.frame_rate, codecs, peak, average), run
+        stream = VariantStream(f"{name}/index.m3u8", version, video.width, video.height, video.frame_rate, codecs, peak, average)
+        return stream, run, sha256_files(vdir)
 
     with ThreadPoolExecutor(max_workers=max(1, len(renditions))) as pool:
         made = list(pool.map(lambda item: variant(*item), renditions.items()))
-    variants = [v for v, _ in made]
+    variants = [v for v, _, _ in made]
     (out / "master.m3u8").write_text(master_playlist(variants))
     facts = {"variants": len(variants), "segment_s": cfg.segment_s, "segment_type": cfg.segment_type,
              "ladder": ", ".join(f"{v.height}p@{v.peak_bps // 1000}k" for v in sorted(variants, key=lambda v: v.peak_bps))}
-    return StageOutput(out, facts, [run for _, run in made])
+    return StageOutput(out, facts, [run for _, run, _ in made], hashed={f: h for _, _, known in made for f, h in known.items()})
 
 
 # -- emit -------------------------------------------------------------------------------------

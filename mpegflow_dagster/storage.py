@@ -99,6 +99,16 @@ def _copy_file(src: Path, dest: Path) -> None:
         shutil.copyfileobj(fin, fout, CHUNK)
 
 
+def _tree_files(path: Path) -> list[Path]:
+    return sorted(p for p in Path(path).rglob("*") if p.is_file())
+
+
+def sha256_files(path: Path) -> dict[Path, str]:
+    """sha256 of a file, or of every file in a tree, by path (what `describe` takes as `known`)."""
+    path = Path(path)
+    return {f: sha256_file(f) for f in ([path] if path.is_file() else _tree_files(path))}
+
+
 def describe(path: Path, known: Optional[dict[Path, str]] = None) -> Digest:
     """(sha256, total size, file count) of a file or tree, streaming every byte once; `known`
     gives the sha256 of files already hashed (while they were written)."""
@@ -112,7 +122,7 @@ def describe(path: Path, known: Optional[dict[Path, str]] = None) -> Digest:
         return sha(path), path.stat().st_size, 1
     manifest = hashlib.sha256()
     size = count = 0
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in _tree_files(path):
         rel = f.relative_to(path).as_posix()
         manifest.update(f"{rel} {sha(f)}\n".encode())
         size += f.stat().st_size
