@@ -43,7 +43,6 @@ from dagster import (
     multi_asset,
     op,
 )
-from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from . import stages
@@ -52,7 +51,7 @@ from .io_manager import PROVENANCE_KEY, Reused
 from .media.classify import Classification, classify_exception
 from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
 from .resources import DeliveryResource, FFmpegResource
-from .s3 import classify_s3_error, download_source, parse_s3_uri
+from .s3 import S3SourceResource, classify_s3_error
 from .spec import PipelineSpec, StageKind
 from .stages import StageOutput, Tools
 from .storage import describe
@@ -409,16 +408,15 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
 
     @asset(name="ingest", code_version=ingest_def.fingerprint, description="Stored copy of the source video and its caption sidecar.", **common)
     def ingest(context: AssetExecutionContext, config: IngestConfig, ffmpeg: FFmpegResource, events: WebhookResource,
-               s3: S3Resource) -> Output:
+               sources: S3SourceResource) -> Output:
         source = config.source_path or _last_source(context)
         extensions = spec.captions.sidecar_extensions
         if source.startswith("s3://"):
-            bucket, object_key = parse_s3_uri(source)
-            head = s3.get_client().head_object(Bucket=bucket, Key=object_key)
+            head = sources.head(source)
             identity = {"source": source, "etag": head["ETag"], "size": head["ContentLength"]}
 
             def produce(work: Path, tools: Tools) -> StageOutput:
-                local = download_source(s3.get_client(), source, work / "download", extensions)
+                local = sources.download(source, work / "download", extensions)
                 return stages.ingest(local, work, extensions, origin=source)
         else:
             path = Path(source)

@@ -20,7 +20,7 @@ from .io_manager import BinaryIOManager
 from .media.build import FFmpegNotFound, detect_build
 from .outcomes import outcome_sensors
 from .resources import FFmpegResource, LocalDeliveryResource
-from .s3 import S3BinaryIOManager, S3DeliveryResource
+from .s3 import S3BinaryIOManager, S3DeliveryResource, S3SourceResource
 from .sensors import build_s3_upload_sensor
 from .spec import PipelineSpec, load_spec
 from .webhooks import WebhookResource
@@ -129,6 +129,7 @@ class Project(BaseModel):
             IO_MANAGER_KEY: io_manager,
             "delivery": delivery,
             "s3": s3,
+            "sources": S3SourceResource(s3=s3),
             "events": WebhookResource(
                 events_path=s.events_path,
                 outbox_dir=str(Path(s.events_path).parent / "webhooks"),

@@ -18,7 +18,7 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from .s3 import iter_objects
+from .s3 import iter_objects, s3_client
 from .videos import video_key
 
 MEDIA_EXTENSIONS = frozenset({".mp4", ".mov", ".mxf", ".mkv", ".webm", ".m4v", ".ts", ".avi"})
@@ -146,7 +146,7 @@ def build_s3_upload_sensor(
         newest = cursor.newest
         seen = dict(cursor.seen)
         new: list[tuple[float, str, str]] = []
-        for obj in iter_objects(s3.get_client(), bucket, list_prefix):
+        for obj in iter_objects(s3_client(s3), bucket, list_prefix):
             key = obj["Key"]
             if obj["Size"] == 0 or PurePosixPath(key.rsplit("/", 1)[-1]).suffix.lower() not in MEDIA_EXTENSIONS:
                 continue

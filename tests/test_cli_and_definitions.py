@@ -82,3 +82,16 @@ def test_two_specs_coexist_by_key_prefix(tmp_path):
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert {"vod/rendition_720p", "shorts/rendition_720p", "shorts/hls"} <= keys
     assert len(keys) == 2 * len([k for a in build_video_assets(project.spec("vod")) for k in a.keys])
+
+
+def test_readme_code_location_example_loads(monkeypatch):
+    """The README's "own code location" snippet names every resource the assets need."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Using it in your own code location"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    monkeypatch.chdir(ROOT)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    Definitions.validate_loadable(scope["defs"])
+    assert scope["defs"].executor is in_process_executor
