@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .media import commands
 from .media.hls import VariantStream, avc1_codec_string, master_playlist, measure_variant
@@ -46,9 +50,11 @@ class Tools:
     limits: RunLimits = field(default_factory=RunLimits)
     on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
 
-    def run(self, label: str, args: list[str], *, duration_s: Optional[float] = None, cwd: Optional[Path] = None) -> RunResult:
+    def run(self, label: str, args: list[str], *, duration_s: Optional[float] = None, cwd: Optional[Path] = None,
+            cancel: Optional[threading.Event] = None) -> RunResult:
         callback = (lambda p: self.on_progress(label, p)) if self.on_progress else None
-        return run_ffmpeg(args, ffmpeg=self.ffmpeg, cwd=cwd, duration_s=duration_s, limits=self.limits, on_progress=callback)
+        return run_ffmpeg(args, ffmpeg=self.ffmpeg, cwd=cwd, duration_s=duration_s, limits=self.limits,
+                          on_progress=callback, cancel=cancel)
 
 
 @dataclass
@@ -177,39 +183,78 @@ def encode_ladder(
     ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rungs: list[Rendition], with_thumbnails: bool,
     tools: Tools, work: dict[str, Path],
 ) -> dict[str, StageOutput]:
-    """Several renditions (and the thumbnails) with as few decodes of the source as the CPUs allow:
-    the outputs are spread over `tools.lanes` FFmpeg processes running at once, each decoding the
-    source once and splitting it to its encoders. (Lanes keep the cores busy when x264 runs one
-    thread per encoder, which is what makes its output reproducible.) Each output's bytes are the
-    same whichever process made it. `work` and the result are keyed by rung name and
-    "thumbnails" (one scratch dir per output, so each is published and cleaned up on its own).
-    Any failure fails the whole call; callers isolate by re-running the outputs one by one."""
+    """Several renditions (and the thumbnails) from one decode of the source, encoded by
+    `tools.lanes` FFmpeg processes at once. FFmpeg 5.1 runs the encoders of one process one after
+    another, and x264 must run one thread per encoder to give the same bytes on every run, so the
+    outputs are spread over lanes (processes) to keep the cores busy; with more than one lane, a
+    decoder process feeds every lane the decoded frames through a named pipe, so the source is
+    still decoded only once. Each output's bytes are the same whichever process made it.
+
+    `work` and the result are keyed by rung name and "thumbnails" (one scratch dir per output, so
+    each is published and cleaned up on its own). Any failure fails the whole call (the others are
+    stopped); callers isolate by re-running the outputs one by one."""
     source = source_file(ingest_dir)
     frames = work["thumbnails"] / "thumbnails" / "frames" if with_thumbnails else None
     if frames is not None:
         frames.mkdir(parents=True)
-
-    def lane(rungs_here: list[Rendition], thumbs: bool) -> dict[str, StageOutput]:
-        """Run one lane and verify its outputs while the other lanes are still encoding."""
-        cfg = spec.thumbnails
-        args = commands.encode_ladder_args(
-            source, {work[r.name] / f"{r.name}.mp4": h264_output(spec, r, info) for r in rungs_here}, threads=tools.threads,
-            thumbnails=(frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality)) if thumbs and frames else None)
-        label = "encode " + ",".join([*(r.name for r in rungs_here), *(["thumbnails"] if thumbs else [])])
-        run = tools.run(label, args, duration_s=info.duration)
-        done = {r.name: _checked_rendition(work[r.name] / f"{r.name}.mp4", info, spec, r, run, tools) for r in rungs_here}
-        if thumbs and frames is not None:
-            done["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [run])
-        for out in done.values():  # hashed here, while the other lanes still encode, not after the last one
-            out.hashed.update(sha256_files(out.path))
-        return done
-
     lanes = _lanes(rungs, max(1, tools.lanes))
-    with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
-        futures = [pool.submit(lane, group, with_thumbnails and i == len(lanes) - 1) for i, group in enumerate(lanes)]
-        finished = [f.result() for f in futures]  # the first failure propagates (after every lane ended)
-    results = {name: out for done in finished for name, out in done.items()}
+
+    with tempfile.TemporaryDirectory(prefix="mpegflow-fanout-") as pipes:
+        sinks = [Path(pipes) / f"lane{i}.{commands.FANOUT_FORMAT}" for i in range(len(lanes))] if len(lanes) > 1 else []
+        for sink in sinks:
+            os.mkfifo(sink)
+
+        def decode(cancel: threading.Event) -> RunResult:
+            return tools.run("decode", commands.fanout_args(source, sinks, has_audio=info.audio is not None),
+                             duration_s=info.duration, cancel=cancel)
+
+        def lane(i: int, cancel: threading.Event) -> dict[str, StageOutput]:
+            """Run one lane and verify its outputs while the other lanes are still encoding."""
+            here, thumbs = lanes[i], with_thumbnails and i == len(lanes) - 1
+            cfg = spec.thumbnails
+            args = commands.encode_ladder_args(
+                sinks[i] if sinks else source, {work[r.name] / f"{r.name}.mp4": h264_output(spec, r, info) for r in here},
+                threads=tools.threads, decoded=bool(sinks),
+                thumbnails=(frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality)) if thumbs and frames else None)
+            label = "encode " + ",".join([*(r.name for r in here), *(["thumbnails"] if thumbs else [])])
+            run = tools.run(label, args, duration_s=info.duration, cancel=cancel)
+            done = {r.name: _checked_rendition(work[r.name] / f"{r.name}.mp4", info, spec, r, run, tools) for r in here}
+            if thumbs and frames is not None:
+                done["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [run])
+            for out in done.values():  # hashed here, while the other lanes still encode, not after the last one
+                out.hashed.update(sha256_files(out.path))
+            return done
+
+        jobs: list[Callable[[threading.Event], Any]] = [lambda cancel, i=i: lane(i, cancel) for i in range(len(lanes))]
+        finished = _together([*jobs, decode] if sinks else jobs)
+    decoded = finished[-1] if sinks else None
+    results = {name: out for done in finished[:len(lanes)] for name, out in done.items()}
+    if decoded is not None:
+        for out in results.values():
+            out.runs.insert(0, decoded)
     return {name: results[name] for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]}
+
+
+def _together(jobs: list[Callable[[threading.Event], Any]]) -> list[Any]:
+    """Run `jobs` at once, each given an event that is set when any of them fails (their FFmpeg
+    runs stop: a lane without its decoder, or a decoder without a reader, would wait forever).
+    Raises the failure that happened first; the later ones are its consequences."""
+    cancel = threading.Event()
+    failures: list[tuple[float, BaseException]] = []
+
+    def guarded(job: Callable[[threading.Event], Any]) -> Any:
+        try:
+            return job(cancel)
+        except BaseException as exc:
+            failures.append((time.monotonic(), exc))
+            cancel.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(guarded, job) for job in jobs]
+    if failures:
+        raise min(failures, key=lambda f: f[0])[1]
+    return [f.result() for f in futures]
 
 
 def _lanes(rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:

@@ -142,6 +142,34 @@ fi""")
     assert not [e for e in events_of(project) if e["type"] == "rendition.failed"]
 
 
+def test_resource_failure_is_retried_with_fewer_ffmpeg_processes(tmp_path, make_source):
+    marker, calls = tmp_path / "limited-once", tmp_path / "calls.log"
+    # The lane that encodes 480p first runs under a 64 KiB file-size limit: the kernel stops the real
+    # FFmpeg with SIGXFSZ as soon as an output grows past it, as on a full quota.
+    harness = ffmpeg_wrapper(tmp_path, f"""
+[[ "$*" == *-version* ]] || echo "$*" >> {calls}
+if [[ "$*" == *480p.mp4* && ! -e {marker} ]]; then touch {marker}; ulimit -f 64; fi""")
+    project = project_with(tmp_path, {"failures": FAST_RETRY})
+    spec = project.spec()
+    with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPEGFLOW_FFMPEG", str(harness))
+        result = materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
+        failed = instance.fetch_observations(
+            AssetRecordsFilter(asset_key=AssetKey(["vod", "rendition_480p"]), asset_partitions=["clip"]), limit=5
+        ).records
+        meta = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(["vod", "rendition_480p"]), asset_partitions=["clip"]), limit=1
+        ).records[0].asset_materialization.metadata
+    assert marker.exists() and result.success
+    assert [r.asset_observation.metadata["reason"].value for r in failed] == ["resource.disk_full"]
+    prov = meta["provenance"].value
+    assert prov["attempt"] == 2 and prov["earlier_failures"] == ["resource"]
+    encodes = [line for line in calls.read_text().splitlines() if "libx264" in line]
+    outputs = [sum(f"{rung}.mp4" in line for rung in ("240p", "480p", "720p", "1080p")) for line in encodes]
+    # two lanes at once (1080p | 720p, 480p, 240p), then one lane for all four
+    assert sorted(outputs[:2]) == [1, 3] and outputs[2:] == [4], outputs
+
+
 @pytest.mark.parametrize(
     "name, content, failure_class, reason",
     [

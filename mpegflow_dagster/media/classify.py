@@ -177,7 +177,7 @@ def classify(
         return make("transient", "process.watchdog_timeout", "stopped by the watchdog: the run exceeded its time limit")
     if result.stopped_by == "stall":
         return make("transient", "process.stalled", "stopped by the watchdog: no progress for too long")
-    if we_signalled:
+    if we_signalled or result.stopped_by == "cancelled":
         return make("cancelled", "process.cancelled", "cancelled on request")
     found = _from_signal(sig) if sig else (_from_stderr(result.stderr_tail) or EXIT_CODES.get(family, {}).get(code))
     outcome: _Outcome = found or ("transient", "unknown", f"unrecognised failure (exit status {code})")

@@ -117,13 +117,32 @@ def encode_rendition_args(
     return _rendition_output(video, inp["a:0"], out, enc, threads).get_args()
 
 
+FANOUT_FORMAT = "nut"  # carries raw frames and PCM with their exact timestamps
+
+
+def fanout_args(src: Path, sinks: list[Path], *, has_audio: bool) -> list[str]:
+    """Decode the source once and write the decoded stream, unchanged, to each of `sinks` (named
+    pipes read by `encode_ladder_args(..., decoded=True)` processes): raw video frames and float
+    PCM with the demuxer's timestamps, so an encoder reading a sink produces the very bytes it
+    would reading the source (checked in the tests)."""
+    inp = _input(src)
+    streams = [inp["v:0"], *([inp["a:0"]] if has_audio else [])]
+    outputs = [
+        ffmpeg.output(*streams, _output_name(sink), f=FANOUT_FORMAT, fps_mode="passthrough", enc_time_base=-1,
+                      **{"c:v": "rawvideo", **({"c:a": "pcm_f32le"} if has_audio else {})})
+        for sink in sinks
+    ]
+    return ffmpeg.merge_outputs(*outputs).get_args()
+
+
 def encode_ladder_args(
     src: Path, renditions: dict[Path, H264Output], *, threads: int,
-    thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None,
+    thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None, decoded: bool = False,
 ) -> list[str]:
     """Every rendition (and the thumbnails) from one decode of the source: the video is split
-    once, each branch scaled and encoded with exactly the options `encode_rendition_args` uses."""
-    inp = _input(src)
+    once, each branch scaled and encoded with exactly the options `encode_rendition_args` uses.
+    `decoded`: `src` is a `fanout_args` sink rather than the source file."""
+    inp = _input(src, formats=FANOUT_FORMAT, f=FANOUT_FORMAT) if decoded else _input(src)
     branches = len(renditions) + (1 if thumbnails else 0)
     split = inp["v:0"].filter_multi_output("split", branches) if branches > 1 else None
 

@@ -26,7 +26,7 @@ class RunResult:
     wall_s: float
     cpu_s: float
     started_at: float = 0.0  # epoch seconds
-    stopped_by: Optional[str] = None  # "timeout" | "stall" when we stopped it, else None
+    stopped_by: Optional[str] = None  # "timeout" | "stall" | "cancelled" when we stopped it, else None
     last_progress: Optional[Progress] = None
 
     @property
@@ -74,11 +74,13 @@ def run_ffmpeg(
     duration_s: Optional[float] = None,
     limits: RunLimits = RunLimits(),
     on_progress: Optional[ProgressCallback] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> RunResult:
     """Run `ffmpeg <global options> *args` and wait for it. Raises FFmpegFailed unless it succeeded.
 
     Global options are always the same: `-nostdin` (never block on or eat a terminal), `-y` (we
-    write into private scratch directories), machine-readable progress on stdout.
+    write into private scratch directories), machine-readable progress on stdout. Setting `cancel`
+    stops the run as the watchdog does (a sibling process it exchanges data with has failed).
     """
     argv = [resolve_binary(ffmpeg), "-nostdin", "-hide_banner", "-y", "-nostats", "-progress", "pipe:1", *args]
     tail: collections.deque[str] = collections.deque(maxlen=limits.stderr_lines)
@@ -115,7 +117,9 @@ def run_ffmpeg(
     status, rusage = _wait(proc.pid, 0.0)
     while status is None:
         now = time.monotonic()
-        if limits.timeout_s is not None and now - start > limits.timeout_s:
+        if cancel is not None and cancel.is_set():
+            stopped_by = "cancelled"
+        elif limits.timeout_s is not None and now - start > limits.timeout_s:
             stopped_by = "timeout"
         elif limits.stall_s is not None and now - watch.last_change > limits.stall_s:
             stopped_by = "stall"
