@@ -47,6 +47,7 @@ class Tools:
     ffprobe: str = "ffprobe"
     threads: int = 0  # 0 = let FFmpeg choose
     lanes: int = 1  # FFmpeg processes a shared encode may run at once
+    fanout_bits_per_pixel: float = 1.0  # sources denser than this are decoded once for all lanes
     limits: RunLimits = field(default_factory=RunLimits)
     on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
 
@@ -183,12 +184,13 @@ def encode_ladder(
     ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rungs: list[Rendition], with_thumbnails: bool,
     tools: Tools, work: dict[str, Path],
 ) -> dict[str, StageOutput]:
-    """Several renditions (and the thumbnails) from one decode of the source, encoded by
-    `tools.lanes` FFmpeg processes at once. FFmpeg 5.1 runs the encoders of one process one after
-    another, and x264 must run one thread per encoder to give the same bytes on every run, so the
-    outputs are spread over lanes (processes) to keep the cores busy; with more than one lane, a
-    decoder process feeds every lane the decoded frames through a named pipe, so the source is
-    still decoded only once. Each output's bytes are the same whichever process made it.
+    """Several renditions (and the thumbnails), encoded by `tools.lanes` FFmpeg processes at once.
+    FFmpeg 5.1 runs the encoders of one process one after another, and x264 must run one thread
+    per encoder to give the same bytes on every run, so the outputs are spread over lanes
+    (processes) to keep the cores busy. Each lane decodes the source itself, unless decoding is
+    costly (more than `tools.fanout_bits_per_pixel`, a dense mezzanine): then one decoder process
+    feeds every lane the decoded frames through a named pipe, and the source is decoded once. Each
+    output's bytes are the same whichever way and in whichever process it was made.
 
     `work` and the result are keyed by rung name and "thumbnails" (one scratch dir per output, so
     each is published and cleaned up on its own). Any failure fails the whole call (the others are
@@ -200,7 +202,8 @@ def encode_ladder(
     lanes = _lanes(rungs, max(1, tools.lanes))
 
     with tempfile.TemporaryDirectory(prefix="mpegflow-fanout-") as pipes:
-        sinks = [Path(pipes) / f"lane{i}.{commands.FANOUT_FORMAT}" for i in range(len(lanes))] if len(lanes) > 1 else []
+        dense = (info.video_bits_per_pixel or 0.0) > tools.fanout_bits_per_pixel
+        sinks = [Path(pipes) / f"lane{i}.{commands.FANOUT_FORMAT}" for i in range(len(lanes))] if len(lanes) > 1 and dense else []
         for sink in sinks:
             os.mkfifo(sink)
 

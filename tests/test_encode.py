@@ -37,7 +37,7 @@ def scratch(base: Path, name: str) -> Path:
 def test_decoder_fed_lanes_give_the_bytes_of_one_run_per_output(ladder_input):
     base, ingest, info, spec = ladder_input
     rungs = [spec.rendition(n) for n in RUNGS]
-    tools = stages.Tools(threads=1, lanes=2)
+    tools = stages.Tools(threads=1, lanes=2, fanout_bits_per_pixel=0.0)  # any source counts as dense
     work = {n: scratch(base / "ladder", n) for n in [*RUNGS, "thumbnails"]}
     shared = stages.encode_ladder(ingest, info, spec, rungs, True, tools, work)
 
@@ -59,6 +59,17 @@ def test_a_failing_lane_stops_the_decoder_and_is_the_error_raised(ladder_input):
     work = {n: scratch(base / "failing", n) for n in RUNGS}
     work["720p"].rmdir()  # the 720p lane cannot open its output
     with pytest.raises(FFmpegFailed) as caught:
-        stages.encode_ladder(ingest, info, spec, rungs, False, stages.Tools(threads=1, lanes=2), work)
+        stages.encode_ladder(ingest, info, spec, rungs, False, stages.Tools(threads=1, lanes=2, fanout_bits_per_pixel=0.0), work)
     assert "720p.mp4" in " ".join(caught.value.result.argv)  # the lane's failure, not its consequences
     assert not caught.value.result.stopped_by  # it failed by itself; the decoder was stopped
+
+
+def test_a_light_source_is_decoded_by_each_lane(ladder_input):
+    base, ingest, info, spec = ladder_input
+    assert info.video_bits_per_pixel is not None and info.video_bits_per_pixel < 1.0
+    rungs = [spec.rendition(n) for n in RUNGS]
+    work = {n: scratch(base / "light", n) for n in RUNGS}
+    shared = stages.encode_ladder(ingest, info, spec, rungs, False, stages.Tools(threads=1, lanes=2), work)
+    lane_inputs = {r.name: shared[r.name].runs[0].argv[shared[r.name].runs[0].argv.index("-i") + 1] for r in rungs}
+    assert all(i.endswith(f"{stages.SOURCE_STEM}.mp4") for i in lane_inputs.values()), lane_inputs
+    assert len({id(shared[r.name].runs[0]) for r in rungs}) == 2  # two lanes, no decoder process

@@ -49,6 +49,16 @@ class MediaInfo(BaseModel):
     def audio(self) -> Optional[StreamInfo]:
         return next((s for s in self.streams if s.codec_type == "audio"), None)
 
+    @property
+    def video_bits_per_pixel(self) -> Optional[float]:
+        """Coded bits per displayed pixel of the video stream (the container's bitrate when the
+        stream has none): how costly it is to decode, whatever the resolution."""
+        v = self.video
+        bits = (v.bit_rate if v else None) or self.bit_rate
+        if not v or not bits or not v.width or not v.height or not v.frame_rate:
+            return None
+        return bits / (v.width * v.height * v.frame_rate)
+
     def summary(self) -> dict[str, object]:
         """Flat facts a video engineer reads first."""
         v, a = self.video, self.audio
