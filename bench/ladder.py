@@ -57,7 +57,7 @@ from mpegflow_dagster.runs import materialize_video  # noqa: E402
 FFMPEG = ["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error"]
 SPEC_NAME = "vod"
 SCRIPT_THREADS = 0  # -threads 0: FFmpeg/x264 decide
-GOALS = {"ratio_vs_best": 1.05, "ratio_vs_naive": 0.85, "overhead_s_per_stage": 0.3, "python_peak_rss_mb": 300.0,
+GOALS = {"ratio_vs_best": 1.05, "ratio_vs_best_same_bytes": 1.05, "ratio_vs_naive": 0.85, "overhead_s_per_stage": 0.3, "python_peak_rss_mb": 300.0,
          "python_peak_rss_mb_2gb_ingest": 300.0}
 TWO_GB = 2 * 1024**3
 
@@ -134,15 +134,17 @@ class Plan:
     """Every FFmpeg argv the pipeline's stages would run for `src`, with outputs under `out`."""
 
     def __init__(self, spec: PipelineSpec, src: Path, info: MediaInfo, out: Path, threads: int) -> None:
-        self.spec, self.src, self.info, self.out = spec, src, info, out
+        self.spec, self.src, self.info, self.out, self.threads = spec, src, info, out, threads
         video = info.video
         assert video is not None and video.height
         self.encodes: dict[str, list[str]] = {}
+        self.outputs: dict[str, commands.H264Output] = {}
         self.area: dict[str, float] = {}
         cfg = spec.thumbnails
         self.frames = out / "thumbnails" / "frames"
         for rung in spec.ladder:  # exactly as the pipeline's stages build them
             enc = stages.h264_output(spec, rung, info)
+            self.outputs[rung.name] = enc
             self.encodes[rung.name] = commands.encode_rendition_args(src, self.rendition(rung.name), enc, threads=threads)
             self.area[rung.name] = enc.height * enc.height * 16 / 9
         self.thumbs = commands.thumbnails_args(
@@ -277,6 +279,23 @@ def v_split_2proc(plan: Plan) -> None:
     run_all([plan.hls(n) for n in plan.encodes] + [plan.sprite()], parallel=True)
 
 
+def v_fanout_2proc(plan: Plan) -> None:
+    """(d) one decoder feeding two encoder processes of balanced pixel load through named pipes
+    (what the pipeline does for dense sources), thumbnails in the lighter; then HLS x4 + sprite."""
+    big, small = two_groups(plan)
+    cfg = plan.spec.thumbnails
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as d:
+        sinks = [Path(d) / "a.nut", Path(d) / "b.nut"]
+        for sink in sinks:
+            os.mkfifo(sink)
+        lanes = [commands.encode_ladder_args(sink, {plan.rendition(n): plan.outputs[n] for n in group}, threads=plan.threads,
+                                             decoded=True, thumbnails=(plan.frames, commands.ThumbnailOutput(
+                                                 cfg.interval_s, cfg.width, cfg.quality)) if group is small else None)
+                 for sink, group in zip(sinks, (big, small))]
+        run_all([commands.fanout_args(plan.src, sinks, has_audio=plan.info.audio is not None), *lanes], parallel=True)
+    run_all([plan.hls(n) for n in plan.encodes] + [plan.sprite()], parallel=True)
+
+
 def v_parallel_thumbs_last(plan: Plan) -> None:
     """(c3) the 4 encodes concurrently; thumbnails start when the first encode ends (then HLS as ready)."""
     order = sorted(plan.encodes, key=lambda n: -plan.area[n])
@@ -313,7 +332,10 @@ VARIANTS: dict[str, Callable[[Plan], None]] = {
     "split+thumbs": v_split_thumbs,
     "split-2proc": v_split_2proc,
     "parallel-staggered": v_parallel_thumbs_last,
+    "fanout-2proc": v_fanout_2proc,
 }
+# Scripts that can make the pipeline's very bytes: one x264 thread per encoder, so spread over processes.
+SAME_BYTES_VARIANTS = ("split-2proc", "fanout-2proc")
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -539,6 +561,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # The scripts leave threading to FFmpeg, as a hand-written script does: x264's own frame
     # threads are the fastest choice for one encode at a time. The pipeline runs as shipped.
     threads = SCRIPT_THREADS
+    same_threads = project.settings.ffmpeg.threads  # the pipeline's x264 threads: what its bytes depend on
     ffmpeg_version = subprocess.run(["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True).stdout.splitlines()[0]
     log(f"{ffmpeg_version}; {os.cpu_count()} CPUs; threads={threads}; ladder "
         f"{', '.join(r.name for r in spec.ladder)}; duration {args.duration:g}s x {args.repeats} repeat(s)")
@@ -575,20 +598,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         best_name = min(VARIANTS, key=lambda n: selection[n]["total_wall_s"])
         log(f"best script variant: {best_name}")
 
+    # 1b. the fastest script that makes the pipeline's bytes, per source (it may pick differently per source, as the pipeline does)
+    same_best: dict[str, str] = {}
+    same_selection: dict[str, dict] = {}
+    sel_d = min(args.select_duration, args.duration)
+    log(f"measuring {len(SAME_BYTES_VARIANTS)} same-bytes script variants (threads={same_threads}) on {sel_d:g}s sources")
+    for kind, noisy in kinds.items():
+        short = cached_clip(kind, sel_d, noisy)
+        info = probe(short)
+        for name in SAME_BYTES_VARIANTS:
+            rec = run_script(VARIANTS[name], Plan(spec, short, info, WORK / "out" / f"select-same-{name}", same_threads))
+            same_selection.setdefault(name, {})[kind] = {"wall_s": rec["wall_s"], "cpu_s": rec["cpu_s"]}
+            log(f"  {kind:5s} {name:20s} wall {rec['wall_s']:7.2f}s cpu {rec['cpu_s']:7.2f}s")
+        same_best[kind] = min(SAME_BYTES_VARIANTS, key=lambda n: same_selection[n][kind]["wall_s"])
+    log(f"best same-bytes script per source: {same_best}")
+
     # 2. alternating naive / best / pipeline on each full-length source
     per_source: dict[str, dict] = {}
     for kind, src in sources.items():
         info = probe(src)
-        runs: dict[str, list[dict]] = {"naive": [], "best": [], "pipeline": []}
+        runs: dict[str, list[dict]] = {"naive": [], "best": [], "best_same_bytes": [], "pipeline": []}
         for rep in range(args.repeats):
-            for what in ("naive", "best", "pipeline"):
+            for what in runs:
                 if what == "pipeline":
                     rec = run_pipeline(src, f"{kind}-{rep}", args.log_level)
+                elif what == "best_same_bytes":
+                    rec = run_script(VARIANTS[same_best[kind]], Plan(spec, src, info, WORK / "out" / what, same_threads))
                 else:
                     fn = naive if what == "naive" else VARIANTS[best_name]
                     rec = run_script(fn, Plan(spec, src, info, WORK / "out" / what, threads))
                 runs[what].append(rec)
-                log(f"{kind:5s} #{rep + 1} {what:8s} wall {rec['wall_s']:7.2f}s cpu {rec['cpu_s']:7.2f}s other-cpu {rec['other_cpu_s']:6.1f}s"
+                log(f"{kind:5s} #{rep + 1} {what:15s} wall {rec['wall_s']:7.2f}s cpu {rec['cpu_s']:7.2f}s other-cpu {rec['other_cpu_s']:6.1f}s"
                     + (f"  overhead {rec['overhead_s_per_stage']:.3f}s/stage" if what == "pipeline" else ""))
         fig = {k: summarize(v) for k, v in runs.items()}
         pipeline_shas = [r["rendition_sha256"] for r in runs["pipeline"]]
@@ -598,6 +638,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             **fig,
             "ratio_vs_best": round(p["wall_s"] / fig["best"]["wall_s"], 3),
             "ratio_vs_naive": round(p["wall_s"] / fig["naive"]["wall_s"], 3),
+            "best_same_bytes_variant": same_best[kind],
+            "ratio_vs_best_same_bytes": round(p["wall_s"] / fig["best_same_bytes"]["wall_s"], 3),
+            "same_bytes_script_matches_pipeline": all(r["rendition_sha256"] == pipeline_shas[0] for r in runs["best_same_bytes"]),
             "cpu_ratio_vs_best": round(p["cpu_s"] / fig["best"]["cpu_s"], 3),
             "overhead_s_per_stage": median([r["overhead_s_per_stage"] for r in runs["pipeline"]]),
             # the scripts' x264 threads do not give the same bytes twice; the pipeline's should
@@ -614,6 +657,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     headline = {
         "ratio_vs_best": max(s["ratio_vs_best"] for s in per_source.values()),
         "ratio_vs_naive": max(s["ratio_vs_naive"] for s in per_source.values()),
+        "ratio_vs_best_same_bytes": max(s["ratio_vs_best_same_bytes"] for s in per_source.values()),
         "overhead_s_per_stage": max(s["overhead_s_per_stage"] for s in per_source.values()),
         "python_peak_rss_mb": rss_main,
         "python_peak_rss_mb_2gb_ingest": big["peak_rss_mb"] if big else None,
@@ -624,7 +668,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "ffmpeg_version": ffmpeg_version, "cpus": os.cpu_count(), "threads": threads,
         "settings_ffmpeg": project.settings.ffmpeg.model_dump(), "git": git_state,
         "duration_s": args.duration, "repeats": args.repeats, "best_variant": best_name,
-        "variant_selection": selection, **headline, "goals": goals,
+        "variant_selection": selection, "same_bytes_selection": same_selection, **headline, "goals": goals,
         "headline_rule": "ratios and overhead: worst source; RSS: peak of the benchmark process (all pipeline runs in process)",
         "note_bit_identity": ("pipeline_repeats_identical: whether every pipeline repeat wrote the same rendition "
                               "bytes (null with one repeat)"),
@@ -646,14 +690,16 @@ def print_table(r: dict) -> None:
             c, n = per["clean"], per["noisy"]
             print(f"  {name:40s} {c['wall_s']:9.2f}s {n['wall_s']:10.2f}s {per['total_wall_s']:7.2f}s "
                   f"{c['cpu_s'] + n['cpu_s']:11.2f} {c['other_cpu_s'] + n['other_cpu_s']:12.1f}")
-    print(f"\n{'source':6s} {'run':9s} {'wall s':>8s} {'CPU s':>8s} {'CPU/wall':>8s} {'py CPU s':>8s} {'other CPU s':>11s}")
+    print(f"\n{'source':6s} {'run':15s} {'wall s':>8s} {'CPU s':>8s} {'CPU/wall':>8s} {'py CPU s':>8s} {'other CPU s':>11s}")
     for kind, s in r["sources"].items():
-        for what in ("naive", "best", "pipeline"):
+        for what in ("naive", "best", "best_same_bytes", "pipeline"):
             f = s[what]
-            print(f"{kind:6s} {what:9s} {f['wall_s']:8.2f} {f['cpu_s']:8.2f} {f['cpu_s'] / f['wall_s']:8.2f} "
+            print(f"{kind:6s} {what:15s} {f['wall_s']:8.2f} {f['cpu_s']:8.2f} {f['cpu_s'] / f['wall_s']:8.2f} "
                   f"{f['python_cpu_s']:8.2f} {f['other_cpu_s']:11.2f}")
         p = s["pipeline"]["runs"][0]
-        print(f"{kind:6s} pipeline/best {s['ratio_vs_best']:.3f}  pipeline/naive {s['ratio_vs_naive']:.3f}  "
+        print(f"{kind:6s} pipeline/best {s['ratio_vs_best']:.3f}  pipeline/best-same-bytes ({s['best_same_bytes_variant']}) "
+              f"{s['ratio_vs_best_same_bytes']:.3f} (its bytes match the pipeline's: {s['same_bytes_script_matches_pipeline']})  "
+              f"pipeline/naive {s['ratio_vs_naive']:.3f}  "
               f"overhead {s['overhead_s_per_stage']:.3f} s/stage ({p['overhead_s']:.2f}s over {p['stages_run']} stages in {p['steps_run']} steps; "
               f"{p['outside_steps_s']:.2f}s outside steps)  pipeline repeats identical: {s['pipeline_repeats_identical']}")
         print(f"{'':6s}   pipeline steps (run #1):  {'step':16s} {'start+':>7s} {'wall':>7s} {'ffmpeg':>7s} {'other':>6s}")
