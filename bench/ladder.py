@@ -233,14 +233,8 @@ def _check(proc: subprocess.Popen, err, argv: list[str]) -> None:
 
 
 def two_groups(plan: Plan) -> list[list[str]]:
-    """Rungs split into two sets of similar pixel area (largest first, greedy); thumbnails join the lighter."""
-    groups: list[list[str]] = [[], []]
-    load = [0.0, 0.0]
-    for name in sorted(plan.encodes, key=lambda n: -plan.area[n]):
-        g = load.index(min(load))
-        groups[g].append(name)
-        load[g] += plan.area[name]
-    return groups
+    """The rungs in the two groups the pipeline's lanes use (balanced pixel load, heaviest first)."""
+    return [[r.name for r in group] for group in stages._lanes(list(plan.spec.ladder), 2)]
 
 
 def naive(plan: Plan) -> None:

@@ -45,7 +45,7 @@ class Tools:
 
     ffmpeg: str = "ffmpeg"
     ffprobe: str = "ffprobe"
-    threads: int = 0  # 0 = let FFmpeg choose
+    threads: int = 1  # per encoder; 1 = reproducible x264 bytes, 0 = let FFmpeg choose
     lanes: int = 1  # FFmpeg processes a shared encode may run at once
     fanout_bits_per_pixel: float = 1.0  # sources denser than this are decoded once for all lanes
     limits: RunLimits = field(default_factory=RunLimits)

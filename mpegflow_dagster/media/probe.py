@@ -54,10 +54,10 @@ class MediaInfo(BaseModel):
         """Coded bits per displayed pixel of the video stream (the container's bitrate when the
         stream has none): how costly it is to decode, whatever the resolution."""
         v = self.video
-        bits = (v.bit_rate if v else None) or self.bit_rate
-        if not v or not bits or not v.width or not v.height or not v.frame_rate:
+        if v is None or not v.width or not v.height or not v.frame_rate:
             return None
-        return bits / (v.width * v.height * v.frame_rate)
+        bits = v.bit_rate or self.bit_rate
+        return bits / (v.width * v.height * v.frame_rate) if bits else None
 
     def summary(self) -> dict[str, object]:
         """Flat facts a video engineer reads first."""
