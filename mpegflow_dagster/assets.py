@@ -348,14 +348,9 @@ def _encode_each(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[
                  renditions_done: int) -> Iterator[Output]:
     failures: dict[str, Exception] = {}
     for name, run in runs.items():
-        if name == "thumbnails":
-            def produce(work: Path, tools: Tools) -> StageOutput:
-                return stages.thumbnails(ingest, info, spec.thumbnails, tools, work)
-        else:
-            rung = spec.rendition(name.removeprefix("rendition_"))
-
-            def produce(work: Path, tools: Tools, rung=rung) -> StageOutput:
-                return stages.encode_rendition(ingest, info, spec, rung, tools, work)
+        def produce(work: Path, tools: Tools, key: str = name.removeprefix("rendition_")) -> StageOutput:
+            rungs = [] if key == "thumbnails" else [spec.rendition(key)]  # the same chunks and bytes as shared
+            return stages.encode_ladder(ingest, info, spec, rungs, key == "thumbnails", tools, {key: work})[key]
         try:
             output = run.run(produce)
         except (Failure, RetryRequested) as exc:

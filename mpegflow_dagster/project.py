@@ -31,7 +31,6 @@ class FFmpegSettings(BaseModel):
 
     threads: int = 1  # 1: reproducible bytes; lanes keep the cores busy (see FFmpegResource.threads)
     encode_lanes: int = 2
-    fanout_bits_per_pixel: float = 1.0
     required_version: Optional[str] = None
     required_build_hash: Optional[str] = None
     timeout_s: Optional[float] = None

@@ -42,12 +42,8 @@ class FFmpegResource(ConfigurableResource):
         "speeds up a lone encode, but x264's output then varies from run to run when maxrate binds.",
     )
     encode_lanes: int = Field(
-        2, ge=1, description="FFmpeg processes the shared rendition encode is spread over (about the number of cores)."
-    )
-    fanout_bits_per_pixel: float = Field(
-        1.0, ge=0,
-        description="Sources with more coded bits per pixel than this (costly to decode) are decoded once and fed "
-        "to every lane; lighter ones are decoded by each lane. Outputs are identical either way.",
+        2, ge=1, description="FFmpeg processes the shared rendition encode runs at once: time chunks of a long source "
+        "(see the spec's chunk_s), else groups of renditions. About the number of cores; it never changes the bytes.",
     )
     required_version: Optional[str] = Field(
         None, description="Fail the run at start unless `ffmpeg -version` starts with this (e.g. `5.1`)."
@@ -132,7 +128,6 @@ class FFmpegResource(ConfigurableResource):
             ffprobe=resolve_binary(self.ffprobe),
             threads=self.threads if threads is None else threads,
             lanes=self.encode_lanes if lanes is None else lanes,
-            fanout_bits_per_pixel=self.fanout_bits_per_pixel,
             limits=RunLimits(timeout_s=self.timeout_s, stall_s=self.stall_s),
             on_progress=report if log is not None else None,
         )

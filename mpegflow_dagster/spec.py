@@ -95,6 +95,9 @@ class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Asset key prefix and group name.")
     description: str = ""
     gop_s: float = Field(2.0, gt=0, le=10, description="Keyframe interval, identical in every rendition.")
+    chunk_s: float = Field(
+        30.0, ge=0, description="Renditions of a source at least 1.5x this long are encoded in time chunks of about "
+        "this length, side by side, cut at keyframes and joined without re-encoding; 0 = never.")
     ladder: tuple[Rendition, ...] = Field(min_length=1)
     upscale: bool = Field(False, description="Encode rungs taller than the source at their own height.")
     thumbnails: ThumbnailSpec = ThumbnailSpec()
@@ -133,7 +136,7 @@ class PipelineSpec(_Strict):
 
     def encode_settings(self) -> dict[str, object]:
         """Spec-wide settings that shape every encoded rendition's bytes."""
-        return {"gop_s": self.gop_s, "upscale": self.upscale}
+        return {"gop_s": self.gop_s, "chunk_s": self.chunk_s, "upscale": self.upscale}
 
     @property
     def renditions_required(self) -> int:

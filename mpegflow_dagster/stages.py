@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
 from .media import commands
+from .media.chunking import WHOLE, Span, boundary_step, plan_spans
 from .media.hls import VariantStream, avc1_codec_string, master_playlist, measure_variant
 from .media.probe import MediaInfo, probe
 from .media.progress import Progress
@@ -23,7 +23,7 @@ from .media.runner import RunLimits, RunResult, run_ffmpeg
 from .media.safety import MAX_PIXELS, playlist_signature
 from .media.storyboard import storyboard_vtt
 from .media.verify import OutputRejected, verify_output
-from .spec import CaptionSpec, HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
+from .spec import HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
 from .storage import ArtifactStore, copy_hashing, sha256_files
 
 SOURCE_STEM = "source"
@@ -47,7 +47,6 @@ class Tools:
     ffprobe: str = "ffprobe"
     threads: int = 1  # per encoder; 1 = reproducible x264 bytes, 0 = let FFmpeg choose
     lanes: int = 1  # FFmpeg processes a shared encode may run at once
-    fanout_bits_per_pixel: float = 1.0  # sources denser than this are decoded once for all lanes
     limits: RunLimits = field(default_factory=RunLimits)
     on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
 
@@ -147,16 +146,18 @@ def h264_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> co
     )
 
 
-def _checked_rendition(out: Path, info: MediaInfo, spec: PipelineSpec, rendition: Rendition, run: RunResult,
+def _checked_rendition(out: Path, info: MediaInfo, spec: PipelineSpec, rendition: Rendition, runs: list[RunResult],
                        tools: Tools) -> StageOutput:
     """Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output."""
     result = probe(out, tools.ffprobe)
-    problems = verify_output(result, info, expect_audio=True, policy=spec.failures.verification, stderr_tail=run.stderr_tail)
+    problems = verify_output(result, info, expect_audio=True, policy=spec.failures.verification,
+                             stderr_tail="\n".join(r.stderr_tail for r in runs))
     if problems:
         raise OutputRejected(problems)
+    wall = max(r.started_at + r.wall_s for r in runs) - min(r.started_at for r in runs)
     facts = {**result.summary(), "preset": spec.preset_for(rendition).ref, "target_kbps": rendition.video_bitrate_kbps,
-             "encode_speed_x": round(info.duration / run.wall_s, 2) if run.wall_s else None}
-    return StageOutput(out, facts, [run])
+             "encode_speed_x": round(info.duration / wall, 2) if wall else None}
+    return StageOutput(out, facts, runs)
 
 
 def encode_rendition(
@@ -177,75 +178,120 @@ def encode_rendition(
         subtitles=subtitle_name, subtitle_font_size=spec.captions.font_size,
     )
     run = tools.run(label or rendition.name, args, duration_s=info.duration, cwd=cwd)
-    return _checked_rendition(out, info, spec, rendition, run, tools)
+    return _checked_rendition(out, info, spec, rendition, [run], tools)
+
+
+def encode_spans(info: MediaInfo, spec: PipelineSpec) -> list[Span]:
+    """The time chunks a shared encode of this source is cut into (one: the whole source)."""
+    video = info.video
+    step = boundary_step(spec.gop_s, spec.thumbnails.interval_s)
+    return plan_spans(info.duration, video.constant_frame_rate if video else None, spec.chunk_s, step)
 
 
 def encode_ladder(
     ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rungs: list[Rendition], with_thumbnails: bool,
     tools: Tools, work: dict[str, Path],
 ) -> dict[str, StageOutput]:
-    """Several renditions (and the thumbnails), encoded by `tools.lanes` FFmpeg processes at once.
+    """Several renditions (and the thumbnails), up to `tools.lanes` FFmpeg processes at once.
     FFmpeg 5.1 runs the encoders of one process one after another, and x264 must run one thread
-    per encoder to give the same bytes on every run, so the outputs are spread over lanes
-    (processes) to keep the cores busy. Each lane decodes the source itself, unless decoding is
-    costly (more than `tools.fanout_bits_per_pixel`, a dense mezzanine): then one decoder process
-    feeds every lane the decoded frames through a named pipe, and the source is decoded once. Each
-    output's bytes are the same whichever way and in whichever process it was made.
+    per encoder to give the same bytes on every run, so the work is spread over processes:
 
-    `work` and the result are keyed by rung name and "thumbnails" (one scratch dir per output, so
-    each is published and cleaned up on its own). Any failure fails the whole call (the others are
-    stopped); callers isolate by re-running the outputs one by one."""
+    - a source long enough for `spec.chunk_s` is cut in time (see `chunking`): each chunk is one
+      process that decodes its part once and encodes every output from it; the audio is encoded
+      once, apart, and each rendition's chunks are joined with it without re-encoding;
+    - a shorter one is encoded whole, its renditions spread over lanes of similar cost, each lane
+      decoding the source and encoding its renditions (byte for byte what one run per output makes).
+
+    Either way an output's bytes depend only on the source, the spec and the build, not on the
+    number of lanes or which outputs are encoded together. `work` and the result are keyed by rung
+    name and "thumbnails" (one scratch dir per output, so each is published and cleaned up on its
+    own). Any failure fails the whole call (the other processes are stopped); callers isolate by
+    re-running the outputs one by one."""
     source = source_file(ingest_dir)
     frames = work["thumbnails"] / "thumbnails" / "frames" if with_thumbnails else None
     if frames is not None:
         frames.mkdir(parents=True)
-    lanes = _lanes(rungs, max(1, tools.lanes))
+    cfg = spec.thumbnails
+    thumbs = (frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality)) if frames is not None else None
+    outputs = {r.name: h264_output(spec, r, info) for r in rungs}
+    spans = encode_spans(info, spec)
+    chunked = len(spans) > 1
 
-    with tempfile.TemporaryDirectory(prefix="mpegflow-fanout-") as pipes:
-        dense = (info.video_bits_per_pixel or 0.0) > tools.fanout_bits_per_pixel
-        sinks = [Path(pipes) / f"lane{i}.{commands.FANOUT_FORMAT}" for i in range(len(lanes))] if len(lanes) > 1 and dense else []
-        for sink in sinks:
-            os.mkfifo(sink)
+    def finish(runs: dict[str, list[RunResult]]) -> dict[str, StageOutput]:
+        """Verified and hashed outputs; for a lane, while the other lanes still encode."""
+        done = {name: _checked_rendition(work[name] / f"{name}.mp4", info, spec, spec.rendition(name), runs[name], tools)
+                for name in runs if name != "thumbnails"}
+        if "thumbnails" in runs and frames is not None:
+            done["thumbnails"] = _finish_thumbnails(frames.parent, info, cfg, tools, runs["thumbnails"])
+        for out in done.values():
+            out.hashed.update(sha256_files(out.path))
+        return done
 
-        def decode(cancel: threading.Event) -> RunResult:
-            return tools.run("decode", commands.fanout_args(source, sinks, has_audio=info.audio is not None),
-                             duration_s=info.duration, cancel=cancel)
+    def encode(names: list[str], span: Span, into: Callable[[str], Path], with_thumbs: bool, cancel: threading.Event) -> RunResult:
+        label = "encode " + ",".join([*names, *(["thumbnails"] if with_thumbs else [])])
+        if not span.whole:
+            label += f" {float(span.start_s):g}s+"
+        args = commands.encode_ladder_args(source, {into(n): outputs[n] for n in names}, threads=tools.threads,
+                                           thumbnails=thumbs if with_thumbs else None, span=span)
+        duration = float(span.duration_s) if span.duration_s is not None else info.duration - float(span.start_s)
+        return tools.run(label, args, duration_s=duration, cancel=cancel)
+
+    if not chunked:
+        lanes = _lanes(rungs, max(1, tools.lanes))
 
         def lane(i: int, cancel: threading.Event) -> dict[str, StageOutput]:
-            """Run one lane and verify its outputs while the other lanes are still encoding."""
-            here, thumbs = lanes[i], with_thumbnails and i == len(lanes) - 1
-            cfg = spec.thumbnails
-            args = commands.encode_ladder_args(
-                sinks[i] if sinks else source, {work[r.name] / f"{r.name}.mp4": h264_output(spec, r, info) for r in here},
-                threads=tools.threads, decoded=bool(sinks),
-                thumbnails=(frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality)) if thumbs and frames else None)
-            label = "encode " + ",".join([*(r.name for r in here), *(["thumbnails"] if thumbs else [])])
-            run = tools.run(label, args, duration_s=info.duration, cancel=cancel)
-            done = {r.name: _checked_rendition(work[r.name] / f"{r.name}.mp4", info, spec, r, run, tools) for r in here}
-            if thumbs and frames is not None:
-                done["thumbnails"] = _finish_thumbnails(frames.parent, info, spec.thumbnails, tools, [run])
-            for out in done.values():  # hashed here, while the other lanes still encode, not after the last one
-                out.hashed.update(sha256_files(out.path))
-            return done
+            names, with_thumbs = [r.name for r in lanes[i]], thumbs is not None and i == len(lanes) - 1
+            run = encode(names, WHOLE, lambda n: work[n] / f"{n}.mp4", with_thumbs, cancel)
+            return finish({n: [run] for n in [*names, *(["thumbnails"] if with_thumbs else [])]})
 
-        jobs: list[Callable[[threading.Event], Any]] = [lambda cancel, i=i: lane(i, cancel) for i in range(len(lanes))]
-        finished = _together([*jobs, decode] if sinks else jobs)
-    decoded = finished[-1] if sinks else None
-    results = {name: out for done in finished[:len(lanes)] for name, out in done.items()}
-    if decoded is not None:
-        for out in results.values():
-            out.runs.insert(0, decoded)
+        finished = _together([lambda cancel, i=i: lane(i, cancel) for i in range(len(lanes))], at_once=len(lanes))
+        results = {name: out for done in finished for name, out in done.items()}
+    else:
+        with tempfile.TemporaryDirectory(prefix="mpegflow-chunks-", dir=next(iter(work.values())).parent) as tmp:
+            parts = Path(tmp)
+            audio = {name: parts / f"audio-{name}.m4a" for name in outputs} if info.audio is not None else {}
+            names = list(outputs)
+
+            def chunk(i: int, cancel: threading.Event) -> RunResult:
+                return encode(names, spans[i], lambda n: parts / f"{n}-{i:04d}.mp4", thumbs is not None, cancel)
+
+            def encode_audio(cancel: threading.Event) -> RunResult:
+                return tools.run("encode audio", commands.audio_args(source, {audio[n]: outputs[n] for n in audio}),
+                                 duration_s=info.duration, cancel=cancel)
+
+            def chunks(cancel: threading.Event) -> list[RunResult]:
+                return _together([lambda cancel, i=i: chunk(i, cancel) for i in range(len(spans))],
+                                 at_once=max(1, tools.lanes), cancel=cancel)
+
+            # The audio (a few percent of the work) runs beside the lanes, not after them.
+            chunk_runs, *audio_runs = _together([chunks, *([encode_audio] if audio else [])], at_once=2)
+
+            def join(name: str, cancel: threading.Event) -> dict[str, StageOutput]:
+                listing = parts / f"{name}.ffconcat"
+                listing.write_text(commands.concat_listing([parts / f"{name}-{i:04d}.mp4" for i in range(len(spans))]))
+                joined = tools.run(f"join {name}", commands.join_args(listing, audio.get(name), work[name] / f"{name}.mp4"),
+                                   duration_s=info.duration, cancel=cancel)
+                return finish({name: [*chunk_runs, *audio_runs, joined]})
+
+            joins = [lambda cancel, n=n: join(n, cancel) for n in names]
+            if thumbs is not None:
+                joins.append(lambda cancel: finish({"thumbnails": list(chunk_runs)}))
+            finished = _together(joins, at_once=max(1, tools.lanes))
+        results = {name: out for done in finished for name, out in done.items()}
     return {name: results[name] for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]}
 
 
-def _together(jobs: list[Callable[[threading.Event], Any]]) -> list[Any]:
-    """Run `jobs` at once, each given an event that is set when any of them fails (their FFmpeg
-    runs stop: a lane without its decoder, or a decoder without a reader, would wait forever).
+def _together(jobs: list[Callable[[threading.Event], Any]], at_once: int,
+              cancel: Optional[threading.Event] = None) -> list[Any]:
+    """Run `jobs`, `at_once` at a time, each given an event (`cancel`, when nested) that is set
+    when any of them fails: running FFmpeg processes stop, jobs not yet started are skipped.
     Raises the failure that happened first; the later ones are its consequences."""
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
     failures: list[tuple[float, BaseException]] = []
 
     def guarded(job: Callable[[threading.Event], Any]) -> Any:
+        if cancel.is_set():
+            return None
         try:
             return job(cancel)
         except BaseException as exc:
@@ -253,7 +299,7 @@ def _together(jobs: list[Callable[[threading.Event], Any]]) -> list[Any]:
             cancel.set()
             raise
 
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(at_once, len(jobs)))) as pool:
         futures = [pool.submit(guarded, job) for job in jobs]
     if failures:
         raise min(failures, key=lambda f: f[0])[1]
@@ -282,17 +328,6 @@ def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: 
 
 
 # -- thumbnails -------------------------------------------------------------------------------
-
-def thumbnails(ingest_dir: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Tools, work: Path) -> StageOutput:
-    """JPEGs every `interval_s`, a sprite sheet of them, and a WebVTT storyboard into the sprite."""
-    out = work / "thumbnails"
-    frames = out / "frames"
-    frames.mkdir(parents=True)
-    run = tools.run("thumbnails", commands.thumbnails_args(
-        source_file(ingest_dir), frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality),
-        threads=tools.threads), duration_s=info.duration)
-    return _finish_thumbnails(out, info, cfg, tools, [run])
-
 
 def _finish_thumbnails(out: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Tools, runs: list[RunResult]) -> StageOutput:
     """Sprite sheet and storyboard over the JPEGs extracted into `out/frames`."""

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
 import ffmpeg
 
+from .chunking import WHOLE, Span
 from .safety import SAFE_INPUT, SOURCE_FORMATS
+
+_CHUNK_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2"  # what our own chunk and audio files are
 
 _BITEXACT = {"fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact", "map_metadata": "-1", "map_chapters": "-1"}
 
@@ -86,21 +90,25 @@ def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int):
     if enc.tune:
         opts["tune"] = enc.tune
     streams = [video]
-    if enc.has_audio:
+    if enc.has_audio and audio is not None:  # None: a chunk, whose audio is encoded apart
         streams.append(audio)
-        opts.update({"c:a": "aac", "b:a": f"{enc.audio_bitrate_kbps}k", "ar": enc.audio_sample_rate,
-                     "ac": enc.audio_channels})
+        opts.update(_audio_options(enc))
     return ffmpeg.output(*streams, _output_name(out), movflags="+faststart", f="mp4", **opts, **_BITEXACT)
 
 
-def _thumbnail_output(video, out_dir: Path, thumbs: ThumbnailOutput, threads: int):
+def _audio_options(enc: H264Output) -> dict[str, object]:
+    return {"c:a": "aac", "b:a": f"{enc.audio_bitrate_kbps}k", "ar": enc.audio_sample_rate, "ac": enc.audio_channels}
+
+
+def _thumbnail_output(video, out_dir: Path, thumbs: ThumbnailOutput, threads: int, first: int = 1):
     """One JPEG for each of t = 0, interval, 2*interval, ... < duration (the first frame at or after
-    each mark, so there are ceil(duration / interval)), named 00001.jpg, 00002.jpg, ...
+    each mark, so there are ceil(duration / interval)), named 00001.jpg, 00002.jpg, ... (numbered
+    from `first`)
 
     `select` against the frame count does not drift, unlike `fps=1/N`, which also drops the
     last mark when it falls within half an interval of the end."""
     video = video.filter("select", f"gte(t,{thumbs.interval_s:g}*selected_n)").filter("scale", thumbs.width, -2)
-    return ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr",
+    return ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr", start_number=first,
                          **{"q:v": thumbs.quality}, threads=threads, **_BITEXACT)
 
 
@@ -117,54 +125,60 @@ def encode_rendition_args(
     return _rendition_output(video, inp["a:0"], out, enc, threads).get_args()
 
 
-FANOUT_FORMAT = "nut"  # carries raw frames and PCM with their exact timestamps
-
-
-def fanout_args(src: Path, sinks: list[Path], *, has_audio: bool) -> list[str]:
-    """Decode the source once and write the decoded stream, unchanged, to each of `sinks` (named
-    pipes read by `encode_ladder_args(..., decoded=True)` processes): raw video frames and float
-    PCM with the demuxer's timestamps, so an encoder reading a sink produces the very bytes it
-    would reading the source (checked in the tests)."""
-    inp = _input(src)
-    streams = [inp["v:0"], *([inp["a:0"]] if has_audio else [])]
-    outputs = [
-        ffmpeg.output(*streams, _output_name(sink), f=FANOUT_FORMAT, fps_mode="passthrough", enc_time_base=-1,
-                      **{"c:v": "rawvideo", **({"c:a": "pcm_f32le"} if has_audio else {})})
-        for sink in sinks
-    ]
-    return ffmpeg.merge_outputs(*outputs).get_args()
-
-
 def encode_ladder_args(
     src: Path, renditions: dict[Path, H264Output], *, threads: int,
-    thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None, decoded: bool = False,
+    thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None, span: Span = WHOLE,
 ) -> list[str]:
     """Every rendition (and the thumbnails) from one decode of the source: the video is split
     once, each branch scaled and encoded with exactly the options `encode_rendition_args` uses.
-    `decoded`: `src` is a `fanout_args` sink rather than the source file."""
-    inp = _input(src, formats=FANOUT_FORMAT, f=FANOUT_FORMAT) if decoded else _input(src)
+
+    For a chunk (`span` other than the whole source) only that part is decoded (seeking is
+    frame-exact: frames before the start are decoded and dropped), the renditions are written
+    without audio (see `audio_args`, `join_args`) and the thumbnails numbered on from the marks
+    before the chunk. Times inside the chunk count from its start, so forced keyframes and
+    thumbnail marks fall where they fall in the whole source when the span starts on a multiple
+    of both intervals (see `chunking.boundary_step`)."""
+    options: dict[str, object] = {}
+    if not span.whole:
+        options["ss"] = f"{float(span.start_s):g}"
+        if span.duration_s is not None:
+            options["t"] = f"{float(span.duration_s):g}"
+    inp = _input(src, **options)
+    audio = inp["a:0"] if span.whole else None
     branches = len(renditions) + (1 if thumbnails else 0)
     split = inp["v:0"].filter_multi_output("split", branches) if branches > 1 else None
 
     def branch(i: int):
         return split.stream(i) if split is not None else inp["v:0"]
 
-    outputs = [_rendition_output(branch(i), inp["a:0"], out, enc, threads) for i, (out, enc) in enumerate(renditions.items())]
+    outputs = [_rendition_output(branch(i), audio, out, enc, threads) for i, (out, enc) in enumerate(renditions.items())]
     if thumbnails:
-        outputs.append(_thumbnail_output(branch(len(renditions)), thumbnails[0], thumbnails[1], threads))
-    args = ffmpeg.merge_outputs(*outputs).get_args()
-    if decoded:
-        # FFmpeg 5.1 reads inputs in a thread of their own, with a queue, only when there are
-        # several: this unused one-frame input buys that queue, so a lane reads ahead of its
-        # encoders and the decoder never waits on the slowest lane frame by frame (measured:
-        # 15.0 s against 15.9 s on a noisy 10 s source). FFmpeg 6+ always has input threads.
-        first = args.index("-i") + 2
-        args[first:first] = ["-f", "lavfi", "-i", "nullsrc=s=16x16:d=0.04"]
-    return args
+        first = 1 + math.ceil(span.start_s / Fraction(str(thumbnails[1].interval_s)))
+        outputs.append(_thumbnail_output(branch(len(renditions)), thumbnails[0], thumbnails[1], threads, first=first))
+    return ffmpeg.merge_outputs(*outputs).get_args()
 
 
-def thumbnails_args(src: Path, out_dir: Path, thumbs: ThumbnailOutput, *, threads: int) -> list[str]:
-    return _thumbnail_output(_input(src)["v:0"], out_dir, thumbs, threads).get_args()
+def audio_args(src: Path, outputs: dict[Path, H264Output]) -> list[str]:
+    """The audio of chunked renditions, encoded once per distinct setting from the whole source
+    (AAC cannot be cut and joined without a gap at each cut), as `_rendition_output` would."""
+    inp = _input(src)
+    return ffmpeg.merge_outputs(*(
+        ffmpeg.output(inp["a:0"], _output_name(out), f="mp4", **_audio_options(enc), **_BITEXACT)
+        for out, enc in outputs.items()
+    )).get_args()
+
+
+def concat_listing(chunks: list[Path]) -> str:
+    """An ffconcat file list of our own chunk files (never a user's file: see `safety`)."""
+    return "ffconcat version 1.0\n" + "".join(f"file '{_output_name(c)}'\n" for c in chunks)
+
+
+def join_args(listing: Path, audio: Optional[Path], out: Path) -> list[str]:
+    """Chunk files joined into one rendition, with `audio` muxed in, without re-encoding: the
+    chunks hold whole GOPs, so the joined stream is the frames of every chunk in order."""
+    video = _input(listing, formats=f"concat,{_CHUNK_FORMATS}", f="concat", safe=0)["v:0"]
+    streams = [video, *([_input(audio, formats=_CHUNK_FORMATS)["a:0"]] if audio else [])]
+    return ffmpeg.output(*streams, _output_name(out), c="copy", movflags="+faststart", f="mp4", **_BITEXACT).get_args()
 
 
 def sprite_args(thumb_dir: Path, out: Path, *, columns: int, rows: int, tile_width: int, quality: int) -> list[str]:

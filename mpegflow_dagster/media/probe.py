@@ -28,6 +28,7 @@ class StreamInfo(BaseModel):
     height: Optional[int] = None
     pix_fmt: Optional[str] = None
     frame_rate: Optional[float] = None
+    constant_frame_rate: Optional[str] = None  # exact rate ("30/1") when every frame lasts the same, else None
     bit_rate: Optional[int] = None
     sample_rate: Optional[int] = None
     channels: Optional[int] = None
@@ -48,16 +49,6 @@ class MediaInfo(BaseModel):
     @property
     def audio(self) -> Optional[StreamInfo]:
         return next((s for s in self.streams if s.codec_type == "audio"), None)
-
-    @property
-    def video_bits_per_pixel(self) -> Optional[float]:
-        """Coded bits per displayed pixel of the video stream (the container's bitrate when the
-        stream has none): how costly it is to decode, whatever the resolution."""
-        v = self.video
-        if v is None or not v.width or not v.height or not v.frame_rate:
-            return None
-        bits = v.bit_rate or self.bit_rate
-        return bits / (v.width * v.height * v.frame_rate) if bits else None
 
     def summary(self) -> dict[str, object]:
         """Flat facts a video engineer reads first."""
@@ -94,6 +85,13 @@ def _rate(value: Optional[str]) -> Optional[float]:
         return None
 
 
+def _constant_rate(stream: dict) -> Optional[str]:
+    """The stream's frame rate as an exact fraction when its average equals its base rate (the
+    container declares one duration for every frame), else None."""
+    base, average = _rate(stream.get("r_frame_rate")), _rate(stream.get("avg_frame_rate"))
+    return str(Fraction(stream["r_frame_rate"])) if base and base == average else None
+
+
 def parse_probe(data: dict) -> MediaInfo:
     fmt = data.get("format") or {}
     streams = [
@@ -107,6 +105,7 @@ def parse_probe(data: dict) -> MediaInfo:
             height=_num(s.get("height")),
             pix_fmt=s.get("pix_fmt"),
             frame_rate=_rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate")),
+            constant_frame_rate=_constant_rate(s),
             bit_rate=_num(s.get("bit_rate")),
             sample_rate=_num(s.get("sample_rate")),
             channels=_num(s.get("channels")),

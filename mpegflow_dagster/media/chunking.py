@@ -1,0 +1,59 @@
+"""Where a rendition encode is cut into time chunks that encode side by side.
+
+x264 gives the same bytes on every run only with one thread per encoder, so a lone 1080p encode
+uses one core. Cutting the source in time at keyframe boundaries lets the chunks encode in
+parallel processes, each decoding only its own part of the source, and the chunk files are then
+joined without re-encoding. Where the cuts fall depends only on the source's duration and the
+spec, never on the machine, so the bytes stay the same whatever the number of cores (and on a
+retry with fewer processes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Span:
+    """The part of the source one chunk encodes: from `start_s` for `duration_s` (None: to the end)."""
+
+    start_s: Fraction
+    duration_s: Optional[Fraction]
+
+    @property
+    def whole(self) -> bool:
+        return self.start_s == 0 and self.duration_s is None
+
+
+WHOLE = Span(Fraction(0), None)
+
+
+def _fraction(seconds: float) -> Fraction:
+    return Fraction(str(seconds)).limit_denominator(1000)
+
+
+def boundary_step(*periods_s: float) -> Fraction:
+    """The shortest length that is a whole number of every period (keyframe interval, thumbnail
+    interval): a cut there falls on a keyframe of every rendition and on a thumbnail mark."""
+    fractions = [_fraction(p) for p in periods_s]
+    denominator = math.lcm(*(f.denominator for f in fractions))
+    return Fraction(math.lcm(*(int(f * denominator) for f in fractions)), denominator)
+
+
+def plan_spans(duration_s: float, constant_frame_rate: Optional[str], chunk_s: float, step: Fraction) -> list[Span]:
+    """About `duration_s / chunk_s` chunks, cut at multiples of `step`; the whole source as one
+    span when that gives fewer than two, when `chunk_s` is 0, or when the frame rate is not
+    constant or a cut would fall between frames (the chunks would not join frame-exactly)."""
+    count = round(duration_s / chunk_s) if chunk_s > 0 else 0
+    if count < 2 or not constant_frame_rate or (step * Fraction(constant_frame_rate)).denominator != 1:
+        return [WHOLE]
+    duration = _fraction(duration_s)
+    cuts = sorted({round(duration * k / count / step) * step for k in range(1, count)} - {Fraction(0)})
+    cuts = [c for c in cuts if c < duration]
+    if not cuts:
+        return [WHOLE]
+    starts = [Fraction(0), *cuts]
+    return [Span(start, end - start) for start, end in zip(starts, cuts)] + [Span(starts[-1], None)]
