@@ -276,7 +276,7 @@ def encode_ladder(
             joins = [lambda cancel, n=n: join(n, cancel) for n in names]
             if thumbs is not None:
                 joins.append(lambda cancel: finish({"thumbnails": list(chunk_runs)}))
-            finished = _together(joins, at_once=max(1, tools.lanes))
+            finished = _together(joins, at_once=len(joins))  # stream copies and checks: light, all at once
         results = {name: out for done in finished for name, out in done.items()}
     return {name: results[name] for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]}
 

@@ -173,3 +173,26 @@ def test_why_cli_prints_json_and_refuses_unknown_videos(make_source, tmp_path):
     assert "encoder  ffmpeg" in text and "argv" in text
     unknown = subprocess.run([mpegflow, "why", "nope"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert unknown.returncode == 2 and "no run of video 'nope'" in unknown.stderr
+
+
+def test_a_chunked_encode_is_recorded_run_by_run_and_reproduced_with_fewer_lanes(make_source, tmp_path):
+    """A source long enough for `chunk_s`: each rendition's provenance lists its chunk encodes (each
+    with its seek), the audio encode and the join; a forced re-run with one lane instead of two
+    makes the same renditions and HLS."""
+    shipped = temp_project(tmp_path / "a", encode_lanes=2)
+    spec = shipped.spec().model_copy(update={
+        "gop_s": 1.0, "chunk_s": 2.0, "thumbnails": shipped.spec().thumbnails.model_copy(update={"interval_s": 1.0})})
+    two, one = (p.model_copy(update={"specs": [spec]}) for p in (shipped, temp_project(tmp_path / "b", encode_lanes=1)))
+    source = make_source("clip", duration_s=4.0)
+    with instance_for_test() as instance:
+        assert materialize_video(two, spec, "clip", instance=instance, source=source).success
+        prov = latest(instance, "rendition_480p", "clip").metadata["provenance"].value
+        encodes = [argv for argv in prov["argv"] if "libx264" in argv]
+        assert [argv[argv.index("-ss") + 1] for argv in encodes] == ["0", "2"]
+        assert any("aac" in argv and "libx264" not in argv for argv in prov["argv"])  # the audio, once
+        assert "concat" in prov["argv"][-1]  # the join
+        before = {n: latest(instance, n, "clip").metadata["sha256"].value for n in (*FFMPEG_STAGES[:5], "hls")}
+    with instance_for_test() as instance:
+        assert materialize_video(one, spec, "clip", instance=instance, source=source, force=True).success
+        for name, sha in before.items():
+            assert latest(instance, name, "clip").metadata["sha256"].value == sha, name
