@@ -280,7 +280,8 @@ class _StageRun:
 
 def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, _StageRun],
                    ffmpeg: FFmpegResource, ingest: Path, probe: Path) -> Iterator[Output]:
-    """The selected renditions and thumbnails of one video, from one decode of the source.
+    """The selected renditions and thumbnails of one video, encoded together (`stages.encode_ladder`:
+    time chunks that each decode their part once, or lanes of renditions for a short source).
 
     If the shared run fails and a retry can heal it, the step retries (what was already
     materialized is reused). Otherwise each output is encoded alone, so one bad rendition does not
@@ -429,7 +430,7 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
     def probe(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, ingest: Path) -> Output:
         return _StageRun(context, spec, probe_def, ffmpeg, events).run(lambda work, tools: stages.probe_source(ingest, work, tools))
 
-    # Renditions and thumbnails share one step so that one FFmpeg decode feeds every encoder;
+    # Renditions and thumbnails share one step so that each decode of the source feeds every encoder;
     # each is still its own asset (own materialization, code version, retries, provenance), and
     # any subset can be materialized on demand.
     encode_defs = {
