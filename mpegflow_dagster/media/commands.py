@@ -159,8 +159,9 @@ def encode_ladder_args(
 
 
 def audio_args(src: Path, outputs: dict[Path, H264Output]) -> list[str]:
-    """The audio of chunked renditions, encoded once per distinct setting from the whole source
-    (AAC cannot be cut and joined without a gap at each cut), as `_rendition_output` would."""
+    """The audio of chunked renditions, one output per rendition, encoded in one process from the
+    whole source (AAC cannot be cut and joined without a gap at each cut), as `_rendition_output`
+    would."""
     inp = _input(src)
     return ffmpeg.merge_outputs(*(
         ffmpeg.output(inp["a:0"], _output_name(out), f="mp4", **_audio_options(enc), **_BITEXACT)

@@ -80,7 +80,8 @@ def run_ffmpeg(
 
     Global options are always the same: `-nostdin` (never block on or eat a terminal), `-y` (we
     write into private scratch directories), machine-readable progress on stdout. Setting `cancel`
-    stops the run as the watchdog does (a sibling process it exchanges data with has failed).
+    stops the run as the watchdog does (a sibling process of the same encode has failed, so
+    this one's output would be thrown away).
     """
     argv = [resolve_binary(ffmpeg), "-nostdin", "-hide_banner", "-y", "-nostats", "-progress", "pipe:1", *args]
     tail: collections.deque[str] = collections.deque(maxlen=limits.stderr_lines)
