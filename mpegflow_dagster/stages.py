@@ -16,7 +16,8 @@ from typing import Any, Callable, Optional
 
 from .media import commands
 from .media.chunking import WHOLE, Span, boundary_step, plan_spans
-from .media.hls import VariantStream, avc1_codec_string, master_playlist, measure_variant
+from .media.hls import VariantStream, master_playlist, measure_variant
+from .media.mp4 import read_mp4
 from .media.probe import MediaInfo, probe
 from .media.progress import Progress
 from .media.runner import RunLimits, RunResult, run_ffmpeg
@@ -360,14 +361,13 @@ def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: P
     def variant(name: str, mp4: Path) -> tuple[VariantStream, RunResult, dict[Path, str]]:
         vdir = out / name
         vdir.mkdir(parents=True)
-        info = probe(mp4, tools.ffprobe)
+        header = read_mp4(mp4)  # verified by the encode stage; the header is all a master playlist needs
         run = tools.run(f"hls {name}", commands.hls_variant_args(
-            mp4, vdir, segment_s=cfg.segment_s, segment_type=cfg.segment_type), duration_s=info.duration)
+            mp4, vdir, segment_s=cfg.segment_s, segment_type=cfg.segment_type), duration_s=header.duration_s)
         peak, average, version = measure_variant(vdir / "index.m3u8")
-        video = info.video
-        assert video is not None and video.width and video.height
-        codecs = avc1_codec_string(mp4) + (",mp4a.40.2" if info.audio else "")
-        stream = VariantStream(f"{name}/index.m3u8", version, video.width, video.height, video.frame_rate, codecs, peak, average)
+        video = header.video
+        rate = float(video.frame_rate) if video.frame_rate else None
+        stream = VariantStream(f"{name}/index.m3u8", version, video.width, video.height, rate, header.codecs, peak, average)
         return stream, run, sha256_files(vdir)
 
     with ThreadPoolExecutor(max_workers=max(1, len(renditions))) as pool:

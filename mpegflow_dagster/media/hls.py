@@ -6,26 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-_AVCC_SCAN_LIMIT = 64 * 1024 * 1024  # with +faststart the moov (and avcC) is at the front
-
-
-def avc1_codec_string(mp4: Path) -> str:
-    """RFC 6381 `avc1.PPCCLL` read from the file's avcC box: profile, constraint flags and level
-    exactly as the encoder wrote them (a table from profile names would guess the flags)."""
-    with open(mp4, "rb") as fh:
-        data, offset = b"", 0
-        while offset < _AVCC_SCAN_LIMIT:
-            chunk = fh.read(1 << 20)
-            if not chunk:
-                break
-            data = data[-8:] + chunk
-            pos = data.find(b"avcC")
-            if pos != -1 and pos + 8 <= len(data):
-                profile, compat, level = data[pos + 5], data[pos + 6], data[pos + 7]
-                return f"avc1.{profile:02x}{compat:02x}{level:02x}"
-            offset += len(chunk)
-    raise ValueError(f"{mp4} has no avcC box: not an H.264 MP4")
-
 
 @dataclass(frozen=True)
 class VariantStream:
