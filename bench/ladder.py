@@ -485,6 +485,7 @@ def rss_child(src: str, base: str) -> None:
     """--rss-child: ingest+probe of `src` in this fresh process; print its own peak RSS as JSON."""
     project = bench_project(Path(base))
     (Path(base) / "dagster_home").mkdir()
+    (Path(base) / "dagster_home" / "dagster.yaml").touch()
     instance = DagsterInstance.local_temp(tempdir=str(Path(base) / "dagster_home"))
     t0 = time.monotonic()
     result = materialize_video(project, project.spec(SPEC_NAME), "big", instance=instance, source=Path(src),
@@ -610,6 +611,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     home = WORK / "dagster_home"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
+    (home / "dagster.yaml").touch()  # the defaults (SQLite under `home`), as an empty .dagster_home/dagster.yaml
     instance = DagsterInstance.local_temp(tempdir=str(home))
     warm_up = cached_clip("clean", min(args.select_duration, args.duration), False)
     log(f"warm-up pipeline run on {warm_up.relative_to(ROOT)} (not measured)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 import threading
@@ -25,7 +26,7 @@ from .media.safety import MAX_PIXELS, playlist_signature
 from .media.storyboard import storyboard_vtt
 from .media.verify import OutputRejected, verify_output
 from .spec import HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
-from .storage import ArtifactStore, copy_hashing, sha256_files
+from .storage import ArtifactStore, copy_hashing, sha256_file, sha256_files
 
 SOURCE_STEM = "source"
 CAPTIONS_STEM = "captions"
@@ -79,7 +80,8 @@ def find_sidecar(source: Path, extensions: tuple[str, ...]) -> Optional[Path]:
 def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin: Optional[str] = None) -> StageOutput:
     """Copy the source (and a caption sidecar beside it, if any) into one artifact directory, so
     later stages read a stored copy that cannot change under them. `origin` names where the
-    source came from when `source` is a local download of it (an s3:// URI)."""
+    source came from when `source` is our own download of it (an s3:// URI): that file is private
+    to this stage, so it is moved into place and only hashed, not copied a second time."""
     source = Path(source)
     if not source.is_file():
         raise MediaRejected(f"source {source} does not exist or is not a regular file")
@@ -88,10 +90,14 @@ def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin
     out = work / "ingest"
     out.mkdir()
     stored = out / f"{SOURCE_STEM}{source.suffix.lower() or '.bin'}"
-    hashed = {stored: copy_hashing(source, stored)}
+    if origin is None:
+        hashed = {stored: copy_hashing(source, stored)}
+    else:
+        os.replace(source, stored)
+        hashed = {stored: sha256_file(stored)}
     sidecar = find_sidecar(source, caption_extensions)
     if sidecar:
-        shutil.copyfile(sidecar, out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}")
+        (os.replace if origin is not None else shutil.copyfile)(sidecar, out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}")
     return StageOutput(out, {"original_path": origin or str(source.resolve()), "original_name": source.name,
                              "source_sha256": hashed[stored], "caption_sidecar": sidecar.name if sidecar else "none"},
                        hashed=hashed)

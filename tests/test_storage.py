@@ -99,3 +99,23 @@ def test_jsonl_events_are_written_once_per_id(tmp_path):
     sink.send(Event(type="rendition.failed", pipeline="vod", video="v", run_id="r2", subject="480p", message="m"))
     assert [e["run_id"] for e in sink.read()] == ["r1", "r2"]
     assert sink.read()[0]["id"] == first.id
+
+
+@pytest.mark.parametrize("own_download", [False, True])
+def test_ingest_copies_a_users_file_and_moves_only_its_own_download(tmp_path, own_download):
+    from mpegflow_dagster import stages
+
+    source = tmp_path / "in" / "Clip.MP4"
+    source.parent.mkdir()
+    data = os.urandom(2_000_001)
+    source.write_bytes(data)
+    source.with_suffix(".srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhi\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    out = stages.ingest(source, work, (".srt",), origin="s3://bucket/Clip.MP4" if own_download else None)
+    stored = stages.source_file(out.path)
+    assert stored.read_bytes() == data and stored.name == "source.mp4"
+    assert out.facts["source_sha256"] == out.hashed[stored] == hashlib.sha256(data).hexdigest()
+    assert stages.captions_file(out.path).read_text().endswith("hi\n")
+    # a user's file is never touched; our own download is moved, not copied a second time
+    assert source.exists() == (not own_download) and source.with_suffix(".srt").exists() == (not own_download)
