@@ -481,12 +481,19 @@ def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str)
     return rec
 
 
+def local_instance(home: Path) -> DagsterInstance:
+    """A new persistent Dagster instance in `home` with the defaults (SQLite), as an empty
+    .dagster_home/dagster.yaml gives."""
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").touch()
+    return DagsterInstance.local_temp(tempdir=str(home))
+
+
 def rss_child(src: str, base: str) -> None:
     """--rss-child: ingest+probe of `src` in this fresh process; print its own peak RSS as JSON."""
     project = bench_project(Path(base))
-    (Path(base) / "dagster_home").mkdir()
-    (Path(base) / "dagster_home" / "dagster.yaml").touch()
-    instance = DagsterInstance.local_temp(tempdir=str(Path(base) / "dagster_home"))
+    instance = local_instance(Path(base) / "dagster_home")
     t0 = time.monotonic()
     result = materialize_video(project, project.spec(SPEC_NAME), "big", instance=instance, source=Path(src),
                                stages=["ingest", "probe"], force=True, log_level="INFO")
@@ -609,10 +616,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # the steady state, not the one-time creation of the instance's databases (a warm-up run pays it).
     per_source: dict[str, dict] = {}
     home = WORK / "dagster_home"
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").touch()  # the defaults (SQLite under `home`), as an empty .dagster_home/dagster.yaml
-    instance = DagsterInstance.local_temp(tempdir=str(home))
+    instance = local_instance(home)
     warm_up = cached_clip("clean", min(args.select_duration, args.duration), False)
     log(f"warm-up pipeline run on {warm_up.relative_to(ROOT)} (not measured)")
     run_pipeline(instance, warm_up, "warm-up", args.log_level)

@@ -90,14 +90,16 @@ def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin
     out = work / "ingest"
     out.mkdir()
     stored = out / f"{SOURCE_STEM}{source.suffix.lower() or '.bin'}"
+    sidecar = find_sidecar(source, caption_extensions)
     if origin is None:
         hashed = {stored: copy_hashing(source, stored)}
+        transfer = shutil.copyfile
     else:
         os.replace(source, stored)
         hashed = {stored: sha256_file(stored)}
-    sidecar = find_sidecar(source, caption_extensions)
+        transfer = os.replace
     if sidecar:
-        (os.replace if origin is not None else shutil.copyfile)(sidecar, out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}")
+        transfer(sidecar, out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}")
     return StageOutput(out, {"original_path": origin or str(source.resolve()), "original_name": source.name,
                              "source_sha256": hashed[stored], "caption_sidecar": sidecar.name if sidecar else "none"},
                        hashed=hashed)

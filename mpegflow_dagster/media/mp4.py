@@ -42,17 +42,21 @@ class Mp4Summary:
         return ",".join([self.video.codec, *([self.audio_codec] if self.audio_codec else [])])
 
 
+def _box_header(data: bytes, pos: int) -> tuple[int, bytes, int]:
+    """(size, type, header length) of the box at `pos`; size 0 means "to the end of its parent"."""
+    size, kind = _HEADER.unpack_from(data, pos)
+    if size == 1:  # 64-bit size after the type
+        return struct.unpack_from(">Q", data, pos + 8)[0], kind, 16
+    return size, kind, 8
+
+
 def _boxes(data: bytes, start: int = 0, end: Optional[int] = None) -> Iterator[tuple[bytes, int, int]]:
     """(type, payload start, payload end) of each box in data[start:end]."""
     end = len(data) if end is None else end
     pos = start
     while pos + 8 <= end:
-        size, kind = _HEADER.unpack_from(data, pos)
-        header = 8
-        if size == 1:
-            (size,) = struct.unpack_from(">Q", data, pos + 8)
-            header = 16
-        elif size == 0:
+        size, kind, header = _box_header(data, pos)
+        if size == 0:
             size = end - pos
         if size < header or pos + size > end:
             raise Mp4Error(f"box {kind!r} at {pos} overruns its parent")
@@ -66,11 +70,7 @@ def _read_moov(fh: BinaryIO) -> bytes:
         head = fh.read(16)
         if len(head) < 8:
             raise Mp4Error("no moov box")
-        size, kind = _HEADER.unpack_from(head)
-        header = 8
-        if size == 1:
-            (size,) = struct.unpack_from(">Q", head, 8)
-            header = 16
+        size, kind, header = _box_header(head, 0)
         if kind == b"moov":
             if size > _MOOV_LIMIT or size < header:
                 raise Mp4Error(f"moov box of {size} bytes")
