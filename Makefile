@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+# The instance config (resources/dagster.yaml) names its own directory, so it is written here, and
+# rewritten while it is still ours (first line), e.g. after the project moved; a user's own is kept.
 install: ffmpeg $(STAMP)
-	@mkdir -p $(DAGSTER_HOME)
+	@mkdir -p "$(DAGSTER_HOME)"
+	@if [ ! -f "$(DAGSTER_HOME)/dagster.yaml" ] || head -1 "$(DAGSTER_HOME)/dagster.yaml" | grep -q '^# mpegflow:'; then \
+		sed 's|@DAGSTER_HOME@|$(abspath $(DAGSTER_HOME))|' resources/dagster.yaml > "$(DAGSTER_HOME)/dagster.yaml"; \
+	fi
 
 demo: install
 	$(BIN)/mpegflow sample build/demo --name sample --duration 12

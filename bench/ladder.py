@@ -482,11 +482,12 @@ def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str)
 
 
 def local_instance(home: Path) -> DagsterInstance:
-    """A new persistent Dagster instance in `home` with the defaults (SQLite), as an empty
-    .dagster_home/dagster.yaml gives."""
+    """A new persistent Dagster instance in `home` with the config we ship (resources/dagster.yaml,
+    as `make install` writes it into .dagster_home)."""
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    (home / "dagster.yaml").touch()
+    template = (ROOT / "resources" / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text(template.replace("@DAGSTER_HOME@", str(home.resolve())))
     return DagsterInstance.local_temp(tempdir=str(home))
 
 

@@ -17,6 +17,15 @@ def temp_project(base: Path, **ffmpeg_settings) -> Project:
     return Project(root=ROOT, specs=repo.specs, settings=settings.resolved(base))
 
 
+def write_instance_config(home: Path) -> Path:
+    """`home/dagster.yaml` as `make install` writes it into .dagster_home (resources/dagster.yaml)."""
+    home.mkdir(parents=True, exist_ok=True)
+    template = (ROOT / "resources" / "dagster.yaml").read_text()
+    config = home / "dagster.yaml"
+    config.write_text(template.replace("@DAGSTER_HOME@", str(home.resolve())))
+    return config
+
+
 def decode_errors(path: Path) -> str:
     """Everything FFmpeg complains about while decoding the whole file ('' = clean)."""
     proc = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", f"file:{path}", "-f", "null", "-"],

@@ -10,6 +10,9 @@ import yaml
 from dagster import DagsterInstance, Definitions, in_process_executor
 
 from mpegflow_dagster import Project, build_video_assets
+from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
+
+from pipeline_helpers import write_instance_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -18,7 +21,7 @@ BIN = Path(sys.executable).parent
 def run_cli(args, tmp_path, **env):
     full_env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "MPEGFLOW_STORAGE_DIR": str(tmp_path / "storage"),
                 "MPEGFLOW_WORK_DIR": str(tmp_path / "work"), **env}
-    (tmp_path / "home").mkdir(exist_ok=True)
+    write_instance_config(tmp_path / "home")  # as `make install` does: the CLI runs on the config we ship
     return subprocess.run([str(BIN / "mpegflow"), *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
 
 
@@ -35,6 +38,7 @@ def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_pa
     assert report["stages"]["rendition_1080p"]["status"] == "materialized"
     # The run is on the persistent instance, where the UI will show it.
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        assert isinstance(instance.event_log_storage, CachedEngineSqliteEventLogStorage)
         assert instance.get_run_by_id(report["run_id"]).is_success
         assert video in instance.get_dynamic_partitions("vod_videos")
 

@@ -1,0 +1,87 @@
+"""The event log storage we ship in resources/dagster.yaml: Dagster's SQLite files, kept engines."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DynamicPartitionsDefinition,
+    asset,
+    materialize,
+)
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.storage.event_log import SqliteEventLogStorage
+
+from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
+
+from pipeline_helpers import write_instance_config
+
+VIDEOS = DynamicPartitionsDefinition(name="videos")
+
+
+@asset(partitions_def=VIDEOS)
+def size(context) -> int:
+    return len(context.partition_key)
+
+
+def materialize_videos(instance: DagsterInstance, keys: list[str]) -> list[str]:
+    instance.add_dynamic_partitions("videos", keys)
+    run_ids = []
+    for key in keys:
+        result = materialize([size], instance=instance, partition_key=key)
+        assert result.success
+        run_ids.append(result.run_id)
+    return run_ids
+
+
+def test_the_shipped_config_writes_what_dagsters_own_storage_reads(tmp_path: Path):
+    home = tmp_path / "home"
+    write_instance_config(home)
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, CachedEngineSqliteEventLogStorage)
+        run_ids = materialize_videos(instance, ["a", "bb"])
+        assert (home / "history" / "runs" / f"{run_ids[0]}.db").is_file()  # Dagster's default place
+        ours = {r: [e.dagster_event_type for e in instance.all_logs(r)] for r in run_ids}
+    # Dagster's own class on the same directory sees every event and the cross-run asset index.
+    plain = SqliteEventLogStorage(str(home / "history" / "runs"))
+    assert {r: [e.dagster_event_type for e in plain.get_logs_for_run(r)] for r in run_ids} == ours
+    assert all(DagsterEventType.RUN_SUCCESS in types for types in ours.values())
+    records = plain.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("size")), limit=10).records
+    assert sorted(r.partition_key for r in records) == ["a", "bb"]
+
+
+def test_engines_kept_are_bounded_and_every_run_stays_readable(tmp_path: Path):
+    home = tmp_path / "home"
+    config = yaml.safe_load(write_instance_config(home).read_text())
+    config["event_log_storage"]["config"]["max_engines"] = 2
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with DagsterInstance.from_config(str(home)) as instance:
+        run_ids = materialize_videos(instance, ["a", "b", "c", "d"])
+        assert instance.event_log_storage.engines_kept == 2
+        for run_id in run_ids:  # evicted engines are rebuilt on demand
+            assert any(e.dagster_event_type == DagsterEventType.RUN_SUCCESS for e in instance.all_logs(run_id))
+
+
+def test_a_table_is_remembered_once_seen_and_a_missing_one_asked_again(tmp_path: Path):
+    storage = CachedEngineSqliteEventLogStorage(str(tmp_path))
+    assert storage.has_table("dynamic_partitions")
+    assert not storage.has_table("added_later")
+    with sqlite3.connect(tmp_path / "index.db") as conn:  # e.g. a migration run by another process
+        conn.execute("CREATE TABLE added_later (x INTEGER)")
+    assert storage.has_table("added_later")
+
+
+def test_a_config_without_base_dir_is_refused_with_the_field_named(tmp_path: Path):
+    home = tmp_path / "home"
+    config = yaml.safe_load(write_instance_config(home).read_text())
+    del config["event_log_storage"]["config"]["base_dir"]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(DagsterInvalidConfigError, match="base_dir"):
+        DagsterInstance.from_config(str(home))
+    assert not (home / "history" / "runs").exists()  # nothing was created for the refused config
