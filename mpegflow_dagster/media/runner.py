@@ -114,9 +114,11 @@ def run_ffmpeg(
     for t in readers:
         t.start()
 
+    # A thread blocks in wait4, so the next step starts the moment FFmpeg exits (no polling
+    # delay between the runs of a video); this one only checks the limits a few times a second.
+    exited = _Exit(proc.pid)
     stopped_by: Optional[str] = None
-    status, rusage = _wait(proc.pid, 0.0)
-    while status is None:
+    while not exited.wait(0.2):
         now = time.monotonic()
         if cancel is not None and cancel.is_set():
             stopped_by = "cancelled"
@@ -125,9 +127,9 @@ def run_ffmpeg(
         elif limits.stall_s is not None and now - watch.last_change > limits.stall_s:
             stopped_by = "stall"
         if stopped_by:
-            status, rusage = _stop(proc.pid, limits.kill_grace_s)
+            _stop(proc.pid, limits.kill_grace_s, exited)
             break
-        status, rusage = _wait(proc.pid, 0.2)
+    status, rusage = exited.status, exited.rusage
     for t in readers:
         t.join(timeout=5)
     proc.returncode = status  # reaped by os.wait4, tell Popen so it does not wait again
@@ -150,29 +152,33 @@ def _decode_status(raw: int) -> int:
     return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
 
 
-def _wait(pid: int, seconds: float):
-    """Reap `pid` within `seconds` if it exits; os.wait4 also gives its CPU time."""
-    deadline = time.monotonic() + seconds
-    while True:
-        wpid, raw, rusage = os.wait4(pid, os.WNOHANG)
-        if wpid == pid:
-            return _decode_status(raw), rusage
-        if time.monotonic() >= deadline:
-            return None, None
-        time.sleep(0.05)
+class _Exit:
+    """Reaps a child in a thread (os.wait4 also gives its CPU time); `wait` says if it has exited."""
+
+    def __init__(self, pid: int) -> None:
+        self.status: int = 0
+        self.rusage = None
+        self._done = threading.Event()
+        threading.Thread(target=self._reap, args=(pid,), name=f"ffmpeg-wait-{pid}", daemon=True).start()
+
+    def _reap(self, pid: int) -> None:
+        _, raw, self.rusage = os.wait4(pid, 0)
+        self.status = _decode_status(raw)
+        self._done.set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._done.wait(seconds)
 
 
-def _stop(pid: int, grace_s: float):
+def _stop(pid: int, grace_s: float, exited: _Exit) -> None:
     """One SIGTERM lets FFmpeg finalize; some builds ignore it, so SIGKILL after the grace."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         pass
-    status, rusage = _wait(pid, grace_s)
-    if status is None:
+    if not exited.wait(grace_s):
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        status, rusage = _wait(pid, 30.0)
-    return status, rusage
+        exited.wait(30.0)
