@@ -11,7 +11,8 @@ seconds of:
             `chunked` (the pipeline's own layout by hand, with its one x264 thread, so the same
             bytes: the "same-bytes" baseline); the faster of the two at full length counts.
   pipeline  materialize_video(..., force=True) on a temp project with the shipped settings
-            (resources/settings.yaml) and a temp Dagster instance; the source has no caption
+            (resources/settings.yaml) and one persistent Dagster instance made from the shipped
+            resources/dagster.yaml, shared by its runs; the source has no caption
             sidecar, so the captions stage skips.
 
 All FFmpeg argv come from mpegflow_dagster.media.commands, so scripts and pipeline do the same
