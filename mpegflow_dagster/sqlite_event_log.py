@@ -114,4 +114,3 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
     @property
     def engines_kept(self) -> int:
         return len(self._engines)
-
