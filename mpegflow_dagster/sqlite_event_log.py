@@ -5,16 +5,23 @@ one of its databases: about 250 times in one run of our graph, and twice more fo
 partition check. A new engine costs 1-2 ms of CPU and starts with an empty compiled-statement
 cache. Measured here (alternating runs of a 10 s clip), keeping the engines takes about 0.35 s of
 wall time and 0.35 CPU-s off each run.
+
+Each run also gets a new database file, whose schema Dagster creates through alembic, loading its
+~90 migration scripts every time: 80-140 ms per run here. A new run's file is instead copied from
+an empty one that Dagster's own code made once for this Dagster version (well under 1 ms).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional
 
 from dagster import Field, StringSource
+from dagster.version import __version__ as DAGSTER_VERSION
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
@@ -28,7 +35,9 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's SQLite event log storage (same files, same schema: either class reads what the
     other wrote) that keeps one SQLAlchemy engine per database file, for the `max_engines` most
     recently used files, instead of building one per query. Connections are not pooled: every use
-    still opens and closes its own SQLite connection under Dagster's lock, as before.
+    still opens and closes its own SQLite connection under Dagster's lock, as before. A new run's
+    database is a copy of an empty one made by Dagster's own schema code (kept in `base_dir` as
+    `.shard-template-<dagster version>.sqlite`, a name Dagster does not list as a run).
 
     Point `base_dir` at `$DAGSTER_HOME/history/runs`, where Dagster's default storage keeps its
     event logs, and an existing instance keeps its history.
@@ -94,10 +103,39 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock:
             engine = self._engine(shard)
             if shard not in self._initialized_dbs:
-                self._initdb(engine)
+                if shard == INDEX_SHARD_NAME or not self._new_from_template(shard):
+                    self._initdb(engine)  # an existing file: Dagster checks its schema revision
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def _new_from_template(self, shard: str) -> bool:
+        """Create the database of a new run as a copy of the template; False if it already exists
+        (or cannot be linked into place), for Dagster's own initialization to handle."""
+        path = self.path_for_shard(shard)
+        if os.path.exists(path):
+            return False
+        staged = f"{path}.{os.getpid()}.{threading.get_ident()}.new"
+        shutil.copyfile(self._template(), staged)
+        try:
+            os.link(staged, path)  # never replaces a file another process has just created
+        except OSError:
+            return False
+        finally:
+            os.unlink(staged)
+        return True
+
+    def _template(self) -> str:
+        template = os.path.join(self._base_dir, f".shard-template-{DAGSTER_VERSION}.sqlite")
+        if not os.path.exists(template):
+            staged = f"{template}.{os.getpid()}.{threading.get_ident()}.new"
+            engine = create_engine(f"sqlite:///{staged}", poolclass=NullPool)
+            try:
+                self._initdb(engine)
+            finally:
+                engine.dispose()
+            os.replace(staged, template)
+        return template
 
     def has_table(self, table_name: str) -> bool:
         # Asked before every dynamic-partition query. Migrations add tables and nothing here drops

@@ -26,7 +26,7 @@ from .media.safety import MAX_PIXELS, playlist_signature
 from .media.storyboard import storyboard_vtt
 from .media.verify import OutputRejected, verify_output
 from .spec import HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
-from .storage import ArtifactStore, copy_hashing, sha256_file, sha256_files
+from .storage import ArtifactStore, copy_hashing, copy_tree_hashing, describe, sha256_file, sha256_files
 
 SOURCE_STEM = "source"
 CAPTIONS_STEM = "captions"
@@ -228,13 +228,17 @@ def encode_ladder(
 
     def finish(runs: dict[str, list[RunResult]]) -> dict[str, StageOutput]:
         """Verified and hashed outputs; for a lane, while the other lanes still encode."""
-        done = {name: _checked_rendition(work[name] / f"{name}.mp4", info, spec, spec.rendition(name), runs[name], tools)
-                for name in runs if name != "thumbnails"}
-        if "thumbnails" in runs and frames is not None:
-            done["thumbnails"] = _finish_thumbnails(frames.parent, info, cfg, tools, runs["thumbnails"])
-        for out in done.values():
+        def one(name: str) -> tuple[str, StageOutput]:
+            if name != "thumbnails":
+                out = _checked_rendition(work[name] / f"{name}.mp4", info, spec, spec.rendition(name), runs[name], tools)
+            else:
+                assert frames is not None  # thumbnails are only run when frames are extracted
+                out = _finish_thumbnails(frames.parent, info, cfg, tools, runs[name])
             out.hashed.update(sha256_files(out.path))
-        return done
+            return name, out
+
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:  # ffprobe, sprite and hashes of a lane at once
+            return dict(pool.map(one, runs))
 
     def encode(names: list[str], span: Span, into: Callable[[str], Path], with_thumbs: bool, cancel: threading.Event) -> RunResult:
         label = "encode " + ",".join([*names, *(["thumbnails"] if with_thumbs else [])])
@@ -395,11 +399,8 @@ def emit(video: str, parts: dict[str, Path], delivery: ArtifactStore, work: Path
     manifest: dict[str, dict[str, object]] = {}
     for part, path in parts.items():
         staged = work / part
-        if Path(path).is_dir():
-            shutil.copytree(path, staged)
-        else:
-            shutil.copyfile(path, staged)
-        record = delivery.publish(staged, PurePosixPath(video) / part)
+        known = copy_tree_hashing(Path(path), staged)  # hashed while copied, not read again to publish
+        record = delivery.publish(staged, PurePosixPath(video) / part, describe(staged, known))
         manifest[part] = {"uri": record.uri, "sha256": record.sha256, "size_bytes": record.size_bytes, "files": record.files}
     out = work / "published.json"
     out.write_text(json.dumps({"video": video, "parts": manifest}, indent=2, sort_keys=True))

@@ -109,6 +109,20 @@ def sha256_files(path: Path) -> dict[Path, str]:
     return {f: sha256_file(f) for f in ([path] if path.is_file() else _tree_files(path))}
 
 
+def copy_tree_hashing(src: Path, dest: Path) -> dict[Path, str]:
+    """Copy a file, or every file of a tree, to `dest`, hashing while copying (`copy_hashing`);
+    the sha256 of each copy by its path, as `describe` takes it."""
+    src, dest = Path(src), Path(dest)
+    if src.is_file():
+        return {dest: copy_hashing(src, dest)}
+    known = {}
+    for f in _tree_files(src):
+        target = dest / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        known[target] = copy_hashing(f, target)
+    return known
+
+
 def describe(path: Path, known: Optional[dict[Path, str]] = None) -> Digest:
     """(sha256, total size, file count) of a file or tree, streaming every byte once; `known`
     gives the sha256 of files already hashed (while they were written)."""

@@ -1,6 +1,7 @@
 """The whole graph through Dagster on real FFmpeg: a 1080p clip with audio and captions in, a
 playable HLS ladder, thumbnails and a captioned rendition out."""
 
+import json
 import math
 import re
 
@@ -9,6 +10,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for
 
 from mpegflow_dagster.media.probe import keyframe_times, probe
 from mpegflow_dagster.runs import materialize_video, stage_report
+from mpegflow_dagster.storage import describe
 
 from pipeline_helpers import decode_errors, gray_crop, mean_abs_diff, temp_project
 
@@ -103,6 +105,17 @@ def test_metadata_is_queryable_from_the_instance(run, instance):
     assert meta["path"].value.endswith("720p.mp4") and meta["size_bytes"].value > 0
     assert any("libx264" in argv for argv in meta["ffmpeg_argv"].value)
     assert 2000 < meta["bitrate_kbps"].value < 4500
+
+
+def test_published_parts_carry_the_hash_of_what_was_delivered(run, instance):
+    manifest = json.loads(next((run["base"] / "storage" / "vod" / "emit" / "clip").glob("*.json")).read_text())
+    for part in ("hls", "thumbnails"):
+        record = manifest["parts"][part]
+        assert (record["sha256"], record["size_bytes"], record["files"]) == describe(run["delivery"] / part)
+        stored = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(["vod", part]), asset_partitions=["clip"]), limit=1
+        ).records[0].asset_materialization.metadata
+        assert record["sha256"] == stored["sha256"].value  # the delivered tree is the stored one, byte for byte
 
 
 def test_rematerializing_one_rendition_runs_only_that_step(run, instance):

@@ -85,3 +85,37 @@ def test_a_config_without_base_dir_is_refused_with_the_field_named(tmp_path: Pat
     with pytest.raises(DagsterInvalidConfigError, match="base_dir"):
         DagsterInstance.from_config(str(home))
     assert not (home / "history" / "runs").exists()  # nothing was created for the refused config
+
+
+def _schema(db: Path) -> tuple:
+    with sqlite3.connect(db) as conn:
+        return (sorted(conn.execute("SELECT type, name, sql FROM sqlite_master")),
+                conn.execute("SELECT version_num FROM alembic_version").fetchall(),
+                conn.execute("PRAGMA journal_mode").fetchone())
+
+
+def test_a_new_run_database_is_a_copy_of_dagsters_own_empty_schema(tmp_path: Path):
+    ours_dir, plain_dir = tmp_path / "ours", tmp_path / "plain"
+    ours = CachedEngineSqliteEventLogStorage(str(ours_dir))
+    plain = SqliteEventLogStorage(str(plain_dir))
+    for storage in (ours, plain):
+        for run_id in ("r1", "r2"):  # r1 makes the template, r2 is copied from it
+            with storage.run_connection(run_id):
+                pass
+    assert [p.name for p in ours_dir.glob(".shard-template-*.sqlite")]  # kept for the next process
+    assert _schema(ours_dir / "r2.db") == _schema(plain_dir / "r2.db") == _schema(ours_dir / "r1.db")
+    assert _schema(ours_dir / "r2.db")[2] == ("wal",)
+    assert sorted(ours.get_all_run_ids()) == ["r1", "r2"]  # the template is not taken for a run
+    assert not list(ours_dir.glob("*.new"))
+
+
+def test_an_existing_run_database_is_never_replaced_by_the_template(tmp_path: Path):
+    home = tmp_path / "home"
+    write_instance_config(home)
+    with DagsterInstance.from_config(str(home)) as instance:
+        [run_id] = materialize_videos(instance, ["a"])
+        events = [e.dagster_event_type for e in instance.all_logs(run_id)]
+    # A new process (new storage object) opening that run keeps every event.
+    fresh = CachedEngineSqliteEventLogStorage(str(home / "history" / "runs"))
+    assert [e.dagster_event_type for e in fresh.get_logs_for_run(run_id)] == events
+    assert DagsterEventType.RUN_SUCCESS in events
