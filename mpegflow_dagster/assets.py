@@ -132,8 +132,10 @@ class _StageRun:
 
     def run(self, produce: Callable[[Path, Tools], Optional[StageOutput]], *, recipe_extra: Optional[dict] = None) -> Optional[Output]:
         reused = self.prepare(recipe_extra)
-        if reused is not None:
-            return reused
+        return reused if reused is not None else self.make(produce)
+
+    def make(self, produce: Callable[[Path, Tools], Optional[StageOutput]]) -> Optional[Output]:
+        """Produce the output now (after `prepare`), in a scratch directory that a failure removes."""
         started = time.time()
         try:
             with self.ffmpeg.scratch(self.stage.name, self.video) as work:
@@ -401,11 +403,25 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
         return {n: AssetIn(key(n)) for n in names}
 
     ingest_def = _StageDef("ingest", "ingest", "ingest-1")
+    probe_def = _StageDef("probe", "probe", "probe-1", inputs=("ingest",))
 
-    @asset(name="ingest", code_version=ingest_def.fingerprint, description="Stored copy of the source video and its caption sidecar.", **common)
+    # Ingest and probe share one step: the probe reads the stored copy before it is published,
+    # and a video pays for one step instead of two. Each is still its own asset.
+    @multi_asset(
+        name=f"{prefix}__ingest",
+        specs=[
+            AssetSpec(key("ingest"), code_version=ingest_def.fingerprint, group_name=prefix,
+                      description="Stored copy of the source video and its caption sidecar.",
+                      partitions_def=common["partitions_def"]).with_io_manager_key(IO_MANAGER_KEY),
+            AssetSpec(key("probe"), deps=[key("ingest")], code_version=probe_def.fingerprint, group_name=prefix,
+                      description="ffprobe facts of the source (JSON).",
+                      partitions_def=common["partitions_def"]).with_io_manager_key(IO_MANAGER_KEY),
+        ],
+        retry_policy=common["retry_policy"],
+    )
     def ingest(context: AssetExecutionContext, config: IngestConfig, ffmpeg: FFmpegResource, events: WebhookResource,
-               sources: S3SourceResource) -> Output:
-        source = config.source_path or _last_source(context)
+               sources: S3SourceResource) -> Iterator[Output]:
+        source = config.source_path or _last_source(context, key("ingest"))
         extensions = spec.captions.sidecar_extensions
         if source.startswith("s3://"):
             head = sources.head(source)
@@ -422,13 +438,27 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
 
             def produce(work: Path, tools: Tools) -> StageOutput:
                 return stages.ingest(path, work, extensions)
-        return _StageRun(context, spec, ingest_def, ffmpeg, events).run(produce, recipe_extra=identity)
 
-    probe_def = _StageDef("probe", "probe", "probe-1", inputs=("ingest",))
-
-    @asset(name="probe", code_version=probe_def.fingerprint, ins=ins("ingest"), description="ffprobe facts of the source (JSON).", **common)
-    def probe(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, ingest: Path) -> Output:
-        return _StageRun(context, spec, probe_def, ffmpeg, events).run(lambda work, tools: stages.probe_source(ingest, work, tools))
+        upstream: dict[str, Optional[str]] = {}
+        ingest_run = _StageRun(context, spec, ingest_def, ffmpeg, events, multi=True)
+        probe_run = _StageRun(context, spec, probe_def, ffmpeg, events, multi=True, upstream_versions=upstream)
+        ingested = ingest_run.prepare(identity)
+        if ingested is not None:
+            upstream["ingest"] = ingested.data_version.value
+            probed = probe_run.prepare()
+            if probed is not None:
+                yield from (ingested, probed)
+                return
+        # The probe needs the stored copy in hand: the two are reused together or made again.
+        ingested = ingest_run.make(produce)
+        assert ingested is not None and ingested.data_version is not None  # ingest always has an output
+        upstream["ingest"] = ingested.data_version.value
+        try:
+            probed = probe_run.run(lambda work, tools: stages.probe_source(ingested.value, work, tools))
+        except (Failure, RetryRequested):
+            yield ingested  # kept: a retry, or the next run once the input is fixed, reuses the copy
+            raise
+        yield from (ingested, probed)
 
     # Renditions and thumbnails share one step so that each decode of the source feeds every encoder;
     # each is still its own asset (own materialization, code version, retries, provenance), and
@@ -541,12 +571,12 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
         return _StageRun(context, spec, emit_captions_def, ffmpeg, events).run(
             lambda work, tools: stages.emit(context.partition_key, {"captioned.mp4": captions}, delivery.store(), work))
 
-    return [ingest, probe, encode, captions, hls, emit, emit_captions]
+    return [ingest, encode, captions, hls, emit, emit_captions]
 
 
-def _last_source(context: AssetExecutionContext) -> str:
+def _last_source(context: AssetExecutionContext, key: AssetKey) -> str:
     """The path this partition was last ingested from, so a re-run from the UI needs no config."""
-    record = _latest(context, context.asset_key)
+    record = _latest(context, key)
     meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
     if "original_path" in meta:
         return str(meta["original_path"].value)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from dagster import (
     AssetKey,
+    AssetSelection,
     DagsterEvent,
     DagsterEventType,
     DagsterInstance,
@@ -37,11 +38,14 @@ def materialize_video(
     force: bool = False,
     log_level: str = "INFO",
 ) -> ExecuteInProcessResult:
-    """Register `video` as a partition and materialize its graph (or only `stages`, by asset name).
+    """Register `video` as a partition and materialize its graph (or only `stages`, by asset name,
+    with what shares their step: ingest and probe go together).
     With `source`, the video is (re-)ingested from that file; `force` re-runs unchanged stages."""
     assets = project.assets(spec)
     instance.add_dynamic_partitions(partitions_for(spec).name, [video])
-    selection = [AssetKey([spec.name, name]) for name in stages] if stages else None
+    # Assets that share a step and cannot run apart (ingest and probe) are selected together.
+    selection = (AssetSelection.assets(*(AssetKey([spec.name, name]) for name in stages)).required_multi_asset_neighbors()
+                 if stages else None)
     ops = {f"{spec.name}__ingest": IngestConfig(source_path=str(source))} if source else {}
     return materialize(
         assets,

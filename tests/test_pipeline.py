@@ -126,6 +126,16 @@ def test_rematerializing_one_rendition_runs_only_that_step(run, instance):
     assert [e.asset_key for e in result.get_asset_materialization_events()] == [AssetKey(["vod", "rendition_480p"])]
 
 
+def test_probe_alone_runs_in_ingests_step_and_reuses_both(run, instance):
+    result = materialize_video(run["project"], run["spec"], "clip", instance=instance, stages=["probe"])
+    started = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_START}
+    assert result.success and started == {"vod__ingest"}  # ingest and probe share one step
+    metadata = {e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+                for e in result.get_asset_materialization_events()}
+    assert set(metadata) == {"ingest", "probe"}
+    assert all(m["reused"].value for m in metadata.values())  # same source, same recipe: no copy, no ffprobe
+
+
 def test_no_sidecar_skips_captions_cleanly(instance, make_source, tmp_path):
     project = temp_project(tmp_path)
     spec = project.spec("vod")
@@ -149,7 +159,12 @@ def test_bad_input_fails_clearly_and_publishes_nothing(instance, tmp_path):
     report = stage_report(result.all_events, spec)
     assert not result.success
     assert report["probe"]["status"] == "failed" and "junk" in report["probe"]["reason"]
+    assert report["ingest"]["status"] == "materialized"  # the stored copy is kept for the record
     assert report["rendition_720p"]["status"] == "not_run"
     assert not (tmp_path / "delivery" / "junk").exists()
     assert list((tmp_path / "work").iterdir()) == []  # no scratch left behind
     assert junk.read_bytes().startswith(b"\x00garbage")  # the input is untouched
+    # Again: the copy is kept but there is no probe to reuse with it, so both are made again.
+    again = stage_report(materialize_video(project, spec, "junk", instance=instance, source=junk).all_events, spec)
+    assert again["ingest"]["status"] == "materialized" and again["ingest"]["reused"] is False
+    assert again["probe"]["status"] == "failed" and again["probe"]["reason_code"] == report["probe"]["reason_code"]
