@@ -8,7 +8,7 @@ wall time and 0.35 CPU-s off each run.
 
 Each run also gets a new database file, whose schema Dagster creates through alembic, loading its
 ~90 migration scripts every time: 80-140 ms per run here. A new run's file is instead copied from
-an empty one that Dagster's own code made once for this Dagster version (well under 1 ms).
+an empty one that Dagster's own code made once for this Dagster version (under 3 ms).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Iterator, Mapping, Optional
 
 from dagster import Field, StringSource
@@ -115,26 +115,25 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
         path = self.path_for_shard(shard)
         if os.path.exists(path):
             return False
-        staged = f"{path}.{os.getpid()}.{threading.get_ident()}.new"
-        shutil.copyfile(self._template(), staged)
-        try:
-            os.link(staged, path)  # never replaces a file another process has just created
-        except OSError:
-            return False
-        finally:
-            os.unlink(staged)
+        template = self._template()
+        with _staged(path) as staged:
+            shutil.copyfile(template, staged)
+            try:
+                os.link(staged, path)  # never replaces a file another process has just created
+            except OSError:
+                return False
         return True
 
     def _template(self) -> str:
         template = os.path.join(self._base_dir, f".shard-template-{DAGSTER_VERSION}.sqlite")
         if not os.path.exists(template):
-            staged = f"{template}.{os.getpid()}.{threading.get_ident()}.new"
-            engine = create_engine(f"sqlite:///{staged}", poolclass=NullPool)
-            try:
-                self._initdb(engine)
-            finally:
-                engine.dispose()
-            os.replace(staged, template)
+            with _staged(template) as staged:
+                engine = create_engine(f"sqlite:///{staged}", poolclass=NullPool)
+                try:
+                    self._initdb(engine)
+                finally:
+                    engine.dispose()
+                os.replace(staged, template)
         return template
 
     def has_table(self, table_name: str) -> bool:
@@ -152,3 +151,14 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
     @property
     def engines_kept(self) -> int:
         return len(self._engines)
+
+
+@contextmanager
+def _staged(path: str) -> Iterator[str]:
+    """A private name beside `path` to build a file under; whatever is left there is removed."""
+    staged = f"{path}.{os.getpid()}.{threading.get_ident()}.new"
+    try:
+        yield staged
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(staged)

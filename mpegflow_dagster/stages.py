@@ -3,6 +3,7 @@ asset factory wires these into the graph, and anything else (a script, a test) c
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -228,7 +229,7 @@ def encode_ladder(
 
     def finish(runs: dict[str, list[RunResult]]) -> dict[str, StageOutput]:
         """Verified and hashed outputs; for a lane, while the other lanes still encode."""
-        def one(name: str) -> tuple[str, StageOutput]:
+        def one(name: str, cancel: threading.Event) -> tuple[str, StageOutput]:
             if name != "thumbnails":
                 out = _checked_rendition(work[name] / f"{name}.mp4", info, spec, spec.rendition(name), runs[name], tools)
             else:
@@ -237,8 +238,8 @@ def encode_ladder(
             out.hashed.update(sha256_files(out.path))
             return name, out
 
-        with ThreadPoolExecutor(max_workers=len(runs)) as pool:  # ffprobe, sprite and hashes of a lane at once
-            return dict(pool.map(one, runs))
+        # the ffprobe, sprite and hashes of a lane's outputs, all at once
+        return dict(_together([functools.partial(one, name) for name in runs], at_once=len(runs)))
 
     def encode(names: list[str], span: Span, into: Callable[[str], Path], with_thumbs: bool, cancel: threading.Event) -> RunResult:
         label = "encode " + ",".join([*names, *(["thumbnails"] if with_thumbs else [])])
