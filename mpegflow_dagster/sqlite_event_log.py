@@ -9,6 +9,13 @@ wall time and 0.35 CPU-s off each run.
 Each run also gets a new database file, whose schema Dagster creates through alembic, loading its
 ~90 migration scripts every time: 80-140 ms per run here. A new run's file is instead copied from
 an empty one that Dagster's own code made once for this Dagster version (under 3 ms).
+
+Each engine also keeps its one SQLite connection open. Opened per use, as Dagster does, every write
+parses the schema again, and the close checkpoints and deletes the write-ahead log that the next
+write creates again (a journal commit on ext4): about 7.5 ms per event here, 4.5 ms with the
+connection kept. Dagster's UI follows a live run by watching its `.db` file for changes, which
+those closing checkpoints used to make; a write to a run's database now ends with an explicit
+(passive) checkpoint instead.
 """
 
 from __future__ import annotations
@@ -28,14 +35,16 @@ from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 
 class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's SQLite event log storage (same files, same schema: either class reads what the
     other wrote) that keeps one SQLAlchemy engine per database file, for the `max_engines` most
-    recently used files, instead of building one per query. Connections are not pooled: every use
-    still opens and closes its own SQLite connection under Dagster's lock, as before. A new run's
+    recently used files, instead of building one per query. Each engine keeps its SQLite connection
+    open between uses (still used under Dagster's lock; a forked child opens its own), and a write
+    to a run's database ends with a checkpoint, which the UI's live view of the run waits for. A
+    new run's
     database is a copy of an empty one made by Dagster's own schema code (kept in `base_dir` as
     `.shard-template-<dagster version>.sqlite`, a name Dagster does not list as a run).
 
@@ -69,6 +78,7 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
         # set before Dagster's constructor, which may already query the index
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_lock = threading.Lock()
+        self._engines_pid = os.getpid()
         self._max_engines = max(1, max_engines)
         self._tables: set[str] = set()
         super().__init__(base_dir, inst_data)
@@ -89,14 +99,25 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _engine(self, shard: str) -> Engine:
         with self._engines_lock:
+            if self._engines_pid != os.getpid():
+                # A forked child must neither use nor close its parent's open connections.
+                for engine in self._engines.values():
+                    engine.dispose(close=False)
+                self._engines.clear()
+                self._engines_pid = os.getpid()
             engine = self._engines.pop(shard, None) or create_engine(
-                self.conn_string_for_shard(shard), poolclass=NullPool,
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+                self.conn_string_for_shard(shard), poolclass=QueuePool, pool_size=1, max_overflow=-1,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
             )
             self._engines[shard] = engine  # most recently used last
             while len(self._engines) > self._max_engines:
                 self._engines.popitem(last=False)[1].dispose()
             return engine
+
+    def _dispose_engines(self) -> None:
+        with self._engines_lock:
+            while self._engines:
+                self._engines.popitem()[1].dispose()
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
@@ -106,8 +127,21 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
                 if shard == INDEX_SHARD_NAME or not self._new_from_template(shard):
                     self._initdb(engine)  # an existing file: Dagster checks its schema revision
                 self._initialized_dbs.add(shard)
-            with engine.connect() as conn, conn.begin():
-                yield conn
+            with engine.connect() as conn:
+                changes = conn.connection.dbapi_connection.total_changes
+                with conn.begin():
+                    yield conn
+                if shard != INDEX_SHARD_NAME and conn.connection.dbapi_connection.total_changes != changes:
+                    # what the UI's watcher of this run's .db file waits for
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def wipe(self) -> None:
+        self._dispose_engines()  # no open connection may outlive the files Dagster deletes
+        super().wipe()
+
+    def dispose(self) -> None:
+        self._dispose_engines()
+        super().dispose()
 
     def _new_from_template(self, shard: str) -> bool:
         """Create the database of a new run as a copy of the template; False if it already exists

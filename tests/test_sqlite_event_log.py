@@ -1,6 +1,10 @@
 """The event log storage we ship in resources/dagster.yaml: Dagster's SQLite files, kept engines."""
 
+import logging
+import multiprocessing
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from dagster import (
     materialize,
 )
 from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
 
 from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
@@ -119,3 +124,66 @@ def test_an_existing_run_database_is_never_replaced_by_the_template(tmp_path: Pa
     fresh = CachedEngineSqliteEventLogStorage(str(home / "history" / "runs"))
     assert [e.dagster_event_type for e in fresh.get_logs_for_run(run_id)] == events
     assert DagsterEventType.RUN_SUCCESS in events
+
+
+def _log_entry(run_id: str, message: str) -> EventLogEntry:
+    return EventLogEntry(error_info=None, level=logging.INFO, user_message=message, run_id=run_id,
+                         timestamp=time.time(), step_key=None, job_name=None, dagster_event=None)
+
+
+def test_the_uis_live_watch_of_a_run_sees_each_write(tmp_path: Path):
+    # The webserver follows a running run by watching its .db file (Dagster's watchdog), in another
+    # process with a storage object of its own; the connections kept open must not hide the writes.
+    writer = CachedEngineSqliteEventLogStorage(str(tmp_path))
+    reader = CachedEngineSqliteEventLogStorage(str(tmp_path))
+    writer.store_event(_log_entry("r1", "first"))
+    seen: list[str] = []
+    arrived = threading.Event()
+
+    def on_event(entry: EventLogEntry, _cursor: str) -> None:
+        seen.append(entry.user_message)
+        if entry.user_message == "third":
+            arrived.set()
+
+    reader.watch("r1", None, on_event)
+    try:
+        for message in ("second", "third"):
+            time.sleep(0.2)
+            writer.store_event(_log_entry("r1", message))
+        assert arrived.wait(10), f"the watcher saw only {seen}"
+    finally:
+        reader.end_watch("r1", on_event)
+        reader.dispose()
+        writer.dispose()
+    assert seen[-2:] == ["second", "third"]
+
+
+def _child_engine_is_its_own(storage: CachedEngineSqliteEventLogStorage, parent_engine_id: int, out) -> None:
+    out.put(id(storage._engine("r1")) != parent_engine_id)
+    storage.store_event(_log_entry("r1", "from the child"))
+
+
+def test_a_forked_child_opens_connections_of_its_own(tmp_path: Path):
+    storage = CachedEngineSqliteEventLogStorage(str(tmp_path))
+    storage.store_event(_log_entry("r1", "from the parent"))
+    fork = multiprocessing.get_context("fork")
+    out = fork.Queue()
+    child = fork.Process(target=_child_engine_is_its_own, args=(storage, id(storage._engine("r1")), out))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0 and out.get(timeout=5)
+    storage.store_event(_log_entry("r1", "from the parent again"))
+    assert [e.user_message for e in storage.get_logs_for_run("r1")] == [
+        "from the parent", "from the child", "from the parent again"]
+    with sqlite3.connect(tmp_path / "r1.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_wipe_closes_the_kept_connections_before_deleting_the_files(tmp_path: Path):
+    storage = CachedEngineSqliteEventLogStorage(str(tmp_path))
+    storage.store_event(_log_entry("r1", "before the wipe"))
+    storage.wipe()
+    storage.store_event(_log_entry("r1", "after the wipe"))
+    assert [e.user_message for e in storage.get_logs_for_run("r1")] == ["after the wipe"]
+    plain = SqliteEventLogStorage(str(tmp_path))
+    assert [e.user_message for e in plain.get_logs_for_run("r1")] == ["after the wipe"]
