@@ -92,6 +92,31 @@ def test_a_config_without_base_dir_is_refused_with_the_field_named(tmp_path: Pat
     assert not (home / "history" / "runs").exists()  # nothing was created for the refused config
 
 
+@pytest.mark.parametrize("configured, pragma", [(None, 1), ("NORMAL", 1), ("FULL", 2)])
+def test_commits_are_synced_as_configured(tmp_path: Path, configured, pragma):
+    home = tmp_path / "home"
+    config = yaml.safe_load(write_instance_config(home).read_text())
+    if configured:
+        config["event_log_storage"]["config"]["synchronous"] = configured
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        for connect in (lambda: storage.run_connection("r1"), storage.index_connection):
+            with connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == pragma
+
+
+def test_an_unknown_synchronous_setting_is_refused_with_the_choices(tmp_path: Path):
+    home = tmp_path / "home"
+    config = yaml.safe_load(write_instance_config(home).read_text())
+    config["event_log_storage"]["config"]["synchronous"] = "OFF"
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(DagsterInvalidConfigError, match="synchronous"):
+        DagsterInstance.from_config(str(home))
+    with pytest.raises(ValueError, match="NORMAL, FULL"):
+        CachedEngineSqliteEventLogStorage(str(tmp_path / "direct"), synchronous="OFF")
+
+
 def _schema(db: Path) -> tuple:
     with sqlite3.connect(db) as conn:
         return (sorted(conn.execute("SELECT type, name, sql FROM sqlite_master")),
