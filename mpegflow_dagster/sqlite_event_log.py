@@ -17,9 +17,9 @@ Dagster's setting). Opened per use, as Dagster does, every write parsed the sche
 commit was synced, and the close checkpointed and deleted the write-ahead log that the next write
 created again: on this VM, with FFmpeg writing beside it, a sync takes 0.5-8 ms. Alternating runs
 of a 10 s clip: 1.89 s of non-FFmpeg time per video with connections opened per use, 1.34 s with
-them kept (FULL, and a checkpoint after each write), 1.15 s as shipped. Dagster's UI follows a live run by watching its `.db` file
-for changes, which those closing checkpoints used to make; a write to a run's database now
-touches the file's modification time instead.
+them kept (FULL, and a checkpoint after each write), 1.15 s as shipped. Dagster's UI follows a
+live run by watching its `.db` file for changes, which those closing checkpoints used to make; a
+write to a run's database now touches the file's modification time instead.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
     recently used files, instead of building one per query. Each engine keeps its SQLite connection
     open between uses (still used under Dagster's lock; a forked child opens its own), with
     `synchronous` set as configured, and a write to a run's database touches the file, which the
-    UI's live view of the run waits for. A new run's database is a copy of an empty one made by Dagster's own schema code (kept in `base_dir` as
-    `.shard-template-<dagster version>.sqlite`, a name Dagster does not list as a run).
+    UI's live view of the run waits for. A new run's database is a copy of an empty one made by
+    Dagster's own schema code (kept in `base_dir` as `.shard-template-<dagster version>.sqlite`,
+    a name Dagster does not list as a run).
 
     Point `base_dir` at `$DAGSTER_HOME/history/runs`, where Dagster's default storage keeps its
     event logs, and an existing instance keeps its history.
