@@ -24,9 +24,11 @@ write to a run's database now touches the file's modification time instead.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import threading
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager, suppress
 from typing import Any, Iterator, Mapping, Optional
@@ -91,6 +93,9 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines_pid = os.getpid()
         self._max_engines = max(1, max_engines)
         self._tables: set[str] = set()
+        # Closing the last connection folds the write-ahead log into the .db file and removes it,
+        # so a process that never disposes its instance still leaves whole files behind.
+        atexit.register(_dispose_engines_of, weakref.ref(self))
         super().__init__(base_dir, inst_data)
 
     @classmethod
@@ -115,11 +120,7 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
     def _engine(self, shard: str) -> Engine:
         with self._engines_lock:
             if self._engines_pid != os.getpid():
-                # A forked child must neither use nor close its parent's open connections.
-                for engine in self._engines.values():
-                    engine.dispose(close=False)
-                self._engines.clear()
-                self._engines_pid = os.getpid()
+                self._drop_engines()  # a forked child opens connections of its own
             engine = self._engines.pop(shard, None) or self._new_engine(shard)
             self._engines[shard] = engine  # most recently used last
             while len(self._engines) > self._max_engines:
@@ -139,8 +140,15 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _dispose_engines(self) -> None:
         with self._engines_lock:
-            while self._engines:
-                self._engines.popitem()[1].dispose()
+            self._drop_engines()
+
+    def _drop_engines(self) -> None:
+        """Close the kept connections; the caller holds `_engines_lock`. In a forked child they are
+        its parent's, which it must neither use nor close: those are only forgotten."""
+        own = self._engines_pid == os.getpid()
+        while self._engines:
+            self._engines.popitem()[1].dispose(close=own)
+        self._engines_pid = os.getpid()
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
@@ -207,6 +215,11 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
     @property
     def engines_kept(self) -> int:
         return len(self._engines)
+
+
+def _dispose_engines_of(storage: "weakref.ref[CachedEngineSqliteEventLogStorage]") -> None:
+    if (alive := storage()) is not None:
+        alive._dispose_engines()
 
 
 @contextmanager

@@ -212,3 +212,4 @@ def test_wipe_closes_the_kept_connections_before_deleting_the_files(tmp_path: Pa
     assert [e.user_message for e in storage.get_logs_for_run("r1")] == ["after the wipe"]
     plain = SqliteEventLogStorage(str(tmp_path))
     assert [e.user_message for e in plain.get_logs_for_run("r1")] == ["after the wipe"]
+
