@@ -1,4 +1,4 @@
-"""Dagster's SQLite event log without a new database engine for every query.
+"""Dagster's SQLite event log without a new database engine and connection for every query.
 
 Dagster's `SqliteEventLogStorage` creates (and disposes) a SQLAlchemy engine each time it opens
 one of its databases: about 250 times in one run of our graph, and twice more for every dynamic

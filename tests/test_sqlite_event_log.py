@@ -1,4 +1,4 @@
-"""The event log storage we ship in resources/dagster.yaml: Dagster's SQLite files, kept engines."""
+"""The event log storage we ship in resources/dagster.yaml: Dagster's SQLite files, kept engines and connections."""
 
 import logging
 import multiprocessing
