@@ -1,8 +1,8 @@
 """Ladder benchmark (issue #6): the default VOD pipeline through Dagster against hand-written scripts.
 
 For a clean and a noisy (hard to encode) 1080p30 source with audio, in one invocation and
-alternating (naive, best, pipeline, naive, best, pipeline, ...), measures wall and children-CPU
-seconds of:
+alternating (naive, best, chunked, pipeline; then naive, pipeline, chunked, best; ...), measures
+wall and children-CPU seconds of:
 
   naive     every output by its own ffmpeg run, one after another: the 4 ladder renditions,
             HLS packaging of each, thumbnails, sprite.
@@ -626,7 +626,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         info = probe(src)
         runs: dict[str, list[dict]] = {"naive": [], "best": [], "best_same_bytes": [], "pipeline": []}
         for rep in range(args.repeats):
-            for what in runs:
+            # Every other round the pipeline and the scripts swap places (the naive script stays
+            # first): a host that slows down or speeds up over a round favours neither side.
+            order = list(runs) if rep % 2 == 0 else ["naive", *reversed(list(runs)[1:])]
+            for what in order:
                 if what == "pipeline":
                     rec = run_pipeline(instance, src, f"{kind}-{rep}", args.log_level)
                 elif what == "best_same_bytes":

@@ -20,15 +20,16 @@ def clip_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def make_source(clip_cache: Path) -> ClipFactory:
-    """make_source(name, duration_s=, width=, height=, audio=, captions=) -> a fresh copy of a cached clip.
+    """make_source(name, duration_s=, width=, height=, fps=, audio=, captions=) -> a fresh copy of a cached clip.
 
     Each call returns a new file in its own directory (tests may rename or damage it); encoding
     happens once per distinct parameter set."""
     counter = {"n": 0}
 
     def factory(name: str = "clip", *, duration_s: float = 4.0, width: int = 640, height: int = 360,
-                fps: int = 25, audio: bool = True, captions: bool = False) -> Path:
-        cached = clip_cache / f"{duration_s:g}s_{width}x{height}_{fps}_{int(audio)}.mp4"
+                fps: int | str = 25, audio: bool = True, captions: bool = False) -> Path:
+        rate = str(fps).replace("/", "over")
+        cached = clip_cache / f"{duration_s:g}s_{width}x{height}_{rate}_{int(audio)}.mp4"
         if not cached.exists():
             make_clip(cached, duration_s=duration_s, width=width, height=height, fps=fps, audio=audio)
         counter["n"] += 1

@@ -4,6 +4,7 @@ or which outputs were encoded together; a short one in lanes that give the very 
 run per output; and a failing process stops the rest."""
 
 import json
+import math
 import shutil
 import subprocess
 from fractions import Fraction
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mpegflow_dagster import stages
-from mpegflow_dagster.media.chunking import WHOLE, Span, boundary_step, plan_spans
+from mpegflow_dagster.media.chunking import WHOLE, Span, boundary_step, marks_before, plan_spans
 from mpegflow_dagster.media.probe import probe
 from mpegflow_dagster.media.runner import FFmpegFailed
 from mpegflow_dagster.project import Project
@@ -21,21 +22,33 @@ from mpegflow_dagster.storage import sha256_file, sha256_files
 from pipeline_helpers import ROOT
 
 RUNGS = ("240p", "480p", "720p")
-FPS = 30
+# 30000/1001: the 2 s cut falls between frames (on frame 60, 2.002 s). 61/3: the cut is on frame
+# 41, at 2.0163934... s, a time FFmpeg's -ss rounds; the 3 s keyframe and thumbnail are frame 61,
+# where 1 s counted from the cut would put them on 62.
+RATES = ("30", "30000/1001", "61/3")
 
 
-@pytest.fixture(scope="module")
-def ladder_input(make_source, tmp_path_factory):
-    """A 4 s 720p30 source with audio, and the shipped spec made to cut it into two chunks."""
+def ladder_source(make_source, tmp_path_factory, fps: str):
+    """A 4 s 720p source with audio, and the shipped spec made to cut it into two chunks."""
     base = tmp_path_factory.mktemp("encode")
     ingest = base / "ingest"
     ingest.mkdir()
-    shutil.copyfile(make_source(duration_s=4.0, width=1280, height=720, fps=FPS), ingest / f"{stages.SOURCE_STEM}.mp4")
+    shutil.copyfile(make_source(duration_s=4.0, width=1280, height=720, fps=fps), ingest / f"{stages.SOURCE_STEM}.mp4")
     shipped = Project.load(ROOT).spec("vod")
     chunked = shipped.model_copy(update={"gop_s": 1.0, "chunk_s": 2.0,
                                          "thumbnails": shipped.thumbnails.model_copy(update={"interval_s": 1.0})})
     whole = chunked.model_copy(update={"chunk_s": 0.0})
     return base, ingest, probe(ingest / f"{stages.SOURCE_STEM}.mp4"), chunked, whole
+
+
+@pytest.fixture(scope="module")
+def ladder_input(make_source, tmp_path_factory):
+    return ladder_source(make_source, tmp_path_factory, "30")
+
+
+@pytest.fixture(scope="module", params=RATES)
+def any_rate_input(request, make_source, tmp_path_factory):
+    return ladder_source(make_source, tmp_path_factory, request.param)
 
 
 def scratch(base: Path, name: str) -> Path:
@@ -58,7 +71,7 @@ def frames(path: Path, entries: str) -> list[dict]:
     return json.loads(out)["frames"]
 
 
-def test_spans_cut_at_common_keyframe_and_thumbnail_marks_only_when_frame_exact() -> None:
+def test_spans_cut_on_the_first_frame_at_or_after_common_keyframe_and_thumbnail_marks() -> None:
     step = boundary_step(2, 5)
     assert step == 10
     assert plan_spans(60.0, "30", 30, step) == [Span(Fraction(0), Fraction(30)), Span(Fraction(30), None)]
@@ -66,34 +79,45 @@ def test_spans_cut_at_common_keyframe_and_thumbnail_marks_only_when_frame_exact(
     assert plan_spans(40.0, "30", 30, step) == [WHOLE]  # shorter than 1.5 chunks
     assert plan_spans(60.0, "30", 0, step) == [WHOLE]  # chunking off
     assert plan_spans(60.0, None, 30, step) == [WHOLE]  # variable frame rate
-    assert plan_spans(60.0, "30000/1001", 30, step) == [WHOLE]  # a cut would fall between frames
+    # the 30 s mark falls between frames 899 and 900 (29.97 s and 30.03 s): the cut is on 900
+    ntsc = plan_spans(60.06, "30000/1001", 30, step)
+    assert ntsc == [Span(Fraction(0), Fraction(900 * 1001, 30000)), Span(Fraction(900 * 1001, 30000), None)]
+    assert marks_before(ntsc[1], 10) == 3 and marks_before(ntsc[1], 2) == 15
+    film = plan_spans(1800.0, "24000/1001", 30, step)  # 60 chunks, each on the first frame after its mark
+    assert len(film) == 60 and all(0 <= s.start_s * 24000 / 1001 - math.ceil(k * 30 * Fraction(24000, 1001)) == 0
+                                   for k, s in enumerate(film))
 
 
-def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(ladder_input):
-    _, _, info, chunked, _ = ladder_input
-    assert stages.encode_spans(info, chunked) == [Span(Fraction(0), Fraction(2)), Span(Fraction(2), None)]
-    done = encode(ladder_input, chunked, "chunked")
+def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_input):
+    _, ingest, info, chunked, _ = any_rate_input
+    rate = Fraction(info.video.constant_frame_rate)
+    cut = Fraction(math.ceil(2 * rate)) / rate  # the first frame at or after 2 s
+    assert stages.encode_spans(info, chunked) == [Span(Fraction(0), cut), Span(cut, None)]
+    source_frames = len(frames(ingest / f"{stages.SOURCE_STEM}.mp4", "pts_time"))
+    # keyframes where one run over the whole source forces them: the first frame at or after each second
+    keyframes = [math.ceil(k * rate) for k in range(4) if k * rate < source_frames]
+    done = encode(any_rate_input, chunked, "chunked")
     for name in RUNGS:
         runs = [r.argv for r in done[name].runs]
         assert sum("-ss" in argv for argv in runs) == 2 and any("concat" in argv for argv in runs), name
         got = frames(done[name].path, "pts_time,key_frame")
-        assert len(got) == 4 * FPS, name  # every source frame once: nothing lost or doubled at the cut
-        assert [round(float(f["pts_time"]) * FPS) for f in got] == list(range(4 * FPS)), name
-        assert [i for i, f in enumerate(got) if f["key_frame"]] == [0, 30, 60, 90], name  # the cut is a keyframe
+        # every source frame once, evenly timed: nothing lost or doubled at the cut
+        assert [round(float(f["pts_time"]) * rate) for f in got] == list(range(source_frames)), name
+        assert [i for i, f in enumerate(got) if f["key_frame"]] == keyframes, name  # the cut is one of them
         joined = probe(done[name].path)
         assert joined.audio is not None and abs(joined.audio.duration - 4.0) < 0.05, name
 
 
-def test_chunked_bytes_depend_on_neither_lanes_nor_what_is_encoded_together(ladder_input):
-    _, _, _, chunked, whole = ladder_input
-    shared = encode(ladder_input, chunked, "two-lanes", lanes=2)
-    alone = encode(ladder_input, chunked, "one-lane-720p", names=("720p",), thumbnails=False, lanes=1)
-    again = encode(ladder_input, chunked, "again", lanes=1)
+def test_chunked_bytes_depend_on_neither_lanes_nor_what_is_encoded_together(any_rate_input):
+    _, _, _, chunked, whole = any_rate_input
+    shared = encode(any_rate_input, chunked, "two-lanes", lanes=2)
+    alone = encode(any_rate_input, chunked, "one-lane-720p", names=("720p",), thumbnails=False, lanes=1)
+    again = encode(any_rate_input, chunked, "again", lanes=1)
     assert sha256_file(shared["720p"].path) == sha256_file(alone["720p"].path) == sha256_file(again["720p"].path)
     for name in RUNGS:
         assert sha256_file(shared[name].path) == sha256_file(again[name].path), name
     # Thumbnails are the same frames either way: chunked, or one run over the whole source.
-    unchunked = encode(ladder_input, whole, "whole-thumbs", names=(), thumbnails=True)
+    unchunked = encode(any_rate_input, whole, "whole-thumbs", names=(), thumbnails=True)
     got, want = sha256_files(shared["thumbnails"].path), sha256_files(unchunked["thumbnails"].path)
     assert len(got) == 4 + 2  # 4 JPEGs, the sprite and the storyboard
     assert [(p.relative_to(shared["thumbnails"].path), h) for p, h in got.items()] == \

@@ -176,19 +176,19 @@ def test_why_cli_prints_json_and_refuses_unknown_videos(make_source, tmp_path):
 
 
 def test_a_chunked_encode_is_recorded_run_by_run_and_reproduced_with_fewer_lanes(make_source, tmp_path):
-    """A source long enough for `chunk_s`: each rendition's provenance lists its chunk encodes (each
-    with its seek), the audio encode and the join; a forced re-run with one lane instead of two
-    makes the same renditions and HLS."""
+    """A 29.97 fps source long enough for `chunk_s`: each rendition's provenance lists its chunk
+    encodes (each with its seek: the cut is on frame 60, at 2.002 s), the audio encode and the
+    join; a forced re-run with one lane instead of two makes the same renditions and HLS."""
     shipped = temp_project(tmp_path / "a", encode_lanes=2)
     spec = shipped.spec().model_copy(update={
         "gop_s": 1.0, "chunk_s": 2.0, "thumbnails": shipped.spec().thumbnails.model_copy(update={"interval_s": 1.0})})
     two, one = (p.model_copy(update={"specs": [spec]}) for p in (shipped, temp_project(tmp_path / "b", encode_lanes=1)))
-    source = make_source("clip", duration_s=4.0)
+    source = make_source("clip", duration_s=4.0, fps="30000/1001")
     with instance_for_test() as instance:
         assert materialize_video(two, spec, "clip", instance=instance, source=source).success
         prov = latest(instance, "rendition_480p", "clip").metadata["provenance"].value
         encodes = [argv for argv in prov["argv"] if "libx264" in argv]
-        assert [argv[argv.index("-ss") + 1] for argv in encodes] == ["0", "2"]
+        assert [argv[argv.index("-ss") + 1] for argv in encodes] == ["0", "2.002"]
         assert any("aac" in argv and "libx264" not in argv for argv in prov["argv"])  # the audio, once
         assert "concat" in prov["argv"][-1]  # the join
         before = {n: latest(instance, n, "clip").metadata["sha256"].value for n in (*FFMPEG_STAGES[:5], "hls")}

@@ -44,16 +44,26 @@ def boundary_step(*periods_s: float) -> Fraction:
 
 
 def plan_spans(duration_s: float, constant_frame_rate: Optional[str], chunk_s: float, step: Fraction) -> list[Span]:
-    """About `duration_s / chunk_s` chunks, cut at multiples of `step`; the whole source as one
-    span when that gives fewer than two, when `chunk_s` is 0, or when the frame rate is not
-    constant or a cut would fall between frames (the chunks would not join frame-exactly)."""
+    """About `duration_s / chunk_s` chunks, cut near multiples of `step`: on the first frame at or
+    after each multiple, the frame a whole-source encode makes a keyframe and a thumbnail of there.
+    At 30000/1001 a 10 s mark falls between frames, so that cut is at 300 frames, 10.01 s. The
+    whole source is one span when that gives fewer than two, when `chunk_s` is 0, or when the
+    frame rate is not constant (no frame times to cut on)."""
     count = round(duration_s / chunk_s) if chunk_s > 0 else 0
-    if count < 2 or not constant_frame_rate or (step * Fraction(constant_frame_rate)).denominator != 1:
+    if count < 2 or not constant_frame_rate:
         return [WHOLE]
+    rate = Fraction(constant_frame_rate)
     duration = _fraction(duration_s)
-    cuts = sorted({round(duration * k / count / step) * step for k in range(1, count)} - {Fraction(0)})
-    cuts = [c for c in cuts if c < duration]
+    marks = sorted({round(duration * k / count / step) * step for k in range(1, count)} - {Fraction(0)})
+    cuts = [c for c in (math.ceil(m * rate) / rate for m in marks) if c < duration]
     if not cuts:
         return [WHOLE]
     starts = [Fraction(0), *cuts]
     return [Span(start, end - start) for start, end in zip(starts, cuts)] + [Span(starts[-1], None)]
+
+
+def marks_before(span: Span, period_s: float) -> int:
+    """How many marks t = 0, period, 2 * period, ... of the whole source lie before this span's
+    first frame's own mark: the span starts on the first frame at or after a mark (`plan_spans`),
+    less than a frame (so less than a period) after it."""
+    return math.floor(span.start_s / _fraction(period_s))

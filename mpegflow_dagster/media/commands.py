@@ -16,7 +16,7 @@ from typing import Optional
 
 import ffmpeg
 
-from .chunking import WHOLE, Span
+from .chunking import WHOLE, Span, marks_before
 from .safety import SAFE_INPUT, SOURCE_FORMATS
 
 _CHUNK_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2"  # what our own chunk and audio files are
@@ -68,9 +68,26 @@ class ThumbnailOutput:
     quality: int
 
 
-def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int):
+def _seconds(t: Fraction) -> str:
+    """`t` for -ss/-t, rounded down to FFmpeg's microsecond: a cut on a frame at 10.01 s, or at
+    40.0066333... s (frame 1199 at 30000/1001), keeps that frame and not the one before."""
+    whole, micro = divmod(math.floor(t * 1_000_000), 1_000_000)
+    return f"{whole}.{micro:06d}".rstrip("0").rstrip(".")
+
+
+def _at_marks(span: Span, period_s: float, count: str) -> str:
+    """An FFmpeg expression true from source time `period_s * count` on, where `count` counts the
+    marks taken so far: inside a chunk `t` starts at 0, so the chunk's start and the marks before
+    it are added back."""
+    if span.whole:
+        return f"gte(t,{period_s:g}*{count})"
+    return f"gte(t+{float(span.start_s)!r},{period_s:g}*({marks_before(span, period_s)}+{count}))"
+
+
+def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int, span: Span = WHOLE):
     """H.264/AAC MP4 with keyframes forced every `gop_s` seconds of source time, so every rendition
-    of the same source has its keyframes (and so its HLS segment boundaries) at the same times."""
+    of the same source has its keyframes (and so its HLS segment boundaries) at the same times:
+    for a chunk, the frames a whole-source encode would make keyframes."""
     video = video.filter("scale", -2, enc.height, flags="bicubic").filter("format", enc.pix_fmt)
     maxrate = int(enc.video_bitrate_kbps * enc.maxrate_factor)
     # x264 must not add keyframes of its own (scene cuts, keyint) or renditions drift apart.
@@ -83,7 +100,7 @@ def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int):
         "c:v": "libx264", "preset": enc.speed, "profile:v": enc.profile, "level:v": enc.level,
         "b:v": f"{enc.video_bitrate_kbps}k", "maxrate:v": f"{maxrate}k", "bufsize:v": f"{2 * maxrate}k",
         "g": 2 * gop_frames, "keyint_min": gop_frames, "sc_threshold": 0, "forced-idr": 1,
-        "force_key_frames": f"expr:gte(t,n_forced*{enc.gop_s:g})",
+        "force_key_frames": f"expr:{_at_marks(span, enc.gop_s, 'n_forced')}",
         "x264-params": ":".join(f"{k}={v}" for k, v in sorted(params.items())),
         "threads": threads,
     }
@@ -100,15 +117,15 @@ def _audio_options(enc: H264Output) -> dict[str, object]:
     return {"c:a": "aac", "b:a": f"{enc.audio_bitrate_kbps}k", "ar": enc.audio_sample_rate, "ac": enc.audio_channels}
 
 
-def _thumbnail_output(video, out_dir: Path, thumbs: ThumbnailOutput, threads: int, first: int = 1):
+def _thumbnail_output(video, out_dir: Path, thumbs: ThumbnailOutput, threads: int, span: Span = WHOLE):
     """One JPEG for each of t = 0, interval, 2*interval, ... < duration (the first frame at or after
-    each mark, so there are ceil(duration / interval)), named 00001.jpg, 00002.jpg, ... (numbered
-    from `first`)
+    each mark, so there are ceil(duration / interval)), named 00001.jpg, 00002.jpg, ...; a chunk's
+    are those of its part of the source, numbered on from the marks before it.
 
     `select` against the frame count does not drift, unlike `fps=1/N`, which also drops the
     last mark when it falls within half an interval of the end."""
-    video = video.filter("select", f"gte(t,{thumbs.interval_s:g}*selected_n)").filter("scale", thumbs.width, -2)
-    return ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr", start_number=first,
+    video = video.filter("select", _at_marks(span, thumbs.interval_s, "selected_n")).filter("scale", thumbs.width, -2)
+    return ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr", start_number=1 + marks_before(span, thumbs.interval_s),
                          **{"q:v": thumbs.quality}, threads=threads, **_BITEXACT)
 
 
@@ -135,14 +152,13 @@ def encode_ladder_args(
     For a chunk (`span` other than the whole source) only that part is decoded (seeking is
     frame-exact: frames before the start are decoded and dropped), the renditions are written
     without audio (see `audio_args`, `join_args`) and the thumbnails numbered on from the marks
-    before the chunk. Times inside the chunk count from its start, so forced keyframes and
-    thumbnail marks fall where they fall in the whole source when the span starts on a multiple
-    of both intervals (see `chunking.boundary_step`)."""
+    before the chunk. Keyframes and thumbnail marks are placed by source time (the chunk's start
+    plus time inside it), so they fall on the frames a whole-source run picks."""
     options: dict[str, object] = {}
     if not span.whole:
-        options["ss"] = f"{float(span.start_s):g}"
+        options["ss"] = _seconds(span.start_s)
         if span.duration_s is not None:
-            options["t"] = f"{float(span.duration_s):g}"
+            options["t"] = _seconds(span.duration_s)
     inp = _input(src, **options)
     audio = inp["a:0"] if span.whole else None
     branches = len(renditions) + (1 if thumbnails else 0)
@@ -151,10 +167,10 @@ def encode_ladder_args(
     def branch(i: int):
         return split.stream(i) if split is not None else inp["v:0"]
 
-    outputs = [_rendition_output(branch(i), audio, out, enc, threads) for i, (out, enc) in enumerate(renditions.items())]
+    outputs = [_rendition_output(branch(i), audio, out, enc, threads, span)
+               for i, (out, enc) in enumerate(renditions.items())]
     if thumbnails:
-        first = 1 + math.ceil(span.start_s / Fraction(str(thumbnails[1].interval_s)))
-        outputs.append(_thumbnail_output(branch(len(renditions)), thumbnails[0], thumbnails[1], threads, first=first))
+        outputs.append(_thumbnail_output(branch(len(renditions)), thumbnails[0], thumbnails[1], threads, span))
     return ffmpeg.merge_outputs(*outputs).get_args()
 
 

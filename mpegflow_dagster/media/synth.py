@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
+
 import ffmpeg
 
 from .runner import run_ffmpeg
@@ -14,12 +16,13 @@ def make_clip(
     duration_s: float = 6.0,
     width: int = 1920,
     height: int = 1080,
-    fps: int = 30,
+    fps: int | str = 30,
     audio: bool = True,
     noisy: bool = False,
     ffmpeg_bin: str = "ffmpeg",
 ) -> Path:
-    """An H.264/AAC MP4 test pattern with a moving clock; `noisy` adds grain (hard to encode)."""
+    """An H.264/AAC MP4 test pattern with a moving clock; `noisy` adds grain (hard to encode).
+    `fps` may be a rational such as "30000/1001"."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     video = ffmpeg.input(f"testsrc2=size={width}x{height}:rate={fps}:duration={duration_s:g}", f="lavfi")["v"]
@@ -29,7 +32,7 @@ def make_clip(
     if audio:
         streams.append(ffmpeg.input(f"sine=frequency=440:sample_rate=48000:duration={duration_s:g}", f="lavfi")["a"])
     args = ffmpeg.output(
-        *streams, str(out), **{"c:v": "libx264", "preset": "ultrafast", "pix_fmt": "yuv420p", "g": fps},
+        *streams, str(out), **{"c:v": "libx264", "preset": "ultrafast", "pix_fmt": "yuv420p", "g": round(Fraction(fps))},
         **({"c:a": "aac", "b:a": "128k"} if audio else {}),
     ).get_args()
     run_ffmpeg(args, ffmpeg=ffmpeg_bin, duration_s=duration_s)
