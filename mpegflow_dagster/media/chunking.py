@@ -63,7 +63,7 @@ def plan_spans(duration_s: float, constant_frame_rate: Optional[str], chunk_s: f
 
 
 def marks_before(span: Span, period_s: float) -> int:
-    """How many marks t = 0, period, 2 * period, ... of the whole source lie before this span's
-    first frame's own mark: the span starts on the first frame at or after a mark (`plan_spans`),
-    less than a frame (so less than a period) after it."""
+    """How many of the source's marks t = 0, period, 2 * period, ... the spans before this one
+    took. A span starts on the first frame at or after a mark (`plan_spans`), less than a frame
+    (so less than a period) after it: the marks before that one."""
     return math.floor(span.start_s / _fraction(period_s))

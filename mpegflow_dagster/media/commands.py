@@ -76,10 +76,10 @@ def _seconds(t: Fraction) -> str:
 
 
 def _at_marks(span: Span, period_s: float, count: str) -> str:
-    """An FFmpeg expression true from source time `period_s * count` on, where `count` counts the
-    marks taken so far: inside a chunk `t` starts at 0, so the chunk's start and the marks before
-    it are added back."""
-    if span.whole:
+    """An FFmpeg expression: is this frame at or after the next mark (source times 0, period,
+    2 * period, ...), `count` being the marks the span has taken so far? Inside a chunk `t`
+    starts at 0, so the chunk's start and the marks before it are added back."""
+    if span.start_s == 0:
         return f"gte(t,{period_s:g}*{count})"
     return f"gte(t+{float(span.start_s)!r},{period_s:g}*({marks_before(span, period_s)}+{count}))"
 
@@ -125,8 +125,9 @@ def _thumbnail_output(video, out_dir: Path, thumbs: ThumbnailOutput, threads: in
     `select` against the frame count does not drift, unlike `fps=1/N`, which also drops the
     last mark when it falls within half an interval of the end."""
     video = video.filter("select", _at_marks(span, thumbs.interval_s, "selected_n")).filter("scale", thumbs.width, -2)
-    return ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr", start_number=1 + marks_before(span, thumbs.interval_s),
-                         **{"q:v": thumbs.quality}, threads=threads, **_BITEXACT)
+    return ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr",
+                         start_number=1 + marks_before(span, thumbs.interval_s), **{"q:v": thumbs.quality},
+                         threads=threads, **_BITEXACT)
 
 
 def encode_rendition_args(
