@@ -10,6 +10,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .media.chunking import PLAN_VERSION
 from .presets import Preset, load_presets
 
 _NAME = r"^[a-z][a-z0-9_]*$|^[0-9]+p[a-z0-9_]*$"
@@ -136,7 +137,7 @@ class PipelineSpec(_Strict):
 
     def encode_settings(self) -> dict[str, object]:
         """Spec-wide settings that shape every encoded rendition's bytes."""
-        return {"gop_s": self.gop_s, "chunk_s": self.chunk_s, "upscale": self.upscale}
+        return {"gop_s": self.gop_s, "chunk_s": self.chunk_s, "chunk_plan": PLAN_VERSION, "upscale": self.upscale}
 
     @property
     def renditions_required(self) -> int:

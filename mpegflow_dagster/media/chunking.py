@@ -16,6 +16,12 @@ from fractions import Fraction
 from typing import Optional
 
 
+# Part of every rendition's code version (`PipelineSpec.encode_settings`): where the cuts fall
+# shapes the bytes. 2: a cut on the first frame at or after its mark (1: exact marks only, so
+# a 29.97 fps source was encoded whole).
+PLAN_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Span:
     """The part of the source one chunk encodes: from `start_s` for `duration_s` (None: to the end)."""
