@@ -18,8 +18,8 @@ wall and children-CPU seconds of:
 All FFmpeg argv come from mpegflow_dagster.media.commands, so scripts and pipeline do the same
 FFmpeg work. A ratio is taken round by round (the pipeline's run over the same round's script run)
 and reported as the median over rounds, so a host that drifts between rounds does not pit one
-round's pipeline against another round's script. Prints a table and writes bench/results.json. Everything generated lives in
-bench/work/ (gitignored); sources are cached there.
+round's pipeline against another round's script. Prints a table and writes bench/results.json.
+Everything generated lives in bench/work/ (gitignored); sources are cached there.
 
     make bench                                     # 60 s sources, 3 alternating repeats
     .venv/bin/python bench/ladder.py --duration 10 # quick smoke run
@@ -658,8 +658,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "source": str(src.relative_to(ROOT)), "source_bytes": src.stat().st_size, "duration_s": info.duration,
             **fig,
             "best_script": best_script,
-            # Each round's pipeline run against the same round's script, then the median over rounds:
-            # a host that is slower in one round than in another moves both sides of that round's ratio.
+            # paired by round (see the module docstring); the ratio of medians is kept beside
             "ratio_vs_best": median(per_round["vs_best"]),
             "ratio_vs_naive": median(per_round["vs_naive"]),
             "best_same_bytes_variant": SAME_BYTES_VARIANT,
