@@ -15,7 +15,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from mpegflow_dagster.assets import build_video_assets
 from mpegflow_dagster.media.build import detect_build
-from mpegflow_dagster.runs import materialize_video, stage_report
+from mpegflow_dagster.runs import materialize_video
 from mpegflow_dagster.why import explain
 
 from pipeline_helpers import ROOT, temp_project
