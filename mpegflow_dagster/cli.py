@@ -13,7 +13,7 @@ from dagster import DagsterInstance
 
 from .media.synth import sample_with_captions
 from .project import Project
-from .runs import materialize_video, outcome_event, stage_report
+from .runs import fail_abandoned_runs, materialize_video, outcome_event, stage_report
 from .spec import SpecError
 from .why import explain, render
 from .videos import video_key
@@ -76,7 +76,9 @@ def cmd_why(args: argparse.Namespace) -> int:
     root = Path(args.project).resolve()
     try:
         project = Project.load(root, [Path(args.spec)] if args.spec else None)
-        report = explain(_instance(root), project.spec(args.pipeline), args.video, args.asset)
+        instance = _instance(root)
+        fail_abandoned_runs(instance)
+        report = explain(instance, project.spec(args.pipeline), args.video, args.asset)
     except (SpecError, FileNotFoundError, KeyError) as exc:
         print(f"mpegflow: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_bina
 from .media.progress import Progress
 from .media.runner import RunLimits
 from .stages import Tools
-from .storage import ArtifactStore, LocalArtifactStore, scratch_dir
+from .storage import ArtifactStore, LocalArtifactStore, collect_abandoned_scratch, scratch_dir
 
 
 class FFmpegResource(ConfigurableResource):
@@ -71,6 +71,10 @@ class FFmpegResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._build = self.check()
+        removed, size = collect_abandoned_scratch(Path(self.work_dir))
+        if removed and context.log is not None:
+            context.log.warning(f"removed {removed} scratch directories ({size / 1e6:.1f} MB) left in "
+                                f"{self.work_dir} by processes that are gone (killed mid-stage)")
 
     def check(self) -> FFmpegBuild:
         """Find both binaries and check the pinned version; raise a Failure saying what to install."""

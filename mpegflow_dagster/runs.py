@@ -11,16 +11,20 @@ from dagster import (
     DagsterEvent,
     DagsterEventType,
     DagsterInstance,
+    DagsterRunStatus,
     ExecuteInProcessResult,
     RunConfig,
+    RunsFilter,
     materialize,
 )
 
+from . import liveness
 from .assets import FORCE_TAG, IngestConfig, build_video_assets, partitions_for, step_keys
 from .events import Event
 from .spec import PipelineSpec
 
 PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
+OWNER_TAG = "mpegflow/owner"  # the process executing a run in process (host/boot/pid/start)
 
 if TYPE_CHECKING:  # project.py builds sensors from this module
     from .project import Project
@@ -42,6 +46,7 @@ def materialize_video(
     with what shares their step: ingest and probe go together).
     With `source`, the video is (re-)ingested from that file; `force` re-runs unchanged stages."""
     assets = project.assets(spec)
+    fail_abandoned_runs(instance)
     instance.add_dynamic_partitions(partitions_for(spec).name, [video])
     # Assets that share a step and cannot run apart (ingest and probe) are selected together.
     selection = (AssetSelection.assets(*(AssetKey([spec.name, name]) for name in stages)).required_multi_asset_neighbors()
@@ -54,10 +59,23 @@ def materialize_video(
         selection=selection,
         resources=project.resources(delivery_dir=delivery_dir),
         run_config=RunConfig(ops=ops, loggers={"console": {"config": {"log_level": log_level}}}),
-        tags={"mpegflow/video": video, **({"mpegflow/source": str(source)} if source else {}),
+        tags={"mpegflow/video": video, OWNER_TAG: liveness.current(), **({"mpegflow/source": str(source)} if source else {}),
               **({FORCE_TAG: "true"} if force else {})},
         raise_on_error=False,
     )
+
+
+def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark failed the runs still shown as started whose process is gone (`kill -9`, the OOM
+    killer, a reboot): nothing else would, since an in-process run has no run worker for
+    Dagster's run monitoring to check. Returns their run ids."""
+    running = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
+    abandoned = [run for run in running if liveness.is_gone(run.tags.get(OWNER_TAG, ""))]
+    for run in abandoned:
+        instance.report_run_failed(run, message=(
+            f"the process that ran it ({run.tags[OWNER_TAG]}) is gone (killed, or the machine restarted); "
+            "marked failed when mpegflow next opened this instance"))
+    return [run.run_id for run in abandoned]
 
 
 def stage_report(

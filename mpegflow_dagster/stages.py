@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from .media.safety import MAX_PIXELS, playlist_signature
 from .media.storyboard import storyboard_vtt
 from .media.verify import OutputRejected, verify_output
 from .spec import HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
-from .storage import ArtifactStore, copy_hashing, copy_tree_hashing, describe, sha256_file, sha256_files
+from .storage import ArtifactStore, copy_hashing, copy_tree_hashing, describe, scratch_dir, sha256_file, sha256_files
 
 SOURCE_STEM = "source"
 CAPTIONS_STEM = "captions"
@@ -161,7 +160,7 @@ def _checked_rendition(out: Path, info: MediaInfo, spec: PipelineSpec, rendition
     """Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output."""
     result = probe(out, tools.ffprobe)
     problems = verify_output(result, info, expect_audio=True, policy=spec.failures.verification,
-                             stderr_tail="\n".join(r.stderr_tail for r in runs))
+                             messages="\n".join(r.messages for r in runs))
     if problems:
         raise OutputRejected(problems)
     wall = max(r.started_at + r.wall_s for r in runs) - min(r.started_at for r in runs)
@@ -261,8 +260,7 @@ def encode_ladder(
         finished = _together([lambda cancel, i=i: lane(i, cancel) for i in range(len(lanes))], at_once=len(lanes))
         results = {name: out for done in finished for name, out in done.items()}
     else:
-        with tempfile.TemporaryDirectory(prefix="mpegflow-chunks-", dir=next(iter(work.values())).parent) as tmp:
-            parts = Path(tmp)
+        with scratch_dir(next(iter(work.values())).parent, "chunks", temporary=True) as parts:
             audio = {name: parts / f"audio-{name}.m4a" for name in outputs} if info.audio is not None else {}
             names = list(outputs)
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional, Protocol
 
+from . import liveness
+
 CHUNK = 1 << 20  # stream in 1 MiB chunks: memory stays flat for any file size
 COPY_CHUNK = 1 << 28  # per copy_file_range call; the bytes stay in the kernel
 SCRATCH_MARKER = ".mpegflow-scratch"
@@ -235,19 +237,41 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def scratch_dir(root: Path, *parts: str) -> Iterator[Path]:
+def scratch_dir(root: Path, *parts: str, temporary: bool = False) -> Iterator[Path]:
     """A private directory for one stage attempt. Removed with everything in it if the stage
     raises: a failed stage leaves no partial files. On success it stays until the IO manager
-    has published the artifact out of it (see `release_scratch`)."""
+    has published the artifact out of it (see `release_scratch`), unless `temporary`.
+
+    Its marker names the owning process, so that what a killed process left behind is found
+    and removed by the next run (`collect_abandoned_scratch`)."""
     safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", p)[:64] for p in parts]
     path = Path(root).resolve() / ".".join([*safe, uuid.uuid4().hex[:8]])
     path.mkdir(parents=True)
-    (path / SCRATCH_MARKER).touch()
+    (path / SCRATCH_MARKER).write_text(liveness.current())
     try:
         yield path
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
+    if temporary:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def collect_abandoned_scratch(root: Path) -> tuple[int, int]:
+    """Remove the scratch directories under `root` whose owning process is gone (killed in the
+    middle of a stage); those of live processes, and of other hosts sharing `root`, are kept.
+    Returns (directories, bytes) removed."""
+    removed = size = 0
+    for marker in Path(root).glob(f"*/{SCRATCH_MARKER}"):
+        try:
+            owner = marker.read_text()
+        except OSError:
+            continue
+        if liveness.is_gone(owner):
+            size += sum(f.stat().st_size for f in _tree_files(marker.parent) if not f.is_symlink())
+            shutil.rmtree(marker.parent, ignore_errors=True)
+            removed += 1
+    return removed, size
 
 
 def release_scratch(artifact: Path) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 from mpegflow_dagster.project import Project, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 def temp_project(base: Path, **ffmpeg_settings) -> Project:
@@ -24,6 +28,28 @@ def write_instance_config(home: Path) -> Path:
     config = home / "dagster.yaml"
     config.write_text(template.replace("@DAGSTER_HOME@", str(home.resolve())))
     return config
+
+
+def cli_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """The environment of `mpegflow` on an instance and storage under `tmp_path`, with the
+    instance config `make install` writes (the CLI runs on the config we ship)."""
+    write_instance_config(tmp_path / "home")
+    return {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "MPEGFLOW_STORAGE_DIR": str(tmp_path / "storage"),
+            "MPEGFLOW_WORK_DIR": str(tmp_path / "work"), "MPEGFLOW_EVENTS_PATH": str(tmp_path / "events.jsonl"), **env}
+
+
+def run_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "mpegflow"), *args], cwd=ROOT, env=cli_env(tmp_path, **env),
+                          capture_output=True, text=True, timeout=600)
+
+
+def ffmpeg_wrapper(tmp_path: Path, body: str = "", options: str = "") -> Path:
+    """A real-FFmpeg harness: runs `body` (bash), then execs the real binary with `options`
+    before the pipeline's arguments (e.g. `-re`: read the first input at its own pace)."""
+    script = tmp_path / "ffmpeg-harness"
+    script.write_text(f"#!/bin/bash\n{body}\nexec ffmpeg {options} \"$@\"\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
 
 
 def decode_errors(path: Path) -> str:

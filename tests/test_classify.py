@@ -19,10 +19,10 @@ from typing import Callable, Iterator, Optional
 import pytest
 
 from mpegflow_dagster.media.build import FFmpegBuild, detect_build
-from mpegflow_dagster.media.classify import Classification, classify, classify_exception
+from mpegflow_dagster.media.classify import STDERR_RULES, Classification, _from_stderr, classify, classify_exception
 from mpegflow_dagster.media.probe import ProbeError, parse_probe, probe
 from mpegflow_dagster.media.runner import FFmpegFailed, RunLimits, RunResult, run_ffmpeg
-from mpegflow_dagster.media.verify import OutputRejected, stderr_problems, verify_output
+from mpegflow_dagster.media.verify import STDERR_SIGNATURES, OutputRejected, stderr_problems, verify_output
 from mpegflow_dagster.stages import MediaRejected
 
 import corpus  # tests/ is on sys.path (rootdir conftest, no package)
@@ -169,7 +169,7 @@ def test_disk_full(build, clip):
     else:
         result = run_ffmpeg(args, ffmpeg=build.path)
         assert result.ok
-        assert any("Error writing trailer" in p for p in stderr_problems(result.stderr_tail, "tolerant"))
+        assert any("Error writing trailer" in p for p in stderr_problems(result.messages, "tolerant"))
 
 
 def test_codec_this_build_cannot_decode(build, tmp_path):
@@ -276,7 +276,7 @@ def test_half_a_file_encodes_with_exit_0_but_is_rejected(build, clip, tmp_path):
     assert result.ok
     out, src = probe(tmp_path / "o.mp4"), probe(clip)
     for policy in ("strict", "tolerant"):
-        problems = verify_output(out, src, expect_audio=True, policy=policy, stderr_tail=result.stderr_tail)
+        problems = verify_output(out, src, expect_audio=True, policy=policy, messages=result.messages)
         assert any("lasts" in p for p in problems), problems
 
 
@@ -284,26 +284,26 @@ def test_concealed_corruption_fails_strict_only(build, clip, tmp_path):
     result = _encode(build, corpus.bit_flipped(clip, tmp_path), tmp_path / "o.mp4")
     assert result.ok
     out, src = probe(tmp_path / "o.mp4"), probe(clip)
-    strict = verify_output(out, src, expect_audio=True, policy="strict", stderr_tail=result.stderr_tail)
+    strict = verify_output(out, src, expect_audio=True, policy="strict", messages=result.messages)
     assert strict and all(p.startswith("stderr shows damage") for p in strict), strict
-    assert verify_output(out, src, expect_audio=True, policy="tolerant", stderr_tail=result.stderr_tail) == []
+    assert verify_output(out, src, expect_audio=True, policy="tolerant", messages=result.messages) == []
 
 
 def test_clean_encode_passes_and_missing_audio_is_caught(build, clip, tmp_path):
     result = _encode(build, clip, tmp_path / "o.mp4")
     src = probe(clip)
     out = probe(tmp_path / "o.mp4")
-    assert verify_output(out, src, expect_audio=True, policy="strict", stderr_tail=result.stderr_tail) == []
+    assert verify_output(out, src, expect_audio=True, policy="strict", messages=result.messages) == []
     silent = _encode(build, clip, tmp_path / "silent.mp4", "-an")
     out = probe(tmp_path / "silent.mp4")
-    problems = verify_output(out, src, expect_audio=True, policy="strict", stderr_tail=silent.stderr_tail)
+    problems = verify_output(out, src, expect_audio=True, policy="strict", messages=silent.messages)
     assert problems == ["source has audio but the output has none"]
-    assert verify_output(out, src, expect_audio=False, policy="strict", stderr_tail=silent.stderr_tail) == []
+    assert verify_output(out, src, expect_audio=False, policy="strict", messages=silent.messages) == []
 
 
 def test_audio_only_output_has_no_video(tmp_path):
     audio = probe(corpus.audio_only(tmp_path))
-    problems = verify_output(audio, audio, expect_audio=True, policy="tolerant", stderr_tail="")
+    problems = verify_output(audio, audio, expect_audio=True, policy="tolerant", messages="")
     assert problems == ["output has no video stream"]
 
 
@@ -346,3 +346,103 @@ def test_watchdog_and_cancel_take_precedence_over_stderr():
     assert classify(unreachable, family="ffmpeg<=6").reason == "unknown"
     crashed = replace(dying, returncode=-signal.SIGSEGV, stderr_tail="")
     assert classify(crashed, family="ffmpeg7+").failure_class == "security"
+
+
+# --- echoes are not evidence -----------------------------------------------------------------
+
+# One line FFmpeg could print for each stderr rule, in rule order, and for each damage signature.
+RULE_SAMPLES = [
+    "Exiting normally, received signal 15", "Unsafe file name", "Format not on whitelist",
+    "Protocol 'http' not on whitelist", "No space left on device", "Cannot allocate memory",
+    "Picture size 99999x99999 is invalid", "does not contain any video stream",
+    "Stream map '0:s' matches no streams", "Decoder (codec vvc) not found", "Unknown encoder 'libfoo'",
+    "No such filter", "Error while opening encoder", "HTTP error 429 Too Many Requests",
+    "HTTP error 404 Not Found", "HTTP error 503 Service Unavailable", "Connection timed out",
+    "Connection refused", "Network is unreachable", "Permission denied", "No such file or directory",
+    "Invalid data found when processing input",
+]
+DAMAGE_SAMPLES = ["moov atom not found", "partial file", "Error writing trailer", "Invalid NAL unit",
+                  "Error while decoding", "Error splitting the input into NAL units", "corrupt", "concealing"]
+
+
+def test_every_rule_has_a_hostile_sample():
+    assert len(RULE_SAMPLES) == len(STDERR_RULES)
+    for rule, sample in zip(STDERR_RULES, RULE_SAMPLES):
+        assert rule.pattern.search(sample), (rule.reason, sample)
+    for pattern, _ in STDERR_SIGNATURES:
+        assert any(pattern.search(s) for s in [*DAMAGE_SAMPLES, *RULE_SAMPLES]), pattern.pattern
+
+
+def _hostile_dir(base: Path) -> Path:
+    """A directory whose path holds every sample, one per component (a video's name reaches
+    paths through the partition key; a deployment's directories are anybody's choice)."""
+    hostile = base.joinpath(*RULE_SAMPLES, *DAMAGE_SAMPLES)
+    hostile.mkdir(parents=True)
+    return hostile
+
+
+def _hostile_clip(build: FFmpegBuild, directory: Path) -> Path:
+    """A clean 3 s clip with audio named after damage, whose title tag lists every sample."""
+    clip = directory / "anti-corruption-talk.mp4"
+    title = "\n".join([*RULE_SAMPLES, *DAMAGE_SAMPLES])
+    run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=3", "-f", "lavfi", "-i",
+                "sine=duration=3", "-metadata", f"title={title}", "-c:v", "libx264", "-g", "25", "-c:a", "aac",
+                "-f", "mp4", f"file:{clip}"], ffmpeg=build.path)
+    return clip
+
+
+def test_our_own_commands_on_hostile_names_say_nothing_a_rule_reads(build, tmp_path):
+    """Each command the pipeline runs (chunk encode with thumbnails, audio, ffconcat join, HLS,
+    sprite, captions burn-in), on real files whose paths and tags echo every rule: the raw
+    stderr matches rules, what FFmpeg said does not, and verification finds nothing."""
+    from fractions import Fraction
+
+    from mpegflow_dagster.media import commands
+    from mpegflow_dagster.media.chunking import Span
+    from mpegflow_dagster.media.synth import write_srt
+    from mpegflow_dagster.project import Project
+    from mpegflow_dagster.stages import h264_output
+
+    work = _hostile_dir(tmp_path)
+    src = _hostile_clip(build, work)
+    spec = Project.load(Path(__file__).resolve().parents[1]).spec()
+    enc = h264_output(spec, spec.ladder[0], probe(src))
+    frames = work / "frames"
+    frames.mkdir()
+    chunk, audio, joined = work / "240p-0001.mp4", work / "audio-240p.m4a", work / "240p.mp4"
+    listing = work / "it's 240p.ffconcat"  # a quote in the listing's own path, too
+    listing.write_text(commands.concat_listing([chunk]))
+    (work / "hls").mkdir()
+    srt = write_srt(work / "captions.srt", 3.0)
+    runs = [
+        run_ffmpeg(commands.encode_ladder_args(src, {chunk: enc}, threads=1, span=Span(Fraction(0), Fraction(3)),
+                                               thumbnails=(frames, commands.ThumbnailOutput(1, 160, 4))), ffmpeg=build.path),
+        run_ffmpeg(commands.audio_args(src, {audio: enc}), ffmpeg=build.path),
+        run_ffmpeg(commands.join_args(listing, audio, joined), ffmpeg=build.path),
+        run_ffmpeg(commands.hls_variant_args(joined, work / "hls", segment_s=2, segment_type="mpegts"), ffmpeg=build.path),
+        run_ffmpeg(commands.sprite_args(frames, work / "sprite.jpg", columns=3, rows=1, tile_width=80, quality=4),
+                   ffmpeg=build.path),
+        run_ffmpeg(commands.encode_rendition_args(src, work / "captioned.mp4", enc, threads=1, subtitles=srt.name),
+                   ffmpeg=build.path, cwd=work),
+    ]
+    for run in runs:
+        assert _from_stderr(run.stderr_tail) is not None, run.stderr_tail  # the echoes are there
+        assert _from_stderr(run.messages) is None, run.messages
+        assert stderr_problems(run.messages, "strict") == [], run.messages
+    assert verify_output(probe(joined), probe(src), expect_audio=True, policy="strict",
+                         messages="\n".join(r.messages for r in runs[:3])) == []
+
+
+def test_a_disk_full_join_is_classified_by_the_error_not_its_banner(build, tmp_path):
+    """The ffconcat join writing to a full disk (/dev/full): its banner says `Input #0, concat`,
+    its paths say `Unsafe file name`; the error says disk full."""
+    from mpegflow_dagster.media import commands
+
+    work = _hostile_dir(tmp_path)
+    clip = _hostile_clip(build, work)
+    listing = work / "240p.ffconcat"
+    listing.write_text(commands.concat_listing([clip]))
+    result, got = _fail(build, commands.join_args(listing, None, Path("/dev/full")))
+    assert "Input #0, concat, from" in result.stderr_tail
+    assert (got.failure_class, got.reason) == ("resource", "resource.disk_full"), got.message
+    assert str(work) not in got.message

@@ -1,9 +1,7 @@
 """`mpegflow run` as a user runs it, and the code location as `dagster dev` loads it."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -12,17 +10,7 @@ from dagster import DagsterInstance, Definitions, in_process_executor
 from mpegflow_dagster import Project, build_video_assets
 from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
 
-from pipeline_helpers import write_instance_config
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def run_cli(args, tmp_path, **env):
-    full_env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "MPEGFLOW_STORAGE_DIR": str(tmp_path / "storage"),
-                "MPEGFLOW_WORK_DIR": str(tmp_path / "work"), **env}
-    write_instance_config(tmp_path / "home")  # as `make install` does: the CLI runs on the config we ship
-    return subprocess.run([str(BIN / "mpegflow"), *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+from pipeline_helpers import BIN, ROOT, run_cli
 
 
 def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_path):

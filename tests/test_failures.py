@@ -1,7 +1,6 @@
 """Failure handling through Dagster: classify, retry only what can heal, isolate, clean up, announce."""
 
 import json
-import stat
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from mpegflow_dagster.project import Project
 from mpegflow_dagster.runs import materialize_video, outcome_event, stage_report
 from mpegflow_dagster.spec import load_spec
 
-from pipeline_helpers import ROOT, temp_project
+from pipeline_helpers import ROOT, ffmpeg_wrapper, run_cli, temp_project
 
 FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "backoff": 2.0, "jitter": 0.1}}
 
@@ -37,14 +36,6 @@ def project_with(tmp_path: Path, spec_changes: dict, preset_files: dict[str, str
 
 def events_of(project: Project) -> list[dict]:
     return JsonlEventSink(Path(project.settings.events_path)).read()
-
-
-def ffmpeg_wrapper(tmp_path: Path, body: str) -> Path:
-    """A real-FFmpeg harness: runs `body` (bash) before exec'ing the real binary."""
-    script = tmp_path / "ffmpeg-harness"
-    script.write_text(f"#!/bin/bash\n{body}\nexec ffmpeg \"$@\"\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return script
 
 
 def project_with_broken(tmp_path: Path, rungs: set[str], **spec_changes) -> Project:
@@ -210,16 +201,9 @@ def test_audio_only_source_is_rejected_as_no_video(tmp_path):
 
 
 def test_cli_json_reports_class_and_reason(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"#EXTM3U\n")
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "MPEGFLOW_STORAGE_DIR": str(tmp_path / "s"),
-           "MPEGFLOW_WORK_DIR": str(tmp_path / "w"), "MPEGFLOW_EVENTS_PATH": str(tmp_path / "events.jsonl")}
-    proc = subprocess.run([str(Path(sys.executable).parent / "mpegflow"), "run", str(junk), "--json", "--out", str(tmp_path / "o")],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = run_cli(["run", str(junk), "--json", "--out", str(tmp_path / "o")], tmp_path)
     report = json.loads(proc.stdout)
     assert proc.returncode == 1
     assert report["stages"]["probe"]["failure_class"] == "security"

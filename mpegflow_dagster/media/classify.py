@@ -3,8 +3,10 @@
 FFmpeg's exit status says little: FFmpeg <= 6 exits 1 for almost every failure, FFmpeg 7+
 exits with the negative AVERROR truncated to 8 bits, where several errors share a value
 (8 = every "not found" and every HTTP error; 187 = EOF or "external library"; 255 = EPERM or
-"received a signal"). So the stderr tail decides first, through one ordered table of patterns,
-and the exit status per build family is only the fallback.
+"received a signal"). So what FFmpeg said decides first, through one ordered table of patterns,
+and the exit status per build family is only the fallback. The patterns read `RunResult.messages`:
+the stderr tail without banners and file names (see `messages`), so neither our own commands'
+banners nor a user's file name or metadata can pose as a diagnostic.
 
 Classes: `transient` (retry with backoff), `resource` (retry later or elsewhere, after freeing
 disk/memory), `permanent` (never retry: the input or the configuration is wrong), `security`
@@ -52,7 +54,7 @@ def _rule(pattern: str, failure_class: FailureClass, reason: str, message: str) 
     return _Rule(re.compile(pattern, re.MULTILINE), failure_class, reason, message)
 
 
-# Ordered: the first rule matching anywhere in the stderr tail wins. Specific causes come before
+# Ordered: the first rule matching anywhere in what FFmpeg said wins. Specific causes come before
 # the generic lines FFmpeg prints after them (a hostile playlist also prints "Invalid data
 # found"; a bad x264 preset also prints "Error while opening encoder").
 STDERR_RULES: tuple[_Rule, ...] = (
@@ -61,8 +63,7 @@ STDERR_RULES: tuple[_Rule, ...] = (
           "transient", "process.killed", "FFmpeg was interrupted by a signal we did not send"),
     # Security: playlist/list demuxers read other files or URLs named inside the input.
     _rule(r"Unsafe file name|not in allowed_(?:segment_)?extensions|Not detecting m3u8/hls with non standard extension"
-          r"|^\[hls @ [^\]]*\] (?:Failed to open segment|Error when loading first segment)"
-          r"|^Input #\d+, (?:hls|concat|dash), from",
+          r"|^\[hls @ [^\]]*\] (?:Failed to open segment|Error when loading first segment)",
           "security", "security.playlist_input", "the input is a playlist or file list that references other files"),
     _rule(r"Format not on whitelist",
           "security", "security.forbidden_format", "the input's format is not on the allowed format list"),
@@ -179,7 +180,7 @@ def classify(
         return make("transient", "process.stalled", "stopped by the watchdog: no progress for too long")
     if we_signalled or result.stopped_by == "cancelled":
         return make("cancelled", "process.cancelled", "cancelled on request")
-    found = _from_signal(sig) if sig else (_from_stderr(result.stderr_tail) or EXIT_CODES.get(family, {}).get(code))
+    found = _from_signal(sig) if sig else (_from_stderr(result.messages) or EXIT_CODES.get(family, {}).get(code))
     outcome: _Outcome = found or ("transient", "unknown", f"unrecognised failure (exit status {code})")
     if probe is not None and outcome[1] in _PROBE_REFINABLE:
         outcome = _from_probe(probe) or outcome
@@ -214,11 +215,12 @@ def classify_exception(
     return Classification("transient", "unknown", f"{type(exc).__name__}: {exc}")
 
 
-def _from_stderr(stderr_tail: str) -> Optional[_Outcome]:
+def _from_stderr(messages: str) -> Optional[_Outcome]:
+    """The first rule matching what FFmpeg said (`RunResult.messages`, never the raw tail)."""
     for rule in STDERR_RULES:
-        m = rule.pattern.search(stderr_tail)
+        m = rule.pattern.search(messages)
         if m:
-            line = stderr_tail[stderr_tail.rfind("\n", 0, m.start()) + 1:].split("\n", 1)[0].strip()
+            line = messages[messages.rfind("\n", 0, m.start()) + 1:].split("\n", 1)[0].strip()
             return rule.failure_class, rule.reason, f"{rule.message}: {line}"
     return None
 

@@ -188,7 +188,8 @@ def audio_args(src: Path, outputs: dict[Path, H264Output]) -> list[str]:
 
 def concat_listing(chunks: list[Path]) -> str:
     """An ffconcat file list of our own chunk files (never a user's file: see `safety`)."""
-    return "ffconcat version 1.0\n" + "".join(f"file '{_output_name(c)}'\n" for c in chunks)
+    # Inside single quotes nothing is special; a quote itself is closed, escaped and reopened.
+    return "ffconcat version 1.0\n" + "".join("file '" + _output_name(c).replace("'", "'\\''") + "'\n" for c in chunks)
 
 
 def join_args(listing: Path, audio: Optional[Path], out: Path) -> list[str]:

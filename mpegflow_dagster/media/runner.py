@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .build import resolve_binary
+from .messages import ffmpeg_messages
 from .progress import Progress, ProgressParser
 
 ProgressCallback = Callable[[Progress], None]
@@ -36,6 +39,11 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and self.stopped_by is None
+
+    @property
+    def messages(self) -> str:
+        """The stderr tail without banners or names (`messages.ffmpeg_messages`): what rules read."""
+        return ffmpeg_messages(self.stderr_tail, self.argv)
 
 
 class FFmpegFailed(RuntimeError):
@@ -90,7 +98,7 @@ def run_ffmpeg(
     started_at, start = time.time(), time.monotonic()
     proc = subprocess.Popen(
         argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, errors="replace", start_new_session=True,
+        text=True, errors="replace", start_new_session=True, preexec_fn=die_with_parent(),
     )
 
     def read_progress() -> None:
@@ -146,6 +154,28 @@ def run_ffmpeg(
     if not result.ok:
         raise FFmpegFailed(result)
     return result
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def die_with_parent() -> Optional[Callable[[], None]]:
+    """A `preexec_fn` that has the kernel SIGKILL the child when the thread that started it ends,
+    so an FFmpeg never outlives a killed run (`kill -9`, the OOM killer): its own session keeps
+    it out of the terminal's signals, and nothing else would stop it. Linux only (else None).
+
+    The calling thread must outlive the child, as `run_ffmpeg`'s does (it waits for the exit)."""
+    if _libc is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request was in place
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def _decode_status(raw: int) -> int:

@@ -1,8 +1,9 @@
 """Verify an output after FFmpeg exits 0, because exit 0 is not success.
 
 FFmpeg conceals decode errors, encodes whatever part of a truncated input it could read, and
-(5.1) even exits 0 when writing the trailer failed on a full disk. The output's probe and the
-stderr tail show what the exit status hides.
+(5.1) even exits 0 when writing the trailer failed on a full disk. The output's probe and what
+FFmpeg said (`RunResult.messages`: the stderr tail without banners and file names, so that a
+name like `anti-corruption-talk.mp4` is not read as damage) show what the exit status hides.
 """
 
 from __future__ import annotations
@@ -44,20 +45,21 @@ class OutputRejected(Exception):
         super().__init__("output failed verification: " + "; ".join(problems))
 
 
-def stderr_problems(stderr_tail: str, policy: Policy) -> list[str]:
-    """Corruption signatures in an FFmpeg stderr tail, one problem per signature (first line shown)."""
+def stderr_problems(messages: str, policy: Policy) -> list[str]:
+    """Corruption signatures in what FFmpeg said (`RunResult.messages`), one problem per
+    signature (first line shown)."""
     problems = []
     for pattern, fatal in STDERR_SIGNATURES:
         if policy == "tolerant" and not fatal:
             continue
-        line = next((ln.strip() for ln in stderr_tail.splitlines() if pattern.search(ln)), None)
+        line = next((ln.strip() for ln in messages.splitlines() if pattern.search(ln)), None)
         if line is not None:
             problems.append(f"stderr shows damage ({pattern.pattern}): {line}")
     return problems
 
 
 def verify_output(
-    output: MediaInfo, source: MediaInfo, *, expect_audio: bool, policy: Policy, stderr_tail: str
+    output: MediaInfo, source: MediaInfo, *, expect_audio: bool, policy: Policy, messages: str
 ) -> list[str]:
     """Problems with an encoded output compared with its source; an empty list means OK."""
     problems = []
@@ -75,5 +77,5 @@ def verify_output(
             f"output lasts {output.duration:.3f} s but the source {source.duration:.3f} s "
             f"(tolerance {tolerance:.3f} s, {policy})"
         )
-    problems.extend(stderr_problems(stderr_tail, policy))
+    problems.extend(stderr_problems(messages, policy))
     return problems
