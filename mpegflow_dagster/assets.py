@@ -13,7 +13,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional
 
 from dagster import (
     AssetExecutionContext,
@@ -47,14 +47,14 @@ from pydantic import Field
 
 from . import stages
 from .events import Event
-from .io_manager import PROVENANCE_KEY, Reused
+from .io_manager import PROVENANCE_KEY, ArtifactIOManager, Reused
 from .media.classify import Classification, classify_exception
 from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
 from .resources import DeliveryResource, FFmpegResource
 from .s3 import S3SourceResource, classify_s3_error
 from .spec import PipelineSpec, StageKind
 from .stages import StageOutput, Tools
-from .storage import describe
+from .storage import describe, release_scratch
 from .webhooks import WebhookResource
 
 IO_MANAGER_KEY = "media_io_manager"
@@ -159,7 +159,10 @@ class _StageRun:
         self.lanes = self._reduced(self.ffmpeg.encode_lanes)
         self.recipe = recipe_hash(fingerprint=self.stage.fingerprint, build_hash=self.ffmpeg.build.build_hash,
                                   inputs={**self.inputs, **(recipe_extra or {})}, threads=self.threads)
-        return self._reuse()
+        try:
+            return self._reuse()
+        except Exception as exc:  # the stored artifact changed: a failure of this output alone
+            raise self.failure(exc) from exc
 
     def finish(self, out: StageOutput, started: float) -> Output:
         """Hash the output (inside the scratch dir, so a failure here still cleans up) and describe it."""
@@ -205,12 +208,16 @@ class _StageRun:
         if "recipe" not in meta or meta["recipe"].value != self.recipe or PROVENANCE_KEY not in meta:
             return None
         prov = Provenance.model_validate(meta[PROVENANCE_KEY].value)
+        io_manager = getattr(context.resources, IO_MANAGER_KEY, None)
+        if not isinstance(io_manager, ArtifactIOManager):
+            return None  # a store we cannot check: make it again
+        stored = io_manager.stored(self.asset_key, self.video, Path(meta["path"].value).name, prov.output_sha256)
         prov = prov.model_copy(update={"run_id": context.run_id, "reused_from_run": prov.reused_from_run or record.run_id,
                                        "attempt": context.retry_number + 1, "wall_s": 0.0, "ffmpeg_cpu_s": 0.0,
                                        "ffmpeg_runs": []})
         context.log.info(f"{self.stage.name}: inputs, parameters and encoder build unchanged: reusing the output of run {prov.reused_from_run}")
         facts = {k: v.value for k, v in meta.items() if k in prov.media}
-        return Output(Reused(Path(meta["path"].value).name, prov.output_sha256), output_name=self.output_name,
+        return Output(Reused(stored), output_name=self.output_name,
                       data_version=DataVersion(prov.output_sha256), metadata=self._metadata(prov, facts))
 
     # -- failures -----------------------------------------------------------------------------
@@ -288,15 +295,27 @@ def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dic
     If the shared run fails and a retry can heal it, the step retries (what was already
     materialized is reused). Otherwise each output is encoded alone, so one bad rendition does not
     take its siblings down, and the step fails naming the ones that failed (see `_settle`)."""
-    todo = []
+    todo: list[str] = []
+    failed: dict[str, Exception] = {}
     for name, run in runs.items():
-        reused = run.prepare()
+        try:
+            reused = run.prepare()
+        except (Failure, RetryRequested) as exc:  # e.g. its stored artifact changed: this output alone
+            failed[name] = exc
+            continue
         if reused is not None:
             yield reused
         else:
             todo.append(name)
-    if not todo:
-        return
+    if todo:
+        failed.update((yield from _encode_todo(context, spec, runs, todo, ffmpeg, ingest, probe)))
+    _settle(context, spec, failed, renditions_done=_renditions(runs, exclude=failed))
+
+
+def _encode_todo(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, _StageRun], todo: list[str],
+                 ffmpeg: FFmpegResource, ingest: Path, probe: Path) -> Generator[Output, None, dict[str, Exception]]:
+    """Encode the outputs `todo` together, or one by one after a permanent failure of the shared
+    run; yields what was made, returns the failures by output."""
     info = stages.load_probe(probe)
     rungs = [spec.rendition(n.removeprefix("rendition_")) for n in todo if n != "thumbnails"]
     started = time.time()
@@ -314,13 +333,11 @@ def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dic
             verdicts = {n: runs[n].failure(exc) for n in todo}
             if isinstance(verdicts[todo[0]], RetryRequested):
                 raise verdicts[todo[0]] from exc
-            _settle(context, spec, verdicts, renditions_done=_renditions(runs, exclude=todo))
-            return
+            return verdicts
         context.log.warning(f"shared encode of {', '.join(todo)} failed ({exc}); encoding each alone to isolate it")
-        yield from _encode_each(context, spec, {n: runs[n] for n in todo}, ingest, info,
-                                renditions_done=_renditions(runs, exclude=todo))
-        return
+        return (yield from _encode_each(spec, {n: runs[n] for n in todo}, ingest, info))
     yield from finished
+    return {}
 
 
 def _settle(context: AssetExecutionContext, spec: PipelineSpec, failures: dict[str, Exception],
@@ -347,8 +364,8 @@ def _renditions(names: Iterable[str], exclude: Iterable[str] = ()) -> int:
     return sum(1 for n in names if n.startswith("rendition_") and n not in set(exclude))
 
 
-def _encode_each(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, _StageRun], ingest: Path, info,
-                 renditions_done: int) -> Iterator[Output]:
+def _encode_each(spec: PipelineSpec, runs: dict[str, _StageRun], ingest: Path,
+                 info) -> Generator[Output, None, dict[str, Exception]]:
     failures: dict[str, Exception] = {}
     for name, run in runs.items():
         def produce(work: Path, tools: Tools, key: str = name.removeprefix("rendition_")) -> StageOutput:
@@ -361,8 +378,7 @@ def _encode_each(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[
             continue
         if output is not None:
             yield output
-            renditions_done += _renditions([name])
-    _settle(context, spec, failures, renditions_done)
+    return failures
 
 
 def _jsonable(facts: dict[str, Any]) -> dict[str, Any]:
@@ -423,25 +439,24 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
                sources: S3SourceResource) -> Iterator[Output]:
         source = config.source_path or _last_source(context, key("ingest"))
         extensions = spec.captions.sidecar_extensions
-        if source.startswith("s3://"):
-            head = sources.head(source)
-            identity = {"source": source, "etag": head["ETag"], "size": head["ContentLength"]}
-
-            def produce(work: Path, tools: Tools) -> StageOutput:
-                local = sources.download(source, work / "download", extensions)
-                return stages.ingest(local, work, extensions, origin=source)
-        else:
-            path = Path(source)
-            stat = path.stat() if path.is_file() else None
-            identity = {"source": str(path.resolve()), "size": stat.st_size if stat else None,
-                        "mtime_ns": stat.st_mtime_ns if stat else None}
-
-            def produce(work: Path, tools: Tools) -> StageOutput:
-                return stages.ingest(path, work, extensions)
-
         upstream: dict[str, Optional[str]] = {}
         ingest_run = _StageRun(context, spec, ingest_def, ffmpeg, events, multi=True)
         probe_run = _StageRun(context, spec, probe_def, ffmpeg, events, multi=True, upstream_versions=upstream)
+        try:
+            if source.startswith("s3://"):
+                head = sources.head(source)
+                identity: dict[str, Any] = {"source": source, "etag": head["ETag"], "size": head["ContentLength"]}
+            else:
+                identity = stages.source_fingerprint(Path(source))
+        except Exception as exc:  # a missing source, a link out of its directory: classified like any failure
+            raise ingest_run.failure(exc) from exc
+
+        def produce(work: Path, tools: Tools) -> StageOutput:
+            if source.startswith("s3://"):
+                local = sources.download(source, work / "download", extensions)
+                return stages.ingest(local, work, extensions, origin=source)
+            return stages.ingest(Path(source), work, extensions)
+
         ingested = ingest_run.prepare(identity)
         if ingested is not None:
             upstream["ingest"] = ingested.data_version.value
@@ -454,9 +469,9 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
         assert ingested is not None and ingested.data_version is not None  # ingest always has an output
         upstream["ingest"] = ingested.data_version.value
         try:
-            probed = probe_run.run(lambda work, tools: stages.probe_source(ingested.value, work, tools))
+            probed = probe_run.run(lambda work, tools: stages.probe_source(ingested.value, work, tools, name=source))
         except (Failure, RetryRequested):
-            yield ingested  # kept: a retry, or the next run once the input is fixed, reuses the copy
+            release_scratch(ingested.value)  # a copy that is not valid media is not kept
             raise
         yield from (ingested, probed)
 
@@ -509,7 +524,8 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
             context.log.info(f"no caption sidecar ({', '.join(spec.captions.sidecar_extensions)}) beside the source: skipped")
             return
         result = _StageRun(context, spec, captions_def, ffmpeg, events).run(
-            lambda work, tools: stages.burn_captions(ingest, stages.load_probe(probe), spec, tools, work))
+            lambda work, tools: stages.burn_captions(ingest, stages.load_probe(probe), spec, tools, work,
+                                                     sidecar_name=_sidecar_origin(context, key("ingest"))))
         if result is not None:
             yield result
 
@@ -572,6 +588,15 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
             lambda work, tools: stages.emit(context.partition_key, {"captioned.mp4": captions}, delivery.store(), work))
 
     return [ingest, encode, captions, hls, emit, emit_captions]
+
+
+def _sidecar_origin(context: AssetExecutionContext, key: AssetKey) -> str:
+    """Where the stored caption sidecar came from (beside the source the user named), for messages."""
+    record = _latest(context, key)
+    meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
+    if "original_path" not in meta or "caption_sidecar" not in meta:
+        return "of this video"
+    return f"{str(meta['original_path'].value).rsplit('/', 1)[0]}/{meta['caption_sidecar'].value}"
 
 
 def _last_source(context: AssetExecutionContext, key: AssetKey) -> str:

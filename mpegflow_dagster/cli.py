@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -11,34 +12,44 @@ from typing import Optional, Sequence
 
 from dagster import DagsterInstance
 
+from .media.classify import classify_exception
 from .media.synth import sample_with_captions
 from .project import Project
 from .runs import fail_abandoned_runs, materialize_video, outcome_event, stage_report
-from .spec import SpecError
+from .stages import MediaRejected
 from .why import explain, render
 from .videos import video_key
 
 
 def _instance(project_root: Path) -> DagsterInstance:
-    """DAGSTER_HOME if set, else `<project>/.dagster_home`, so `make dev` shows CLI runs."""
+    """DAGSTER_HOME if set, else `<project>/.dagster_home`, so `make dev` shows CLI runs.
+
+    Opened under a lock on the home: on a new home, the first use creates the SQLite schema, and
+    two processes doing it at once crash (`table ... already exists`) or leave the run database
+    with two alembic heads, which every later command then refuses."""
     if not os.environ.get("DAGSTER_HOME"):
-        home = project_root / ".dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
+        os.environ["DAGSTER_HOME"] = str(project_root / ".dagster_home")
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".mpegflow-instance.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        return DagsterInstance.get()  # builds every storage, and so its schema
+
+
+def _source(name: str) -> Path:
+    """The source as named (absolute, links not resolved: ingest judges a link where it stands)."""
+    source = Path(name).absolute()
+    if not os.path.lexists(source):
+        raise MediaRejected(f"source {source} does not exist", reason="input.not_found")
+    if source.is_dir():
+        raise MediaRejected(f"source {source} is a directory, not a video file", reason="input.not_a_regular_file")
+    return source
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    source = Path(args.source).resolve()
-    if not source.is_file():
-        print(f"mpegflow: source {args.source} does not exist or is not a file", file=sys.stderr)
-        return 2
+    source = _source(args.source)
     root = Path(args.project).resolve()
-    try:
-        project = Project.load(root, [Path(args.spec)] if args.spec else None)
-    except (SpecError, FileNotFoundError) as exc:
-        print(f"mpegflow: {exc}", file=sys.stderr)
-        return 2
+    project = Project.load(root, [Path(args.spec)] if args.spec else None)
     spec = project.spec(args.pipeline)
     out_dir = str(Path(args.out).resolve()) if args.out else project.settings.delivery_dir
     video = args.video or video_key(source.name)
@@ -74,19 +85,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_why(args: argparse.Namespace) -> int:
     root = Path(args.project).resolve()
-    try:
-        project = Project.load(root, [Path(args.spec)] if args.spec else None)
-        instance = _instance(root)
-        fail_abandoned_runs(instance)
-        report = explain(instance, project.spec(args.pipeline), args.video, args.asset)
-    except (SpecError, FileNotFoundError, KeyError) as exc:
-        print(f"mpegflow: {exc}", file=sys.stderr)
-        return 2
+    project = Project.load(root, [Path(args.spec)] if args.spec else None)
+    instance = _instance(root)
+    fail_abandoned_runs(instance)  # a run killed a moment ago shows as failed, not as running
+    report = explain(instance, project.spec(args.pipeline), args.video, args.asset)
     if report["runs"] == 0 and not any("materialized" in s for s in report["stages"].values()):
-        print(f"mpegflow: no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}", file=sys.stderr)
-        return 2
+        raise MediaRejected(f"no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}", reason="input.unknown_video")
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
+
+
+def _error(args: argparse.Namespace, exc: Exception) -> int:
+    """Any error of a command, classified like a stage's failure: one line on stderr and, under
+    --json, a JSON report on stdout too. Exit status 2."""
+    c = classify_exception(exc)
+    print(f"mpegflow: {c.message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"status": "error", "command": args.command, "failure_class": c.failure_class,
+                          "reason_code": c.reason, "reason": c.message}, indent=2))
+    return 2
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -128,7 +145,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sample.set_defaults(func=cmd_sample)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:  # noqa: BLE001 -- every error reaches the user as a classified report
+        return _error(args, exc)
 
 
 if __name__ == "__main__":

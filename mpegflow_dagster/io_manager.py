@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Optional, Union
 
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import AssetKey, ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import Field
 
 from .provenance import SIDECAR_SUFFIX
@@ -26,14 +26,22 @@ PROVENANCE_KEY = "provenance"
 
 @dataclass(frozen=True)
 class Reused:
-    """Returned by an asset to keep the artifact it stored earlier (same recipe, same bytes)."""
+    """Returned by an asset to keep the artifact it stored earlier (same recipe, same bytes), as
+    `ArtifactIOManager.stored` found and checked it."""
 
-    name: str  # the artifact's file or directory name
-    sha256: str
+    record: ArtifactRecord
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.record.uri).name
 
 
 class StoredArtifactChanged(RuntimeError):
-    pass
+    """The artifact a stage would reuse is missing or its bytes differ from the ones recorded:
+    storage was damaged or written by someone else. No retry brings the recorded bytes back."""
+
+    failure_class = "permanent"
+    reason = "storage.artifact_changed"
 
 
 class ArtifactIOManager(ConfigurableIOManager):
@@ -43,23 +51,35 @@ class ArtifactIOManager(ConfigurableIOManager):
         raise NotImplementedError("subclasses return the ArtifactStore they publish to")
 
     @staticmethod
-    def _folder(context: InputContext | OutputContext) -> PurePosixPath:
-        partition = context.asset_partition_key if context.has_asset_partitions else UNPARTITIONED
+    def _folder(asset_key: AssetKey, partition: Optional[str]) -> PurePosixPath:
+        return PurePosixPath(*asset_key.path, partition or UNPARTITIONED)
+
+    @classmethod
+    def _context_folder(cls, context: InputContext | OutputContext) -> PurePosixPath:
+        partition = context.asset_partition_key if context.has_asset_partitions else None
         # For a fan-in input, each upstream output names its own asset; the input's key does not.
         upstream = context.upstream_output if isinstance(context, InputContext) else None
         key = upstream.asset_key if upstream is not None and upstream.has_asset_key else context.asset_key
-        return PurePosixPath(*key.path, partition)
+        return cls._folder(key, partition)
+
+    def stored(self, asset_key: AssetKey, partition: Optional[str], name: str, sha256: str) -> ArtifactRecord:
+        """The artifact `name` stored for this asset and partition, re-hashed; raises
+        StoredArtifactChanged unless its sha256 is still `sha256`."""
+        key = self._folder(asset_key, partition) / name
+        record = self.store().stat(key)
+        if record is None or record.sha256 != sha256:
+            found = "is missing" if record is None else f"has sha256 {record.sha256[:12]}..."
+            raise StoredArtifactChanged(
+                f"{asset_key.to_user_string()}: the stored artifact {record.uri if record else key} {found}, but "
+                f"{sha256[:12]}... was recorded; re-run with the run tag `mpegflow/force=true` (CLI --force) to make it again."
+            )
+        return record
 
     def handle_output(self, context: OutputContext, obj: Union[Path, Reused]) -> None:
         store = self.store()
-        folder = self._folder(context)
+        folder = self._context_folder(context)
         if isinstance(obj, Reused):
-            record = store.stat(folder / obj.name)
-            if record is None or record.sha256 != obj.sha256:
-                raise StoredArtifactChanged(
-                    f"{context.asset_key.to_user_string()}: the stored artifact {folder / obj.name} is missing or "
-                    "changed since it was recorded; re-run with the run tag `mpegflow/force=true` to re-encode."
-                )
+            record = obj.record
         elif isinstance(obj, Path) and obj.exists():
             record = store.publish(obj, folder / obj.name, digest=_digest(context.output_metadata))
             release_scratch(obj)
@@ -81,7 +101,7 @@ class ArtifactIOManager(ConfigurableIOManager):
             store.publish(sidecar, key)
 
     def load_input(self, context: InputContext) -> Path:
-        folder = self.store().local_path(self._folder(context))
+        folder = self.store().local_path(self._context_folder(context))
         entries = [p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(SIDECAR_SUFFIX)]
         if len(entries) != 1:
             raise FileNotFoundError(

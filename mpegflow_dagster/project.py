@@ -22,7 +22,7 @@ from .outcomes import outcome_sensors
 from .resources import FFmpegResource, LocalDeliveryResource
 from .s3 import S3BinaryIOManager, S3DeliveryResource, S3SourceResource
 from .sensors import build_s3_upload_sensor
-from .spec import PipelineSpec, load_spec
+from .spec import PipelineSpec, SpecError, load_spec
 from .webhooks import WebhookResource
 
 
@@ -104,7 +104,7 @@ class Project(BaseModel):
         resources = root / "resources"
         files = list(spec_files) if spec_files else sorted((resources / "pipelines").glob("*.y*ml"))
         if not files:
-            raise FileNotFoundError(f"no pipeline spec in {resources / 'pipelines'}: add one (see README, Spec reference)")
+            raise SpecError(f"no pipeline spec in {resources / 'pipelines'}: add one (see README, Spec reference)")
         settings_file = resources / "settings.yaml"
         raw = yaml.safe_load(settings_file.read_text()) if settings_file.exists() else {}
         settings = Settings.model_validate(raw or {}).resolved(root)
@@ -176,7 +176,7 @@ class Project(BaseModel):
         try:
             return next(s for s in self.specs if s.name == name)
         except StopIteration:
-            raise KeyError(f"no pipeline named {name!r}; known: {', '.join(s.name for s in self.specs)}") from None
+            raise SpecError(f"no pipeline named {name!r}; known: {', '.join(s.name for s in self.specs)}") from None
 
     def definitions(self) -> Definitions:
         """Runs execute in process: a video's parallel work is inside its encode step (lanes of

@@ -157,7 +157,11 @@ class PipelineSpec(_Strict):
 
 
 class SpecError(ValueError):
-    """A spec file that cannot be used; the message names the file and the field."""
+    """A spec file (or a project's set of them) that cannot be used; the message names the file
+    and the field. Permanent: only an edit fixes it."""
+
+    failure_class = "permanent"
+    reason = "config.invalid_spec"
 
 
 def load_spec(path: Path, presets_dir: Optional[Path] = None) -> PipelineSpec:

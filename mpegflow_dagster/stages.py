@@ -4,6 +4,7 @@ asset factory wires these into the graph, and anything else (a script, a test) c
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -19,10 +20,10 @@ from .media import commands
 from .media.chunking import WHOLE, Span, boundary_step, plan_spans
 from .media.hls import VariantStream, master_playlist, measure_variant
 from .media.mp4 import read_mp4
-from .media.probe import MediaInfo, probe
+from .media.probe import MediaInfo, ProbeError, probe
 from .media.progress import Progress
 from .media.runner import RunLimits, RunResult, run_ffmpeg
-from .media.safety import MAX_PIXELS, playlist_signature
+from .media.safety import MAX_PIXELS, open_in_directory, playlist_signature
 from .media.storyboard import storyboard_vtt
 from .media.verify import OutputRejected, verify_output
 from .spec import HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
@@ -70,37 +71,76 @@ class StageOutput:
 # -- ingest / probe ---------------------------------------------------------------------------
 
 def find_sidecar(source: Path, extensions: tuple[str, ...]) -> Optional[Path]:
+    """The first caption file named like `source` with one of `extensions`; a link counts as
+    found (and is then judged by `open_in_directory`, not silently skipped)."""
     for ext in extensions:
         candidate = source.with_suffix(ext)
-        if candidate.is_file():
+        if os.path.lexists(candidate):
             return candidate
     return None
 
 
+FINGERPRINT_BYTES = 1 << 20
+
+
+def source_fingerprint(source: Path) -> dict[str, object]:
+    """What decides whether a local source is the file ingested before, for the price of two
+    1 MiB reads: the path as named, size, mtime, inode and ctime (which no `cp -p`, `rsync -t`
+    or `touch -d` can set back), and the sha256 of the first and last MiB. A file swapped for
+    another of equal size with its mtime kept is a new source; the copy's full sha256, computed
+    while ingesting, is then its data version."""
+    source = Path(source).absolute()
+    fd = _open_source(source, "source")
+    try:
+        st = os.fstat(fd)
+        ends = hashlib.sha256(os.pread(fd, FINGERPRINT_BYTES, 0))
+        ends.update(os.pread(fd, FINGERPRINT_BYTES, max(0, st.st_size - FINGERPRINT_BYTES)))
+    finally:
+        os.close(fd)
+    return {"source": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino, "ends_sha256": ends.hexdigest()}
+
+
+def _open_source(path: Path, what: str, allow_empty: bool = False) -> int:
+    """`path` opened as `safety.open_in_directory` allows, with a missing (or, unless
+    `allow_empty`, empty) file refused as a permanent input error naming it."""
+    try:
+        fd = open_in_directory(path, what)
+    except FileNotFoundError:
+        raise MediaRejected(f"{what} {path} does not exist", reason="input.not_found") from None
+    if not allow_empty and os.fstat(fd).st_size == 0:
+        os.close(fd)
+        raise MediaRejected(f"{what} {path} is empty (0 bytes)")
+    return fd
+
+
 def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin: Optional[str] = None) -> StageOutput:
     """Copy the source (and a caption sidecar beside it, if any) into one artifact directory, so
-    later stages read a stored copy that cannot change under them. `origin` names where the
-    source came from when `source` is our own download of it (an s3:// URI): that file is private
-    to this stage, so it is moved into place and only hashed, not copied a second time."""
-    source = Path(source)
-    if not source.is_file():
-        raise MediaRejected(f"source {source} does not exist or is not a regular file")
-    if source.stat().st_size == 0:
-        raise MediaRejected(f"source {source} is empty (0 bytes)")
+    later stages read a stored copy that cannot change under them. Both are opened without
+    following a link out of their directory (`safety.open_in_directory`), so nothing but the
+    user's own files reaches storage. `origin` names where the source came from when `source`
+    is our own download of it (an s3:// URI): that file is private to this stage, so it is moved
+    into place and only hashed, not copied a second time."""
+    source = Path(source).absolute()  # as named: a link is judged where it stands
     out = work / "ingest"
     out.mkdir()
     stored = out / f"{SOURCE_STEM}{source.suffix.lower() or '.bin'}"
     sidecar = find_sidecar(source, caption_extensions)
-    if origin is None:
-        hashed = {stored: copy_hashing(source, stored)}
-        transfer = shutil.copyfile
-    else:
-        os.replace(source, stored)
-        hashed = {stored: sha256_file(stored)}
-        transfer = os.replace
-    if sidecar:
-        transfer(sidecar, out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}")
-    return StageOutput(out, {"original_path": origin or str(source.resolve()), "original_name": source.name,
+    copies = {stored: (source, "source")}
+    if sidecar:  # a bad one fails the captions stage alone, which names it
+        copies[out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}"] = (sidecar, "caption sidecar")
+    hashed: dict[Path, str] = {}
+    for dest, (path, what) in copies.items():
+        if origin is None:
+            fd = _open_source(path, what, allow_empty=dest != stored)
+            try:
+                hashed[dest] = copy_hashing(path, dest, fd=fd)
+            finally:
+                os.close(fd)
+        else:
+            os.replace(path, dest)
+            hashed[dest] = sha256_file(dest)
+    return StageOutput(out, {"original_path": origin or str(source), "original_name": source.name,
                              "source_sha256": hashed[stored], "caption_sidecar": sidecar.name if sidecar else "none"},
                        hashed=hashed)
 
@@ -113,23 +153,29 @@ def captions_file(ingest_dir: Path) -> Optional[Path]:
     return next((p for p in Path(ingest_dir).iterdir() if p.stem == CAPTIONS_STEM), None)
 
 
-def probe_source(ingest_dir: Path, work: Path, tools: Tools) -> StageOutput:
+def probe_source(ingest_dir: Path, work: Path, tools: Tools, name: str) -> StageOutput:
+    """ffprobe facts of the stored source, refusing what the pipeline cannot or must not encode.
+    Messages name the source as `name`: where it was ingested from."""
     source = source_file(ingest_dir)
+    label = f"source {name}"
     signature = playlist_signature(source)
     if signature:
         raise MediaRejected(
-            f"the source is a playlist or file list ({signature!r}), not media: refused, it would make FFmpeg read other files",
+            f"{label} is a playlist or file list ({signature!r}), not media: refused, it would make FFmpeg read other files",
             reason="security.playlist_input", failure_class="security",
         )
-    info = probe(source, tools.ffprobe)
+    try:
+        info = probe(source, tools.ffprobe)
+    except ProbeError as exc:
+        raise ProbeError(f"{label}: {exc}") from exc
     video = info.video
     if video is None or not video.width or not video.height:
-        raise MediaRejected("the source has no video stream: nothing to encode", reason="input.no_video_stream")
+        raise MediaRejected(f"{label} has no video stream: nothing to encode", reason="input.no_video_stream")
     if video.width * video.height > MAX_PIXELS:
-        raise MediaRejected(f"the source declares {video.width}x{video.height} pixels, above the {MAX_PIXELS} limit",
+        raise MediaRejected(f"{label} declares {video.width}x{video.height} pixels, above the {MAX_PIXELS} limit",
                             reason="input.too_large")
     if info.duration <= 0:
-        raise MediaRejected("the source has no duration: it is empty or unreadable", reason="input.invalid_data")
+        raise MediaRejected(f"{label} has no duration: it is empty or unreadable", reason="input.invalid_data")
     out = work / "probe.json"
     out.write_text(info.model_dump_json(indent=2))
     return StageOutput(out, info.summary())
@@ -330,11 +376,18 @@ def _lanes(rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:
     return sorted(groups, key=lambda g: -sum(r.height**2 for r in g))
 
 
-def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: Tools, work: Path) -> Optional[StageOutput]:
-    """The captioned rendition, or None when the source has no caption sidecar."""
+def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: Tools, work: Path,
+                  sidecar_name: str) -> Optional[StageOutput]:
+    """The captioned rendition, or None when the source has no caption sidecar. `sidecar_name`
+    (where the sidecar was ingested from) is what a message about it names."""
     sidecar = captions_file(ingest_dir)
     if sidecar is None:
         return None
+    try:
+        probe(sidecar, tools.ffprobe, formats="srt,webvtt")
+    except ProbeError as exc:
+        raise MediaRejected(f"caption sidecar {sidecar_name} is not a valid SRT or WebVTT file ({exc})",
+                            reason="input.invalid_captions") from exc
     rung = spec.rendition(spec.captions.rendition)
     return encode_rendition(ingest_dir, info, spec, rung, tools, work, subtitles=sidecar, label="captioned")
 

@@ -40,39 +40,54 @@ Digest = tuple[str, int, int]  # (sha256, size in bytes, file count), as `descri
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
+        return _sha256_fd(fh.fileno())
+
+
+def _sha256_fd(fd: int) -> str:
+    """sha256 of an open file, read by offset (the descriptor's position is not used)."""
+    h = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, CHUNK, offset):
+        h.update(chunk)
+        offset += len(chunk)
     return h.hexdigest()
 
 
-def copy_hashing(src: Path, dest: Path) -> str:
-    """Copy `src` to `dest` and return its sha256, in the time of the slower of the two.
+def copy_hashing(src: Path, dest: Path, *, fd: Optional[int] = None) -> str:
+    """Copy `src` to `dest` and return its sha256, in the time of the slower of the two. `fd`,
+    when given, is `src` already open for reading (e.g. by `safety.open_in_directory`): what is
+    copied and hashed is that file, whatever the name points at by now.
 
     The kernel copies (`copy_file_range`: no bytes through Python) while this thread hashes the
     same pages from the cache: measured here on a 1.2 GB source, 0.85 s against 2.3 s for one
     Python loop that reads, hashes and writes. The two reads are kept honest by refusing a
-    source that changed (size, mtime or inode) while it was being copied."""
-    before = os.stat(src)
-    failure: list[BaseException] = []
-
-    def copy() -> None:
-        try:
-            _copy_file(src, dest)
-        except BaseException as exc:  # re-raised in the caller's thread
-            failure.append(exc)
-
-    copier = threading.Thread(target=copy, name="mpegflow-copy", daemon=True)
-    copier.start()
+    source that changed (size or mtime) while it was being copied."""
+    owned = fd is None
+    source = os.open(src, os.O_RDONLY | os.O_CLOEXEC) if fd is None else fd
     try:
-        digest = sha256_file(src)
+        before = os.fstat(source)
+        failure: list[BaseException] = []
+
+        def copy() -> None:
+            try:
+                _copy_fd(source, dest)
+            except BaseException as exc:  # re-raised in the caller's thread
+                failure.append(exc)
+
+        copier = threading.Thread(target=copy, name="mpegflow-copy", daemon=True)
+        copier.start()
+        try:
+            digest = _sha256_fd(source)
+        finally:
+            copier.join()
+        if failure:
+            raise failure[0]
+        after = os.fstat(source)
     finally:
-        copier.join()
-    if failure:
-        raise failure[0]
-    after = os.stat(src)
-    if (before.st_ino, before.st_size, before.st_mtime_ns) != (after.st_ino, after.st_size, after.st_mtime_ns):
+        if owned:
+            os.close(source)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise SourceChanged(f"{src} changed while it was being copied (still being written?); try again once it is complete")
     return digest
 
@@ -85,20 +100,24 @@ class SourceChanged(OSError):
     reason = "input.changed_while_copied"
 
 
-def _copy_file(src: Path, dest: Path) -> None:
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
+def _copy_fd(fd: int, dest: Path) -> None:
+    """Copy the open file `fd` (by offset) into a new file `dest`."""
+    with open(dest, "wb") as fout:
+        offset = 0
         try:
-            while os.copy_file_range(fin.fileno(), fout.fileno(), COPY_CHUNK):
-                pass
+            while copied := os.copy_file_range(fd, fout.fileno(), COPY_CHUNK, offset):
+                offset += copied
             return
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                 raise
         # copy_file_range is not supported between these filesystems: stream the bytes instead
-        fin.seek(0)
         fout.seek(0)
         fout.truncate()
-        shutil.copyfileobj(fin, fout, CHUNK)
+        offset = 0
+        while chunk := os.pread(fd, CHUNK, offset):
+            fout.write(chunk)
+            offset += len(chunk)
 
 
 def _tree_files(path: Path) -> list[Path]:

@@ -15,7 +15,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInsta
 
 from .assets import DATA_VERSION_TAG, build_video_assets, step_keys
 from .runs import PARTITION_TAG
-from .spec import PipelineSpec
+from .spec import PipelineSpec, SpecError
 
 INPUT_POINTER_TAG = "dagster/input_event_pointer/"
 
@@ -29,7 +29,7 @@ def explain(instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Op
     steps_of = step_keys(build_video_assets(spec))
     keys = [k for k in steps_of if asset is None or k.path[-1] == asset]
     if not keys:
-        raise KeyError(f"pipeline {spec.name} has no asset {asset!r}")
+        raise SpecError(f"pipeline {spec.name} has no asset {asset!r}")
     runs = instance.get_runs(RunsFilter(tags={PARTITION_TAG: video}), limit=50)
     steps: dict[str, Any] = {}
     failures: dict[str, dict[str, Any]] = {}

@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import time
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRunStatus
+import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, instance_for_test
 
+from mpegflow_dagster.events import JsonlEventSink
+from mpegflow_dagster.media.synth import write_srt
+from mpegflow_dagster.runs import materialize_video, stage_report
 from mpegflow_dagster.storage import SCRATCH_MARKER
 
-from pipeline_helpers import BIN, ROOT, cli_env, ffmpeg_wrapper, run_cli
+from pipeline_helpers import BIN, ROOT, cli_env, ffmpeg_wrapper, run_cli, temp_project
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as inst:
+        yield inst
 
 
 def _processes_with(*texts: str) -> list[int]:
@@ -75,3 +87,134 @@ def test_kill_9_of_a_run_leaves_no_ffmpeg_and_the_next_run_cleans_up(tmp_path, m
     assert json.loads(again.stdout)["status"] == "succeeded"
     assert not any(path.exists() for path in left)
     assert not list(work.glob(f"*/{SCRATCH_MARKER}"))
+
+
+def test_two_first_runs_at_once_on_a_new_home_both_succeed(tmp_path, make_source):
+    sources = [make_source(name, duration_s=2.0, width=320, height=240) for name in ("first", "second")]
+    env = cli_env(tmp_path)
+    runs = [subprocess.Popen([str(BIN / "mpegflow"), "run", str(s), "--out", str(tmp_path / "out"), "--json"],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for s in sources]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, err[-3000:]
+        assert json.loads(out)["status"] == "succeeded"
+    # The home is sound afterwards: one alembic head, every command works.
+    why = run_cli(["why", "first", "--json"], tmp_path)
+    assert why.returncode == 0, why.stderr[-2000:]
+
+
+def _pad(path: Path, size: int) -> None:
+    """Grow an MP4 to `size` bytes with a `free` box (valid MP4: players skip it)."""
+    extra = size - path.stat().st_size
+    assert extra >= 8
+    with open(path, "ab") as fh:
+        fh.write(struct.pack(">I4s", extra, b"free") + bytes(extra - 8))
+
+
+def test_a_source_swapped_for_another_of_equal_size_and_mtime_is_ingested_again(instance, tmp_path, make_source):
+    source = make_source("talk", duration_s=2.0, width=320, height=240)
+    other = make_source("other", duration_s=2.0, width=320, height=240, fps=30)
+    size = max(source.stat().st_size, other.stat().st_size) + 64
+    _pad(source, size)
+    _pad(other, size)
+    project = temp_project(tmp_path)
+    spec = project.spec()
+    first = stage_report(materialize_video(project, spec, "talk", instance=instance, source=source).all_events, spec)
+    assert first["emit"]["status"] == "materialized"
+    before = source.stat()
+    shutil.copyfile(other, source)  # `cp -p`: the bytes change, size and mtime stay
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (source.stat().st_size, source.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    again = stage_report(materialize_video(project, spec, "talk", instance=instance, source=source).all_events, spec)
+    assert again["ingest"]["status"] == "materialized" and again["ingest"]["reused"] is False
+    assert again["ingest"]["sha256"] != first["ingest"]["sha256"]
+    assert again["rendition_240p"]["reused"] is False and again["rendition_240p"]["sha256"] != first["rendition_240p"]["sha256"]
+    # Unchanged, it is reused as before.
+    third = stage_report(materialize_video(project, spec, "talk", instance=instance, source=source).all_events, spec)
+    assert third["ingest"]["reused"] is True and third["rendition_240p"]["reused"] is True
+
+
+def test_links_out_of_the_source_directory_are_refused_and_nothing_is_stored(instance, tmp_path, make_source):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "passwd.mp4").symlink_to("/etc/passwd")
+    clip = make_source("talk", duration_s=2.0, width=320, height=240)
+    shutil.copyfile(clip, inbox / "talk.mp4")
+    (inbox / "talk.srt").symlink_to("/etc/passwd")
+    shutil.copyfile(clip, inbox / "real.mp4")
+    (inbox / "alias.mp4").symlink_to("real.mp4")  # a link to a file beside it is the user's own file
+    project = temp_project(tmp_path)
+    spec = project.spec()
+    for video, what in (("passwd", "source"), ("talk", "caption sidecar")):
+        result = materialize_video(project, spec, video, instance=instance, source=inbox / f"{video}.mp4", stages=["probe"])
+        ingest = stage_report(result.all_events, spec)["ingest"]
+        assert (ingest["status"], ingest["failure_class"], ingest["reason_code"]) == (
+            "failed", "security", "security.symlink_outside")
+        assert f"{what} {inbox / video}" in ingest["reason"] and "/etc/passwd" in ingest["reason"]
+        steps = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_RESTARTED]
+        assert steps == []  # never retried
+    assert not (tmp_path / "storage").exists()
+    assert list((tmp_path / "work").iterdir()) == []
+    result = materialize_video(project, spec, "alias", instance=instance, source=inbox / "alias.mp4", stages=["probe"])
+    assert stage_report(result.all_events, spec)["probe"]["status"] == "materialized"
+
+
+def test_a_name_that_reads_like_damage_encodes_like_any_other(instance, tmp_path, make_source):
+    source = make_source("anti-corruption-talk", duration_s=2.0, width=320, height=240)
+    project = temp_project(tmp_path)
+    spec = project.spec()
+    result = materialize_video(project, spec, "anti-corruption-talk", instance=instance, source=source)
+    report = stage_report(result.all_events, spec)
+    assert result.success, report
+    assert all(report[f"rendition_{r.name}"]["status"] == "materialized" for r in spec.ladder)
+
+
+def test_a_changed_stored_artifact_fails_its_own_output_once_and_force_repairs_it(instance, tmp_path, make_source):
+    source = make_source("talk", duration_s=2.0, width=320, height=240)
+    project = temp_project(tmp_path)
+    spec = project.spec()
+    assert materialize_video(project, spec, "talk", instance=instance, source=source).success
+    stored = tmp_path / "storage" / "vod" / "rendition_240p" / "talk" / "240p.mp4"
+    with open(stored, "ab") as fh:
+        fh.write(b"tampered")
+    published = (tmp_path / "delivery" / "talk" / "hls" / "master.m3u8").read_bytes()
+    result = materialize_video(project, spec, "talk", instance=instance, source=source)
+    report = stage_report(result.all_events, spec)
+    assert (report["rendition_240p"]["failure_class"], report["rendition_240p"]["reason_code"]) == (
+        "permanent", "storage.artifact_changed")
+    assert str(stored) in report["rendition_240p"]["reason"]
+    assert all(report[f"rendition_{r.name}"]["status"] == "materialized" for r in spec.ladder if r.name != "240p")
+    assert report["thumbnails"]["status"] == "materialized"
+    assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_RESTARTED]
+    failed = [e for e in JsonlEventSink(Path(project.settings.events_path)).read() if e["type"] == "rendition.failed"]
+    assert [e["subject"] for e in failed] == ["240p"]
+    assert (tmp_path / "delivery" / "talk" / "hls" / "master.m3u8").read_bytes() == published
+    repaired = materialize_video(project, spec, "talk", instance=instance, source=source, force=True)
+    assert repaired.success
+
+
+def test_a_bad_caption_sidecar_fails_captions_alone_naming_the_sidecar(instance, tmp_path, make_source):
+    source = make_source("talk", duration_s=2.0, width=320, height=240)
+    source.with_suffix(".srt").write_text("this is not a subtitle file\n")
+    project = temp_project(tmp_path)
+    spec = project.spec()
+    report = stage_report(materialize_video(project, spec, "talk", instance=instance, source=source).all_events, spec)
+    captions = report["captions"]
+    assert (captions["failure_class"], captions["reason_code"]) == ("permanent", "input.invalid_captions")
+    assert f"caption sidecar {source.with_suffix('.srt')}" in captions["reason"]
+    assert report["emit"]["status"] == "materialized"
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "bad_spec"])
+def test_cli_errors_are_json_under_json_and_name_the_file(tmp_path, make_source, case):
+    source = {"missing": tmp_path / "nope.mp4", "directory": tmp_path}.get(case) or make_source("talk", duration_s=2.0)
+    extra = ["--spec", str(tmp_path / "no-such-spec.yaml")] if case == "bad_spec" else []
+    proc = run_cli(["run", str(source), "--json", *extra], tmp_path)
+    assert proc.returncode == 2
+    report = json.loads(proc.stdout)
+    expected = {"missing": ("permanent", "input.not_found", str(source)),
+                "directory": ("permanent", "input.not_a_regular_file", str(source)),
+                "bad_spec": ("permanent", "config.invalid_spec", "no-such-spec.yaml")}[case]
+    assert (report["status"], report["failure_class"], report["reason_code"]) == ("error", *expected[:2])
+    assert expected[2] in report["reason"] and expected[2] in proc.stderr

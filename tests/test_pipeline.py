@@ -159,12 +159,13 @@ def test_bad_input_fails_clearly_and_publishes_nothing(instance, tmp_path):
     report = stage_report(result.all_events, spec)
     assert not result.success
     assert report["probe"]["status"] == "failed" and "junk" in report["probe"]["reason"]
-    assert report["ingest"]["status"] == "materialized"  # the stored copy is kept for the record
+    # A copy that is not valid media is not kept: the ingest fails with the probe's reason.
+    assert report["ingest"]["status"] == "failed" and report["ingest"]["reason_code"] == report["probe"]["reason_code"]
+    assert not (tmp_path / "storage" / "vod" / "ingest").exists()
     assert report["rendition_720p"]["status"] == "not_run"
     assert not (tmp_path / "delivery" / "junk").exists()
     assert list((tmp_path / "work").iterdir()) == []  # no scratch left behind
     assert junk.read_bytes().startswith(b"\x00garbage")  # the input is untouched
-    # Again: the copy is kept but there is no probe to reuse with it, so both are made again.
     again = stage_report(materialize_video(project, spec, "junk", instance=instance, source=junk).all_events, spec)
-    assert again["ingest"]["status"] == "materialized" and again["ingest"]["reused"] is False
+    assert again["ingest"]["status"] == "failed"
     assert again["probe"]["status"] == "failed" and again["probe"]["reason_code"] == report["probe"]["reason_code"]
