@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mpegflow_dagster.project import Project, Settings
@@ -50,6 +51,34 @@ def ffmpeg_wrapper(tmp_path: Path, body: str = "", options: str = "") -> Path:
     script.write_text(f"#!/bin/bash\n{body}\nexec ffmpeg {options} \"$@\"\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script
+
+
+def processes_with(*texts: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains every one of `texts`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit():
+                continue
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            if not all(text in cmdline for text in texts):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def decode_errors(path: Path) -> str:

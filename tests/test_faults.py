@@ -20,41 +20,13 @@ from mpegflow_dagster.media.synth import write_srt
 from mpegflow_dagster.runs import materialize_video, stage_report
 from mpegflow_dagster.storage import SCRATCH_MARKER
 
-from pipeline_helpers import BIN, ROOT, cli_env, ffmpeg_wrapper, run_cli, temp_project
+from pipeline_helpers import BIN, ROOT, cli_env, ffmpeg_wrapper, processes_with, run_cli, temp_project, wait_for
 
 
 @pytest.fixture
 def instance():
     with instance_for_test() as inst:
         yield inst
-
-
-def _processes_with(*texts: str) -> list[int]:
-    """Live (not zombie) processes whose command line contains every one of `texts`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if not entry.name.isdigit():
-                continue
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-            if not all(text in cmdline for text in texts):
-                continue
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
-def _wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def test_kill_9_of_a_run_leaves_no_ffmpeg_and_the_next_run_cleans_up(tmp_path, make_source):
@@ -65,12 +37,12 @@ def test_kill_9_of_a_run_leaves_no_ffmpeg_and_the_next_run_cleans_up(tmp_path, m
     run = subprocess.Popen([str(BIN / "mpegflow"), "run", str(source), "--out", str(tmp_path / "out"), "--json"],
                            cwd=ROOT, env=cli_env(tmp_path, MPEGFLOW_FFMPEG=str(slow)),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ffmpegs = _wait_for(lambda: _processes_with("libx264", f"file:{work}"), 120, "the encode to start")
+    ffmpegs = wait_for(lambda: processes_with("libx264", f"file:{work}"), 120, "the encode to start")
     time.sleep(1.0)
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     # FFmpeg dies with its parent, at once.
-    _wait_for(lambda: not any(pid in _processes_with("ffmpeg") for pid in ffmpegs) or None, 5, "FFmpeg to exit")
+    wait_for(lambda: not any(pid in processes_with("ffmpeg") for pid in ffmpegs) or None, 5, "FFmpeg to exit")
     left = [m.parent for m in work.glob(f"*/{SCRATCH_MARKER}")]
     assert left, "the killed run should have left scratch behind (else this test proves nothing)"
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:

@@ -1,12 +1,18 @@
 """The FFmpeg runner and probe, on real FFmpeg."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 
 from mpegflow_dagster.media.build import FFmpegNotFound, detect_build
 from mpegflow_dagster.media.probe import ProbeError, probe
 from mpegflow_dagster.media.runner import FFmpegFailed, RunLimits, run_ffmpeg
+
+from pipeline_helpers import processes_with, wait_for
 
 
 def test_progress_is_reported_and_cpu_time_measured(make_source, tmp_path):
@@ -75,3 +81,20 @@ def test_build_detection_and_missing_binary(tmp_path):
     with pytest.raises(FFmpegNotFound, match="does not look like FFmpeg"):
         detect_build(str(fake))
     assert shutil.which("ffprobe")
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["setpriv", "prctl-in-child"])
+def test_ffmpeg_dies_with_the_process_that_ran_it(tmp_path, fallback):
+    """kill -9 of the Python process running FFmpeg: the kernel kills FFmpeg too, through
+    `setpriv --pdeathsig` or, where there is no such setpriv, a prctl in the forked child."""
+    marker = f"testsrc2=size=160x120:rate=25:duration={61 + fallback}"  # one FFmpeg per case
+    script = (f"from mpegflow_dagster.media import runner\n"
+              f"{'runner._setpriv = lambda: None' if fallback else ''}\n"
+              f"runner.run_ffmpeg(['-re', '-f', 'lavfi', '-i', '{marker}', '-f', 'null', '-'])\n")
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
+    [ffmpeg] = wait_for(lambda: processes_with(marker, "-progress"), 60, "FFmpeg to start")
+    assert int(open(f"/proc/{ffmpeg}/stat").read().rsplit(")", 1)[1].split()[1]) == child.pid  # its parent
+    assert child.poll() is None
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    wait_for(lambda: ffmpeg not in processes_with(marker) or None, 5, "FFmpeg to die with its parent")

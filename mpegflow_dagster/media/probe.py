@@ -11,7 +11,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from .build import resolve_binary
-from .runner import die_with_parent
+from .runner import spawn_args
 from .safety import SOURCE_FORMATS, safe_input_args
 
 
@@ -133,8 +133,8 @@ def probe(path: Path, ffprobe: str = "ffprobe", timeout_s: float = 60.0, formats
         f"file:{Path(path).resolve()}",
     ]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False,
-                              preexec_fn=die_with_parent())
+        spawned, preexec = spawn_args(argv)
+        proc = subprocess.run(spawned, capture_output=True, text=True, timeout=timeout_s, check=False, preexec_fn=preexec)
     except subprocess.TimeoutExpired as exc:
         raise ProbeError(f"ffprobe did not finish within {timeout_s:.0f}s on {path}") from exc
     if proc.returncode != 0:
