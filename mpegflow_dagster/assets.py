@@ -177,6 +177,7 @@ class _StageRun:
             wall_s=round(time.time() - started, 3), ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
             ffmpeg_runs=[(round(r.started_at, 3), round(r.wall_s, 3)) for r in out.runs],
             attempt=self.context.retry_number + 1, earlier_failures=[o["failure_class"] for o in self.earlier],
+            bit_exact=self.threads == 1,
         )
         self._announce_success(out, sha)
         return Output(out.path, output_name=self.output_name, data_version=DataVersion(sha),
@@ -484,7 +485,9 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
             inputs=("ingest", "probe"), preset=spec.preset_for(r).ref, rendition=r.name)
         for r in spec.ladder
     }
-    encode_defs["thumbnails"] = _StageDef("thumbnails", "thumbnails", fingerprint(spec.thumbnails), inputs=("ingest", "probe"))
+    if spec.thumbnails.enabled:
+        encode_defs["thumbnails"] = _StageDef("thumbnails", "thumbnails", fingerprint(spec.thumbnails),
+                                              inputs=("ingest", "probe"))
     descriptions = {rendition_asset_name(r.name): f"{r.name}: H.264 {r.profile} {r.video_bitrate_kbps} kb/s, "
                     f"keyframes every {spec.gop_s:g}s." for r in spec.ladder}
     descriptions["thumbnails"] = "JPEG thumbnails, a sprite sheet and a WebVTT storyboard."
@@ -508,26 +511,36 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
                 for name, sdef in encode_defs.items() if key(name) in context.selected_asset_keys}
         yield from _encode_shared(context, spec, runs, ffmpeg, ingest, probe)
 
-    caption_rung = spec.rendition(spec.captions.rendition)
-    captions_def = _StageDef("captions", "captions",
-                             fingerprint(spec.captions, caption_rung, spec.preset_for(caption_rung), spec.encode_settings()),
-                             inputs=("ingest", "probe"), preset=spec.preset_for(caption_rung).ref, rendition="captioned")
+    assets: list[AssetsDefinition] = [ingest, encode]
+    if spec.captions.enabled:  # else no captions assets, and `captions.rendition` need not be a rung
+        caption_rung = spec.rendition(spec.captions.rendition)
+        captions_def = _StageDef("captions", "captions",
+                                 fingerprint(spec.captions, caption_rung, spec.preset_for(caption_rung), spec.encode_settings()),
+                                 inputs=("ingest", "probe"), preset=spec.preset_for(caption_rung).ref, rendition="captioned")
 
-    @asset(name="captions", code_version=captions_def.fingerprint, output_required=False, ins=ins("ingest", "probe"),
-           kinds={"ffmpeg"}, description="A rendition with the sidecar captions burned in; skipped when there is no sidecar.",
-           **common)
-    def captions(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, ingest: Path, probe: Path):
-        if not spec.captions.enabled:
-            context.log.info("captions are disabled in the spec: nothing to burn in")
-            return
-        if stages.captions_file(ingest) is None:
-            context.log.info(f"no caption sidecar ({', '.join(spec.captions.sidecar_extensions)}) beside the source: skipped")
-            return
-        result = _StageRun(context, spec, captions_def, ffmpeg, events).run(
-            lambda work, tools: stages.burn_captions(ingest, stages.load_probe(probe), spec, tools, work,
-                                                     sidecar_name=_sidecar_origin(context, key("ingest"))))
-        if result is not None:
-            yield result
+        @asset(name="captions", code_version=captions_def.fingerprint, output_required=False, ins=ins("ingest", "probe"),
+               kinds={"ffmpeg"}, description="A rendition with the sidecar captions burned in; skipped when there is no sidecar.",
+               **common)
+        def captions(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, ingest: Path, probe: Path):
+            if stages.captions_file(ingest) is None:
+                context.log.info(f"no caption sidecar ({', '.join(spec.captions.sidecar_extensions)}) beside the source: skipped")
+                return
+            result = _StageRun(context, spec, captions_def, ffmpeg, events).run(
+                lambda work, tools: stages.burn_captions(ingest, stages.load_probe(probe), spec, tools, work,
+                                                         sidecar_name=_sidecar_origin(context, key("ingest"))))
+            if result is not None:
+                yield result
+
+        emit_captions_def = _StageDef("emit_captions", "emit", "emit-captions-1", inputs=("captions",), reusable=False)
+
+        @asset(name="emit_captions", code_version=emit_captions_def.fingerprint, ins=ins("captions"),
+               description="Publishes the captioned rendition to the delivery location.", **common)
+        def emit_captions(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
+                          delivery: DeliveryResource, captions: Path) -> Output:
+            return _StageRun(context, spec, emit_captions_def, ffmpeg, events).run(
+                lambda work, tools: stages.emit(context.partition_key, {"captioned.mp4": captions}, delivery.store(), work))
+
+        assets += [captions, emit_captions]
 
     rung_names = tuple(rendition_asset_name(r.name) for r in spec.ladder)
     hls_def = _StageDef("hls", "package", fingerprint(spec.hls), inputs=rung_names)
@@ -568,26 +581,17 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
         def hls(**renditions):
             return package_hls([renditions[name] for name in rung_names])
 
-    emit_def = _StageDef("emit", "emit", fingerprint(spec.emit), inputs=("hls", "thumbnails"), reusable=False)
+    published = ("hls", *(("thumbnails",) if spec.thumbnails.enabled and spec.emit.thumbnails else ()))
+    emit_def = _StageDef("emit", "emit", fingerprint(spec.emit), inputs=published, reusable=False)
 
-    @asset(name="emit", code_version=emit_def.fingerprint, ins=ins("hls", "thumbnails"),
-           description="Publishes the HLS tree and thumbnails to the delivery location.", **common)
+    @asset(name="emit", code_version=emit_def.fingerprint, ins=ins(*published),
+           description=f"Publishes {' and '.join(published)} to the delivery location.", **common)
     def emit(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource, delivery: DeliveryResource,
-             hls: Path, thumbnails: Path) -> Output:
-        parts = {"hls": hls, **({"thumbnails": thumbnails} if spec.emit.thumbnails else {})}
+             **parts: Path) -> Output:
         return _StageRun(context, spec, emit_def, ffmpeg, events).run(
             lambda work, tools: stages.emit(context.partition_key, parts, delivery.store(), work))
 
-    emit_captions_def = _StageDef("emit_captions", "emit", "emit-captions-1", inputs=("captions",), reusable=False)
-
-    @asset(name="emit_captions", code_version=emit_captions_def.fingerprint, ins=ins("captions"),
-           description="Publishes the captioned rendition to the delivery location.", **common)
-    def emit_captions(context: AssetExecutionContext, ffmpeg: FFmpegResource, events: WebhookResource,
-                      delivery: DeliveryResource, captions: Path) -> Output:
-        return _StageRun(context, spec, emit_captions_def, ffmpeg, events).run(
-            lambda work, tools: stages.emit(context.partition_key, {"captioned.mp4": captions}, delivery.store(), work))
-
-    return [ingest, encode, captions, hls, emit, emit_captions]
+    return [*assets, hls, emit]
 
 
 def _sidecar_origin(context: AssetExecutionContext, key: AssetKey) -> str:

@@ -56,7 +56,8 @@ class Provenance(BaseModel):
     attempt: int
     earlier_failures: list[str] = Field(default_factory=list, description="Failure classes of earlier attempts.")
     host: str = Field(default_factory=socket.gethostname)
-    bit_exact: bool = True
+    bit_exact: bool = Field(description="The same build, recipe and inputs give the same bytes again: every "
+                                        "encoder ran with one thread (ffmpeg.threads: 1).")
     reused_from_run: Optional[str] = None
 
     def to_json(self) -> str:

@@ -34,7 +34,7 @@ class Rendition(_Strict):
 
 
 class ThumbnailSpec(_Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="False: no thumbnails asset (and nothing of it to publish).")
     interval_s: float = Field(5.0, gt=0, description="One JPEG every this many seconds, from t=0.")
     width: int = Field(320, ge=16, description="Thumbnail width in pixels (height keeps the aspect ratio).")
     sprite_tile_width: int = Field(160, ge=16, description="Width of one tile in the sprite sheet.")
@@ -43,7 +43,7 @@ class ThumbnailSpec(_Strict):
 
 
 class CaptionSpec(_Strict):
-    enabled: bool = True
+    enabled: bool = Field(True, description="False: no captions or emit_captions asset; `rendition` is not checked.")
     rendition: str = Field("720p", description="Ladder rung whose settings the captioned encode uses.")
     sidecar_extensions: tuple[str, ...] = (".srt", ".vtt")
     font_size: int = Field(24, ge=6, le=120)
@@ -145,7 +145,10 @@ class PipelineSpec(_Strict):
         return self.hls.min_renditions or len(self.ladder)
 
     def rendition(self, name: str) -> Rendition:
-        return next(r for r in self.ladder if r.name == name)
+        found = next((r for r in self.ladder if r.name == name), None)
+        if found is None:
+            raise KeyError(f"pipeline {self.name} has no ladder rung {name!r} (rungs: {', '.join(r.name for r in self.ladder)})")
+        return found
 
     def preset_for(self, rendition: Rendition) -> Preset:
         return self.presets[rendition.preset]

@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from mpegflow_dagster.project import Project, Settings
+from mpegflow_dagster.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -20,6 +23,23 @@ def temp_project(base: Path, **ffmpeg_settings) -> Project:
     repo = Project.load(ROOT)
     settings = Settings(storage_dir="storage", work_dir="work", delivery_dir="delivery", ffmpeg=ffmpeg_settings)
     return Project(root=ROOT, specs=repo.specs, settings=settings.resolved(base))
+
+
+def project_with(tmp_path: Path, spec_changes: dict, preset_files: dict[str, str] = {}, **ffmpeg_settings) -> Project:
+    """The default spec with changes, extra presets, and storage under tmp_path."""
+    presets = tmp_path / "resources" / "presets"
+    presets.mkdir(parents=True)
+    for src in (ROOT / "resources" / "presets").glob("*.yaml"):
+        (presets / src.name).write_text(src.read_text())
+    for name, text in preset_files.items():
+        (presets / name).write_text(text)
+    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
+    raw.update(spec_changes)
+    spec_file = tmp_path / "resources" / "pipelines" / "vod.yaml"
+    spec_file.parent.mkdir()
+    spec_file.write_text(yaml.safe_dump(raw))
+    base = temp_project(tmp_path, **ffmpeg_settings)
+    return base.model_copy(update={"specs": [load_spec(spec_file, presets)]})
 
 
 def write_instance_config(home: Path) -> Path:

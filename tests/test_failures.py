@@ -10,28 +10,10 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for
 from mpegflow_dagster.events import JsonlEventSink
 from mpegflow_dagster.project import Project
 from mpegflow_dagster.runs import materialize_video, outcome_event, stage_report
-from mpegflow_dagster.spec import load_spec
 
-from pipeline_helpers import ROOT, ffmpeg_wrapper, run_cli, temp_project
+from pipeline_helpers import ROOT, ffmpeg_wrapper, project_with, run_cli, temp_project
 
 FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "backoff": 2.0, "jitter": 0.1}}
-
-
-def project_with(tmp_path: Path, spec_changes: dict, preset_files: dict[str, str] = {}, **ffmpeg_settings) -> Project:
-    """The default spec with changes, extra presets, and storage under tmp_path."""
-    presets = tmp_path / "resources" / "presets"
-    presets.mkdir(parents=True)
-    for src in (ROOT / "resources" / "presets").glob("*.yaml"):
-        (presets / src.name).write_text(src.read_text())
-    for name, text in preset_files.items():
-        (presets / name).write_text(text)
-    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
-    raw.update(spec_changes)
-    spec_file = tmp_path / "resources" / "pipelines" / "vod.yaml"
-    spec_file.parent.mkdir()
-    spec_file.write_text(yaml.safe_dump(raw))
-    base = temp_project(tmp_path, **ffmpeg_settings)
-    return base.model_copy(update={"specs": [load_spec(spec_file, presets)]})
 
 
 def events_of(project: Project) -> list[dict]:

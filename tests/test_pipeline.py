@@ -12,7 +12,7 @@ from mpegflow_dagster.media.probe import keyframe_times, probe
 from mpegflow_dagster.runs import materialize_video, stage_report
 from mpegflow_dagster.storage import describe
 
-from pipeline_helpers import decode_errors, gray_crop, mean_abs_diff, temp_project
+from pipeline_helpers import decode_errors, gray_crop, mean_abs_diff, project_with, temp_project
 
 DURATION = 6.0
 
@@ -169,3 +169,20 @@ def test_bad_input_fails_clearly_and_publishes_nothing(instance, tmp_path):
     again = stage_report(materialize_video(project, spec, "junk", instance=instance, source=junk).all_events, spec)
     assert again["ingest"]["status"] == "failed"
     assert again["probe"]["status"] == "failed" and again["probe"]["reason_code"] == report["probe"]["reason_code"]
+
+
+def test_disabled_thumbnails_and_captions_build_no_assets_and_threads_0_is_not_bit_exact(tmp_path, make_source):
+    """Config means what it says: `enabled: false` removes the stage (a caption rung that is not
+    in the ladder is then no error), and provenance says whether the bytes are reproducible."""
+    project = project_with(tmp_path, {"thumbnails": {"enabled": False},
+                                      "captions": {"enabled": False, "rendition": "no-such-rung"}}, threads=0)
+    spec = project.spec()
+    keys = {k.path[-1] for a in project.assets(spec) for k in a.keys}
+    assert not keys & {"thumbnails", "captions", "emit_captions"} and {"hls", "emit"} <= keys
+    source = make_source("plain", duration_s=2.0, width=320, height=240, captions=True)
+    with instance_for_test() as instance:
+        result = materialize_video(project, spec, "plain", instance=instance, source=source)
+        assert result.success
+        rec = instance.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey(["vod", "rendition_240p"])), limit=1)
+        assert rec.records[0].asset_materialization.metadata["provenance"].value["bit_exact"] is False
+    assert sorted(p.name for p in (tmp_path / "delivery" / "plain").iterdir()) == ["hls"]

@@ -59,6 +59,7 @@ def test_every_artifact_carries_provenance_in_metadata_and_sidecar(first_run):
     assert prov["encoder"]["pinned"] == build.version[:3]
     assert prov["encoder_libraries"]["x264"].startswith("core ")
     assert prov["preset"] == "x264-vod@1" and prov["attempt"] == 1 and prov["earlier_failures"] == []
+    assert prov["bit_exact"] is True  # one x264 thread (the shipped setting)
     assert any("libx264" in argv and "-b:v" in argv for argv in prov["argv"])
     ingest_sha = latest(instance, "ingest", "clip").metadata["sha256"].value
     assert prov["inputs"]["ingest"] == ingest_sha  # the source's identity: the ingest data version
