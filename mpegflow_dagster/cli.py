@@ -17,6 +17,7 @@ from .media.synth import sample_with_captions
 from .project import Project
 from .runs import fail_abandoned_runs, materialize_video, outcome_event, stage_report
 from .stages import MediaRejected
+from .survivor import watch_this_process
 from .why import explain, render
 from .videos import video_key
 
@@ -53,8 +54,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = project.spec(args.pipeline)
     out_dir = str(Path(args.out).resolve()) if args.out else project.settings.delivery_dir
     video = args.video or video_key(source.name)
-    result = materialize_video(project, spec, video, instance=_instance(root), source=source,
-                               delivery_dir=out_dir, force=args.force, log_level=args.log_level)
+    instance = _instance(root)
+    release = watch_this_process(os.environ["DAGSTER_HOME"], project.settings.work_dir)
+    try:
+        result = materialize_video(project, spec, video, instance=instance, source=source,
+                                   delivery_dir=out_dir, force=args.force, log_level=args.log_level)
+    finally:
+        release()
     stages = stage_report(result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys])
     outcome = outcome_event(spec, video, result.run_id, stages)
     with project.event_sink() as sink:

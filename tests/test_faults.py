@@ -29,36 +29,55 @@ def instance():
         yield inst
 
 
-def test_kill_9_of_a_run_leaves_no_ffmpeg_and_the_next_run_cleans_up(tmp_path, make_source):
-    source = make_source("long", duration_s=12.0, width=320, height=240)
+def _start_and_kill(tmp_path: Path, source: Path, *, survivor_too: bool = False) -> tuple[list[Path], str]:
+    """Start `mpegflow run` on real FFmpeg reading the source at its own pace (the encode lasts
+    as long as the clip), kill -9 it mid-encode (and its survivor first, if asked), and check
+    that no FFmpeg outlives it by 5 s. Returns the scratch it left and the run's id."""
     work = tmp_path / "work"
-    # Real FFmpeg, reading the source at its own pace: the encode lasts 12 s, time to kill it.
     slow = ffmpeg_wrapper(tmp_path, options="-re")
     run = subprocess.Popen([str(BIN / "mpegflow"), "run", str(source), "--out", str(tmp_path / "out"), "--json"],
                            cwd=ROOT, env=cli_env(tmp_path, MPEGFLOW_FFMPEG=str(slow)),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ffmpegs = wait_for(lambda: processes_with("libx264", f"file:{work}"), 120, "the encode to start")
     time.sleep(1.0)
+    left = [m.parent for m in work.glob(f"*/{SCRATCH_MARKER}")]
+    assert left, "the run should have scratch in use (else this test proves nothing)"
+    if survivor_too:
+        [survivor] = processes_with("survivor.py", str(tmp_path / "home"))
+        os.kill(survivor, signal.SIGKILL)
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
-    # FFmpeg dies with its parent, at once.
     wait_for(lambda: not any(pid in processes_with("ffmpeg") for pid in ffmpegs) or None, 5, "FFmpeg to exit")
-    left = [m.parent for m in work.glob(f"*/{SCRATCH_MARKER}")]
-    assert left, "the killed run should have left scratch behind (else this test proves nothing)"
     with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
-        [killed] = instance.get_runs()
-        assert killed.status == DagsterRunStatus.STARTED
+        [latest, *_] = instance.get_runs(limit=1)
+    return left, latest.run_id
 
-    # `why` marks the dead run failed; the next run collects its scratch and encodes anew.
+
+def _status(tmp_path: Path, run_id: str) -> DagsterRunStatus:
+    with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        return instance.get_run_by_id(run_id).status
+
+
+def test_kill_9_of_a_run_leaves_no_ffmpeg_and_its_run_is_failed_and_cleaned_up(tmp_path, make_source):
+    source = make_source("long", duration_s=12.0, width=320, height=240)
+    # Its survivor marks the run failed and removes its scratch at once.
+    left, killed = _start_and_kill(tmp_path, source)
+    wait_for(lambda: _status(tmp_path, killed) == DagsterRunStatus.FAILURE, 20, "the run to be marked failed")
+    wait_for(lambda: not any(path.exists() for path in left), 20, "the scratch to be removed")
+
+    # Killed together with its survivor (as by a reboot): `why` marks the run failed, and the
+    # next run collects the scratch and encodes anew.
+    left, killed = _start_and_kill(tmp_path, source, survivor_too=True)
+    time.sleep(1.0)
+    assert _status(tmp_path, killed) == DagsterRunStatus.STARTED and all(path.exists() for path in left)
     why = run_cli(["why", "long", "--json"], tmp_path)
     assert why.returncode == 0, why.stderr[-2000:]
-    with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
-        assert instance.get_run_by_id(killed.run_id).status == DagsterRunStatus.FAILURE
+    assert _status(tmp_path, killed) == DagsterRunStatus.FAILURE
     again = run_cli(["run", str(source), "--out", str(tmp_path / "out"), "--json"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["status"] == "succeeded"
     assert not any(path.exists() for path in left)
-    assert not list(work.glob(f"*/{SCRATCH_MARKER}"))
+    assert not list((tmp_path / "work").glob(f"*/{SCRATCH_MARKER}"))
 
 
 def test_two_first_runs_at_once_on_a_new_home_both_succeed(tmp_path, make_source):
