@@ -44,13 +44,18 @@ def sha256_file(path: Path) -> str:
         return _sha256_fd(fh.fileno())
 
 
-def _sha256_fd(fd: int) -> str:
-    """sha256 of an open file, read by offset (the descriptor's position is not used)."""
-    h = hashlib.sha256()
+def _chunks(fd: int) -> Iterator[bytes]:
+    """An open file's bytes, read by offset (the descriptor's position is neither used nor moved)."""
     offset = 0
     while chunk := os.pread(fd, CHUNK, offset):
-        h.update(chunk)
+        yield chunk
         offset += len(chunk)
+
+
+def _sha256_fd(fd: int) -> str:
+    h = hashlib.sha256()
+    for chunk in _chunks(fd):
+        h.update(chunk)
     return h.hexdigest()
 
 
@@ -114,10 +119,8 @@ def _copy_fd(fd: int, dest: Path) -> None:
         # copy_file_range is not supported between these filesystems: stream the bytes instead
         fout.seek(0)
         fout.truncate()
-        offset = 0
-        while chunk := os.pread(fd, CHUNK, offset):
+        for chunk in _chunks(fd):
             fout.write(chunk)
-            offset += len(chunk)
 
 
 def _tree_files(path: Path) -> list[Path]:

@@ -14,7 +14,7 @@ import signal
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import pytest
 
@@ -26,6 +26,7 @@ from mpegflow_dagster.media.verify import STDERR_SIGNATURES, OutputRejected, std
 from mpegflow_dagster.stages import MediaRejected
 
 import corpus  # tests/ is on sys.path (rootdir conftest, no package)
+from pipeline_helpers import processes_with
 
 
 def _static_9() -> str:
@@ -206,22 +207,12 @@ def _run_and_signal(build: FFmpegBuild, tmp_path: Path, sig: int) -> RunResult:
     thread = threading.Thread(target=target)
     thread.start()
     assert started.wait(15)
-    pid = _child_with_arg(marker)
-    assert pid is not None
-    os.kill(pid, sig)
+    pids = processes_with(marker)
+    assert pids
+    os.kill(pids[0], sig)
     thread.join(30)
     assert failure, "the run should have failed"
     return failure[0].result
-
-
-def _child_with_arg(arg: str) -> Optional[int]:
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and arg in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                return int(entry.name)
-        except OSError:
-            continue
-    return None
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
