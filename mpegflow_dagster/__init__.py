@@ -1,16 +1,42 @@
-"""mpegflow-dagster: the video layer for Dagster."""
+"""mpegflow-dagster: the video layer for Dagster.
 
-from .assets import build_video_assets
-from .events import Event, JsonlEventSink
-from .io_manager import ArtifactIOManager, BinaryIOManager
-from .presets import Preset, load_presets
-from .project import Project, Settings
-from .resources import DeliveryResource, FFmpegResource, LocalDeliveryResource
-from .s3 import S3BinaryIOManager, S3DeliveryResource, S3SourceResource
-from .sensors import build_s3_upload_sensor
-from .spec import PipelineSpec, Rendition, SpecError, load_spec
-from .videos import video_key
-from .webhooks import WebhookResource, verify_signature
+The public names below are imported on first use (PEP 562), so importing a Dagster-free part of
+the package (`mpegflow_dagster.media`, `.webhooks.signing`, `.webhooks.outbox`)
+does not import Dagster.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .assets import build_video_assets
+    from .events import Event, JsonlEventSink
+    from .io_manager import ArtifactIOManager, BinaryIOManager
+    from .presets import Preset, load_presets
+    from .project import Project, Settings
+    from .resources import DeliveryResource, FFmpegResource, LocalDeliveryResource
+    from .s3 import S3BinaryIOManager, S3DeliveryResource, S3SourceResource
+    from .sensors import build_s3_upload_sensor
+    from .spec import PipelineSpec, Rendition, SpecError, load_spec
+    from .videos import video_key
+    from .webhooks import WebhookResource, verify_signature
+
+# public name -> the module that defines it
+_MODULES = {
+    "build_video_assets": ".assets",
+    "Event": ".events", "JsonlEventSink": ".events",
+    "ArtifactIOManager": ".io_manager", "BinaryIOManager": ".io_manager",
+    "Preset": ".presets", "load_presets": ".presets",
+    "Project": ".project", "Settings": ".project",
+    "DeliveryResource": ".resources", "FFmpegResource": ".resources", "LocalDeliveryResource": ".resources",
+    "S3BinaryIOManager": ".s3", "S3DeliveryResource": ".s3", "S3SourceResource": ".s3",
+    "build_s3_upload_sensor": ".sensors",
+    "PipelineSpec": ".spec", "Rendition": ".spec", "SpecError": ".spec", "load_spec": ".spec",
+    "video_key": ".videos",
+    "WebhookResource": ".webhooks", "verify_signature": ".webhooks",
+}
 
 __all__ = [
     "ArtifactIOManager", "BinaryIOManager", "DeliveryResource", "Event", "FFmpegResource", "JsonlEventSink",
@@ -18,3 +44,15 @@ __all__ = [
     "S3DeliveryResource", "S3SourceResource", "Settings", "SpecError", "WebhookResource", "build_s3_upload_sensor",
     "build_video_assets", "load_presets", "load_spec", "verify_signature", "video_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_MODULES[name], __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
