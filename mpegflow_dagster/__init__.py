@@ -1,7 +1,7 @@
 """mpegflow-dagster: the video layer for Dagster.
 
 The public names below are imported on first use (PEP 562), so importing a Dagster-free part of
-the package (`mpegflow_dagster.media`, `.webhooks.signing`, `.webhooks.outbox`)
+the package (`mpegflow_dagster.media`, `.s3.store`, `.webhooks.signing`, `.webhooks.outbox`)
 does not import Dagster.
 """
 
@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from .presets import Preset, load_presets
     from .project import Project, Settings
     from .resources import DeliveryResource, FFmpegResource, LocalDeliveryResource
-    from .s3 import S3BinaryIOManager, S3DeliveryResource, S3SourceResource
-    from .sensors import build_s3_upload_sensor
+    from .s3.io_manager import S3BinaryIOManager
+    from .s3.resources import S3DeliveryResource, S3SourceResource
+    from .s3.sensor import build_s3_upload_sensor
     from .spec import PipelineSpec, Rendition, SpecError, load_spec
     from .videos import video_key
     from .webhooks import WebhookResource, verify_signature
@@ -31,8 +32,8 @@ _MODULES = {
     "Preset": ".presets", "load_presets": ".presets",
     "Project": ".project", "Settings": ".project",
     "DeliveryResource": ".resources", "FFmpegResource": ".resources", "LocalDeliveryResource": ".resources",
-    "S3BinaryIOManager": ".s3", "S3DeliveryResource": ".s3", "S3SourceResource": ".s3",
-    "build_s3_upload_sensor": ".sensors",
+    "S3BinaryIOManager": ".s3.io_manager", "S3DeliveryResource": ".s3.resources", "S3SourceResource": ".s3.resources",
+    "build_s3_upload_sensor": ".s3.sensor",
     "PipelineSpec": ".spec", "Rendition": ".spec", "SpecError": ".spec", "load_spec": ".spec",
     "video_key": ".videos",
     "WebhookResource": ".webhooks", "verify_signature": ".webhooks",

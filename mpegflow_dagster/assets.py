@@ -51,7 +51,8 @@ from .io_manager import PROVENANCE_KEY, ArtifactIOManager, Reused
 from .media.classify import Classification, classify_exception
 from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
 from .resources import DeliveryResource, FFmpegResource
-from .s3 import S3SourceResource, classify_s3_error
+from .s3.resources import S3SourceResource
+from .s3.store import classify_s3_error
 from .spec import PipelineSpec, StageKind
 from .stages import StageOutput, Tools
 from .storage import describe, release_scratch

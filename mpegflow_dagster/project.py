@@ -20,8 +20,9 @@ from .io_manager import BinaryIOManager
 from .media.build import FFmpegNotFound, detect_build
 from .outcomes import outcome_sensors
 from .resources import FFmpegResource, LocalDeliveryResource
-from .s3 import S3BinaryIOManager, S3DeliveryResource, S3SourceResource
-from .sensors import build_s3_upload_sensor
+from .s3.io_manager import S3BinaryIOManager
+from .s3.resources import S3DeliveryResource, S3SourceResource
+from .s3.sensor import build_s3_upload_sensor
 from .spec import PipelineSpec, SpecError, load_spec
 from .webhooks import WebhookResource
 

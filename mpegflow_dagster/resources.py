@@ -144,7 +144,7 @@ class FFmpegResource(ConfigurableResource):
 
 class DeliveryResource(ConfigurableResource):
     """Where `emit` publishes finished trees, as `<video>/hls/master.m3u8`, `<video>/thumbnails/`...
-    Use `LocalDeliveryResource` or `mpegflow_dagster.s3.S3DeliveryResource`."""
+    Use `LocalDeliveryResource` or `mpegflow_dagster.S3DeliveryResource`."""
 
     def store(self) -> ArtifactStore:
         raise NotImplementedError("use LocalDeliveryResource or S3DeliveryResource")

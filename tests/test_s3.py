@@ -10,13 +10,9 @@ from boto3.s3.transfer import TransferConfig
 from dagster import AssetIn, DagsterInstance, StaticPartitionsDefinition, asset, materialize
 from s3_server import bucket, list_keys, moto_endpoint, s3  # noqa: F401  (fixtures)
 
-from mpegflow_dagster.s3 import (
-    S3ArtifactStore,
-    S3BinaryIOManager,
-    S3DeliveryResource,
-    download_source,
-    parse_s3_uri,
-)
+from mpegflow_dagster.s3.io_manager import S3BinaryIOManager
+from mpegflow_dagster.s3.resources import S3DeliveryResource
+from mpegflow_dagster.s3.store import S3ArtifactStore, download_source, parse_s3_uri
 from mpegflow_dagster.storage import describe, sha256_file
 
 SMALL_PARTS = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)

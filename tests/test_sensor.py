@@ -19,8 +19,8 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 from s3_server import bucket, moto_endpoint, s3, seed_objects  # noqa: F401  (fixtures)
 
-from mpegflow_dagster.s3 import download_source
-from mpegflow_dagster.sensors import SOURCE_TAG, UploadCursor, build_s3_upload_sensor, partition_key_for
+from mpegflow_dagster.s3.sensor import SOURCE_TAG, UploadCursor, build_s3_upload_sensor, partition_key_for
+from mpegflow_dagster.s3.store import download_source
 
 VIDEOS = DynamicPartitionsDefinition(name="vod_videos")
 SAFE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

@@ -1,4 +1,4 @@
-"""Sensors: start the pipeline of a video when its source is uploaded to S3."""
+"""The upload sensor: start the pipeline of a video when its source is uploaded to S3."""
 
 import hashlib
 import json
@@ -18,8 +18,9 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from .s3 import iter_objects, s3_client
-from .videos import video_key
+from ..videos import video_key
+from .resources import s3_client
+from .store import iter_objects
 
 MEDIA_EXTENSIONS = frozenset({".mp4", ".mov", ".mxf", ".mkv", ".webm", ".m4v", ".ts", ".avi"})
 SOURCE_TAG = "mpegflow/source"
@@ -120,7 +121,7 @@ def build_s3_upload_sensor(
             from dagster import AssetSelection, Definitions
             from dagster_aws.s3 import S3Resource
             from mpegflow_dagster.assets import partitions_for
-            from mpegflow_dagster.sensors import build_s3_upload_sensor
+            from mpegflow_dagster import build_s3_upload_sensor
 
             uploads = build_s3_upload_sensor(
                 spec.name, AssetSelection.groups(spec.name), partitions_for(spec), bucket="uploads", prefix="vod/"

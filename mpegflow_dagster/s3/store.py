@@ -1,4 +1,5 @@
-"""S3 backends: artifacts, delivery and source videos in S3, streamed both ways.
+"""The S3 store: artifacts, delivery trees and source videos in S3 over a boto3 client, streamed
+both ways. No Dagster here (`resources.py` and `io_manager.py` wrap it for Dagster).
 
 `S3ArtifactStore` implements the `ArtifactStore` protocol of `storage.py` over a boto3 S3 client.
 Publishing uploads every file to a private staging prefix first, then copies the files server-side
@@ -9,12 +10,10 @@ streamed by boto3's transfer manager (multipart above `multipart_threshold`).
 """
 
 import hashlib
-import json
 import re
 import shutil
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -27,15 +26,10 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
-from dagster import ConfigurableResource, ResourceDependency
-from dagster_aws.s3 import S3Resource
-from pydantic import Field
 
-from .io_manager import ArtifactIOManager
-from .media.classify import Classification
-from .resources import DeliveryResource
-from .storage import ArtifactRecord, Digest, describe
-from .videos import video_key
+from ..media.classify import Classification
+from ..storage import ArtifactRecord, Digest, describe
+from ..videos import video_key
 
 # Uploaded to their final keys after everything else: a reader that finds one finds what it lists.
 MANIFEST_SUFFIXES = frozenset({".m3u8", ".json", ".vtt"})
@@ -101,7 +95,7 @@ class S3ArtifactStore:
 
             import boto3
             from pathlib import Path, PurePosixPath
-            from mpegflow_dagster.s3 import S3ArtifactStore
+            from mpegflow_dagster.s3.store import S3ArtifactStore
 
             store = S3ArtifactStore(boto3.client("s3"), "media", "artifacts", Path("/tmp/cache"))
             record = store.publish(Path("out/hls"), PurePosixPath("video1/hls"))
@@ -287,103 +281,6 @@ class S3ArtifactStore:
             for future, index, stamp in futures:
                 future.result()
                 index.write_text(stamp)
-
-
-def s3_client(s3: S3Resource) -> Any:
-    """One boto3 client per S3 configuration in this process (clients are thread-safe); making
-    one loads botocore's service models, about 0.3 s here, which every IO call would otherwise pay."""
-    return _client_for(s3.model_dump_json())
-
-
-@lru_cache(maxsize=16)
-def _client_for(config: str) -> Any:
-    return S3Resource(**json.loads(config)).get_client()
-
-
-class S3SourceResource(ConfigurableResource):
-    """Reads `s3://` source videos for ingest. The client is made on first use, so runs of local
-    sources never create one (Dagster builds a client at step start for any step that takes an
-    `S3Resource` directly).
-
-    Examples:
-        .. code-block:: python
-
-            from dagster_aws.s3 import S3Resource
-            from mpegflow_dagster.s3 import S3SourceResource
-
-            sources = S3SourceResource(s3=S3Resource(region_name="eu-west-1"))
-    """
-
-    s3: ResourceDependency[S3Resource]
-
-    def head(self, uri: str) -> dict[str, Any]:
-        bucket, key = parse_s3_uri(uri)
-        return s3_client(self.s3).head_object(Bucket=bucket, Key=key)
-
-    def download(self, uri: str, dest_dir: Path, caption_extensions: Sequence[str]) -> Path:
-        return download_source(s3_client(self.s3), uri, dest_dir, caption_extensions)
-
-
-class S3BinaryIOManager(ArtifactIOManager):
-    """`BinaryIOManager` over S3: each output is published to
-    `s3://<bucket>/<prefix>/<asset key path>/<partition>/<name>`, and inputs are downloaded into
-    `cache_dir` (skipping files already cached).
-
-    Examples:
-        .. code-block:: python
-
-            from dagster import Definitions, EnvVar
-            from dagster_aws.s3 import S3Resource
-            from mpegflow_dagster.s3 import S3BinaryIOManager
-
-            s3 = S3Resource(endpoint_url=EnvVar("MPEGFLOW_S3_ENDPOINT_URL"))
-            defs = Definitions(
-                assets=[...],
-                resources={"media_io_manager": S3BinaryIOManager(s3=s3, bucket="media", prefix="artifacts")},
-            )
-    """
-
-    s3: ResourceDependency[S3Resource]
-    bucket: str = Field(description="Bucket that holds every published artifact.")
-    prefix: str = Field("mpegflow/storage", description="Key prefix of the artifacts inside the bucket.")
-    cache_dir: str = Field(
-        ".mpegflow/s3-cache", description="Local directory where inputs are downloaded; safe to delete."
-    )
-
-    def store(self) -> S3ArtifactStore:
-        return S3ArtifactStore(s3_client(self.s3), self.bucket, self.prefix, Path(self.cache_dir))
-
-
-class S3DeliveryResource(DeliveryResource):
-    """Publishes finished trees to an S3 CDN origin: `s3://<bucket>/<prefix>/<video>/hls/master.m3u8`, ...
-
-    Every object gets a `Content-Type` from its extension and a `Cache-Control`: segments and
-    images are immutable, playlists and manifests are short-lived and uploaded last.
-
-    Examples:
-        .. code-block:: python
-
-            from dagster_aws.s3 import S3Resource
-            from mpegflow_dagster.s3 import S3DeliveryResource
-
-            delivery = S3DeliveryResource(s3=S3Resource(region_name="eu-west-1"), bucket="cdn-origin", prefix="vod")
-    """
-
-    s3: ResourceDependency[S3Resource]
-    bucket: str = Field(description="Bucket of the delivery tree (the CDN origin).")
-    prefix: str = Field("", description="Key prefix of the delivery tree inside the bucket.")
-    playlist_cache_control: str = Field(
-        "public, max-age=10", description="Cache-Control of playlists and manifests (.m3u8, .json, .vtt, other)."
-    )
-    segment_cache_control: str = Field(
-        "public, max-age=31536000, immutable",
-        description="Cache-Control of segments and images (.ts, .m4s, .mp4, .jpg). Keep their names unique per content.",
-    )
-    cache_dir: str = Field(".mpegflow/delivery-cache", description="Local directory for `local_path` downloads.")
-
-    def store(self) -> S3ArtifactStore:
-        headers = DeliveryHeaders(self.playlist_cache_control, self.segment_cache_control)
-        return S3ArtifactStore(s3_client(self.s3), self.bucket, self.prefix, Path(self.cache_dir), headers=headers)
 
 
 def download_source(

@@ -1,0 +1,82 @@
+"""Dagster resources over the S3 store: source videos for ingest, the delivery bucket (CDN
+origin), and the shared boto3 client they use."""
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+from dagster import ConfigurableResource, ResourceDependency
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from ..resources import DeliveryResource
+from .store import DeliveryHeaders, S3ArtifactStore, download_source, parse_s3_uri
+
+S3_CONNECTION = "dagster-aws S3Resource: region, endpoint and credentials of the S3 (or S3-compatible) service."
+
+def s3_client(s3: S3Resource) -> Any:
+    """One boto3 client per S3 configuration in this process (clients are thread-safe); making
+    one loads botocore's service models, about 0.3 s here, which every IO call would otherwise pay."""
+    return _client_for(s3.model_dump_json())
+
+
+@lru_cache(maxsize=16)
+def _client_for(config: str) -> Any:
+    return S3Resource(**json.loads(config)).get_client()
+
+
+class S3SourceResource(ConfigurableResource):
+    """Reads `s3://` source videos for ingest. The client is made on first use, so runs of local
+    sources never create one (Dagster builds a client at step start for any step that takes an
+    `S3Resource` directly).
+
+    Examples:
+        .. code-block:: python
+
+            from dagster_aws.s3 import S3Resource
+            from mpegflow_dagster import S3SourceResource
+
+            sources = S3SourceResource(s3=S3Resource(region_name="eu-west-1"))
+    """
+
+    s3: ResourceDependency[S3Resource] = Field(description=S3_CONNECTION)
+
+    def head(self, uri: str) -> dict[str, Any]:
+        bucket, key = parse_s3_uri(uri)
+        return s3_client(self.s3).head_object(Bucket=bucket, Key=key)
+
+    def download(self, uri: str, dest_dir: Path, caption_extensions: Sequence[str]) -> Path:
+        return download_source(s3_client(self.s3), uri, dest_dir, caption_extensions)
+
+
+class S3DeliveryResource(DeliveryResource):
+    """Publishes finished trees to an S3 CDN origin: `s3://<bucket>/<prefix>/<video>/hls/master.m3u8`, ...
+
+    Every object gets a `Content-Type` from its extension and a `Cache-Control`: segments and
+    images are immutable, playlists and manifests are short-lived and uploaded last.
+
+    Examples:
+        .. code-block:: python
+
+            from dagster_aws.s3 import S3Resource
+            from mpegflow_dagster import S3DeliveryResource
+
+            delivery = S3DeliveryResource(s3=S3Resource(region_name="eu-west-1"), bucket="cdn-origin", prefix="vod")
+    """
+
+    s3: ResourceDependency[S3Resource] = Field(description=S3_CONNECTION)
+    bucket: str = Field(description="Bucket of the delivery tree (the CDN origin).")
+    prefix: str = Field("", description="Key prefix of the delivery tree inside the bucket.")
+    playlist_cache_control: str = Field(
+        "public, max-age=10", description="Cache-Control of playlists and manifests (.m3u8, .json, .vtt, other)."
+    )
+    segment_cache_control: str = Field(
+        "public, max-age=31536000, immutable",
+        description="Cache-Control of segments and images (.ts, .m4s, .mp4, .jpg). Keep their names unique per content.",
+    )
+    cache_dir: str = Field(".mpegflow/delivery-cache", description="Local directory for `local_path` downloads.")
+
+    def store(self) -> S3ArtifactStore:
+        headers = DeliveryHeaders(self.playlist_cache_control, self.segment_cache_control)
+        return S3ArtifactStore(s3_client(self.s3), self.bucket, self.prefix, Path(self.cache_dir), headers=headers)
