@@ -1,7 +1,7 @@
 """mpegflow-dagster: the video layer for Dagster.
 
 The public names below are imported on first use (PEP 562), so importing a Dagster-free part of
-the package (`mpegflow_dagster.media`, `.s3.store`, `.webhooks.signing`, `.webhooks.outbox`)
+the package (`mpegflow_dagster.media`, `.s3.store`, `.webhooks.signing`, `.webhooks.outbox`, `.webhooks.delivery`)
 does not import Dagster.
 """
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from .s3.sensor import build_s3_upload_sensor
     from .spec import PipelineSpec, Rendition, SpecError, load_spec
     from .videos import video_key
-    from .webhooks import WebhookResource, verify_signature
+    from .webhooks.resources import WebhookResource
+    from .webhooks.signing import verify_signature
 
 # public name -> the module that defines it
 _MODULES = {
@@ -36,7 +37,7 @@ _MODULES = {
     "build_s3_upload_sensor": ".s3.sensor",
     "PipelineSpec": ".spec", "Rendition": ".spec", "SpecError": ".spec", "load_spec": ".spec",
     "video_key": ".videos",
-    "WebhookResource": ".webhooks", "verify_signature": ".webhooks",
+    "WebhookResource": ".webhooks.resources", "verify_signature": ".webhooks.signing",
 }
 
 __all__ = [

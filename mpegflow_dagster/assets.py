@@ -56,7 +56,7 @@ from .s3.store import classify_s3_error
 from .spec import PipelineSpec, StageKind
 from .stages import StageOutput, Tools
 from .storage import describe, release_scratch
-from .webhooks import WebhookResource
+from .webhooks.resources import WebhookResource
 
 IO_MANAGER_KEY = "media_io_manager"
 FORCE_TAG = "mpegflow/force"  # run tag: "true" re-runs stages even when nothing changed

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,21 @@ class JsonlEventSink:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class FanoutSink:
+    """Sends every event to each sink in order. Each sink gets the event even if an earlier one
+    raised; the first error is re-raised afterwards."""
+
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self.sinks = list(sinks)
+
+    def send(self, event: Event) -> None:
+        error: Optional[BaseException] = None
+        for sink in self.sinks:
+            try:
+                sink.send(event)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error

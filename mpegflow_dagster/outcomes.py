@@ -23,7 +23,7 @@ from dagster import (
 from .events import Event
 from .runs import PARTITION_TAG, outcome_event, stage_report
 from .spec import PipelineSpec
-from .webhooks import WebhookResource
+from .webhooks.resources import WebhookResource
 
 def run_outcomes(instance: DagsterInstance, run: DagsterRun, specs: Sequence[PipelineSpec]) -> Iterator[Event]:
     """One outcome event per pipeline the run touched (runs outside any pipeline give none)."""

@@ -24,7 +24,7 @@ from .s3.io_manager import S3BinaryIOManager
 from .s3.resources import S3DeliveryResource, S3SourceResource
 from .s3.sensor import build_s3_upload_sensor
 from .spec import PipelineSpec, SpecError, load_spec
-from .webhooks import WebhookResource
+from .webhooks.resources import WebhookResource
 
 
 class FFmpegSettings(BaseModel):

@@ -31,7 +31,7 @@ from http_receiver import Receiver
 from mpegflow_dagster.outcomes import run_outcomes
 from mpegflow_dagster.project import Project, S3Settings, Settings
 from mpegflow_dagster.runs import materialize_video
-from mpegflow_dagster.webhooks import verify_signature
+from mpegflow_dagster.webhooks.signing import verify_signature
 
 from pipeline_helpers import ROOT, decode_errors
 

@@ -9,8 +9,10 @@ from typing import Iterator
 
 import pytest
 
-from mpegflow_dagster.events import Event, JsonlEventSink
-from mpegflow_dagster.webhooks import FanoutSink, WebhookResource, WebhookSink, event_body, verify_signature
+from mpegflow_dagster.events import Event, FanoutSink, JsonlEventSink
+from mpegflow_dagster.webhooks.delivery import WebhookSink
+from mpegflow_dagster.webhooks.resources import WebhookResource
+from mpegflow_dagster.webhooks.signing import event_body, verify_signature
 
 from http_receiver import Receiver, Reply, free_port
 
