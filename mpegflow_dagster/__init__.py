@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .spec import PipelineSpec, Rendition, SpecError, load_spec
     from .videos import video_key
     from .webhooks.resources import WebhookResource
+    from .webhooks.sensor import build_webhook_delivery_sensor
     from .webhooks.signing import verify_signature
 
 # public name -> the module that defines it
@@ -37,14 +38,15 @@ _MODULES = {
     "build_s3_upload_sensor": ".s3.sensor",
     "PipelineSpec": ".spec", "Rendition": ".spec", "SpecError": ".spec", "load_spec": ".spec",
     "video_key": ".videos",
-    "WebhookResource": ".webhooks.resources", "verify_signature": ".webhooks.signing",
+    "WebhookResource": ".webhooks.resources", "build_webhook_delivery_sensor": ".webhooks.sensor",
+    "verify_signature": ".webhooks.signing",
 }
 
 __all__ = [
     "ArtifactIOManager", "BinaryIOManager", "DeliveryResource", "Event", "FFmpegResource", "JsonlEventSink",
     "LocalDeliveryResource", "PipelineSpec", "Preset", "Project", "Rendition", "S3BinaryIOManager",
     "S3DeliveryResource", "S3SourceResource", "Settings", "SpecError", "WebhookResource", "build_s3_upload_sensor",
-    "build_video_assets", "load_presets", "load_spec", "verify_signature", "video_key",
+    "build_video_assets", "build_webhook_delivery_sensor", "load_presets", "load_spec", "verify_signature", "video_key",
 ]
 
 

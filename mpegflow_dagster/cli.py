@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -18,6 +19,8 @@ from .project import Project
 from .runs import fail_abandoned_runs, materialize_video, outcome_event, stage_report
 from .stages import MediaRejected
 from .survivor import watch_this_process
+from .webhooks.delivery import BackgroundDrain
+from .webhooks.sensor import DELIVERY_SENSOR
 from .why import explain, render
 from .videos import video_key
 
@@ -55,16 +58,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_dir = str(Path(args.out).resolve()) if args.out else project.settings.delivery_dir
     video = args.video or video_key(source.name)
     instance = _instance(root)
-    release = watch_this_process(os.environ["DAGSTER_HOME"], project.settings.work_dir)
-    try:
-        result = materialize_video(project, spec, video, instance=instance, source=source,
-                                   delivery_dir=out_dir, force=args.force, log_level=args.log_level)
-    finally:
-        release()
-    stages = stage_report(result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys])
-    outcome = outcome_event(spec, video, result.run_id, stages)
-    with project.event_sink() as sink:
-        sink.send(outcome)
+    with project.events() as events:
+        # Steps only queue webhook events; this thread POSTs them while the run goes.
+        delivery = events.delivery()
+        with BackgroundDrain(delivery) if delivery else contextlib.nullcontext() as drain:
+            release = watch_this_process(os.environ["DAGSTER_HOME"], project.settings.work_dir)
+            try:
+                result = materialize_video(project, spec, video, instance=instance, source=source,
+                                           delivery_dir=out_dir, force=args.force, log_level=args.log_level)
+            finally:
+                release()
+            stages = stage_report(result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys])
+            outcome = outcome_event(spec, video, result.run_id, stages)
+            events.sink().send(outcome)
+            queued = drain.finish(args.webhook_wait) if drain else []
+            if queued:
+                print(f"mpegflow: {len(queued)} webhook event(s) not delivered yet (last error: "
+                      f"{queued[0]['last_error']}); they stay queued in {events.outbox().path} for the next "
+                      f"`mpegflow run`, or in a deployment (`make dev`) the {DELIVERY_SENSOR} sensor", file=sys.stderr)
     master = Path(out_dir) / video / "hls" / "master.m3u8"
     report = {
         "video": video,
@@ -75,6 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "master_playlist": str(master) if stages.get("emit", {}).get("status") == "materialized" else None,
         "delivery_dir": str(Path(out_dir) / video),
         "stages": stages,
+        "webhooks_queued": len(queued),
     }
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -132,6 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     run.add_argument("--force", action="store_true", help="re-run stages even when nothing changed")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--webhook-wait", type=float, default=10.0, metavar="SECONDS",
+                     help="after the run, keep delivering queued webhook events this long at most (default: 10)")
     run.set_defaults(func=cmd_run)
 
     why = sub.add_parser("why", help="what happened to a video: each stage's status, attempts, provenance")

@@ -15,7 +15,6 @@ from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field
 
 from .assets import IO_MANAGER_KEY, build_video_assets, partitions_for
-from .events import EventSink
 from .io_manager import BinaryIOManager
 from .media.build import FFmpegNotFound, detect_build
 from .outcomes import outcome_sensors
@@ -25,6 +24,7 @@ from .s3.resources import S3DeliveryResource, S3SourceResource
 from .s3.sensor import build_s3_upload_sensor
 from .spec import PipelineSpec, SpecError, load_spec
 from .webhooks.resources import WebhookResource
+from .webhooks.sensor import build_webhook_delivery_sensor
 
 
 class FFmpegSettings(BaseModel):
@@ -140,14 +140,15 @@ class Project(BaseModel):
         }
 
     @contextmanager
-    def event_sink(self) -> Iterator[EventSink]:
-        """The configured event sink outside a run, with EnvVar secrets resolved as in a run."""
+    def events(self) -> Iterator[WebhookResource]:
+        """The configured events resource outside a run, with EnvVar secrets resolved as in a run."""
         with build_resources({"events": self.resources()["events"]}) as resources:
-            yield resources.events.sink()
+            yield resources.events
 
     def sensors(self) -> list[SensorDefinition]:
-        """Run-outcome announcements always; an S3 upload sensor per pipeline when a bucket is set."""
-        found = list(outcome_sensors(self.specs))
+        """Run-outcome announcements always; webhook delivery when a webhook url is set; an S3
+        upload sensor per pipeline when a bucket is set."""
+        found = [*outcome_sensors(self.specs), *([build_webhook_delivery_sensor()] if self.settings.webhook_url else [])]
         b = self.settings.s3
         if b.upload_bucket:
             found += [

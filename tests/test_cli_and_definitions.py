@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -9,7 +10,9 @@ from dagster import DagsterInstance, Definitions, in_process_executor
 
 from mpegflow_dagster import Project, build_video_assets
 from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
+from mpegflow_dagster.webhooks.signing import verify_signature
 
+from http_receiver import Receiver, free_port
 from pipeline_helpers import BIN, ROOT, run_cli
 
 
@@ -90,3 +93,33 @@ def test_readme_code_location_example_loads(monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     Definitions.validate_loadable(scope["defs"])
     assert scope["defs"].executor is in_process_executor
+
+
+def test_run_delivers_webhooks_outside_the_steps_and_says_what_is_left(tmp_path):
+    """`mpegflow run`: the steps queue their events, a thread POSTs them while the run goes and
+    for at most --webhook-wait after it; what is still queued is reported."""
+    junk = tmp_path / "broken.mp4"
+    junk.write_bytes(b"junk" * 1000)
+    secret = "whsec-cli-test"
+    no_proxy = {name: "" for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")}
+
+    def run(base: Path, url: str, *args: str):
+        proc = run_cli(["run", str(junk), "--out", str(base / "out"), "--json", *args], base,
+                       MPEGFLOW_WEBHOOK_URL=url, MPEGFLOW_WEBHOOK_SECRET=secret, **no_proxy)
+        assert proc.returncode == 1, proc.stderr[-3000:]  # the run failed (junk input); delivery never changes that
+        return proc, json.loads(proc.stdout)
+
+    with Receiver() as receiver:
+        proc, report = run(tmp_path / "up", receiver.url)
+    assert report["webhooks_queued"] == 0 and "not delivered yet" not in proc.stderr
+    bodies = [json.loads(r.body) for r in receiver.requests]
+    assert [b["type"] for b in bodies][-1] == "video.failed" and {b["run_id"] for b in bodies} == {report["run_id"]}
+    assert all(verify_signature(secret, r.headers["X-Mpegflow-Timestamp"], r.body, r.headers["X-Mpegflow-Signature"])
+               for r in receiver.requests)
+
+    started = time.monotonic()
+    proc, report = run(tmp_path / "down", f"http://127.0.0.1:{free_port()}/hooks", "--webhook-wait", "1")
+    assert report["webhooks_queued"] == len(bodies)
+    assert f"{len(bodies)} webhook event(s) not delivered yet" in proc.stderr and "Connection" in proc.stderr
+    assert str(tmp_path / "down" / "webhooks" / "webhook-outbox.sqlite3") in proc.stderr
+    assert time.monotonic() - started < 60

@@ -19,6 +19,7 @@ from dagster import (
     AssetKey,
     DagsterEventType,
     SensorResult,
+    SkipReason,
     build_resources,
     build_sensor_context,
     instance_for_test,
@@ -31,6 +32,7 @@ from http_receiver import Receiver
 from mpegflow_dagster.outcomes import run_outcomes
 from mpegflow_dagster.project import Project, S3Settings, Settings
 from mpegflow_dagster.runs import materialize_video
+from mpegflow_dagster.webhooks.sensor import DELIVERY_SENSOR
 from mpegflow_dagster.webhooks.signing import verify_signature
 
 from pipeline_helpers import ROOT, decode_errors
@@ -71,16 +73,24 @@ def s3_project(base: Path, endpoint: str, *, webhook_url: str | None = None, **b
     return Project(root=ROOT, specs=repo.specs, settings=settings.resolved(base))
 
 
-def upload_sensor(project: Project, name: str = "vod_s3_uploads"):
+def project_sensor(project: Project, name: str = "vod_s3_uploads"):
     return next(s for s in project.sensors() if s.name == name)
 
 
 def tick(project: Project, instance, cursor: str | None) -> SensorResult:
     # A context manager: some of the project's resources are generator resources.
     with build_sensor_context(instance=instance, cursor=cursor, resources=project.resources()) as context:
-        result = upload_sensor(project)(context)
+        result = project_sensor(project)(context)
     assert isinstance(result, SensorResult) and result.cursor
     return result
+
+
+def deliver_webhooks(project: Project, instance) -> str:
+    """One tick of the project's webhook delivery sensor, as the daemon runs it: its skip reason."""
+    with build_sensor_context(instance=instance, resources=project.resources()) as context:
+        result = project_sensor(project, DELIVERY_SENSOR)(context)
+    assert isinstance(result, SkipReason) and result.skip_message
+    return result.skip_message
 
 
 def playlist_uris(text: str) -> list[str]:
@@ -142,10 +152,13 @@ def deployment(moto_endpoint: str, make_source, tmp_path_factory) -> Iterator[di
                         run_config=req.run_config, resources=project.resources(), tags=req.tags, raise_on_error=False)
             for req in first.run_requests or []
         ]
+        queued_by_steps = len(receiver.requests)  # 0: steps only queue webhook events
+        delivery_tick = deliver_webhooks(project, instance)
         yield {"project": project, "spec": spec, "instance": instance, "receiver": receiver, "client": client,
                "buckets": buckets, "base": base, "key": key, "source": source, "first_tick": first,
                "results": results, "run_requests": list(first.run_requests or []),
-               "pipeline_requests": list(receiver.requests)}
+               "pipeline_requests": list(receiver.requests), "queued_by_steps": queued_by_steps,
+               "delivery_tick": delivery_tick}
 
 
 def test_upload_is_requested_once_as_a_new_partition(deployment):
@@ -217,8 +230,10 @@ def test_artifacts_live_in_the_storage_bucket_and_nothing_is_staged(deployment):
 
 
 def test_pipeline_webhooks_are_signed_and_each_event_arrives_once(deployment):
+    """Queued by the steps, POSTed by one tick of the delivery sensor."""
     requests = deployment["pipeline_requests"]
-    assert requests
+    assert deployment["queued_by_steps"] == 0 and requests
+    assert deployment["delivery_tick"] == f"delivered {len(requests)}, rejected 0, 0 still queued"
     bodies = []
     for r in requests:
         assert r.status == 200
@@ -269,13 +284,14 @@ def test_run_outcome_sent_twice_is_delivered_once_signed(deployment):
         for _ in range(2):
             for event in events:
                 resources.events.sink().send(event)
+            resources.events.drain()
     [got] = _outcomes_since(receiver, mark)
     assert json.loads(got.body)["id"] == events[0].id == got.headers["X-Mpegflow-Event-Id"]
     assert verify_signature(SECRET, got.headers["X-Mpegflow-Timestamp"], got.body, got.headers["X-Mpegflow-Signature"])
 
 
 def test_run_outcome_sent_from_project_resources_is_signed_with_the_secret(deployment, tmp_path):
-    """The CLI's path (`Project.event_sink()`), on its own outbox."""
+    """The CLI's path (`Project.events()`), on its own outbox."""
     receiver, events = deployment["receiver"], _outcome_events(deployment)
     project = deployment["project"]
     settings = project.settings.model_copy(update={"events_path": str(tmp_path / "cli-events.jsonl")})
@@ -283,8 +299,9 @@ def test_run_outcome_sent_from_project_resources_is_signed_with_the_secret(deplo
     mark = len(receiver.requests)
     for _ in range(2):
         for event in events:
-            with cli_project.event_sink() as sink:
-                sink.send(event)
+            with cli_project.events() as resource:
+                resource.sink().send(event)
+                resource.drain()
     [got] = _outcomes_since(receiver, mark)  # delivered once: the outbox dedup works on this path too
     assert json.loads(got.body)["id"] == events[0].id
     assert verify_signature(SECRET, got.headers["X-Mpegflow-Timestamp"], got.body, got.headers["X-Mpegflow-Signature"])

@@ -1,9 +1,14 @@
-"""HTTP delivery of signed webhook events, with retries and the outbox. No Dagster here.
+"""HTTP delivery of the outbox's events to the webhook endpoint, outside the pipeline's steps.
+No Dagster here.
 
-Failures never reach the pipeline: 5xx, 408, 429, connection errors and timeouts are retried with
-exponential backoff, and an event that exhausts its retries waits in the outbox until
-`flush_outbox()` (run at the start of every send, or from a schedule) delivers it. Other 4xx and
-3xx answers are permanent and recorded as rejected.
+`WebhookDelivery.drain` POSTs queued events oldest first, each signed (see `signing.py`).
+Failures never reach the pipeline: 5xx, 408, 429, connection errors and timeouts leave the event
+queued for another attempt after exponential backoff (never before the endpoint's Retry-After),
+and end the drain, since the events behind it must wait to stay in order. Other 4xx and 3xx
+answers are permanent: the event is recorded as rejected and the drain goes on.
+
+Who drains: `mpegflow run` in a thread while the run goes and for a bounded time after it
+(`BackgroundDrain`); a deployment (`dagster dev`, the daemon) in the sensor of `sensor.py`.
 """
 
 from __future__ import annotations
@@ -11,27 +16,29 @@ from __future__ import annotations
 import http.client
 import logging
 import random
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional
 
-from ..events import Event
 from .outbox import WebhookOutbox
-from .signing import event_body, sign
+from .signing import sign
 
 USER_AGENT = "mpegflow-dagster-webhooks/1"
 
-Status = Literal["delivered", "duplicate", "rejected", "deferred"]
+Status = Literal["delivered", "rejected", "deferred"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    """What happened to one event: delivered, duplicate (already delivered earlier, not sent),
-    rejected (permanent 3xx/4xx, recorded, not retried) or deferred (kept in the outbox)."""
+    """What one attempt did to one event: delivered, rejected (permanent 3xx/4xx, recorded, not
+    retried) or deferred (still queued, for another attempt after a backoff). `attempts` counts
+    this event's attempts so far, this one included."""
 
     event_id: str
     status: Status
@@ -59,99 +66,79 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class WebhookSink:
-    """EventSink that POSTs signed events to `url`; `send` never raises for delivery problems.
+def check_endpoint(url: str, secret: str) -> None:
+    """Raise ValueError, saying what to fix, unless events can be signed and POSTed to `url`."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"Webhook url must start with https:// (or http://), got {url!r}.")
+    if not secret:
+        raise ValueError(
+            "Webhook secret is empty: set one (e.g. from EnvVar('MPEGFLOW_WEBHOOK_SECRET')) and share "
+            "it with the receiver so it can verify X-Mpegflow-Signature."
+        )
 
-    A send first flushes the outbox. If the endpoint is still down, the new event goes straight
-    to the outbox instead of waiting out its own retries, so an outage costs the pipeline one
-    failed attempt per event rather than `max_attempts` with backoff.
+
+class WebhookDelivery:
+    """POSTs the events queued in `outbox` to `url`, signed with `secret`.
+
+    Safe to run in several processes at once on one outbox: each attempt first claims its event
+    (`WebhookOutbox.claim_next`), so no event is sent by two of them at a time.
     """
 
     def __init__(
         self,
         url: str,
         secret: str,
-        outbox_dir: Union[str, Path],
+        outbox: WebhookOutbox,
         timeout_s: float = 10.0,
-        max_attempts: int = 4,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
     ) -> None:
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError(f"Webhook url must start with https:// (or http://), got {url!r}.")
-        if not secret:
-            raise ValueError(
-                "Webhook secret is empty: set one (e.g. from EnvVar('MPEGFLOW_WEBHOOK_SECRET')) and share "
-                "it with the receiver so it can verify X-Mpegflow-Signature."
-            )
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}.")
+        check_endpoint(url, secret)
         self.url = url
         self.secret = secret
+        self.outbox = outbox
         self.timeout_s = timeout_s
-        self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
-        self.outbox = WebhookOutbox(outbox_dir)
         self._opener = urllib.request.build_opener(_NoRedirects)
-        self._log = logging.getLogger(__name__)
 
-    def send(self, event: Event) -> None:
-        self.deliver(event)
-
-    def deliver(self, event: Event) -> DeliveryResult:
-        """Like `send`, but says what happened."""
-        flushed = self.flush_outbox()
-        if self.outbox.is_delivered(event.id):  # earlier, or by that flush
-            return DeliveryResult(event.id, "duplicate", 0)
-        body = event_body(event)
-        if any(r.status == "deferred" for r in flushed):
-            self.outbox.defer(event.id, event.type, body, 0, "endpoint unreachable during outbox flush")
-            return DeliveryResult(event.id, "deferred", 0, error="endpoint unreachable; queued in outbox")
-        return self._attempt(event.id, event.type, body, self.max_attempts)
-
-    def flush_outbox(self) -> list[DeliveryResult]:
-        """Retry queued events, oldest first, one attempt each; stop at the first transient
-        failure (the endpoint is still down, so the rest would fail too)."""
-        results = []
-        for row in self.outbox.pending():
-            if not self.outbox.claim(row["event_id"], lease_s=self.timeout_s + 60):
-                continue  # another process is sending it right now
-            result = self._attempt(row["event_id"], row["type"], row["body"], attempts=1)
-            results.append(result)
-            if result.status == "deferred":
+    def drain(self, deadline: Optional[float] = None) -> list[DeliveryResult]:
+        """Deliver queued events, oldest first, one attempt each, until the outbox is empty, its
+        oldest event is held (being sent elsewhere, or backing off), an attempt fails transiently,
+        or `time.monotonic()` passes `deadline` (an attempt started before it may end up to
+        `timeout_s` later)."""
+        results: list[DeliveryResult] = []
+        while deadline is None or time.monotonic() < deadline:
+            # The claim outlives the longest attempt, so only a dead deliverer's claim lapses.
+            row = self.outbox.claim_next(lease_s=self.timeout_s + 60)
+            if row is None:
+                break
+            results.append(self._attempt(row))
+            if results[-1].status == "deferred":
                 break
         return results
 
-    def _attempt(self, event_id: str, event_type: str, body: bytes, attempts: int) -> DeliveryResult:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                status = self._post(event_id, event_type, body)
-            except _Permanent as exc:
-                self.outbox.reject(event_id, body, exc.http_status, str(exc))
-                self._log.warning(f"Webhook rejected {event_type} {event_id}, not retrying: {exc}")
-                return DeliveryResult(event_id, "rejected", attempt, exc.http_status, str(exc))
-            except _Transient as exc:
-                if attempt >= attempts:
-                    self.outbox.defer(event_id, event_type, body, attempts, str(exc))
-                    self._log.warning(
-                        f"Webhook delivery of {event_type} {event_id} failed {attempts}x ({exc}); kept in "
-                        f"{self.outbox.path} for flush_outbox()."
-                    )
-                    return DeliveryResult(event_id, "deferred", attempt, exc.http_status, str(exc))
-                time.sleep(self._backoff(attempt, exc.retry_after_s))
-            else:
-                self.outbox.mark_delivered(event_id)
-                return DeliveryResult(event_id, "delivered", attempt, status)
+    def _attempt(self, row: dict[str, Any]) -> DeliveryResult:
+        event_id, event_type, body, attempts = row["event_id"], row["type"], row["body"], row["attempts"] + 1
+        try:
+            status = self._post(event_id, event_type, body)
+        except _Permanent as exc:
+            self.outbox.reject(event_id, body, exc.http_status, str(exc))
+            log.warning(f"Webhook rejected {event_type} {event_id}, not retrying: {exc}")
+            return DeliveryResult(event_id, "rejected", attempts, exc.http_status, str(exc))
+        except _Transient as exc:
+            delay = self._backoff(attempts, exc.retry_after_s)
+            self.outbox.retry_later(event_id, str(exc), delay)
+            log.info(f"Webhook delivery of {event_type} {event_id} failed ({exc}); attempt {attempts + 1} "
+                     f"in {delay:.1f} s")
+            return DeliveryResult(event_id, "deferred", attempts, exc.http_status, str(exc))
+        self.outbox.mark_delivered(event_id)
+        return DeliveryResult(event_id, "delivered", attempts, status)
 
-    def _backoff(self, attempt: int, retry_after_s: Optional[float]) -> float:
-        delay = self.backoff_s * 2 ** (attempt - 1)
-        if retry_after_s is not None:
-            delay = max(delay, retry_after_s)
-        # Jitter in [delay/2, delay] spreads retries from parallel steps hitting the same endpoint.
-        return min(delay, self.max_backoff_s) * random.uniform(0.5, 1.0)
+    def _backoff(self, attempts: int, retry_after_s: Optional[float]) -> float:
+        delay = min(self.backoff_s * 2 ** min(attempts - 1, 30), self.max_backoff_s)
+        # Jitter in [delay/2, delay] spreads the retries of outboxes that share an endpoint.
+        return max(delay * random.uniform(0.5, 1.0), retry_after_s or 0.0)
 
     def _post(self, event_id: str, event_type: str, body: bytes) -> int:
         timestamp = str(int(time.time()))  # signed per attempt, so a late retry is not stale
@@ -198,3 +185,57 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None  # an HTTP date; our own backoff applies
+
+
+class BackgroundDrain:
+    """Delivers the outbox from a daemon thread while this process works, so no step waits on the
+    endpoint; `finish` then delivers what is left, for a bounded time.
+
+    Examples:
+        .. code-block:: python
+
+            with BackgroundDrain(delivery) as drain:
+                ...  # steps queue events
+                left = drain.finish(wait_s=10)  # the events still queued after that
+    """
+
+    POLL_S = 0.5  # how soon an event queued by a step is picked up
+
+    def __init__(self, delivery: WebhookDelivery) -> None:
+        self.delivery = delivery
+        self._deadline: Optional[float] = None  # set by finish (time.monotonic())
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mpegflow-webhook-delivery", daemon=True)
+
+    def __enter__(self) -> "BackgroundDrain":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish(0)
+
+    def finish(self, wait_s: float) -> list[dict[str, Any]]:
+        """Keep delivering until nothing is queued or `wait_s` has passed, stop, and return the
+        events still queued (oldest first)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + wait_s
+            self._wake.set()
+            self._thread.join(wait_s + self.delivery.timeout_s + 1)  # the last attempt may start just before the deadline
+        return self.delivery.outbox.pending()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self.delivery.drain(self._deadline)
+                if self._deadline is not None and self._finished(self._deadline):
+                    return
+                if self._wake.wait(self.POLL_S):
+                    self._wake.clear()
+        except Exception:  # the outbox is unusable (disk, permissions): say so once and stop
+            log.exception(f"Webhook delivery stopped; events stay queued in {self.delivery.outbox.path}")
+
+    def _finished(self, deadline: float) -> bool:
+        """Nothing queued, time is up, or the next attempt would start after the deadline."""
+        next_at = self.delivery.outbox.next_attempt_at()
+        left_s = deadline - time.monotonic()
+        return next_at is None or left_s <= 0 or next_at - time.time() > left_s

@@ -1,4 +1,9 @@
-"""The webhook outbox: a SQLite file of events awaiting delivery. No Dagster here."""
+"""The webhook outbox: a SQLite file of events awaiting delivery, in the order they were sent.
+No Dagster here.
+
+A step only appends to it (`WebhookOutbox.send`: one local insert, no network); `delivery.py`
+POSTs from it, outside the step.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,22 @@ import sqlite3
 import time
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
+
+from ..events import Event
+from .signing import event_body
 
 OUTBOX_FILE = "webhook-outbox.sqlite3"
 
 
 class WebhookOutbox:
     """SQLite file holding events awaiting delivery, the ids already delivered (the newest
-    `max_delivered_ids`) and permanently rejected events. Safe to share between processes."""
+    `max_delivered_ids`) and permanently rejected events. Safe to share between processes.
+
+    An `EventSink`: `send` queues an event. Queued events are delivered in the order they were
+    queued (rowid order). A queued event's `lease_until` holds it back: until then no deliverer
+    may take it, because one is sending it (`claim_next`) or its last attempt failed (`retry_later`).
+    """
 
     def __init__(self, directory: Union[str, Path], max_delivered_ids: int = 100_000) -> None:
         self.path = Path(directory) / OUTBOX_FILE
@@ -61,33 +74,54 @@ class WebhookOutbox:
                 "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?)", (event_id, body, http_status, error, time.time())
             )
 
-    def defer(self, event_id: str, event_type: str, body: bytes, attempts: int, error: str) -> None:
+    def send(self, event: Event) -> None:
+        """Queue `event` behind those queued before it, unless its id is delivered or queued already."""
         with self._tx() as db:
             db.execute(
-                """INSERT INTO pending (event_id, body, type, attempts, last_error, queued_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (event_id) DO UPDATE SET attempts = attempts + excluded.attempts,
-                       last_error = excluded.last_error, lease_until = 0""",
-                (event_id, body, event_type, attempts, error, time.time()),
+                """INSERT OR IGNORE INTO pending (event_id, body, type, attempts, queued_at)
+                   SELECT ?, ?, ?, 0, ? WHERE NOT EXISTS (SELECT 1 FROM delivered WHERE event_id = ?)""",
+                (event.id, event_body(event), event.type, time.time(), event.id),
             )
 
-    def claim(self, event_id: str, lease_s: float) -> bool:
-        """Take `event_id` for one flush attempt so concurrent flushes do not both send it; the
-        lease expires on its own if this process dies mid-attempt."""
+    def claim_next(self, lease_s: float) -> Optional[dict[str, Any]]:
+        """The oldest queued event, taken for one attempt; None if nothing is queued or the oldest
+        is held (another process is sending it, or it waits out a backoff). Later events wait
+        behind it, so events arrive in the order they were sent. The claim lapses after `lease_s`,
+        so an event whose deliverer died mid-attempt is sent again."""
         now = time.time()
         with self._tx() as db:
-            cur = db.execute(
+            db.row_factory = sqlite3.Row
+            row = db.execute(
+                "SELECT event_id, type, body, attempts, lease_until FROM pending ORDER BY rowid LIMIT 1"
+            ).fetchone()
+            if row is None or row["lease_until"] > now:
+                return None
+            cur = db.execute(  # guarded: of two processes that read the same row, one takes it
                 "UPDATE pending SET lease_until = ? WHERE event_id = ? AND lease_until <= ?",
-                (now + lease_s, event_id, now),
+                (now + lease_s, row["event_id"], now),
             )
-            return cur.rowcount == 1
+            return dict(row) if cur.rowcount == 1 else None
+
+    def retry_later(self, event_id: str, error: str, delay_s: float) -> None:
+        """Count a failed attempt and hold the event back for `delay_s`."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE pending SET attempts = attempts + 1, last_error = ?, lease_until = ? WHERE event_id = ?",
+                (error, time.time() + delay_s, event_id),
+            )
+
+    def next_attempt_at(self) -> Optional[float]:
+        """When the oldest queued event may be taken (unix time; past if now), None if nothing is queued."""
+        with self._tx() as db:
+            row = db.execute("SELECT lease_until FROM pending ORDER BY rowid LIMIT 1").fetchone()
+            return None if row is None else row[0]
 
     def pending(self) -> list[dict[str, Any]]:
-        """Events awaiting delivery, oldest first."""
+        """Events awaiting delivery, in delivery order."""
         with self._tx() as db:
             db.row_factory = sqlite3.Row
             rows = db.execute(
-                "SELECT event_id, type, body, attempts, last_error, queued_at FROM pending ORDER BY queued_at"
+                "SELECT event_id, type, body, attempts, last_error, queued_at FROM pending ORDER BY rowid"
             )
             return [dict(row) for row in rows]
 

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
-from ..events import FanoutSink, JsonlEventSink
-from .delivery import DeliveryResult, WebhookSink
+from ..events import EventSink, FanoutSink, JsonlEventSink
+from .delivery import DeliveryResult, WebhookDelivery, check_endpoint
+from .outbox import WebhookOutbox
 
 
 class WebhookResource(ConfigurableResource):
     """Where pipeline events go: always a JSON Lines file, and a signed webhook when `url` is set.
 
+    A step only queues a webhook event in the outbox (a local SQLite file), so no step waits on
+    the endpoint. The events are POSTed from outside the steps: by `mpegflow run` while and after
+    it runs, and in a deployment by the sensor of `build_webhook_delivery_sensor()` (in
+    `Project.definitions()` when a url is set; add it to your own Definitions).
+
     Examples:
         .. code-block:: python
 
             from dagster import Definitions, EnvVar
-            from mpegflow_dagster import WebhookResource
+            from mpegflow_dagster import WebhookResource, build_webhook_delivery_sensor
 
             defs = Definitions(
                 resources={
@@ -27,7 +34,8 @@ class WebhookResource(ConfigurableResource):
                         url="https://example.com/hooks/mpegflow",
                         secret=EnvVar("MPEGFLOW_WEBHOOK_SECRET"),
                     )
-                }
+                },
+                sensors=[build_webhook_delivery_sensor()],
             )
 
             # in an asset: context.resources.events.sink().send(event)
@@ -38,37 +46,38 @@ class WebhookResource(ConfigurableResource):
         "", description="HMAC key for X-Mpegflow-Signature; required with `url`. Use an EnvVar, not a literal."
     )
     timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for the endpoint on one attempt.")
-    max_attempts: int = Field(4, ge=1, description="Attempts per event before it is queued in the outbox.")
     backoff_s: float = Field(
-        1.0, ge=0, description="Wait before the first retry; doubles on each later one (with jitter, max 30 s)."
+        1.0, ge=0,
+        description="Wait before an event's second attempt; doubles on each later one (with jitter, max 30 s), "
+        "never shorter than the endpoint's Retry-After.",
     )
     outbox_dir: str = Field(
         ".mpegflow/webhooks",
-        description="Holds the outbox (undelivered events and delivered ids). One endpoint per directory.",
+        description="Holds the outbox (queued events, delivered and rejected ids). One endpoint per directory.",
     )
     events_path: str = Field(".mpegflow/events.jsonl", description="JSON Lines file that records every event.")
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self.webhook()  # a bad url or missing secret fails the run at start, not at the first event
+        if self.url:  # a bad url or missing secret fails the run at start, not at delivery
+            check_endpoint(self.url, self.secret)
 
-    def webhook(self) -> Optional[WebhookSink]:
+    def sink(self) -> EventSink:
+        """The JSONL file (written at once), then the outbox if a url is set."""
+        return FanoutSink([JsonlEventSink(Path(self.events_path)), *([self.outbox()] if self.url else [])])
+
+    def outbox(self) -> WebhookOutbox:
+        return WebhookOutbox(self.outbox_dir)
+
+    def delivery(self) -> Optional[WebhookDelivery]:
+        """What POSTs the outbox's events; None without `url`."""
         if not self.url:
             return None
-        return WebhookSink(
-            self.url,
-            self.secret,
-            self.outbox_dir,
-            timeout_s=self.timeout_s,
-            max_attempts=self.max_attempts,
-            backoff_s=self.backoff_s,
-        )
+        return WebhookDelivery(self.url, self.secret, self.outbox(), timeout_s=self.timeout_s, backoff_s=self.backoff_s)
 
-    def sink(self) -> FanoutSink:
-        """The JSONL file, then the webhook if configured."""
-        webhook = self.webhook()
-        return FanoutSink([JsonlEventSink(Path(self.events_path)), *([webhook] if webhook else [])])
-
-    def flush_outbox(self) -> list[DeliveryResult]:
-        """Retry undelivered events now, e.g. from a schedule; a no-op without `url`."""
-        webhook = self.webhook()
-        return webhook.flush_outbox() if webhook else []
+    def drain(self, budget_s: Optional[float] = None) -> list[DeliveryResult]:
+        """Deliver queued events now, starting no attempt after `budget_s` (see
+        `WebhookDelivery.drain`); a no-op without `url`."""
+        delivery = self.delivery()
+        if delivery is None:
+            return []
+        return delivery.drain(None if budget_s is None else time.monotonic() + budget_s)
