@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 import yaml
-from dagster import DagsterInstance, Definitions, in_process_executor
+from dagster import DagsterInstance, DefaultSensorStatus, Definitions, in_process_executor
 
 from mpegflow_dagster import Project, build_video_assets
 from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
+from mpegflow_dagster.webhooks.sensor import DELIVERY_SENSOR
 from mpegflow_dagster.webhooks.signing import verify_signature
 
 from http_receiver import Receiver, free_port
@@ -123,3 +124,13 @@ def test_run_delivers_webhooks_outside_the_steps_and_says_what_is_left(tmp_path)
     assert f"{len(bodies)} webhook event(s) not delivered yet" in proc.stderr and "Connection" in proc.stderr
     assert str(tmp_path / "down" / "webhooks" / "webhook-outbox.sqlite3") in proc.stderr
     assert time.monotonic() - started < 60
+
+
+def test_code_location_delivers_webhooks_by_sensor_when_a_url_is_set(monkeypatch):
+    monkeypatch.delenv("MPEGFLOW_WEBHOOK_URL", raising=False)
+    assert DELIVERY_SENSOR not in [s.name for s in Project.load(ROOT).definitions().sensors]
+    monkeypatch.setenv("MPEGFLOW_WEBHOOK_URL", "https://example.invalid/hooks")
+    defs = Project.load(ROOT).definitions()
+    Definitions.validate_loadable(defs)
+    [sensor_def] = [s for s in defs.sensors if s.name == DELIVERY_SENSOR]
+    assert sensor_def.default_status == DefaultSensorStatus.RUNNING  # the daemon runs it without a click
