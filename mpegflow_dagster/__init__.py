@@ -1,20 +1,39 @@
-"""mpegflow-dagster: the video layer for Dagster."""
+"""mpegflow-dagster: the video layer for Dagster.
 
-from .assets import build_video_assets
-from .events import Event, JsonlEventSink
-from .io_manager import ArtifactIOManager, BinaryIOManager
-from .presets import Preset, load_presets
-from .project import Project, Settings
-from .resources import DeliveryResource, FFmpegResource, LocalDeliveryResource
-from .s3 import S3BinaryIOManager, S3DeliveryResource, S3SourceResource
-from .sensors import build_s3_upload_sensor
-from .spec import PipelineSpec, Rendition, SpecError, load_spec
-from .videos import video_key
-from .webhooks import WebhookResource, verify_signature
+Names are imported on first use (PEP 562), so `mpegflow_dagster.media` (the FFmpeg layer) and
+other Dagster-free modules can be imported without importing Dagster.
+"""
 
-__all__ = [
-    "ArtifactIOManager", "BinaryIOManager", "DeliveryResource", "Event", "FFmpegResource", "JsonlEventSink",
-    "LocalDeliveryResource", "PipelineSpec", "Preset", "Project", "Rendition", "S3BinaryIOManager",
-    "S3DeliveryResource", "S3SourceResource", "Settings", "SpecError", "WebhookResource", "build_s3_upload_sensor",
-    "build_video_assets", "load_presets", "load_spec", "verify_signature", "video_key",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "build_video_assets": "assets", "IngestConfig": "assets",
+    "Event": "events", "JsonlEventSink": "events",
+    "ArtifactIOManager": "io_manager", "BinaryIOManager": "io_manager",
+    "Preset": "presets", "load_presets": "presets",
+    "Project": "project", "Settings": "project",
+    "code_version": "provenance",
+    "DeliveryResource": "resources", "FFmpegResource": "resources", "LocalDeliveryResource": "resources",
+    "S3BinaryIOManager": "s3", "S3DeliveryResource": "s3", "S3SourceResource": "s3",
+    "build_s3_upload_sensor": "sensors",
+    "PipelineSpec": "spec", "Rendition": "spec", "RetrySpec": "spec", "SpecError": "spec", "load_spec": "spec",
+    "StageContext": "stage", "StageRun": "stage", "VideoStage": "stage", "video_asset": "stage",
+    "video_multi_asset": "stage", "video_partitions": "stage",
+    "StageOutput": "stages", "source_file": "stages",
+    "video_key": "videos",
+    "WebhookResource": "webhooks", "verify_signature": "webhooks",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

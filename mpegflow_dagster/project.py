@@ -14,7 +14,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field
 
-from .assets import IO_MANAGER_KEY, build_video_assets, partitions_for
+from .assets import build_video_assets
 from .events import EventSink
 from .io_manager import BinaryIOManager
 from .media.build import FFmpegNotFound, detect_build
@@ -23,6 +23,7 @@ from .resources import FFmpegResource, LocalDeliveryResource
 from .s3 import S3BinaryIOManager, S3DeliveryResource, S3SourceResource
 from .sensors import build_s3_upload_sensor
 from .spec import PipelineSpec, SpecError, load_spec
+from .stage import IO_MANAGER_KEY, video_partitions
 from .webhooks import WebhookResource
 
 
@@ -150,7 +151,7 @@ class Project(BaseModel):
         b = self.settings.s3
         if b.upload_bucket:
             found += [
-                build_s3_upload_sensor(spec.name, AssetSelection.groups(spec.name), partitions_for(spec),
+                build_s3_upload_sensor(spec.name, AssetSelection.groups(spec.name), video_partitions(spec.name),
                                        b.upload_bucket, f"{b.upload_prefix.strip('/')}/{spec.name}")
                 for spec in self.specs
             ]
