@@ -105,7 +105,7 @@ class Project(BaseModel):
         resources = root / "resources"
         files = list(spec_files) if spec_files else sorted((resources / "pipelines").glob("*.y*ml"))
         if not files:
-            raise SpecError(f"no pipeline spec in {resources / 'pipelines'}: add one (see README, Spec reference)")
+            raise SpecError(f"no pipeline spec in {resources / 'pipelines'}: add one (see docs/configuration.md)")
         settings_file = resources / "settings.yaml"
         raw = yaml.safe_load(settings_file.read_text()) if settings_file.exists() else {}
         settings = Settings.model_validate(raw or {}).resolved(root)
@@ -182,6 +182,6 @@ class Project(BaseModel):
     def definitions(self) -> Definitions:
         """Runs execute in process: a video's parallel work is inside its encode step (lanes of
         FFmpeg processes), so a process per step would only add start-up time (~3 s a step with
-        the default multiprocess executor here, ~0.02 s in process; see README, Performance)."""
+        the default multiprocess executor here, ~0.02 s in process; see docs/performance.md)."""
         assets = [a for spec in self.specs for a in self.assets(spec)]
         return Definitions(assets=assets, resources=self.resources(), sensors=self.sensors(), executor=in_process_executor)
