@@ -14,7 +14,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field
 
-from .assets import IO_MANAGER_KEY, build_video_assets, partitions_for
+from .assets import build_video_assets
 from .io_manager import BinaryIOManager
 from .media.build import FFmpegNotFound, detect_build
 from .outcomes import outcome_sensors
@@ -23,6 +23,7 @@ from .s3.io_manager import S3BinaryIOManager
 from .s3.resources import S3DeliveryResource, S3SourceResource
 from .s3.sensor import build_s3_upload_sensor
 from .spec import PipelineSpec, SpecError, load_spec
+from .stage import IO_MANAGER_KEY, video_partitions
 from .webhooks.resources import WebhookResource
 from .webhooks.sensor import build_webhook_delivery_sensor
 
@@ -105,7 +106,7 @@ class Project(BaseModel):
         resources = root / "resources"
         files = list(spec_files) if spec_files else sorted((resources / "pipelines").glob("*.y*ml"))
         if not files:
-            raise SpecError(f"no pipeline spec in {resources / 'pipelines'}: add one (see README, Spec reference)")
+            raise SpecError(f"no pipeline spec in {resources / 'pipelines'}: add one (see docs/configuration.md)")
         settings_file = resources / "settings.yaml"
         raw = yaml.safe_load(settings_file.read_text()) if settings_file.exists() else {}
         settings = Settings.model_validate(raw or {}).resolved(root)
@@ -152,7 +153,7 @@ class Project(BaseModel):
         b = self.settings.s3
         if b.upload_bucket:
             found += [
-                build_s3_upload_sensor(spec.name, AssetSelection.groups(spec.name), partitions_for(spec),
+                build_s3_upload_sensor(spec.name, AssetSelection.groups(spec.name), video_partitions(spec.name),
                                        b.upload_bucket, f"{b.upload_prefix.strip('/')}/{spec.name}")
                 for spec in self.specs
             ]
@@ -183,6 +184,6 @@ class Project(BaseModel):
     def definitions(self) -> Definitions:
         """Runs execute in process: a video's parallel work is inside its encode step (lanes of
         FFmpeg processes), so a process per step would only add start-up time (~3 s a step with
-        the default multiprocess executor here, ~0.02 s in process; see README, Performance)."""
+        the default multiprocess executor here, ~0.02 s in process; see docs/performance.md)."""
         assets = [a for spec in self.specs for a in self.assets(spec)]
         return Definitions(assets=assets, resources=self.resources(), sensors=self.sensors(), executor=in_process_executor)

@@ -64,6 +64,13 @@ class Provenance(BaseModel):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
 
+def code_version(*parts: Any, encoder_build: Optional[str] = None) -> str:
+    """A stage's code version: a stable hash of what shapes its output (pydantic models, dicts,
+    strings), plus the encoder build it is pinned to, so a new build marks FFmpeg stages stale."""
+    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16] + (f"+{encoder_build}" if encoder_build else "")
+
+
 def recipe_hash(*, fingerprint: str, build_hash: str, inputs: dict[str, Optional[str]], threads: int) -> str:
     """Equal recipes give equal bytes (with bit-exact output): the key for skipping unchanged work."""
     blob = json.dumps({"f": fingerprint, "b": build_hash, "i": inputs, "t": threads}, sort_keys=True)

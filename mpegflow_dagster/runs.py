@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from dagster import (
     AssetKey,
+    AssetsDefinition,
     AssetSelection,
     DagsterEvent,
     DagsterEventType,
@@ -19,9 +20,10 @@ from dagster import (
 )
 
 from . import liveness
-from .assets import FORCE_TAG, IngestConfig, build_video_assets, partitions_for, step_keys
+from .assets import IngestConfig, build_video_assets
 from .events import Event
 from .spec import PipelineSpec
+from .stage import FORCE_TAG, step_keys, video_partitions
 
 PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
 OWNER_TAG = "mpegflow/owner"  # the process executing a run in process (host/boot/pid/start)
@@ -41,16 +43,18 @@ def materialize_video(
     stages: Optional[Sequence[str]] = None,
     force: bool = False,
     log_level: str = "INFO",
+    own_stages: Sequence[AssetsDefinition] = (),
 ) -> ExecuteInProcessResult:
-    """Register `video` as a partition and materialize its graph (or only `stages`, by asset name,
-    with what shares their step: ingest and probe go together).
+    """Register `video` as a partition and materialize its graph (or only `stages`, by asset name
+    in the spec's pipeline or by full key `pipeline/name`, with what shares their step: ingest and probe go together), with `own_stages` (assets made
+    with `video_asset`) beside the built-in ones.
     With `source`, the video is (re-)ingested from that file; `force` re-runs unchanged stages."""
-    assets = project.assets(spec)
+    assets = [*project.assets(spec), *own_stages]
     fail_abandoned_runs(instance)
-    instance.add_dynamic_partitions(partitions_for(spec).name, [video])
+    instance.add_dynamic_partitions(video_partitions(spec.name).name, [video])
     # Assets that share a step and cannot run apart (ingest and probe) are selected together.
-    selection = (AssetSelection.assets(*(AssetKey([spec.name, name]) for name in stages)).required_multi_asset_neighbors()
-                 if stages else None)
+    keys = [AssetKey.from_user_string(n) if "/" in n else AssetKey([spec.name, n]) for n in stages or ()]
+    selection = AssetSelection.assets(*keys).required_multi_asset_neighbors() if keys else None
     ops = {f"{spec.name}__ingest": IngestConfig(source_path=str(source))} if source else {}
     return materialize(
         assets,

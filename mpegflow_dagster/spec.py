@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -55,22 +53,24 @@ class HlsSpec(_Strict):
     min_renditions: Optional[int] = Field(
         None, ge=1, description="Package when at least this many renditions succeed (None: all are required)."
     )
+    include: tuple[str, ...] = Field(
+        (), description="Further rendition assets of this pipeline (made by your own stages, H.264 MP4 with keyframes "
+        "every gop_s) packaged beside the ladder's rungs, by asset name.")
 
 
-StageKind = Literal["ingest", "probe", "encode", "thumbnails", "captions", "package", "emit"]
+StepKind = Literal["ingest", "encode", "captions", "package", "emit"]
 
 
 class RetrySpec(_Strict):
-    """Retries for transient and resource failures; permanent and security failures never retry."""
+    """Retries of transient and resource failures, as Dagster's RetryPolicy runs them (wait
+    before retry n: exponential `delay_s * (2**n - 1)`, linear `delay_s * n`, constant `delay_s`;
+    jitter `plus_minus` adds up to +-`delay_s`, `full` scales by a random [0, 1)). Permanent and
+    security failures never retry."""
 
     max_retries: int = Field(3, ge=0, le=20)
-    delay_s: float = Field(2.0, ge=0, description="Wait before the first retry.")
-    backoff: float = Field(2.0, ge=1.0, description="Each later wait is this many times the previous one.")
-    jitter: float = Field(0.25, ge=0, le=1, description="Random +-fraction applied to every wait.")
-
-    def wait_s(self, retry_number: int, rand: float) -> float:
-        """Wait before retry `retry_number + 1`; `rand` in [0, 1)."""
-        return self.delay_s * self.backoff**retry_number * (1 + self.jitter * (2 * rand - 1))
+    delay_s: float = Field(2.0, ge=0, description="Base wait before a retry.")
+    backoff: Literal["exponential", "linear", "constant"] = "exponential"
+    jitter: Literal["plus_minus", "full", "none"] = "plus_minus"
 
 
 class FailureSpec(_Strict):
@@ -78,9 +78,11 @@ class FailureSpec(_Strict):
         "strict", description="strict: duration within 0.5 s/2% and no corruption in stderr; tolerant: 10%, warnings ignored."
     )
     retry: RetrySpec = RetrySpec()
-    retry_by_stage: dict[StageKind, RetrySpec] = Field(default_factory=dict, description="Overrides per stage kind.")
+    retry_by_stage: dict[StepKind, RetrySpec] = Field(
+        default_factory=dict, description="Overrides per step: ingest (with probe), encode (renditions and thumbnails), "
+        "captions, package, emit.")
 
-    def retry_for(self, kind: StageKind) -> RetrySpec:
+    def retry_for(self, kind: StepKind) -> RetrySpec:
         return self.retry_by_stage.get(kind, self.retry)
 
 
@@ -126,8 +128,12 @@ class PipelineSpec(_Strict):
             raise ValueError(
                 f"captions.rendition {self.captions.rendition!r} is not a ladder rung (rungs: {', '.join(sorted(rungs))})"
             )
-        if self.hls.min_renditions is not None and self.hls.min_renditions > len(self.ladder):
-            raise ValueError(f"hls.min_renditions ({self.hls.min_renditions}) exceeds the ladder's {len(self.ladder)} rungs")
+        packaged = len(self.ladder) + len(self.hls.include)
+        if self.hls.min_renditions is not None and self.hls.min_renditions > packaged:
+            raise ValueError(f"hls.min_renditions ({self.hls.min_renditions}) exceeds the {packaged} renditions packaged")
+        clashes = sorted(set(self.hls.include) & {f"rendition_{r}" for r in rungs} | set(self.hls.include) & set(rungs))
+        if clashes:
+            raise ValueError(f"hls.include names ladder rungs ({', '.join(clashes)}): list only your own rendition assets")
         missing = sorted({r.preset for r in self.ladder} - set(self.presets))
         if missing:
             raise ValueError(
@@ -141,8 +147,8 @@ class PipelineSpec(_Strict):
 
     @property
     def renditions_required(self) -> int:
-        """How many renditions packaging needs (the whole ladder unless hls.min_renditions)."""
-        return self.hls.min_renditions or len(self.ladder)
+        """How many renditions packaging needs (all of them unless hls.min_renditions)."""
+        return self.hls.min_renditions or len(self.ladder) + len(self.hls.include)
 
     def rendition(self, name: str) -> Rendition:
         found = next((r for r in self.ladder if r.name == name), None)
@@ -152,11 +158,6 @@ class PipelineSpec(_Strict):
 
     def preset_for(self, rendition: Rendition) -> Preset:
         return self.presets[rendition.preset]
-
-    def stage_fingerprint(self, *parts: BaseModel | dict) -> str:
-        """Stable hash of the settings that shape one stage's output (used as its code version)."""
-        blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class SpecError(ValueError):

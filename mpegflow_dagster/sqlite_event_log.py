@@ -35,13 +35,11 @@ from typing import Any, Iterator, Mapping, Optional
 
 from dagster import Enum, EnumValue, Field, StringSource
 from dagster.version import __version__ as DAGSTER_VERSION
-from dagster._core.storage.event_log import SqliteEventLogStorage
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
+
+from .dagster_private import INDEX_SHARD_NAME, SQLITE_BUSY_TIMEOUT_SECONDS, ConfigurableClassData, SqliteEventLogStorage
 
 
 SYNCHRONOUS = ("NORMAL", "FULL")

@@ -52,12 +52,15 @@ class Tools:
     lanes: int = 1  # FFmpeg processes a shared encode may run at once
     limits: RunLimits = field(default_factory=RunLimits)
     on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
+    runs: list[RunResult] = field(default_factory=list)  # every run so far, for provenance
 
     def run(self, label: str, args: list[str], *, duration_s: Optional[float] = None, cwd: Optional[Path] = None,
             cancel: Optional[threading.Event] = None) -> RunResult:
         callback = (lambda p: self.on_progress(label, p)) if self.on_progress else None
-        return run_ffmpeg(args, ffmpeg=self.ffmpeg, cwd=cwd, duration_s=duration_s, limits=self.limits,
-                          on_progress=callback, cancel=cancel)
+        result = run_ffmpeg(args, ffmpeg=self.ffmpeg, cwd=cwd, duration_s=duration_s, limits=self.limits,
+                            on_progress=callback, cancel=cancel)
+        self.runs.append(result)
+        return result
 
 
 @dataclass

@@ -13,11 +13,11 @@ from typing import Any, Optional
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, RunsFilter
 
-from .assets import DATA_VERSION_TAG, build_video_assets, step_keys
+from .assets import build_video_assets
+from .dagster_private import data_provenance, data_version
 from .runs import PARTITION_TAG
 from .spec import PipelineSpec, SpecError
-
-INPUT_POINTER_TAG = "dagster/input_event_pointer/"
+from .stage import step_keys
 
 
 def _when(ts: Optional[float]) -> Optional[str]:
@@ -73,14 +73,13 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
     record = records[0]
     mat = record.asset_materialization
     meta = mat.metadata
-    consumed = {tag[len(INPUT_POINTER_TAG):]: int(value) for tag, value in (mat.tags or {}).items()
-                if tag.startswith(INPUT_POINTER_TAG)}
+    provenance = data_provenance(record)
     upstream = {}
-    for name, storage_id in consumed.items():
+    for upstream_key, storage_id in (provenance.input_storage_ids if provenance else {}).items():
         found = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey.from_user_string(name), storage_ids=[storage_id]), limit=1).records
+            AssetRecordsFilter(asset_key=upstream_key, storage_ids=[storage_id]), limit=1).records if storage_id else []
         up = found[0] if found else None
-        upstream[name] = {"storage_id": storage_id, "run_id": up.run_id if up else None,
+        upstream[upstream_key.to_user_string()] = {"storage_id": storage_id, "run_id": up.run_id if up else None,
                           "sha256": up.asset_materialization.metadata["sha256"].value
                           if up and up.asset_materialization and "sha256" in up.asset_materialization.metadata else None}
     return {
@@ -89,8 +88,8 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
             "at": _when(record.timestamp),
             "path": meta["path"].value if "path" in meta else None,
             "sha256": meta["sha256"].value if "sha256" in meta else None,
-            "data_version": (mat.tags or {}).get(DATA_VERSION_TAG),
-            "code_version": (mat.tags or {}).get("dagster/code_version"),
+            "data_version": data_version(record),
+            "code_version": provenance.code_version if provenance else None,
             "provenance": meta["provenance"].value if "provenance" in meta else None,
             "consumed": upstream,
         }

@@ -13,7 +13,7 @@ from mpegflow_dagster.runs import materialize_video, outcome_event, stage_report
 
 from pipeline_helpers import ROOT, ffmpeg_wrapper, project_with, run_cli, temp_project
 
-FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "backoff": 2.0, "jitter": 0.1}}
+FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "jitter": "none"}}
 
 
 def events_of(project: Project) -> list[dict]:
@@ -70,7 +70,10 @@ def test_min_renditions_packages_what_succeeded(tmp_path, make_source):
     with instance_for_test() as instance:
         materialize_video(project, spec, "clip", instance=instance, source=make_source(duration_s=2.0))
         alone = materialize_video(project, spec, "clip", instance=instance, stages=["hls"])
-        assert "materialize hls together with all its renditions" in stage_report(alone.all_events, spec)["hls"]["reason"]
+        [packaged] = alone.get_asset_materialization_events()  # nothing changed: the stored package is kept
+        assert packaged.step_materialization_data.materialization.metadata["reused"].value
+        forced = materialize_video(project, spec, "clip", instance=instance, stages=["hls"], force=True)
+        assert "materialize hls together with all its renditions" in stage_report(forced.all_events, spec)["hls"]["reason"]
         rungs = [f"rendition_{r.name}" for r in spec.ladder]
         together = materialize_video(project, spec, "clip", instance=instance, stages=[*rungs, "hls"])
         assert stage_report(together.all_events, spec)["hls"]["status"] == "materialized"

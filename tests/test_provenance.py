@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, instance_for_test
-from dagster._core.definitions.data_version import StaleStatus
-from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from mpegflow_dagster.assets import build_video_assets
+from mpegflow_dagster.dagster_private import StaleStatus, get_stale_status_resolver
 from mpegflow_dagster.media.build import detect_build
 from mpegflow_dagster.runs import materialize_video
 from mpegflow_dagster.why import explain
@@ -122,7 +121,7 @@ def test_a_new_encoder_build_marks_the_ffmpeg_stages_stale(first_run):
     resolver = get_stale_status_resolver(instance, assets)
     stale = {k.path[-1] for a in assets for k in a.keys if resolver.get_status(k, "clip") == StaleStatus.STALE}
     assert stale == {"rendition_240p", "rendition_480p", "rendition_720p", "rendition_1080p", "thumbnails",
-                     "captions", "hls", "emit"}
+                     "captions", "hls", "emit", "emit_captions"}
 
 
 def test_pinned_build_mismatch_fails_before_encoding(make_source, tmp_path):

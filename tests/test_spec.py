@@ -5,6 +5,7 @@ import yaml
 
 from mpegflow_dagster import SpecError, load_spec
 from mpegflow_dagster.presets import PresetError, load_presets
+from mpegflow_dagster.provenance import code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "resources" / "presets"
@@ -68,12 +69,13 @@ def test_presets_are_versioned_and_unique(tmp_path):
         load_presets(tmp_path)
 
 
-def test_stage_fingerprint_changes_with_what_shapes_the_output():
+def test_code_version_changes_with_what_shapes_the_output():
     spec = load_spec(DEFAULT, PRESETS)
     r720 = spec.rendition("720p")
-    base = spec.stage_fingerprint(r720, spec.preset_for(r720))
+    base = code_version(r720, spec.preset_for(r720))
     faster = r720.model_copy(update={"video_bitrate_kbps": 3000})
     bumped = spec.preset_for(r720).model_copy(update={"version": 2})
-    assert spec.stage_fingerprint(faster, spec.preset_for(r720)) != base
-    assert spec.stage_fingerprint(r720, bumped) != base
-    assert spec.stage_fingerprint(r720, spec.preset_for(r720)) == base
+    assert code_version(faster, spec.preset_for(r720)) != base
+    assert code_version(r720, bumped) != base
+    assert code_version(r720, spec.preset_for(r720)) == base
+    assert code_version(r720, spec.preset_for(r720), encoder_build="abc") == f"{base}+abc"

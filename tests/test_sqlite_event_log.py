@@ -18,9 +18,8 @@ from dagster import (
     asset,
     materialize,
 )
-from dagster._core.errors import DagsterInvalidConfigError
-from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster import DagsterInvalidConfigError, EventLogEntry
+from mpegflow_dagster.dagster_private import SqliteEventLogStorage
 
 from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
 

@@ -120,16 +120,15 @@ def build_s3_upload_sensor(
 
             from dagster import AssetSelection, Definitions
             from dagster_aws.s3 import S3Resource
-            from mpegflow_dagster.assets import partitions_for
-            from mpegflow_dagster import build_s3_upload_sensor
+            from mpegflow_dagster import build_s3_upload_sensor, video_partitions
 
             uploads = build_s3_upload_sensor(
-                spec.name, AssetSelection.groups(spec.name), partitions_for(spec), bucket="uploads", prefix="vod/"
+                spec.name, AssetSelection.groups(spec.name), video_partitions(spec.name), bucket="uploads", prefix="vod/"
             )
             defs = Definitions(assets=assets, sensors=[uploads], resources={"s3": S3Resource()})
     """
     if not partitions_def.name:
-        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition, e.g. assets.partitions_for(spec)")
+        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition, e.g. video_partitions(pipeline_name)")
     watched = prefix.strip("/")
     list_prefix = f"{watched}/" if watched else ""
     config_for = run_config or ingest_run_config(spec_name)

@@ -1,0 +1,538 @@
+"""The stage API: a function over local files becomes a video-grade Dagster asset.
+
+A stage function receives a `StageContext` (a scratch directory, the FFmpeg runner, the video)
+and its inputs as local paths, and returns the file or directory it wrote (a `Path`, or a
+`StageOutput` with facts for the metadata). `@video_asset` makes it a Dagster asset partitioned
+by video that gets, with no further code: the binary IO manager (local disk or S3, published
+atomically, never pickled), a scratch directory removed after each attempt, classification of
+every FFmpeg and S3 failure with a retry (Dagster's RetryPolicy) only for what can heal and
+`Failure(allow_retries=False)` for the rest, provenance (argv of every FFmpeg run, encoder
+build, input data versions, output sha256, attempts), a recipe hash that skips unchanged work,
+the pinned encoder build, and events (`rendition.failed`, `rendition.ready`, ...).
+Every built-in stage (see `assets.py`) is made with these same decorators.
+
+Example:
+    .. code-block:: python
+
+        from pathlib import Path
+        from mpegflow_dagster import StageContext, source_file, video_asset
+
+        @video_asset(key=["vod", "preview"], ins={"ingest": ["vod", "ingest"]}, code_version="1")
+        def preview(context: StageContext, ingest: Path) -> Path:
+            out = context.work / "preview.mp4"
+            context.ffmpeg.run("preview", ["-i", str(source_file(ingest)), "-t", "5", "-c", "copy", str(out)])
+            return out
+"""
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetObservation,
+    AssetOut,
+    AssetRecordsFilter,
+    AssetsDefinition,
+    AssetSpec,
+    Backoff,
+    Config,
+    DataVersion,
+    DynamicPartitionsDefinition,
+    EventLogRecord,
+    Failure,
+    GraphDefinition,
+    In,
+    Jitter,
+    MetadataValue,
+    OpExecutionContext,
+    Out,
+    Output,
+    RetryPolicy,
+    asset,
+    graph_multi_asset,
+    multi_asset,
+    op,
+)
+
+from .dagster_private import data_version
+from .events import Event
+from .io_manager import PROVENANCE_KEY, ArtifactIOManager, Reused
+from .media.classify import Classification, classify_exception
+from .media.probe import MediaInfo, probe
+from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
+from .resources import FFmpegResource
+from .s3.store import classify_s3_error
+from .spec import RetrySpec
+from .stages import StageOutput, Tools
+from .storage import describe
+from .webhooks.resources import WebhookResource
+
+IO_MANAGER_KEY = "media_io_manager"
+FORCE_TAG = "mpegflow/force"  # run tag: "true" re-runs stages even when nothing changed
+STAGE_RESOURCES = frozenset({"ffmpeg", "events"})  # FFmpegResource, WebhookResource
+
+KeyLike = Union[AssetKey, str, Sequence[str]]
+Context = Union[AssetExecutionContext, OpExecutionContext]
+
+
+def video_partitions(pipeline: str) -> DynamicPartitionsDefinition:
+    """The partitions of a pipeline: one per source video, named by `videos.video_key`."""
+    return DynamicPartitionsDefinition(name=f"{pipeline}_videos")
+
+
+def retry_policy(spec: RetrySpec) -> RetryPolicy:
+    """Dagster's RetryPolicy for a RetrySpec: it alone decides when a retry runs."""
+    return RetryPolicy(
+        max_retries=spec.max_retries, delay=spec.delay_s,
+        backoff={"exponential": Backoff.EXPONENTIAL, "linear": Backoff.LINEAR}.get(spec.backoff),
+        jitter={"plus_minus": Jitter.PLUS_MINUS, "full": Jitter.FULL}.get(spec.jitter),
+    )
+
+
+def _key(key: KeyLike) -> AssetKey:
+    return key if isinstance(key, AssetKey) else AssetKey.from_coercible(key)
+
+
+@dataclass(frozen=True)
+class VideoStage:
+    """One output of a stage: its asset and how it behaves. The decorators build these."""
+
+    key: AssetKey  # [pipeline, ..., name]; the first part names the pipeline in events
+    code_version: str  # e.g. `provenance.code_version(settings, encoder_build=...)`
+    inputs: Mapping[str, AssetKey] = field(default_factory=dict)  # upstream assets whose data versions feed the recipe
+    description: Optional[str] = None
+    rendition: Optional[str] = None  # failures are announced as `rendition.failed` of this rendition
+    announces: Optional[str] = None  # event type sent on success, e.g. "rendition.ready"
+    reusable: bool = True  # False: always run (e.g. publishing to the outside world)
+    optional: bool = False  # the function may return None: no output, downstream stages skip
+    retry: RetrySpec = RetrySpec()
+    preset: Optional[str] = None  # recorded in provenance
+    kinds: frozenset[str] = frozenset({"ffmpeg"})
+
+    @property
+    def pipeline(self) -> str:
+        return self.key.path[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.path[-1]
+
+
+@dataclass
+class StageContext:
+    """What a stage function is given besides its inputs."""
+
+    work: Path  # empty scratch directory of this attempt: write the output here (removed afterwards)
+    ffmpeg: Tools  # `ffmpeg.run(label, argv)`: progress logged, failures classified, argv in provenance
+    video: str  # the partition key
+    log: Any  # Dagster's logger for this step
+    dagster: Context  # the Dagster context, for anything else
+
+    def probe(self, path: Path) -> MediaInfo:
+        """ffprobe facts of a file (streams, duration, frame rate)."""
+        return probe(path, self.ffmpeg.ffprobe)
+
+
+StageFunction = Callable[..., Union[Path, StageOutput, None]]
+
+
+class StageOutputError(ValueError):
+    """A stage function returned something the IO manager cannot publish."""
+
+    failure_class = "permanent"
+    reason = "stage.invalid_output"
+
+
+class Retryable(Exception):
+    """A classified failure that a retry may heal: Dagster's RetryPolicy of the step retries it."""
+
+
+def _latest(context: Context, key: AssetKey) -> Optional[EventLogRecord]:
+    records = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[context.partition_key]), limit=1
+    ).records
+    return records[0] if records else None
+
+
+def latest_metadata(context: Context, key: AssetKey) -> dict[str, Any]:
+    """Metadata values of the latest materialization of `key` for this video ({} if none)."""
+    record = _latest(context, key)
+    meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
+    return {k: v.value for k, v in meta.items()}
+
+
+class StageRun:
+    """One attempt of one stage output for one video. `run(produce)` does all of it; stages whose
+    outputs share one FFmpeg pass use its parts: `prepare` (recipe; an Output reusing the stored
+    artifact when nothing changed), then `finish` for what they made or `failure` for what failed."""
+
+    def __init__(self, context: Context, stage: VideoStage, *, output_name: str = "result",
+                 upstream_versions: Optional[dict[str, Optional[str]]] = None) -> None:
+        self.context, self.stage, self.output_name = context, stage, output_name
+        self.ffmpeg: FFmpegResource = context.resources.ffmpeg
+        self.events: WebhookResource = context.resources.events
+        self.video = context.partition_key
+        # Data versions of upstream assets; outputs of one step share the dict (one query each).
+        self.upstream_versions = {} if upstream_versions is None else upstream_versions
+        self.inputs: dict[str, Optional[str]] = {}
+        self.recipe = ""
+        self.threads = self.ffmpeg.threads
+        self.lanes = self.ffmpeg.encode_lanes
+        self.earlier: list[dict[str, Any]] = []  # failed attempts of this output in this run
+
+    def run(self, produce: Callable[[StageContext], Union[Path, StageOutput, None]], *,
+            recipe_extra: Optional[dict] = None) -> Optional[Output]:
+        reused = self.prepare(recipe_extra)
+        return reused if reused is not None else self.make(produce)
+
+    def tools(self, *, threads: Optional[int] = None, lanes: Optional[int] = None) -> Tools:
+        return self.ffmpeg.tools(self.context.log, threads=self.threads if threads is None else threads,
+                                 lanes=self.lanes if lanes is None else lanes)
+
+    def make(self, produce: Callable[[StageContext], Union[Path, StageOutput, None]]) -> Optional[Output]:
+        """Produce the output now (after `prepare`), in a scratch directory that a failure removes."""
+        started = time.time()
+        try:
+            with self.ffmpeg.scratch(self.stage.name, self.video) as work:
+                tools = self.tools()
+                result = produce(StageContext(work, tools, self.video, self.context.log, self.context))
+                out = self._checked(result, work, tools)
+                if out is None:
+                    shutil.rmtree(work, ignore_errors=True)  # nothing to publish
+                    return None
+                return self.finish(out, started)
+        except (Failure, Retryable):
+            raise
+        except Exception as exc:
+            raise self.failure(exc) from exc
+
+    def _checked(self, result: Union[Path, StageOutput, None], work: Path, tools: Tools) -> Optional[StageOutput]:
+        if result is None:
+            if self.stage.optional:
+                return None
+            raise StageOutputError(f"{self.stage.name} returned None: return the Path it wrote, or declare the "
+                                   "stage optional=True to produce nothing")
+        out = result if isinstance(result, StageOutput) else StageOutput(Path(result))
+        path = out.path.resolve()
+        if not path.exists() or not path.is_relative_to(work.resolve()):
+            raise StageOutputError(f"{self.stage.name} returned {out.path}: return a file or directory it wrote "
+                                   f"inside context.work ({work}), which the IO manager publishes")
+        return out if out.runs else StageOutput(out.path, out.facts, list(tools.runs), out.hashed)
+
+    def prepare(self, recipe_extra: Optional[dict] = None) -> Optional[Output]:
+        """Work out the recipe; an Output reusing the stored artifact when nothing changed."""
+        for name, key in self.stage.inputs.items():
+            if name not in self.upstream_versions:
+                self.upstream_versions[name] = data_version(_latest(self.context, key))
+            self.inputs[name] = self.upstream_versions[name]
+        self.earlier = self._failures()
+        self.threads = self._reduced(self.ffmpeg.threads)
+        self.lanes = self._reduced(self.ffmpeg.encode_lanes)
+        self.recipe = recipe_hash(fingerprint=self.stage.code_version, build_hash=self.ffmpeg.build.build_hash,
+                                  inputs={**self.inputs, **(recipe_extra or {})}, threads=self.threads)
+        try:
+            return self._reuse()
+        except Exception as exc:  # the stored artifact changed: a failure of this output alone
+            raise self.failure(exc) from exc
+
+    def finish(self, out: StageOutput, started: float) -> Output:
+        """Hash the output (inside the scratch dir, so a failure here still cleans up) and describe it."""
+        sha, size, files = describe(out.path, out.hashed)
+        provenance = Provenance(
+            pipeline=self.stage.pipeline, asset=self.stage.name, video=self.video, run_id=self.context.run_id,
+            recipe=self.recipe, stage_fingerprint=self.stage.code_version, preset=self.stage.preset,
+            encoder=EncoderBuild.of(self.ffmpeg.build, self.ffmpeg.pin),
+            encoder_libraries={"x264": v} if (v := x264_version(out.path)) else {},
+            argv=[r.argv for r in out.runs], inputs=self.inputs, output_sha256=sha, output_size_bytes=size,
+            output_files=files, media={k: v for k, v in out.facts.items() if v is not None},
+            wall_s=round(time.time() - started, 3), ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
+            ffmpeg_runs=[(round(r.started_at, 3), round(r.wall_s, 3)) for r in out.runs],
+            attempt=self.context.retry_number + 1, earlier_failures=[o["failure_class"] for o in self.earlier],
+            bit_exact=self.threads == 1,
+        )
+        self._announce_success(out, sha)
+        return Output(out.path, output_name=self.output_name, data_version=DataVersion(sha),
+                      metadata=self._metadata(provenance, out.facts))
+
+    def _metadata(self, prov: Provenance, facts: Mapping[str, Any]) -> dict[str, Any]:
+        metadata: dict[str, Any] = {k: v for k, v in facts.items() if v is not None}
+        metadata.update(
+            sha256=prov.output_sha256, size_bytes=prov.output_size_bytes, files=prov.output_files,
+            recipe=prov.recipe, stage_fingerprint=prov.stage_fingerprint, attempt=prov.attempt,
+            ffmpeg_version=prov.encoder.ffmpeg_version, ffmpeg_build_hash=prov.encoder.ffmpeg_build_hash,
+            wall_s=prov.wall_s, ffmpeg_cpu_s=prov.ffmpeg_cpu_s, reused=prov.reused_from_run is not None,
+        )
+        if prov.preset:
+            metadata["preset"] = prov.preset
+        if prov.argv:
+            metadata["ffmpeg_argv"] = MetadataValue.json(prov.argv)
+        metadata[PROVENANCE_KEY] = MetadataValue.json(prov.model_dump(mode="json"))
+        return metadata
+
+    # -- skip unchanged work ------------------------------------------------------------------
+
+    def _reuse(self) -> Optional[Output]:
+        context = self.context
+        if not self.stage.reusable or context.run.tags.get(FORCE_TAG, "").lower() == "true":
+            return None
+        record = _latest(context, self.stage.key)
+        meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
+        if "recipe" not in meta or meta["recipe"].value != self.recipe or PROVENANCE_KEY not in meta:
+            return None
+        prov = Provenance.model_validate(meta[PROVENANCE_KEY].value)
+        io_manager = getattr(context.resources, IO_MANAGER_KEY, None)
+        if not isinstance(io_manager, ArtifactIOManager):
+            return None  # a store we cannot check: make it again
+        stored = io_manager.stored(self.stage.key, self.video, Path(meta["path"].value).name, prov.output_sha256)
+        prov = prov.model_copy(update={"run_id": context.run_id, "reused_from_run": prov.reused_from_run or record.run_id,
+                                       "attempt": context.retry_number + 1, "wall_s": 0.0, "ffmpeg_cpu_s": 0.0,
+                                       "ffmpeg_runs": []})
+        context.log.info(f"{self.stage.name}: inputs, parameters and encoder build unchanged: "
+                         f"reusing the output of run {prov.reused_from_run}")
+        facts = {k: v.value for k, v in meta.items() if k in prov.media}
+        return Output(Reused(stored), output_name=self.output_name,
+                      data_version=DataVersion(prov.output_sha256), metadata=self._metadata(prov, facts))
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _reduced(self, base: int) -> int:
+        """`base` (threads or lanes) halved for each earlier `resource` failure of this stage in this
+        run: less memory, fewer frames in flight. A base of 0 (FFmpeg decides) counts as the CPUs."""
+        resource_failures = sum(1 for o in self.earlier if o["failure_class"] == "resource")
+        if not resource_failures:
+            return base
+        return max(1, (base or os.cpu_count() or 2) >> resource_failures)
+
+    def _failures(self) -> list[dict[str, Any]]:
+        """Failed attempts of this output in this run, oldest first (recorded as asset observations)."""
+        if self.context.retry_number == 0:
+            return []
+        records = self.context.instance.fetch_observations(
+            AssetRecordsFilter(asset_key=self.stage.key, asset_partitions=[self.video]), limit=50
+        ).records
+        found = [r.asset_observation.metadata for r in records
+                 if r.run_id == self.context.run_id and r.asset_observation
+                 and "failure_class" in r.asset_observation.metadata]
+        return [{k: v.value for k, v in m.items()} for m in reversed(found)]
+
+    def classification(self, exc: Exception) -> Classification:
+        return classify_s3_error(exc) or classify_exception(exc, family=self.ffmpeg.build.family)
+
+    def retryable(self, c: Classification) -> bool:
+        return c.failure_class in ("transient", "resource") and self.context.retry_number < self.stage.retry.max_retries
+
+    def failure(self, exc: Exception) -> Exception:
+        """Record a failed attempt and say what to raise: `Retryable` while a retry can heal it (the
+        step's RetryPolicy then waits and retries), else a Failure that stops retries (announcing a
+        failed rendition once)."""
+        c = self.classification(exc)
+        attempt = self.context.retry_number
+        stderr = getattr(getattr(exc, "result", None), "stderr_tail", "") or ""
+        details = {"failure_class": c.failure_class, "reason": c.reason, "message": c.message,
+                   "exit_code": c.exit_code, "signal": c.signal, "attempt": attempt + 1}
+        meta = {**{k: v for k, v in details.items() if v is not None},
+                "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```")}
+        self.context.log_event(AssetObservation(asset_key=self.stage.key, partition=self.video, metadata=meta))
+        if self.retryable(c):
+            self.context.log.warning(f"{self.stage.name} attempt {attempt + 1} failed ({c.failure_class}: {c.reason}: "
+                                     f"{c.message}); the step's retry policy runs it again")
+            return Retryable(f"{self.stage.name}: {c.failure_class}: {c.reason}: {c.message}")
+        subject = f"rendition {self.stage.rendition}" if self.stage.rendition else f"stage {self.stage.name}"
+        headline = f"{subject} failed: {c.failure_class}: {c.reason}"
+        if self.stage.rendition:
+            self.events.sink().send(Event(
+                type="rendition.failed", pipeline=self.stage.pipeline, video=self.video, run_id=self.context.run_id,
+                subject=self.stage.rendition, message=headline, data=details,
+            ))
+        return Failure(description=f"video {self.video!r}: {headline} ({c.message})", metadata=meta, allow_retries=False)
+
+    def _announce_success(self, out: StageOutput, sha: str) -> None:
+        if self.stage.announces:
+            self.events.sink().send(Event(
+                type=self.stage.announces, pipeline=self.stage.pipeline, video=self.video, run_id=self.context.run_id,
+                subject=self.stage.rendition or self.stage.name, message=f"{self.stage.name} ready",
+                data={"sha256": sha, **json.loads(json.dumps(out.facts, default=str))},
+            ))
+
+
+# -- decorators -------------------------------------------------------------------------------
+
+def _fans_in(key: Union[KeyLike, list[AssetKey]]) -> bool:
+    """A list of AssetKeys is one input fed by all of them (a list of strings is one key's path)."""
+    return isinstance(key, list) and bool(key) and all(isinstance(k, AssetKey) for k in key)
+
+
+def _asset_ins(ins: Mapping[str, Union[KeyLike, list[AssetKey]]]) -> dict[str, AssetIn]:
+    """Dagster inputs: a fan-in gets one input per upstream asset (`<name>_<i>`)."""
+    found: dict[str, AssetIn] = {}
+    for name, key in ins.items():
+        if _fans_in(key):
+            found.update({f"{name}_{i}": AssetIn(_key(k)) for i, k in enumerate(key)})
+        else:
+            found[name] = AssetIn(_key(key))
+    return found
+
+
+def _recipe_inputs(ins: Mapping[str, Union[KeyLike, list[AssetKey]]]) -> dict[str, AssetKey]:
+    """Upstream assets by the name provenance gives them: the input's, or each fanned-in asset's."""
+    found: dict[str, AssetKey] = {}
+    for name, key in ins.items():
+        found.update({k.path[-1]: k for k in key} if _fans_in(key) else {name: _key(key)})
+    return found
+
+
+def video_asset(
+    *,
+    key: KeyLike,
+    code_version: str,
+    ins: Optional[Mapping[str, Union[KeyLike, list[AssetKey]]]] = None,
+    description: Optional[str] = None,
+    rendition: Optional[str] = None,
+    announces: Optional[str] = None,
+    reusable: bool = True,
+    optional: bool = False,
+    retry: RetrySpec = RetrySpec(),
+    preset: Optional[str] = None,
+    kinds: Sequence[str] = ("ffmpeg",),
+    partitions_def: Optional[DynamicPartitionsDefinition] = None,
+    required_resource_keys: Sequence[str] = (),
+    run_with_missing: bool = False,
+) -> Callable[[StageFunction], AssetsDefinition]:
+    """Make `fn(context: StageContext, **inputs: Path) -> Path | StageOutput | None` a video stage.
+
+    Args:
+        key: Asset key; its first part is the pipeline (group name, events, default partitions).
+        code_version: What shapes the output; a change marks the asset stale and re-runs it.
+        ins: Input name -> upstream asset key, or a list of AssetKeys: one input, a list of paths.
+        rendition: The rendition this stage makes: its final failure sends `rendition.failed`.
+        announces: Event type sent on success, e.g. `rendition.ready` (default: none).
+        reusable: False to run even when nothing changed (e.g. publishing outside).
+        optional: The function may return None to produce nothing; downstream stages then skip.
+        retry: Retries of transient and resource failures (Dagster's RetryPolicy).
+        preset: Preset name recorded in provenance.
+        partitions_def: Default `video_partitions(key[0])`; another pipeline's, to consume its outputs.
+        required_resource_keys: Further resources, as `context.dagster.resources.<key>`.
+        run_with_missing: Run when some upstream outputs were not produced (e.g. a packager with a
+            partial ladder); lists then hold what exists. Such a stage is materialized together
+            with its inputs: Dagster cannot load a fan-in from storage alone.
+    """
+    asset_key = _key(key)
+    ins = dict(ins or {})
+    stage = VideoStage(key=asset_key, code_version=code_version, inputs=_recipe_inputs(ins), description=description,
+                       rendition=rendition, announces=announces, reusable=reusable, optional=optional, retry=retry,
+                       preset=preset, kinds=frozenset(kinds))
+    partitions = partitions_def or video_partitions(stage.pipeline)
+    resources = STAGE_RESOURCES | set(required_resource_keys)
+
+    def decorator(fn: StageFunction) -> AssetsDefinition:
+        doc = description or (fn.__doc__ or "").strip() or None
+
+        def body(context: Context, inputs: dict[str, Any]) -> Iterator[Output]:
+            output = StageRun(context, stage).run(lambda sc: fn(sc, **inputs))
+            if output is not None:
+                yield output
+
+        if not run_with_missing:
+            @asset(key=asset_key, ins=_asset_ins(ins), code_version=code_version, description=doc,
+                   partitions_def=partitions, io_manager_key=IO_MANAGER_KEY, group_name=stage.pipeline,
+                   retry_policy=retry_policy(retry), required_resource_keys=resources, kinds=set(kinds),
+                   output_required=not optional)
+            def single(context: AssetExecutionContext, **loaded: Any) -> Iterator[Output]:
+                yield from body(context, {n: [loaded[f"{n}_{i}"] for i in range(len(k))] if _fans_in(k) else loaded[n]
+                                          for n, k in ins.items()})
+
+            return single
+
+        # Each input reaches one op of a graph-backed asset as a fan-in, which Dagster runs with the
+        # upstream outputs that exist (a plain input from a missing one would skip the step); a
+        # single-key input is then its path or None.
+        name = asset_key.to_python_identifier()
+        graph_ins = _asset_ins(ins)
+
+        @op(name=f"{name}_stage", ins={n: In() for n in ins}, out=Out(io_manager_key=IO_MANAGER_KEY,
+            is_required=not optional), retry_policy=retry_policy(retry), required_resource_keys=resources)
+        def stage_op(context: OpExecutionContext, **loaded: list[Any]) -> Iterator[Output]:
+            yield from body(context, {n: loaded[n] if _fans_in(k) else next(iter(loaded[n]), None) for n, k in ins.items()})
+
+        @graph_multi_asset(
+            name=name, ins=graph_ins, partitions_def=partitions,
+            outs={"result": AssetOut(key=asset_key, code_version=code_version, kinds=set(kinds), group_name=stage.pipeline,
+                                     io_manager_key=IO_MANAGER_KEY, description=doc, is_required=not optional)},
+        )
+        def fanned(**upstream: Any) -> Any:
+            return stage_op(**{n: [upstream[f"{n}_{i}"] for i in range(len(k))] if _fans_in(k) else [upstream[n]]
+                               for n, k in ins.items()})
+
+        return fanned
+
+    return decorator
+
+
+def video_multi_asset(
+    *,
+    name: str,
+    stages: Sequence[VideoStage],
+    ins: Optional[Mapping[str, KeyLike]] = None,
+    can_subset: bool = False,
+    config: Optional[type[Config]] = None,
+    retry: RetrySpec = RetrySpec(),
+    partitions_def: Optional[DynamicPartitionsDefinition] = None,
+    required_resource_keys: Sequence[str] = (),
+) -> Callable[[Callable[..., Iterator[Output]]], AssetsDefinition]:
+    """Several stage outputs from one step, for work that is cheaper done together (one decode
+    feeding every rendition). The function is `fn(context, runs, **inputs)` (plus `config` when a
+    Config class is given), where `runs` maps each selected output's asset name to its `StageRun`;
+    it yields the Outputs. Each output is its own asset: materialization, code version, provenance."""
+    partitions = partitions_def or video_partitions(stages[0].pipeline)
+    resources = STAGE_RESOURCES | set(required_resource_keys)
+    specs = [
+        AssetSpec(s.key, deps=list(s.inputs.values()), code_version=s.code_version, description=s.description,
+                  skippable=s.optional, kinds=set(s.kinds), group_name=s.pipeline,
+                  partitions_def=partitions).with_io_manager_key(IO_MANAGER_KEY)
+        for s in stages
+    ]
+
+    def decorator(fn: Callable[..., Iterator[Output]]) -> AssetsDefinition:
+        def runs_for(context: AssetExecutionContext) -> dict[str, StageRun]:
+            upstream: dict[str, Optional[str]] = {}
+            return {s.name: StageRun(context, s, output_name=s.key.to_python_identifier(), upstream_versions=upstream)
+                    for s in stages if s.key in context.selected_asset_keys}
+
+        common: dict[str, Any] = dict(name=name, specs=specs, ins={n: AssetIn(_key(k)) for n, k in (ins or {}).items()},
+                                      can_subset=can_subset, retry_policy=retry_policy(retry),
+                                      required_resource_keys=resources)
+        if config is None:
+            @multi_asset(**common)
+            def plain(context: AssetExecutionContext, **inputs: Any) -> Iterator[Output]:
+                yield from fn(context, runs_for(context), **inputs)
+
+            return plain
+
+        config_class = config
+
+        @multi_asset(**common)
+        def configured(context: AssetExecutionContext, config: config_class, **inputs: Any) -> Iterator[Output]:  # type: ignore[valid-type]
+            yield from fn(context, runs_for(context), config=config, **inputs)
+
+        return configured
+
+    return decorator
+
+
+def step_keys(assets: Sequence[AssetsDefinition]) -> dict[AssetKey, str]:
+    """Which step materializes each asset (outputs of a multi-asset share one; a graph-backed
+    asset's step is named `<graph>.<op>`)."""
+    def step(node: Any) -> str:
+        if isinstance(node, GraphDefinition):
+            [inner] = node.node_defs
+            return f"{node.name}.{inner.name}"
+        return node.name
+
+    return {key: step(a.node_def) for a in assets for key in a.keys_by_output_name.values()}
