@@ -1,7 +1,8 @@
-"""The ready-to-run code location: every pipeline in resources/pipelines/, on local storage."""
+"""The ready-to-run code location: the Components in resources/defs/ (one VideoPipelineComponent
+per pipeline, the VideoDeploymentComponent) and any stages of yours in that folder."""
 
 from pathlib import Path
 
-from mpegflow_dagster.project import Project
+from dagster import load_from_defs_folder
 
-defs = Project.load(Path(__file__).parent).definitions()
+defs = load_from_defs_folder(project_root=Path(__file__).parent)

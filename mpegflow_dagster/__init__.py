@@ -10,6 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "build_video_assets": "assets", "IngestConfig": "assets",
+    "VideoDeploymentComponent": "components", "VideoPipelineComponent": "components",
     "Event": "events", "JsonlEventSink": "events",
     "ArtifactIOManager": "io_manager", "BinaryIOManager": "io_manager",
     "Preset": "presets", "load_presets": "presets",

@@ -44,18 +44,19 @@ def run_outcomes(instance: DagsterInstance, run: DagsterRun, specs: Sequence[Pip
             yield outcome_event(spec, video, run.run_id, stage_report(events, spec, selected=mine))
 
 
-def outcome_sensors(specs: Sequence[PipelineSpec]) -> tuple[SensorDefinition, SensorDefinition]:
+def outcome_sensors(spec: PipelineSpec) -> tuple[SensorDefinition, SensorDefinition]:
+    """`video.succeeded` / `video.failed` for the runs that touched `spec`'s assets."""
     def announce(context: RunStatusSensorContext, events: WebhookResource) -> None:
         sink = events.sink()
-        for event in run_outcomes(context.instance, context.dagster_run, specs):
+        for event in run_outcomes(context.instance, context.dagster_run, [spec]):
             sink.send(event)
 
-    @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, name="mpegflow_video_succeeded",
+    @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, name=f"{spec.name}_video_succeeded",
                        default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
     def succeeded(context: RunStatusSensorContext, events: WebhookResource) -> None:
         announce(context, events)
 
-    @run_status_sensor(run_status=DagsterRunStatus.FAILURE, name="mpegflow_video_failed",
+    @run_status_sensor(run_status=DagsterRunStatus.FAILURE, name=f"{spec.name}_video_failed",
                        default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
     def failed(context: RunStatusSensorContext, events: WebhookResource) -> None:
         announce(context, events)

@@ -1,15 +1,18 @@
-"""A deployment: the specs and settings in `resources/`, turned into Dagster Definitions."""
+"""A code location's deployment settings (`resources/settings.yaml`, the one place their defaults
+are declared) and the Definitions the Components build from them and from the pipeline specs."""
 
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import yaml
 from dagster import (
-    AssetSelection, AssetsDefinition, Definitions, EnvVar, SensorDefinition, build_resources, in_process_executor,
+    AssetSelection, AssetsDefinition, ComponentTree, Definitions, EnvVar, build_resources, in_process_executor,
 )
 from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field
@@ -91,54 +94,115 @@ class Settings(BaseModel):
         })
 
 
+def load_settings(path: Path, root: Path) -> Settings:
+    """The deployment settings in `path` (defaults if it does not exist), paths resolved against `root`."""
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.exists() else {}
+        return Settings.model_validate(raw or {}).resolved(root)
+    except (yaml.YAMLError, ValueError) as exc:
+        raise SpecError(f"settings file {path} is invalid: {exc}") from exc
+
+
+def deployment_resources(settings: Settings, delivery_dir: Optional[str] = None) -> dict[str, object]:
+    """Local storage and delivery unless S3 buckets are configured; `delivery_dir` forces a
+    local delivery directory (the CLI's --out)."""
+    s, b = settings, settings.s3
+    s3 = S3Resource(endpoint_url=b.endpoint_url, region_name=b.region)
+    cache_dir = str(Path(s.work_dir) / "s3-cache")
+    if b.storage_bucket:
+        io_manager: object = S3BinaryIOManager(s3=s3, bucket=b.storage_bucket, prefix=b.storage_prefix, cache_dir=cache_dir)
+    else:
+        io_manager = BinaryIOManager(root=s.storage_dir)
+    if b.delivery_bucket and not delivery_dir:
+        delivery: object = S3DeliveryResource(s3=s3, bucket=b.delivery_bucket, prefix=b.delivery_prefix, cache_dir=cache_dir)
+    else:
+        delivery = LocalDeliveryResource(root=delivery_dir or s.delivery_dir)
+    return {
+        "ffmpeg": FFmpegResource(work_dir=s.work_dir, **s.ffmpeg.model_dump()),
+        IO_MANAGER_KEY: io_manager,
+        "delivery": delivery,
+        "s3": s3,
+        "sources": S3SourceResource(s3=s3),
+        "events": WebhookResource(
+            events_path=s.events_path,
+            outbox_dir=str(Path(s.events_path).parent / "webhooks"),
+            url=s.webhook_url,
+            secret=EnvVar("MPEGFLOW_WEBHOOK_SECRET") if s.webhook_url else "",
+        ),
+    }
+
+
+def encoder_build(settings: Settings) -> Optional[str]:
+    """The FFmpeg build the code versions name: the pinned build hash, else the build found
+    here (so a new FFmpeg marks the FFmpeg stages stale), else the pinned version, if any."""
+    f = settings.ffmpeg
+    if f.required_build_hash:
+        return f.required_build_hash
+    return _detected_build(settings.work_dir) or f.required_version
+
+
+@cache
+def _detected_build(work_dir: str) -> Optional[str]:
+    try:
+        return detect_build(FFmpegResource(work_dir=work_dir).ffmpeg).build_hash
+    except FFmpegNotFound:
+        return None
+
+
+def pipeline_definitions(spec: PipelineSpec, settings: Settings) -> Definitions:
+    """One pipeline: its assets, its run-outcome sensors and, with an upload bucket, its upload sensor."""
+    sensors = list(outcome_sensors(spec))
+    b = settings.s3
+    if b.upload_bucket:
+        sensors.append(build_s3_upload_sensor(spec.name, AssetSelection.groups(spec.name), video_partitions(spec.name),
+                                              b.upload_bucket, f"{b.upload_prefix.strip('/')}/{spec.name}"))
+    return Definitions(assets=build_video_assets(spec, encoder_build=encoder_build(settings)), sensors=sensors)
+
+
+def deployment_definitions(settings: Settings) -> Definitions:
+    """The resources every stage uses; webhook delivery when a webhook url is set. Runs execute
+    in process: a video's parallel work is inside its encode step (lanes of FFmpeg processes), so
+    a process per step would only add start-up time (~3 s a step with the default multiprocess
+    executor here, ~0.02 s in process; see docs/performance.md)."""
+    return Definitions(resources=deployment_resources(settings),
+                       sensors=[build_webhook_delivery_sensor()] if settings.webhook_url else [],
+                       executor=in_process_executor)
+
+
 class Project(BaseModel):
-    """Everything `definitions.py` and the CLI load from a project directory."""
+    """What the CLI and the tests work with: a code location's pipelines, settings and Definitions.
+    `load` reads them through the location's Components (its defs folder)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     root: Path
     specs: list[PipelineSpec]
     settings: Settings
+    loaded: Optional[Definitions] = None  # what the defs folder built, stages of your own included
 
     @classmethod
     def load(cls, root: Path, spec_files: Optional[Sequence[Path]] = None) -> "Project":
+        """The code location at `root` (its `[tool.dg]` defs folder), or only the pipeline specs
+        `spec_files` (presets from `resources/presets/`) with its settings."""
+        from .components import SETTINGS_FILE, VideoDeploymentComponent, VideoPipelineComponent  # noqa: PLC0415 (cycle)
+
         root = Path(root).resolve()
-        resources = root / "resources"
-        files = list(spec_files) if spec_files else sorted((resources / "pipelines").glob("*.y*ml"))
-        if not files:
-            raise SpecError(f"no pipeline spec in {resources / 'pipelines'}: add one (see docs/configuration.md)")
-        settings_file = resources / "settings.yaml"
-        raw = yaml.safe_load(settings_file.read_text()) if settings_file.exists() else {}
-        settings = Settings.model_validate(raw or {}).resolved(root)
-        return cls(root=root, specs=[load_spec(f, resources / "presets") for f in files], settings=settings)
+        if spec_files:
+            specs = [load_spec(f, root / "resources" / "presets") for f in spec_files]
+            return cls(root=root, specs=specs, settings=load_settings(root / SETTINGS_FILE, root))
+        if str(root) not in sys.path:  # the defs folder is a module of the project (resources.defs)
+            sys.path.insert(0, str(root))
+        tree = ComponentTree.for_project(root)
+        pipelines = tree.get_all_components(VideoPipelineComponent)
+        if not pipelines:
+            raise SpecError(f"no VideoPipelineComponent in the defs folder of {root}: add one (see docs/configuration.md)")
+        deployments = tree.get_all_components(VideoDeploymentComponent)
+        settings_file = deployments[0].settings if deployments else SETTINGS_FILE
+        return cls(root=root, specs=[p.load_spec() for p in pipelines], loaded=tree.build_defs(),
+                   settings=load_settings(root / settings_file, root))
 
     def resources(self, delivery_dir: Optional[str] = None) -> dict[str, object]:
-        """Local storage and delivery unless S3 buckets are configured; `delivery_dir` forces a
-        local delivery directory (the CLI's --out)."""
-        s, b = self.settings, self.settings.s3
-        s3 = S3Resource(endpoint_url=b.endpoint_url, region_name=b.region)
-        cache = str(Path(s.work_dir) / "s3-cache")
-        if b.storage_bucket:
-            io_manager: object = S3BinaryIOManager(s3=s3, bucket=b.storage_bucket, prefix=b.storage_prefix, cache_dir=cache)
-        else:
-            io_manager = BinaryIOManager(root=s.storage_dir)
-        if b.delivery_bucket and not delivery_dir:
-            delivery: object = S3DeliveryResource(s3=s3, bucket=b.delivery_bucket, prefix=b.delivery_prefix, cache_dir=cache)
-        else:
-            delivery = LocalDeliveryResource(root=delivery_dir or s.delivery_dir)
-        return {
-            "ffmpeg": FFmpegResource(work_dir=s.work_dir, **s.ffmpeg.model_dump()),
-            IO_MANAGER_KEY: io_manager,
-            "delivery": delivery,
-            "s3": s3,
-            "sources": S3SourceResource(s3=s3),
-            "events": WebhookResource(
-                events_path=s.events_path,
-                outbox_dir=str(Path(s.events_path).parent / "webhooks"),
-                url=s.webhook_url,
-                secret=EnvVar("MPEGFLOW_WEBHOOK_SECRET") if s.webhook_url else "",
-            ),
-        }
+        return deployment_resources(self.settings, delivery_dir)
 
     @contextmanager
     def events(self) -> Iterator[WebhookResource]:
@@ -146,32 +210,13 @@ class Project(BaseModel):
         with build_resources({"events": self.resources()["events"]}) as resources:
             yield resources.events
 
-    def sensors(self) -> list[SensorDefinition]:
-        """Run-outcome announcements always; webhook delivery when a webhook url is set; an S3
-        upload sensor per pipeline when a bucket is set."""
-        found = [*outcome_sensors(self.specs), *([build_webhook_delivery_sensor()] if self.settings.webhook_url else [])]
-        b = self.settings.s3
-        if b.upload_bucket:
-            found += [
-                build_s3_upload_sensor(spec.name, AssetSelection.groups(spec.name), video_partitions(spec.name),
-                                       b.upload_bucket, f"{b.upload_prefix.strip('/')}/{spec.name}")
-                for spec in self.specs
-            ]
-        return found
-
     def assets(self, spec: PipelineSpec) -> list[AssetsDefinition]:
-        return build_video_assets(spec, encoder_build=self.encoder_build())
-
-    def encoder_build(self) -> Optional[str]:
-        """The FFmpeg build the code versions name: the pinned build hash, else the build found
-        here (so a new FFmpeg marks the FFmpeg stages stale), else the pinned version, if any."""
-        f = self.settings.ffmpeg
-        if f.required_build_hash:
-            return f.required_build_hash
-        try:
-            return detect_build(FFmpegResource(work_dir=self.settings.work_dir).ffmpeg).build_hash
-        except FFmpegNotFound:
-            return f.required_version
+        """The assets of a pipeline's videos: its own and, in a loaded location, every stage of
+        yours on its partitions."""
+        if self.loaded is None:
+            return build_video_assets(spec, encoder_build=encoder_build(self.settings))
+        partitions = video_partitions(spec.name)
+        return [a for a in self.loaded.assets or () if isinstance(a, AssetsDefinition) and a.partitions_def == partitions]
 
     def spec(self, name: Optional[str] = None) -> PipelineSpec:
         if name is None:
@@ -182,8 +227,7 @@ class Project(BaseModel):
             raise SpecError(f"no pipeline named {name!r}; known: {', '.join(s.name for s in self.specs)}") from None
 
     def definitions(self) -> Definitions:
-        """Runs execute in process: a video's parallel work is inside its encode step (lanes of
-        FFmpeg processes), so a process per step would only add start-up time (~3 s a step with
-        the default multiprocess executor here, ~0.02 s in process; see docs/performance.md)."""
-        assets = [a for spec in self.specs for a in self.assets(spec)]
-        return Definitions(assets=assets, resources=self.resources(), sensors=self.sensors(), executor=in_process_executor)
+        if self.loaded is not None:
+            return self.loaded
+        return Definitions.merge(deployment_definitions(self.settings),
+                                 *(pipeline_definitions(spec, self.settings) for spec in self.specs))

@@ -1,6 +1,7 @@
 """`mpegflow run` as a user runs it, and the code location as `dagster dev` loads it."""
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -134,3 +135,17 @@ def test_code_location_delivers_webhooks_by_sensor_when_a_url_is_set(monkeypatch
     Definitions.validate_loadable(defs)
     [sensor_def] = [s for s in defs.sensors if s.name == DELIVERY_SENSOR]
     assert sensor_def.default_status == DefaultSensorStatus.RUNNING  # the daemon runs it without a click
+
+
+def test_dg_lists_what_the_components_build(tmp_path):
+    """`dg list defs` reads the project's defs folder: each pipeline's assets and sensors come
+    from its VideoPipelineComponent, the resources from the VideoDeploymentComponent."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "VIRTUAL_ENV": str(BIN.parent), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    out = subprocess.run([str(BIN / "dg"), "list", "defs", "--json"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    listed = json.loads(out.stdout)
+    sources = {a["asset_key"]: a["source"] for a in listed["assets"]}
+    assert sources["vod/rendition_720p"].startswith("resources/defs/vod/defs.yaml")
+    assert {s["name"] for s in listed["sensors"]} >= {"vod_video_succeeded", "vod_video_failed"}
+    assert {r["name"] for r in listed["resources"]} >= {"ffmpeg", "media_io_manager", "delivery", "events"}
