@@ -49,7 +49,7 @@ BENCH = ROOT / "bench"
 WORK = BENCH / "work"
 RESULTS = BENCH / "results.json"
 
-from mpegflow_dagster import stages  # noqa: E402
+from mpegflow_dagster.stages import encode  # noqa: E402
 from mpegflow_dagster.media import commands  # noqa: E402
 from mpegflow_dagster.media.probe import MediaInfo, probe  # noqa: E402
 from mpegflow_dagster.media.synth import make_clip  # noqa: E402
@@ -148,7 +148,7 @@ class Plan:
         cfg = spec.thumbnails
         self.frames = out / "thumbnails" / "frames"
         for rung in spec.ladder:  # exactly as the pipeline's stages build them
-            enc = stages.h264_output(spec, rung, info)
+            enc = encode.h264_output(spec, rung, info)
             self.outputs[rung.name] = enc
             self.encodes[rung.name] = commands.encode_rendition_args(src, self.rendition(rung.name), enc, threads=threads)
             self.area[rung.name] = enc.height * enc.height * 16 / 9
@@ -239,7 +239,7 @@ def _check(proc: subprocess.Popen, err, argv: list[str]) -> None:
 
 def two_groups(plan: Plan) -> list[list[str]]:
     """The rungs in the two groups the pipeline's lanes use (balanced pixel load, heaviest first)."""
-    return [[r.name for r in group] for group in stages._lanes(list(plan.spec.ladder), 2)]
+    return [[r.name for r in group] for group in encode._lanes(list(plan.spec.ladder), 2)]
 
 
 def naive(plan: Plan) -> None:
@@ -283,7 +283,7 @@ def v_chunked(plan: Plan) -> None:
     chunk_s is cut in time at common keyframes, one process per chunk encodes every output of its
     part (video only), the audio is encoded once beside them, and each rendition's chunks are joined
     with its audio by stream copy; a shorter source gets the two lanes of (c2). Then HLS x4 + sprite."""
-    spans = stages.encode_spans(plan.info, plan.spec)
+    spans = encode.encode_spans(plan.info, plan.spec)
     if len(spans) == 1:
         return v_split_2proc(plan)
     with tempfile.TemporaryDirectory(prefix="bench-chunks-") as d:

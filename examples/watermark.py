@@ -4,7 +4,7 @@ built-in HLS stage next to the spec's rungs: the spec lists it under `hls.includ
 from pathlib import Path
 
 from mpegflow_dagster import StageContext, source_file, video_asset
-from mpegflow_dagster.stages import load_probe
+from mpegflow_dagster.stages.ingest import load_probe
 
 GOP_S = 2  # the spec's gop_s: every variant switches on the same keyframes
 

@@ -9,7 +9,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "build_video_assets": "assets", "IngestConfig": "assets",
+    "build_video_assets": "assets", "IngestConfig": "stages.ingest",
     "VideoDeploymentComponent": "components", "VideoPipelineComponent": "components",
     "Event": "events", "JsonlEventSink": "events",
     "ArtifactIOManager": "io_manager", "BinaryIOManager": "io_manager",
@@ -22,7 +22,7 @@ _EXPORTS = {
     "PipelineSpec": "spec", "Rendition": "spec", "RetrySpec": "spec", "SpecError": "spec", "load_spec": "spec",
     "StageContext": "stage", "StageRun": "stage", "VideoStage": "stage", "video_asset": "stage",
     "video_multi_asset": "stage", "video_partitions": "stage",
-    "StageOutput": "stages", "source_file": "stages",
+    "StageOutput": "stages.toolkit", "source_file": "stages.ingest",
     "video_key": "videos",
     "WebhookResource": "webhooks.resources", "build_webhook_delivery_sensor": "webhooks.sensor",
     "verify_signature": "webhooks.signing",

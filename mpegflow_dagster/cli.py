@@ -16,8 +16,8 @@ from dagster import DagsterInstance
 from .media.classify import classify_exception
 from .media.synth import sample_with_captions
 from .project import Project
-from .runs import fail_abandoned_runs, materialize_video, outcome_event, stage_report
-from .stages import MediaRejected
+from .runs import fail_abandoned_runs, materialize_video, outcome_event, published_entries, stage_report
+from .stages.toolkit import MediaRejected
 from .survivor import watch_this_process
 from .webhooks.delivery import BackgroundDrain
 from .webhooks.sensor import DELIVERY_SENSOR
@@ -76,14 +76,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"mpegflow: {len(queued)} webhook event(s) not delivered yet (last error: "
                       f"{queued[0]['last_error']}); they stay queued in {events.outbox().path} for the next "
                       f"`mpegflow run`, or in a deployment (`make dev`) the {DELIVERY_SENSOR} sensor", file=sys.stderr)
-    master = Path(out_dir) / video / "hls" / "master.m3u8"
     report = {
         "video": video,
         "pipeline": spec.name,
         "status": "failed" if outcome.type == "video.failed" else "partial" if "degraded" in outcome.data else "succeeded",
         "run_id": result.run_id,
         "dagster_home": os.environ["DAGSTER_HOME"],
-        "master_playlist": str(master) if stages.get("emit", {}).get("status") == "materialized" else None,
+        "published": published_entries(result.all_events),
         "delivery_dir": str(Path(out_dir) / video),
         "stages": stages,
         "webhooks_queued": len(queued),
@@ -95,8 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for name, s in stages.items():
             detail = s.get("path") or s.get("reason") or ""
             print(f"  {name:<18} {s['status']:<13} {detail}")
-        if report["master_playlist"]:
-            print(f"\nmaster playlist: {report['master_playlist']}")
+        for part, uri in report["published"].items():
+            print(f"published {part}: {uri}")
         print(f"Dagster UI: `make dev`, then http://127.0.0.1:3000 (instance {report['dagster_home']})")
     return 0 if report["status"] == "succeeded" else 1
 

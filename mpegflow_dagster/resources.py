@@ -14,7 +14,7 @@ from pydantic import Field, PrivateAttr
 from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_binary
 from .media.progress import Progress
 from .media.runner import RunLimits
-from .stages import Tools
+from .stages.toolkit import Tools
 from .storage import ArtifactStore, LocalArtifactStore, collect_abandoned_scratch, scratch_dir
 
 

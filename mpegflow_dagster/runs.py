@@ -20,7 +20,8 @@ from dagster import (
 )
 
 from . import liveness
-from .assets import IngestConfig, build_video_assets
+from .assets import build_video_assets
+from .stages.ingest import IngestConfig
 from .events import Event
 from .spec import PipelineSpec
 from .stage import FORCE_TAG, step_keys, video_partitions
@@ -169,3 +170,15 @@ def outcome_event(spec: PipelineSpec, video: str, run_id: str, report: dict[str,
                  message=f"video {video} failed: {headline}",
                  data={"failed": sorted(n for n, s in failed.items() if s["status"] == "failed"),
                        "not_run": sorted(n for n, s in failed.items() if s["status"] == "not_run"), "causes": causes})
+
+
+def published_entries(events: Sequence[DagsterEvent]) -> dict[str, str]:
+    """What a run published, by part: the entry a viewer opens (e.g. the master playlist), as the
+    emit stages report it (`<part>_entry`)."""
+    found: dict[str, str] = {}
+    for event in events:
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            for name, value in event.step_materialization_data.materialization.metadata.items():
+                if name.endswith("_entry"):
+                    found[name.removesuffix("_entry")] = str(value.value)
+    return found

@@ -69,13 +69,17 @@ from .media.probe import MediaInfo, probe
 from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
 from .resources import FFmpegResource
 from .s3.store import classify_s3_error
-from .spec import RetrySpec
-from .stages import StageOutput, Tools
+from .spec import PipelineSpec, RetrySpec
+from .stages.toolkit import StageOutput, Tools
 from .storage import describe
 from .webhooks.resources import WebhookResource
 
 IO_MANAGER_KEY = "media_io_manager"
 FORCE_TAG = "mpegflow/force"  # run tag: "true" re-runs stages even when nothing changed
+# Asset metadata by which a stage tells emit what to publish (see stages/emit.py).
+PUBLISH_TAG = "mpegflow/publish_as"
+ENTRY_TAG = "mpegflow/entry"
+OPTIONAL_TAG = "mpegflow/optional"
 STAGE_RESOURCES = frozenset({"ffmpeg", "events"})  # FFmpegResource, WebhookResource
 
 KeyLike = Union[AssetKey, str, Sequence[str]]
@@ -100,6 +104,11 @@ def _key(key: KeyLike) -> AssetKey:
     return key if isinstance(key, AssetKey) else AssetKey.from_coercible(key)
 
 
+def pipeline_key(spec: PipelineSpec, name: str) -> AssetKey:
+    """The key of a pipeline's asset: `<pipeline>/<name>`."""
+    return AssetKey([spec.name, name])
+
+
 @dataclass(frozen=True)
 class VideoStage:
     """One output of a stage: its asset and how it behaves. The decorators build these."""
@@ -115,6 +124,8 @@ class VideoStage:
     retry: RetrySpec = RetrySpec()
     preset: Optional[str] = None  # recorded in provenance
     kinds: frozenset[str] = frozenset({"ffmpeg"})
+    publish_as: Optional[str] = None  # emit publishes the output as `<video>/<publish_as>`
+    entry: Optional[str] = None  # the file of a published tree a viewer opens (e.g. master.m3u8)
 
     @property
     def pipeline(self) -> str:
@@ -123,6 +134,13 @@ class VideoStage:
     @property
     def name(self) -> str:
         return self.key.path[-1]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What the asset tells other stages (emit) about its output."""
+        if not self.publish_as:
+            return {}
+        return {PUBLISH_TAG: self.publish_as, OPTIONAL_TAG: self.optional, **({ENTRY_TAG: self.entry} if self.entry else {})}
 
 
 @dataclass
@@ -404,6 +422,8 @@ def video_asset(
     partitions_def: Optional[DynamicPartitionsDefinition] = None,
     required_resource_keys: Sequence[str] = (),
     run_with_missing: bool = False,
+    publish_as: Optional[str] = None,
+    entry: Optional[str] = None,
 ) -> Callable[[StageFunction], AssetsDefinition]:
     """Make `fn(context: StageContext, **inputs: Path) -> Path | StageOutput | None` a video stage.
 
@@ -419,6 +439,8 @@ def video_asset(
         preset: Preset name recorded in provenance.
         partitions_def: Default `video_partitions(key[0])`; another pipeline's, to consume its outputs.
         required_resource_keys: Further resources, as `context.dagster.resources.<key>`.
+        publish_as: Publish the output (by emit) as `<video>/<publish_as>` in the delivery location.
+        entry: The file of a published tree a viewer opens (e.g. `master.m3u8`), reported by emit.
         run_with_missing: Run when some upstream outputs were not produced (e.g. a packager with a
             partial ladder); lists then hold what exists. Such a stage is materialized together
             with its inputs: Dagster cannot load a fan-in from storage alone.
@@ -427,7 +449,7 @@ def video_asset(
     ins = dict(ins or {})
     stage = VideoStage(key=asset_key, code_version=code_version, inputs=_recipe_inputs(ins), description=description,
                        rendition=rendition, announces=announces, reusable=reusable, optional=optional, retry=retry,
-                       preset=preset, kinds=frozenset(kinds))
+                       preset=preset, kinds=frozenset(kinds), publish_as=publish_as, entry=entry)
     partitions = partitions_def or video_partitions(stage.pipeline)
     resources = STAGE_RESOURCES | set(required_resource_keys)
 
@@ -443,7 +465,7 @@ def video_asset(
             @asset(key=asset_key, ins=_asset_ins(ins), code_version=code_version, description=doc,
                    partitions_def=partitions, io_manager_key=IO_MANAGER_KEY, group_name=stage.pipeline,
                    retry_policy=retry_policy(retry), required_resource_keys=resources, kinds=set(kinds),
-                   output_required=not optional)
+                   output_required=not optional, metadata=stage.metadata)
             def single(context: AssetExecutionContext, **loaded: Any) -> Iterator[Output]:
                 yield from body(context, {n: [loaded[f"{n}_{i}"] for i in range(len(k))] if _fans_in(k) else loaded[n]
                                           for n, k in ins.items()})
@@ -464,7 +486,8 @@ def video_asset(
         @graph_multi_asset(
             name=name, ins=graph_ins, partitions_def=partitions,
             outs={"result": AssetOut(key=asset_key, code_version=code_version, kinds=set(kinds), group_name=stage.pipeline,
-                                     io_manager_key=IO_MANAGER_KEY, description=doc, is_required=not optional)},
+                                     io_manager_key=IO_MANAGER_KEY, description=doc, is_required=not optional,
+                                     metadata=stage.metadata)},
         )
         def fanned(**upstream: Any) -> Any:
             return stage_op(**{n: [upstream[f"{n}_{i}"] for i in range(len(k))] if _fans_in(k) else [upstream[n]]
@@ -494,7 +517,7 @@ def video_multi_asset(
     resources = STAGE_RESOURCES | set(required_resource_keys)
     specs = [
         AssetSpec(s.key, deps=list(s.inputs.values()), code_version=s.code_version, description=s.description,
-                  skippable=s.optional, kinds=set(s.kinds), group_name=s.pipeline,
+                  skippable=s.optional, kinds=set(s.kinds), group_name=s.pipeline, metadata=s.metadata,
                   partitions_def=partitions).with_io_manager_key(IO_MANAGER_KEY)
         for s in stages
     ]

@@ -23,7 +23,7 @@ from mpegflow_dagster.media.classify import STDERR_RULES, Classification, _from_
 from mpegflow_dagster.media.probe import ProbeError, parse_probe, probe
 from mpegflow_dagster.media.runner import FFmpegFailed, RunLimits, RunResult, run_ffmpeg
 from mpegflow_dagster.media.verify import STDERR_SIGNATURES, OutputRejected, stderr_problems, verify_output
-from mpegflow_dagster.stages import MediaRejected
+from mpegflow_dagster.stages.toolkit import MediaRejected
 
 import corpus  # tests/ is on sys.path (rootdir conftest, no package)
 from pipeline_helpers import processes_with
@@ -392,7 +392,7 @@ def test_our_own_commands_on_hostile_names_say_nothing_a_rule_reads(build, tmp_p
     from mpegflow_dagster.media.chunking import Span
     from mpegflow_dagster.media.synth import write_srt
     from mpegflow_dagster.project import Project
-    from mpegflow_dagster.stages import h264_output
+    from mpegflow_dagster.stages.encode import h264_output
 
     work = _hostile_dir(tmp_path)
     src = _hostile_clip(build, work)

@@ -26,8 +26,11 @@ def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_pa
     assert report["status"] == "succeeded"
     video = report["video"]
     assert video.startswith("my-clip-")  # unsafe name -> slug + hash
-    assert report["master_playlist"] == str(tmp_path / "out" / video / "hls" / "master.m3u8")
-    assert Path(report["master_playlist"]).read_text().count("#EXT-X-STREAM-INF") == 4
+    delivered = tmp_path / "out" / video
+    assert report["published"] == {"hls": str(delivered / "hls" / "master.m3u8"),
+                                   "thumbnails": str(delivered / "thumbnails" / "storyboard.vtt"),
+                                   "captioned.mp4": str(delivered / "captioned.mp4")}
+    assert Path(report["published"]["hls"]).read_text().count("#EXT-X-STREAM-INF") == 4
     assert report["stages"]["rendition_1080p"]["status"] == "materialized"
     # The CLI's kept event-log connections were closed at exit: each write-ahead log was folded
     # into its .db file, so a copy of a run's .db alone has every event.
@@ -45,7 +48,7 @@ def test_run_fails_with_nonzero_exit_and_reasons(tmp_path):
     proc = run_cli(["run", str(junk), "--out", str(tmp_path / "out"), "--json"], tmp_path)
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
-    assert report["status"] == "failed" and report["master_playlist"] is None
+    assert report["status"] == "failed" and report["published"] == {}
     assert report["stages"]["probe"]["status"] == "failed"
     assert "broken" in report["stages"]["probe"]["reason"]
     missing = run_cli(["run", str(tmp_path / "nope.mp4")], tmp_path)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mpegflow_dagster import stages
+from mpegflow_dagster.stages import encode, ingest
+from mpegflow_dagster.stages.toolkit import Tools
 from mpegflow_dagster.media.chunking import WHOLE, Span, boundary_step, marks_before, plan_spans
 from mpegflow_dagster.media.probe import probe
 from mpegflow_dagster.media.runner import FFmpegFailed
@@ -33,12 +34,12 @@ def ladder_source(make_source, tmp_path_factory, fps: str):
     base = tmp_path_factory.mktemp("encode")
     ingest = base / "ingest"
     ingest.mkdir()
-    shutil.copyfile(make_source(duration_s=4.0, width=1280, height=720, fps=fps), ingest / f"{stages.SOURCE_STEM}.mp4")
+    shutil.copyfile(make_source(duration_s=4.0, width=1280, height=720, fps=fps), ingest / f"{ingest.SOURCE_STEM}.mp4")
     shipped = Project.load(ROOT).spec("vod")
     chunked = shipped.model_copy(update={"gop_s": 1.0, "chunk_s": 2.0,
                                          "thumbnails": shipped.thumbnails.model_copy(update={"interval_s": 1.0})})
     whole = chunked.model_copy(update={"chunk_s": 0.0})
-    return base, ingest, probe(ingest / f"{stages.SOURCE_STEM}.mp4"), chunked, whole
+    return base, ingest, probe(ingest / f"{ingest.SOURCE_STEM}.mp4"), chunked, whole
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +62,8 @@ def scratch(base: Path, name: str) -> Path:
 def encode(ladder_input, spec, tag: str, names=RUNGS, thumbnails: bool = True, lanes: int = 2):
     base, ingest, info, _, _ = ladder_input
     work = {n: scratch(base / tag, n) for n in [*names, *(["thumbnails"] if thumbnails else [])]}
-    return stages.encode_ladder(ingest, info, spec, [spec.rendition(n) for n in names], thumbnails,
-                                stages.Tools(threads=1, lanes=lanes), work)
+    return encode.encode_ladder(ingest, info, spec, [spec.rendition(n) for n in names], thumbnails,
+                                Tools(threads=1, lanes=lanes), work)
 
 
 def frames(path: Path, entries: str) -> list[dict]:
@@ -92,8 +93,8 @@ def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_inp
     _, ingest, info, chunked, _ = any_rate_input
     rate = Fraction(info.video.constant_frame_rate)
     cut = Fraction(math.ceil(2 * rate)) / rate  # the first frame at or after 2 s
-    assert stages.encode_spans(info, chunked) == [Span(Fraction(0), cut), Span(cut, None)]
-    source_frames = len(frames(ingest / f"{stages.SOURCE_STEM}.mp4", "pts_time"))
+    assert encode.encode_spans(info, chunked) == [Span(Fraction(0), cut), Span(cut, None)]
+    source_frames = len(frames(ingest / f"{ingest.SOURCE_STEM}.mp4", "pts_time"))
     # keyframes where one run over the whole source forces them: the first frame at or after each second
     keyframes = [math.ceil(k * rate) for k in range(4) if k * rate < source_frames]
     done = encode(any_rate_input, chunked, "chunked")
@@ -130,7 +131,7 @@ def test_unchunked_lanes_give_the_bytes_of_one_run_per_output(ladder_input):
     lane_runs = {id(shared[n].runs[0]) for n in RUNGS}
     assert len(lane_runs) == 2  # two lanes, each decoding the source itself
     for name in RUNGS:
-        alone = stages.encode_rendition(ingest, info, whole, whole.rendition(name), stages.Tools(threads=1),
+        alone = encode.encode_rendition(ingest, info, whole, whole.rendition(name), Tools(threads=1),
                                         scratch(base / "alone", name))
         assert sha256_file(shared[name].path) == sha256_file(alone.path), name
 
@@ -142,8 +143,8 @@ def test_a_failing_process_stops_the_others_and_is_the_error_raised(ladder_input
     work = {n: scratch(base / f"failing-{which}", n) for n in RUNGS}
     work["720p"].rmdir()  # the 720p output cannot be written (whole) or joined (chunked)
     with pytest.raises(FFmpegFailed) as caught:
-        stages.encode_ladder(ingest, info, spec, [spec.rendition(n) for n in RUNGS], False,
-                             stages.Tools(threads=1, lanes=2), work)
+        encode.encode_ladder(ingest, info, spec, [spec.rendition(n) for n in RUNGS], False,
+                             Tools(threads=1, lanes=2), work)
     assert "720p.mp4" in " ".join(caught.value.result.argv)  # the failure itself, not its consequences
     assert not caught.value.result.stopped_by
     assert not list(base.glob("mpegflow-chunks-*")) and not list((base / f"failing-{which}").glob("mpegflow-chunks-*"))

@@ -103,7 +103,7 @@ def test_jsonl_events_are_written_once_per_id(tmp_path):
 
 @pytest.mark.parametrize("own_download", [False, True])
 def test_ingest_copies_a_users_file_and_moves_only_its_own_download(tmp_path, own_download):
-    from mpegflow_dagster import stages
+    from mpegflow_dagster.stages import ingest
 
     source = tmp_path / "in" / "Clip.MP4"
     source.parent.mkdir()
@@ -112,10 +112,10 @@ def test_ingest_copies_a_users_file_and_moves_only_its_own_download(tmp_path, ow
     source.with_suffix(".srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhi\n")
     work = tmp_path / "work"
     work.mkdir()
-    out = stages.ingest(source, work, (".srt",), origin="s3://bucket/Clip.MP4" if own_download else None)
-    stored = stages.source_file(out.path)
+    out = ingest.ingest(source, work, (".srt",), origin="s3://bucket/Clip.MP4" if own_download else None)
+    stored = ingest.source_file(out.path)
     assert stored.read_bytes() == data and stored.name == "source.mp4"
     assert out.facts["source_sha256"] == out.hashed[stored] == hashlib.sha256(data).hexdigest()
-    assert stages.captions_file(out.path).read_text().endswith("hi\n")
+    assert ingest.captions_file(out.path).read_text().endswith("hi\n")
     # a user's file is never touched; our own download is moved, not copied a second time
     assert source.exists() == (not own_download) and source.with_suffix(".srt").exists() == (not own_download)

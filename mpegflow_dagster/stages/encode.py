@@ -1,194 +1,36 @@
-"""What each pipeline stage does, as plain functions over local paths. No Dagster here: the
-asset factory wires these into the graph, and anything else (a script, a test) can call them."""
+"""The ladder: every rung's rendition and the thumbnails from one step that shares each decode
+of the source (time chunks or lanes of renditions); each output is still its own asset."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import math
-import os
 import shutil
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Optional
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional
 
-from .media import commands
-from .media.chunking import WHOLE, Span, boundary_step, plan_spans
-from .media.hls import VariantStream, master_playlist, measure_variant
-from .media.mp4 import read_mp4
-from .media.probe import MediaInfo, ProbeError, probe
-from .media.progress import Progress
-from .media.runner import RunLimits, RunResult, run_ffmpeg
-from .media.safety import MAX_PIXELS, open_in_directory, playlist_signature
-from .media.storyboard import storyboard_vtt
-from .media.verify import OutputRejected, verify_output
-from .spec import HlsSpec, PipelineSpec, Rendition, ThumbnailSpec
-from .storage import ArtifactStore, copy_hashing, copy_tree_hashing, describe, scratch_dir, sha256_file, sha256_files
+from dagster import AssetExecutionContext, AssetsDefinition, Failure, Output
 
-SOURCE_STEM = "source"
-CAPTIONS_STEM = "captions"
+from ..media import commands
+from ..media.chunking import WHOLE, Span, boundary_step, plan_spans
+from ..media.probe import MediaInfo, probe
+from ..media.runner import RunResult
+from ..media.storyboard import storyboard_vtt
+from ..media.verify import OutputRejected, verify_output
+from ..spec import PipelineSpec, Rendition, ThumbnailSpec
+from ..stage import Retryable, StageContext, StageRun, VideoStage, pipeline_key, video_multi_asset
+from ..storage import scratch_dir, sha256_files
+from .ingest import CAPTIONS_STEM, load_probe, source_file
+from .toolkit import MediaRejected, StageOutput, Tools
 
 
-class MediaRejected(ValueError):
-    """The input is not something this pipeline can process; retrying will not help."""
+def rendition_asset_name(name: str) -> str:
+    return f"rendition_{name}"
 
-    def __init__(self, message: str, *, reason: str = "input.rejected", failure_class: str = "permanent") -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.failure_class = failure_class
-
-
-@dataclass
-class Tools:
-    """How to run FFmpeg for one stage."""
-
-    ffmpeg: str = "ffmpeg"
-    ffprobe: str = "ffprobe"
-    threads: int = 1  # per encoder; 1 = reproducible x264 bytes, 0 = let FFmpeg choose
-    lanes: int = 1  # FFmpeg processes a shared encode may run at once
-    limits: RunLimits = field(default_factory=RunLimits)
-    on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
-    runs: list[RunResult] = field(default_factory=list)  # every run so far, for provenance
-
-    def run(self, label: str, args: list[str], *, duration_s: Optional[float] = None, cwd: Optional[Path] = None,
-            cancel: Optional[threading.Event] = None) -> RunResult:
-        callback = (lambda p: self.on_progress(label, p)) if self.on_progress else None
-        result = run_ffmpeg(args, ffmpeg=self.ffmpeg, cwd=cwd, duration_s=duration_s, limits=self.limits,
-                            on_progress=callback, cancel=cancel)
-        self.runs.append(result)
-        return result
-
-
-@dataclass
-class StageOutput:
-    path: Path
-    facts: dict[str, object] = field(default_factory=dict)
-    runs: list[RunResult] = field(default_factory=list)
-    hashed: dict[Path, str] = field(default_factory=dict)  # sha256 of files hashed while written
-
-
-# -- ingest / probe ---------------------------------------------------------------------------
-
-def find_sidecar(source: Path, extensions: tuple[str, ...]) -> Optional[Path]:
-    """The first caption file named like `source` with one of `extensions`; a link counts as
-    found (and is then judged by `open_in_directory`, not silently skipped)."""
-    for ext in extensions:
-        candidate = source.with_suffix(ext)
-        if os.path.lexists(candidate):
-            return candidate
-    return None
-
-
-FINGERPRINT_BYTES = 1 << 20
-
-
-def source_fingerprint(source: Path) -> dict[str, object]:
-    """What decides whether a local source is the file ingested before, for the price of two
-    1 MiB reads: the path as named, size, mtime, inode and ctime (which no `cp -p`, `rsync -t`
-    or `touch -d` can set back), and the sha256 of the first and last MiB. A file swapped for
-    another of equal size with its mtime kept is a new source; the copy's full sha256, computed
-    while ingesting, is then its data version."""
-    source = Path(source).absolute()
-    fd = _open_source(source, "source")
-    try:
-        st = os.fstat(fd)
-        ends = hashlib.sha256(os.pread(fd, FINGERPRINT_BYTES, 0))
-        ends.update(os.pread(fd, FINGERPRINT_BYTES, max(0, st.st_size - FINGERPRINT_BYTES)))
-    finally:
-        os.close(fd)
-    return {"source": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-            "inode": st.st_ino, "ends_sha256": ends.hexdigest()}
-
-
-def _open_source(path: Path, what: str, allow_empty: bool = False) -> int:
-    """`path` opened as `safety.open_in_directory` allows, with a missing (or, unless
-    `allow_empty`, empty) file refused as a permanent input error naming it."""
-    try:
-        fd = open_in_directory(path, what)
-    except FileNotFoundError:
-        raise MediaRejected(f"{what} {path} does not exist", reason="input.not_found") from None
-    if not allow_empty and os.fstat(fd).st_size == 0:
-        os.close(fd)
-        raise MediaRejected(f"{what} {path} is empty (0 bytes)")
-    return fd
-
-
-def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin: Optional[str] = None) -> StageOutput:
-    """Copy the source (and a caption sidecar beside it, if any) into one artifact directory, so
-    later stages read a stored copy that cannot change under them. Both are opened without
-    following a link out of their directory (`safety.open_in_directory`), so nothing but the
-    user's own files reaches storage. `origin` names where the source came from when `source`
-    is our own download of it (an s3:// URI): that file is private to this stage, so it is moved
-    into place and only hashed, not copied a second time."""
-    source = Path(source).absolute()  # as named: a link is judged where it stands
-    out = work / "ingest"
-    out.mkdir()
-    stored = out / f"{SOURCE_STEM}{source.suffix.lower() or '.bin'}"
-    sidecar = find_sidecar(source, caption_extensions)
-    copies = {stored: (source, "source")}
-    if sidecar:  # a bad one fails the captions stage alone, which names it
-        copies[out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}"] = (sidecar, "caption sidecar")
-    hashed: dict[Path, str] = {}
-    for dest, (path, what) in copies.items():
-        if origin is None:
-            fd = _open_source(path, what, allow_empty=dest != stored)
-            try:
-                hashed[dest] = copy_hashing(path, dest, fd=fd)
-            finally:
-                os.close(fd)
-        else:
-            os.replace(path, dest)
-            hashed[dest] = sha256_file(dest)
-    return StageOutput(out, {"original_path": origin or str(source), "original_name": source.name,
-                             "source_sha256": hashed[stored], "caption_sidecar": sidecar.name if sidecar else "none"},
-                       hashed=hashed)
-
-
-def source_file(ingest_dir: Path) -> Path:
-    return next(p for p in Path(ingest_dir).iterdir() if p.stem == SOURCE_STEM)
-
-
-def captions_file(ingest_dir: Path) -> Optional[Path]:
-    return next((p for p in Path(ingest_dir).iterdir() if p.stem == CAPTIONS_STEM), None)
-
-
-def probe_source(ingest_dir: Path, work: Path, tools: Tools, name: str) -> StageOutput:
-    """ffprobe facts of the stored source, refusing what the pipeline cannot or must not encode.
-    Messages name the source as `name`: where it was ingested from."""
-    source = source_file(ingest_dir)
-    label = f"source {name}"
-    signature = playlist_signature(source)
-    if signature:
-        raise MediaRejected(
-            f"{label} is a playlist or file list ({signature!r}), not media: refused, it would make FFmpeg read other files",
-            reason="security.playlist_input", failure_class="security",
-        )
-    try:
-        info = probe(source, tools.ffprobe)
-    except ProbeError as exc:
-        raise ProbeError(f"{label}: {exc}") from exc
-    video = info.video
-    if video is None or not video.width or not video.height:
-        raise MediaRejected(f"{label} has no video stream: nothing to encode", reason="input.no_video_stream")
-    if video.width * video.height > MAX_PIXELS:
-        raise MediaRejected(f"{label} declares {video.width}x{video.height} pixels, above the {MAX_PIXELS} limit",
-                            reason="input.too_large")
-    if info.duration <= 0:
-        raise MediaRejected(f"{label} has no duration: it is empty or unreadable", reason="input.invalid_data")
-    out = work / "probe.json"
-    out.write_text(info.model_dump_json(indent=2))
-    return StageOutput(out, info.summary())
-
-
-def load_probe(path: Path) -> MediaInfo:
-    return MediaInfo.model_validate_json(Path(path).read_text())
-
-
-# -- encode -----------------------------------------------------------------------------------
 
 def h264_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> commands.H264Output:
     preset = spec.preset_for(rendition)
@@ -379,24 +221,6 @@ def _lanes(rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:
     return sorted(groups, key=lambda g: -sum(r.height**2 for r in g))
 
 
-def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: Tools, work: Path,
-                  sidecar_name: str) -> Optional[StageOutput]:
-    """The captioned rendition, or None when the source has no caption sidecar. `sidecar_name`
-    (where the sidecar was ingested from) is what a message about it names."""
-    sidecar = captions_file(ingest_dir)
-    if sidecar is None:
-        return None
-    try:
-        probe(sidecar, tools.ffprobe, formats="srt,webvtt")
-    except ProbeError as exc:
-        raise MediaRejected(f"caption sidecar {sidecar_name} is not a valid SRT or WebVTT file ({exc})",
-                            reason="input.invalid_captions") from exc
-    rung = spec.rendition(spec.captions.rendition)
-    return encode_rendition(ingest_dir, info, spec, rung, tools, work, subtitles=sidecar, label="captioned")
-
-
-# -- thumbnails -------------------------------------------------------------------------------
-
 def _finish_thumbnails(out: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Tools, runs: list[RunResult]) -> StageOutput:
     """Sprite sheet and storyboard over the JPEGs extracted into `out/frames`."""
     frames = out / "frames"
@@ -418,48 +242,118 @@ def _finish_thumbnails(out: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: To
     return StageOutput(out, facts, runs)
 
 
-# -- package ----------------------------------------------------------------------------------
+def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, StageRun],
+                   ingest: Path, probe: Path) -> Iterator[Output]:
+    """The selected renditions and thumbnails of one video, encoded together (`stages.encode_ladder`:
+    time chunks that each decode their part once, or lanes of renditions for a short source).
 
-def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: Path) -> StageOutput:
-    """One HLS variant per rendition (stream copy, all at once: each is a short I/O-bound run)
-    and a master playlist over all of them."""
-    out = work / "hls"
-
-    def variant(name: str, mp4: Path) -> tuple[VariantStream, RunResult, dict[Path, str]]:
-        vdir = out / name
-        vdir.mkdir(parents=True)
-        header = read_mp4(mp4)  # verified by the encode stage; the header is all a master playlist needs
-        run = tools.run(f"hls {name}", commands.hls_variant_args(
-            mp4, vdir, segment_s=cfg.segment_s, segment_type=cfg.segment_type), duration_s=header.duration_s)
-        peak, average, version = measure_variant(vdir / "index.m3u8")
-        video = header.video
-        rate = float(video.frame_rate) if video.frame_rate else None
-        stream = VariantStream(f"{name}/index.m3u8", version, video.width, video.height, rate, header.codecs, peak, average)
-        return stream, run, sha256_files(vdir)
-
-    with ThreadPoolExecutor(max_workers=max(1, len(renditions))) as pool:
-        made = list(pool.map(lambda item: variant(*item), renditions.items()))
-    variants = [v for v, _, _ in made]
-    (out / "master.m3u8").write_text(master_playlist(variants))
-    facts = {"variants": len(variants), "segment_s": cfg.segment_s, "segment_type": cfg.segment_type,
-             "ladder": ", ".join(f"{v.height}p@{v.peak_bps // 1000}k" for v in sorted(variants, key=lambda v: v.peak_bps))}
-    return StageOutput(out, facts, [run for _, run, _ in made], hashed={f: h for _, _, known in made for f, h in known.items()})
+    If the shared run fails and a retry can heal it, the step retries (what was already
+    materialized is reused). Otherwise each output is encoded alone, so one bad rendition does not
+    take its siblings down, and the step fails naming the ones that failed (see `_settle`)."""
+    todo: list[str] = []
+    failed: dict[str, Exception] = {}
+    for name, run in runs.items():
+        try:
+            reused = run.prepare()
+        except (Failure, Retryable) as exc:  # e.g. its stored artifact changed: this output alone
+            failed[name] = exc
+            continue
+        if reused is not None:
+            yield reused
+        else:
+            todo.append(name)
+    if todo:
+        failed.update((yield from _encode_todo(context, spec, runs, todo, ingest, probe)))
+    _settle(context, spec, failed, renditions_done=_renditions(runs, exclude=failed))
 
 
-# -- emit -------------------------------------------------------------------------------------
+def _encode_todo(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, StageRun], todo: list[str],
+                 ingest: Path, probe: Path) -> Generator[Output, None, dict[str, Exception]]:
+    """Encode the outputs `todo` together, or one by one after a permanent failure of the shared
+    run; yields what was made, returns the failures by output."""
+    info = load_probe(probe)
+    rungs = [spec.rendition(n.removeprefix("rendition_")) for n in todo if n != "thumbnails"]
+    started = time.time()
+    try:
+        with ExitStack() as scratches:
+            work = {n.removeprefix("rendition_"): scratches.enter_context(runs[n].ffmpeg.scratch(n, context.partition_key))
+                    for n in todo}
+            tools = runs[todo[0]].tools(threads=min(runs[n].threads for n in todo), lanes=min(runs[n].lanes for n in todo))
+            outs = encode_ladder(ingest, info, spec, rungs, "thumbnails" in todo, tools, work)
+            finished = [runs[n].finish(outs[n.removeprefix("rendition_")], started) for n in todo]
+    except Exception as exc:
+        first = runs[todo[0]]
+        if len(todo) == 1 or first.retryable(first.classification(exc)):
+            verdicts = {n: runs[n].failure(exc) for n in todo}
+            if isinstance(verdicts[todo[0]], Retryable):
+                raise verdicts[todo[0]] from exc
+            return verdicts
+        context.log.warning(f"shared encode of {', '.join(todo)} failed ({exc}); encoding each alone to isolate it")
+        return (yield from _encode_each(spec, {n: runs[n] for n in todo}, ingest, info))
+    yield from finished
+    return {}
 
-def emit(video: str, parts: dict[str, Path], delivery: ArtifactStore, work: Path) -> StageOutput:
-    """Publish each part to `<delivery>/<video>/<part>` (atomically, one part at a time, playlists
-    inside a part appear together with their segments) and write a manifest of what went where."""
-    manifest: dict[str, dict[str, object]] = {}
-    for part, path in parts.items():
-        staged = work / part
-        known = copy_tree_hashing(Path(path), staged)  # hashed while copied, not read again to publish
-        record = delivery.publish(staged, PurePosixPath(video) / part, describe(staged, known))
-        manifest[part] = {"uri": record.uri, "sha256": record.sha256, "size_bytes": record.size_bytes, "files": record.files}
-    out = work / "published.json"
-    out.write_text(json.dumps({"video": video, "parts": manifest}, indent=2, sort_keys=True))
-    facts: dict[str, object] = {"published": ", ".join(manifest), **{f"{p}_uri": m["uri"] for p, m in manifest.items()}}
-    if "hls" in manifest:
-        facts["master_playlist"] = f"{manifest['hls']['uri']}/master.m3u8"
-    return StageOutput(out, facts)
+
+def _settle(context: AssetExecutionContext, spec: PipelineSpec, failures: dict[str, Exception],
+            renditions_done: int) -> None:
+    """After some outputs failed for good: fail the step, unless only renditions failed, the spec
+    packages a partial ladder (hls.min_renditions) and enough renditions are done; then the failed
+    ones are simply not produced (their failure is recorded and announced) and packaging goes on."""
+    retry = next((f for f in failures.values() if isinstance(f, Retryable)), None)
+    if retry is not None:
+        raise retry
+    final = {n: f for n, f in failures.items() if isinstance(f, Failure)}
+    if not final:
+        return
+    partial_ok = spec.hls.min_renditions is not None and renditions_done >= spec.hls.min_renditions
+    if partial_ok and all(n.startswith("rendition_") for n in final):
+        context.log.warning(f"{', '.join(final)} failed; packaging goes on without them (hls.min_renditions)")
+        return
+    first = next(iter(final.values()))
+    raise Failure(description="; ".join(f.description or "" for f in final.values()), metadata=first.metadata,
+                  allow_retries=False)
+
+
+def _renditions(names: Iterable[str], exclude: Iterable[str] = ()) -> int:
+    return sum(1 for n in names if n.startswith("rendition_") and n not in set(exclude))
+
+
+def _encode_each(spec: PipelineSpec, runs: dict[str, StageRun], ingest: Path,
+                 info: MediaInfo) -> Generator[Output, None, dict[str, Exception]]:
+    failures: dict[str, Exception] = {}
+    for name, run in runs.items():
+        def produce(sc: StageContext, key: str = name.removeprefix("rendition_")) -> StageOutput:
+            rungs = [] if key == "thumbnails" else [spec.rendition(key)]  # the same chunks and bytes as shared
+            return encode_ladder(ingest, info, spec, rungs, key == "thumbnails", sc.ffmpeg, {key: sc.work})[key]
+        try:
+            output = run.run(produce)
+        except (Failure, Retryable) as exc:
+            failures[name] = exc
+            continue
+        if output is not None:
+            yield output
+    return failures
+
+
+def assets(spec: PipelineSpec, version: Callable[..., str]) -> list[AssetsDefinition]:
+    """The encode step: rendition_<rung> per ladder rung, and thumbnails."""
+    retry = spec.failures.retry_for("encode")
+    source = {"ingest": pipeline_key(spec, "ingest"), "probe": pipeline_key(spec, "probe")}
+    stages = [
+        VideoStage(pipeline_key(spec, rendition_asset_name(r.name)), version(r, spec.preset_for(r), spec.encode_settings()),
+                   inputs=source, description=f"{r.name}: H.264 {r.profile} {r.video_bitrate_kbps} kb/s, keyframes "
+                   f"every {spec.gop_s:g}s.", rendition=r.name, announces="rendition.ready", optional=True, retry=retry,
+                   preset=spec.preset_for(r).ref)
+        for r in spec.ladder
+    ]
+    if spec.thumbnails.enabled:
+        stages.append(VideoStage(pipeline_key(spec, "thumbnails"), version(spec.thumbnails), inputs=source,
+                                 description="JPEG thumbnails, a sprite sheet and a WebVTT storyboard.", retry=retry,
+                                 publish_as="thumbnails" if spec.emit.thumbnails else None, entry="storyboard.vtt"))
+
+    # Each decode of the source feeds every encoder; any subset can be materialized on demand.
+    @video_multi_asset(name=f"{spec.name}__encode", stages=stages, ins=source, can_subset=True, retry=retry)
+    def encode(context: AssetExecutionContext, runs: dict[str, StageRun], ingest: Path, probe: Path) -> Iterator[Output]:
+        yield from _encode_shared(context, spec, runs, ingest, probe)
+
+    return [encode]

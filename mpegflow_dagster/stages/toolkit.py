@@ -1,0 +1,53 @@
+"""What every stage function works with, without Dagster: the FFmpeg runner of a stage
+(`Tools`), what a stage returns (`StageOutput`) and the refusal of bad input (`MediaRejected`)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..media.progress import Progress
+from ..media.runner import RunLimits, RunResult, run_ffmpeg
+
+
+class MediaRejected(ValueError):
+    """The input is not something this pipeline can process; retrying will not help."""
+
+    def __init__(self, message: str, *, reason: str = "input.rejected", failure_class: str = "permanent") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.failure_class = failure_class
+
+
+@dataclass
+class Tools:
+    """How to run FFmpeg for one stage."""
+
+    ffmpeg: str = "ffmpeg"
+    ffprobe: str = "ffprobe"
+    threads: int = 1  # per encoder; 1 = reproducible x264 bytes, 0 = let FFmpeg choose
+    lanes: int = 1  # FFmpeg processes a shared encode may run at once
+    limits: RunLimits = field(default_factory=RunLimits)
+    on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
+    runs: list[RunResult] = field(default_factory=list)  # every run so far, for provenance
+
+    def run(self, label: str, args: list[str], *, duration_s: Optional[float] = None, cwd: Optional[Path] = None,
+            cancel: Optional[threading.Event] = None) -> RunResult:
+        callback = (lambda p: self.on_progress(label, p)) if self.on_progress else None
+        result = run_ffmpeg(args, ffmpeg=self.ffmpeg, cwd=cwd, duration_s=duration_s, limits=self.limits,
+                            on_progress=callback, cancel=cancel)
+        self.runs.append(result)
+        return result
+
+
+@dataclass
+class StageOutput:
+    """What a stage made: the file or directory `path` (inside its scratch directory), facts for
+    the metadata, the FFmpeg runs that made it (provenance) and hashes already computed."""
+
+    path: Path
+    facts: dict[str, object] = field(default_factory=dict)
+    runs: list[RunResult] = field(default_factory=list)
+    hashed: dict[Path, str] = field(default_factory=dict)  # sha256 of files hashed while written
