@@ -1,17 +1,19 @@
-"""The built-in stages of a pipeline spec, one module each (`stages/`), as Dagster assets made
+"""The built-in stages of a pipeline spec, one module each in `stages/`, as Dagster assets made
 with the stage API (`stage.py`): ingest + probe (one step), the ladder's renditions + thumbnails
 (one step sharing each decode of the source), captions, hls, and emit for what the stages
 declare to publish.
 """
 
+import importlib
+import pkgutil
+from types import ModuleType
 from typing import Any, Optional
 
 from dagster import AssetsDefinition
 
+from . import stages
 from .provenance import code_version
 from .spec import PipelineSpec
-from .stage import pipeline_key
-from .stages import captions, emit, encode, hls, ingest
 
 
 def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = None) -> list[AssetsDefinition]:
@@ -31,8 +33,14 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
     def version(*parts: Any) -> str:
         return code_version(*parts, encoder_build=encoder_build)
 
-    renditions = [pipeline_key(spec, encode.rendition_asset_name(r.name)) for r in spec.ladder]
-    renditions += [pipeline_key(spec, name) for name in spec.hls.include]
-    built = [*ingest.assets(spec, version), *encode.assets(spec, version), *captions.assets(spec, version),
-             *hls.assets(spec, version, renditions)]
-    return [*built, *emit.assets(spec, version, built)]
+    built: list[AssetsDefinition] = []
+    for module in stage_modules():
+        built += module.assets(spec, version, built)
+    return built
+
+
+def stage_modules() -> list[ModuleType]:
+    """The modules of `stages/` that make assets (`ORDER`, `assets(spec, version, built)`), in
+    order: a new stage kind is a new module there, found without being listed anywhere."""
+    found = [importlib.import_module(f"{stages.__name__}.{m.name}") for m in pkgutil.iter_modules(stages.__path__)]
+    return sorted((m for m in found if hasattr(m, "assets")), key=lambda m: m.ORDER)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mpegflow_dagster.stages import encode, ingest
+from mpegflow_dagster.stages import encode
+from mpegflow_dagster.stages.ingest import SOURCE_STEM
 from mpegflow_dagster.stages.toolkit import Tools
 from mpegflow_dagster.media.chunking import WHOLE, Span, boundary_step, marks_before, plan_spans
 from mpegflow_dagster.media.probe import probe
@@ -34,12 +35,12 @@ def ladder_source(make_source, tmp_path_factory, fps: str):
     base = tmp_path_factory.mktemp("encode")
     ingest = base / "ingest"
     ingest.mkdir()
-    shutil.copyfile(make_source(duration_s=4.0, width=1280, height=720, fps=fps), ingest / f"{ingest.SOURCE_STEM}.mp4")
+    shutil.copyfile(make_source(duration_s=4.0, width=1280, height=720, fps=fps), ingest / f"{SOURCE_STEM}.mp4")
     shipped = Project.load(ROOT).spec("vod")
     chunked = shipped.model_copy(update={"gop_s": 1.0, "chunk_s": 2.0,
                                          "thumbnails": shipped.thumbnails.model_copy(update={"interval_s": 1.0})})
     whole = chunked.model_copy(update={"chunk_s": 0.0})
-    return base, ingest, probe(ingest / f"{ingest.SOURCE_STEM}.mp4"), chunked, whole
+    return base, ingest, probe(ingest / f"{SOURCE_STEM}.mp4"), chunked, whole
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_inp
     rate = Fraction(info.video.constant_frame_rate)
     cut = Fraction(math.ceil(2 * rate)) / rate  # the first frame at or after 2 s
     assert encode.encode_spans(info, chunked) == [Span(Fraction(0), cut), Span(cut, None)]
-    source_frames = len(frames(ingest / f"{ingest.SOURCE_STEM}.mp4", "pts_time"))
+    source_frames = len(frames(ingest / f"{SOURCE_STEM}.mp4", "pts_time"))
     # keyframes where one run over the whole source forces them: the first frame at or after each second
     keyframes = [math.ceil(k * rate) for k in range(4) if k * rate < source_frames]
     done = encode(any_rate_input, chunked, "chunked")

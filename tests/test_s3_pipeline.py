@@ -74,7 +74,7 @@ def s3_project(base: Path, endpoint: str, *, webhook_url: str | None = None, **b
 
 
 def project_sensor(project: Project, name: str = "vod_s3_uploads"):
-    return next(s for s in project.sensors() if s.name == name)
+    return next(s for s in project.definitions().sensors if s.name == name)
 
 
 def tick(project: Project, instance, cursor: str | None) -> SensorResult:

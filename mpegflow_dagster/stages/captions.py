@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from dagster import AssetKey, AssetsDefinition
 
@@ -39,7 +39,10 @@ def _sidecar_origin(context: Any, key: AssetKey) -> str:
     return f"{str(meta['original_path']).rsplit('/', 1)[0]}/{meta['caption_sidecar']}"
 
 
-def assets(spec: PipelineSpec, version: Callable[..., str]) -> list[AssetsDefinition]:
+ORDER = 30  # after ingest
+
+
+def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
     """The captions asset, unless `captions.enabled` is false (then `captions.rendition` need not be a rung)."""
     if not spec.captions.enabled:
         return []

@@ -54,6 +54,9 @@ def _published(built: Sequence[AssetsDefinition]) -> list[tuple[AssetKey, str, O
     return found
 
 
+ORDER = 90  # last: it publishes what the others declare
+
+
 def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
     """`emit` for the parts of required stages, `emit_<stage>` for each optional one's."""
     published = _published(built)

@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterable, Iterator, Optional
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sequence
 
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, Output
 
@@ -335,7 +335,10 @@ def _encode_each(spec: PipelineSpec, runs: dict[str, StageRun], ingest: Path,
     return failures
 
 
-def assets(spec: PipelineSpec, version: Callable[..., str]) -> list[AssetsDefinition]:
+ORDER = 20  # after ingest
+
+
+def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
     """The encode step: rendition_<rung> per ladder rung, and thumbnails."""
     retry = spec.failures.retry_for("encode")
     source = {"ingest": pipeline_key(spec, "ingest"), "probe": pipeline_key(spec, "probe")}

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dagster import AssetKey, AssetsDefinition, Failure
+from dagster import AssetsDefinition, Failure
 
 from ..media import commands
 from ..media.hls import VariantStream, master_playlist, measure_variant
@@ -15,6 +15,7 @@ from ..media.runner import RunResult
 from ..spec import HlsSpec, PipelineSpec
 from ..stage import StageContext, pipeline_key, video_asset
 from ..storage import sha256_files
+from .encode import rendition_asset_name
 from .toolkit import StageOutput, Tools
 
 
@@ -44,9 +45,13 @@ def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: P
     return StageOutput(out, facts, [run for _, run, _ in made], hashed={f: h for _, _, known in made for f, h in known.items()})
 
 
-def assets(spec: PipelineSpec, version: Callable[..., str], renditions: Sequence[AssetKey]) -> list[AssetsDefinition]:
-    """The hls asset over `renditions` (the ladder's and the spec's `hls.include`)."""
-    packaged = list(renditions)
+ORDER = 40  # after the renditions
+
+
+def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
+    """The hls asset over the ladder's renditions and the spec's `hls.include` (your own)."""
+    packaged = [pipeline_key(spec, rendition_asset_name(r.name)) for r in spec.ladder]
+    packaged += [pipeline_key(spec, name) for name in spec.hls.include]
 
     @video_asset(key=pipeline_key(spec, "hls"), ins={"renditions": packaged}, code_version=version(spec.hls),
                  announces="package.ready", retry=spec.failures.retry_for("package"), publish_as="hls",

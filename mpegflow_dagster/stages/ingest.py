@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, Failure, Output
 from pydantic import Field
 
 from ..media.probe import MediaInfo, ProbeError, probe
+from ..provenance import code_version
 from ..media.safety import MAX_PIXELS, open_in_directory, playlist_signature
 from ..spec import PipelineSpec
 from ..stage import Retryable, StageContext, StageRun, VideoStage, latest_metadata, pipeline_key, video_multi_asset
@@ -210,13 +211,16 @@ def _last_source(context: AssetExecutionContext, key: AssetKey) -> str:
     )
 
 
-def assets(spec: PipelineSpec, version: Callable[..., str]) -> list[AssetsDefinition]:
-    """The ingest + probe step."""
+ORDER = 10  # where build_video_assets calls `assets` among the stage modules
+
+
+def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
+    """The ingest + probe step (its code versions do not name the encoder build: it encodes nothing)."""
     retry = spec.failures.retry_for("ingest")
     stages = [
-        VideoStage(pipeline_key(spec, "ingest"), version("ingest"), description="Stored copy of the source video and "
+        VideoStage(pipeline_key(spec, "ingest"), code_version("ingest"), description="Stored copy of the source video and "
                    "its caption sidecar.", announces="video.received", retry=retry, kinds=frozenset()),
-        VideoStage(pipeline_key(spec, "probe"), version("probe"), inputs={"ingest": pipeline_key(spec, "ingest")},
+        VideoStage(pipeline_key(spec, "probe"), code_version("probe"), inputs={"ingest": pipeline_key(spec, "ingest")},
                    description="ffprobe facts of the source (JSON).", retry=retry, kinds=frozenset()),
     ]
 
