@@ -195,12 +195,12 @@ def test_cli_json_reports_class_and_reason(tmp_path):
 
 
 def ffmpeg_families():
-    """Debian's FFmpeg (5.1) and, when the dev dependency is installed, a static 9.0 build."""
-    families = [pytest.param("ffmpeg", id="ffmpeg-5.1")]
+    """The FFmpeg on PATH (Debian's 5.1 here) and, when the dev dependency is installed, a static 9.0 build."""
+    families = [pytest.param("ffmpeg", id="system-ffmpeg")]
     try:
         import imageio_ffmpeg
 
-        families.append(pytest.param(imageio_ffmpeg.get_ffmpeg_exe(), id="ffmpeg-9"))
+        families.append(pytest.param(imageio_ffmpeg.get_ffmpeg_exe(), id="static-ffmpeg-9"))
     except ImportError:
         pass
     return families
