@@ -245,6 +245,7 @@ def test_signals_we_did_not_send_are_transient(build, tmp_path, sig):
     assert (cancelled.failure_class, cancelled.reason) == ("cancelled", "process.cancelled")
 
 
+@pytest.mark.slow  # real-time encodes until the watchdog stops them: 1-4 s a case
 @pytest.mark.parametrize(
     "source, limits, reason",
     [
@@ -399,6 +400,7 @@ def _hostile_clip(build: FFmpegBuild, directory: Path) -> Path:
     return clip
 
 
+@pytest.mark.slow  # six FFmpeg runs (x264, subtitles burn-in) on a fresh clip: about 2 s a build
 def test_our_own_commands_on_hostile_names_say_nothing_a_rule_reads(build, tmp_path):
     """Each command the pipeline runs (chunk encode with thumbnails, audio, ffconcat join, HLS,
     sprite, captions burn-in), on real files whose paths and tags echo every rule: the raw

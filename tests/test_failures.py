@@ -13,6 +13,8 @@ from mpegflow_dagster.runs import materialize_video, outcome_event, stage_report
 
 from pipeline_helpers import ROOT, ffmpeg_wrapper, project_with, run_cli, temp_project
 
+pytestmark = pytest.mark.pipeline  # every test materializes the pipeline or runs `mpegflow run`
+
 FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "backoff": 2.0, "jitter": 0.1}}
 
 

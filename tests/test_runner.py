@@ -86,6 +86,7 @@ def test_build_detection_and_missing_binary(tmp_path):
     assert shutil.which("ffprobe")
 
 
+@pytest.mark.slow  # each case starts a Python that imports the package, Dagster included: about 3 s
 @pytest.mark.parametrize("fallback", [False, True], ids=["setpriv", "prctl-in-child"])
 def test_ffmpeg_dies_with_the_process_that_ran_it(tmp_path, fallback):
     """kill -9 of the Python process running FFmpeg: the kernel kills FFmpeg too, through

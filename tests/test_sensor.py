@@ -166,6 +166,7 @@ def test_cursor_forgets_what_is_older_than_the_lookback(s3, bucket):
     assert requested(tick(sensor_def, DagsterInstance.ephemeral(), s3, result.cursor)) == []
 
 
+@pytest.mark.slow  # 10k objects listed over HTTP from moto, twice: 12-18 s
 def test_tick_over_ten_thousand_objects(s3, bucket):
     seed_objects(bucket, [f"uploads/batch/{i:05d}.mp4" for i in range(10_000)])
     sensor_def = make_sensor(bucket)
