@@ -150,7 +150,7 @@ def test_read_timeout_is_transient(build):
     listener = corpus.silent_listener()
     try:
         port = listener.getsockname()[1]
-        result, got = _fail(build, ["-rw_timeout", "1000000", "-i", f"http://127.0.0.1:{port}/x.mp4"] + NULL)
+        result, got = _fail(build, ["-rw_timeout", "500000", "-i", f"http://127.0.0.1:{port}/x.mp4"] + NULL)
     finally:
         listener.close()
     assert (got.failure_class, got.reason) == ("transient", "network.timeout")

@@ -35,13 +35,13 @@ def test_failure_keeps_the_stderr_tail(tmp_path):
     assert "No such file or directory" in str(err.value)
 
 
-@pytest.mark.parametrize("limits, reason", [(RunLimits(timeout_s=1.0, kill_grace_s=1.0), "timeout"),
-                                           (RunLimits(stall_s=1.0, kill_grace_s=1.0), "stall")])
+@pytest.mark.parametrize("limits, reason", [(RunLimits(timeout_s=0.5, kill_grace_s=0.5), "timeout"),
+                                           (RunLimits(stall_s=0.5, kill_grace_s=0.5), "stall")])
 def test_watchdog_stops_runaway_and_stalled_runs(tmp_path, limits, reason):
     # -re paces reading at real time: a 60 s source takes 60 s, far past the limit.
     # The stall case reads a FIFO that never delivers: FFmpeg makes no progress at all, and may
     # not answer SIGTERM while blocked opening it (5.1 does not), so the SIGKILL after the grace
-    # ends it: a grace of 1 s instead of the default 10 s keeps the test short.
+    # ends it: a grace of 0.5 s instead of the default 10 s keeps the test short.
     if reason == "stall":
         import os
 
