@@ -216,7 +216,8 @@ def _run_and_signal(build: FFmpegBuild, tmp_path: Path, sig: int) -> RunResult:
 
     def target() -> None:
         try:
-            run_ffmpeg(["-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=30"] + _x264(Path(marker)),
+            run_ffmpeg(["-stats_period", "0.1", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=30"]
+                       + _x264(Path(marker)),
                        ffmpeg=build.path, on_progress=lambda p: started.set())
         except FFmpegFailed as exc:
             failure.append(exc)
