@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # medians of three alternating rounds (about 40 min here); `make bench BENCH_ARGS=` for one round
 BENCH_ARGS ?= --repeats 3
 
-.PHONY: demo test dev bench ffmpeg install clean
+.PHONY: demo test test-fast dev bench ffmpeg install clean
 
 ffmpeg:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! fc-list 2>/dev/null | grep -q .; then \
@@ -38,6 +38,10 @@ demo: install
 
 test: install
 	$(BIN)/pytest -q
+
+# no pipeline runs and nothing slow (markers in pyproject.toml): under a minute here
+test-fast: install
+	$(BIN)/pytest -q -m "not pipeline and not slow"
 
 dev: install
 	$(BIN)/dagster dev -w workspace.yaml

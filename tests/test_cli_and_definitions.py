@@ -6,6 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from dagster import DagsterInstance, DefaultSensorStatus, Definitions, in_process_executor
 
@@ -18,6 +19,7 @@ from http_receiver import Receiver, free_port
 from pipeline_helpers import BIN, ROOT, run_cli
 
 
+@pytest.mark.pipeline
 def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_path):
     source = make_source("My Clip", duration_s=2.0, captions=True)
     proc = run_cli(["run", str(source), "--out", str(tmp_path / "out"), "--json"], tmp_path)
@@ -42,6 +44,7 @@ def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_pa
         assert video in instance.get_dynamic_partitions("vod_videos")
 
 
+@pytest.mark.pipeline
 def test_run_fails_with_nonzero_exit_and_reasons(tmp_path):
     junk = tmp_path / "broken.mp4"
     junk.write_bytes(b"junk" * 1000)
@@ -55,6 +58,7 @@ def test_run_fails_with_nonzero_exit_and_reasons(tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+@pytest.mark.pipeline  # `mpegflow run` in its own process, stopped by the spec
 def test_invalid_spec_is_reported_before_anything_runs(make_source, tmp_path):
     spec = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
     spec["gop_s"] = 3
@@ -66,6 +70,7 @@ def test_invalid_spec_is_reported_before_anything_runs(make_source, tmp_path):
     assert not (tmp_path / "home" / "history").exists()
 
 
+@pytest.mark.slow  # the `dagster` CLI in its own process: 2-7 s
 def test_code_location_validates():
     proc = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)

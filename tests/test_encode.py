@@ -90,6 +90,7 @@ def test_spans_cut_on_the_first_frame_at_or_after_common_keyframe_and_thumbnail_
     assert len(film) == 60 and all(s.start_s * film_rate == math.ceil(k * 30 * film_rate) for k, s in enumerate(film))
 
 
+@pytest.mark.slow  # three-rung ladders of a 4 s 720p source: 2-9 s a case
 def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_input):
     _, ingest, info, chunked, _ = any_rate_input
     rate = Fraction(info.video.constant_frame_rate)
@@ -110,6 +111,7 @@ def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_inp
         assert joined.audio is not None and abs(joined.audio.duration - 4.0) < 0.05, name
 
 
+@pytest.mark.slow  # three-rung ladders of a 4 s 720p source: 2-9 s a case
 def test_chunked_bytes_depend_on_neither_lanes_nor_what_is_encoded_together(any_rate_input):
     _, _, _, chunked, whole = any_rate_input
     shared = encode(any_rate_input, chunked, "two-lanes", lanes=2)
@@ -126,6 +128,7 @@ def test_chunked_bytes_depend_on_neither_lanes_nor_what_is_encoded_together(any_
            [(p.relative_to(unchunked["thumbnails"].path), h) for p, h in want.items()]
 
 
+@pytest.mark.slow  # three-rung ladders of a 4 s 720p source: 2-9 s a case
 def test_unchunked_lanes_give_the_bytes_of_one_run_per_output(ladder_input):
     base, ingest, info, _, whole = ladder_input
     shared = encode(ladder_input, whole, "lanes")
@@ -137,6 +140,7 @@ def test_unchunked_lanes_give_the_bytes_of_one_run_per_output(ladder_input):
         assert sha256_file(shared[name].path) == sha256_file(alone.path), name
 
 
+@pytest.mark.slow  # three-rung ladders of a 4 s 720p source: 2-9 s a case
 @pytest.mark.parametrize("which", ["chunked", "whole"])
 def test_a_failing_process_stops_the_others_and_is_the_error_raised(ladder_input, which):
     base, ingest, info, chunked, whole = ladder_input

@@ -13,6 +13,8 @@ from mpegflow_dagster.runs import materialize_video, outcome_event, stage_report
 
 from pipeline_helpers import ROOT, ffmpeg_wrapper, project_with, run_cli, temp_project
 
+pytestmark = pytest.mark.pipeline  # every test materializes the pipeline or runs `mpegflow run`
+
 FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "jitter": "none"}}
 
 
@@ -198,12 +200,12 @@ def test_cli_json_reports_class_and_reason(tmp_path):
 
 
 def ffmpeg_families():
-    """Debian's FFmpeg (5.1) and, when the dev dependency is installed, a static 9.0 build."""
-    families = [pytest.param("ffmpeg", id="ffmpeg-5.1")]
+    """The FFmpeg on PATH (Debian's 5.1 here) and, when the dev dependency is installed, a static 9.0 build."""
+    families = [pytest.param("ffmpeg", id="system-ffmpeg")]
     try:
         import imageio_ffmpeg
 
-        families.append(pytest.param(imageio_ffmpeg.get_ffmpeg_exe(), id="ffmpeg-9"))
+        families.append(pytest.param(imageio_ffmpeg.get_ffmpeg_exe(), id="static-ffmpeg-9"))
     except ImportError:
         pass
     return families

@@ -22,6 +22,8 @@ from mpegflow_dagster.storage import SCRATCH_MARKER
 
 from pipeline_helpers import BIN, ROOT, cli_env, ffmpeg_wrapper, processes_with, run_cli, temp_project, wait_for
 
+pytestmark = pytest.mark.pipeline  # every test runs the pipeline or `mpegflow run`
+
 
 @pytest.fixture
 def instance():

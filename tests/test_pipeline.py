@@ -14,6 +14,8 @@ from mpegflow_dagster.storage import describe
 
 from pipeline_helpers import decode_errors, gray_crop, mean_abs_diff, project_with, temp_project
 
+pytestmark = pytest.mark.pipeline  # every test reads or makes runs of the whole graph
+
 DURATION = 6.0
 
 

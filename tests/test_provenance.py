@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter, instance_for_test
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for_test
 
 from mpegflow_dagster.assets import build_video_assets
 from mpegflow_dagster.dagster_private import StaleStatus, get_stale_status_resolver
@@ -19,13 +19,25 @@ from mpegflow_dagster.why import explain
 
 from pipeline_helpers import ROOT, temp_project
 
+pytestmark = pytest.mark.pipeline  # runs of the pipeline and of `mpegflow run` / `why`
+
 FFMPEG_STAGES = ("rendition_240p", "rendition_480p", "rendition_720p", "rendition_1080p", "thumbnails", "captions", "hls")
 
 
-def latest(instance, name: str, video: str):
-    record = instance.fetch_materializations(
+def latest_record(instance, name: str, video: str):
+    return instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(["vod", name]), asset_partitions=[video]), limit=1).records[0]
-    return record.asset_materialization
+
+
+def latest(instance, name: str, video: str):
+    return latest_record(instance, name, video).asset_materialization
+
+
+def of_run(instance, run_id: str, name: str):
+    """`name`'s materialization by run `run_id`, whatever later runs on the instance made."""
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    [mat] = [r.asset_materialization for r in records if r.asset_materialization.asset_key == AssetKey(["vod", name])]
+    return mat
 
 
 def logging_ffmpeg(tmp_path: Path) -> tuple[Path, Path]:
@@ -49,8 +61,8 @@ def first_run(make_source, tmp_path_factory):
 
 
 def test_every_artifact_carries_provenance_in_metadata_and_sidecar(first_run):
-    instance, project = first_run["instance"], first_run["project"]
-    mat = latest(instance, "rendition_720p", "clip")
+    instance, run_id = first_run["instance"], first_run["run_id"]
+    mat = of_run(instance, run_id, "rendition_720p")  # other tests here add later runs of the same video
     prov = mat.metadata["provenance"].value
     build = detect_build("ffmpeg")
     assert prov["encoder"]["ffmpeg_version"] == build.version
@@ -60,7 +72,7 @@ def test_every_artifact_carries_provenance_in_metadata_and_sidecar(first_run):
     assert prov["preset"] == "x264-vod@1" and prov["attempt"] == 1 and prov["earlier_failures"] == []
     assert prov["bit_exact"] is True  # one x264 thread (the shipped setting)
     assert any("libx264" in argv and "-b:v" in argv for argv in prov["argv"])
-    ingest_sha = latest(instance, "ingest", "clip").metadata["sha256"].value
+    ingest_sha = of_run(instance, run_id, "ingest").metadata["sha256"].value
     assert prov["inputs"]["ingest"] == ingest_sha  # the source's identity: the ingest data version
     assert prov["output_sha256"] == mat.metadata["sha256"].value == mat.tags["dagster/data_version"]
     assert prov["media"]["resolution"] == "640x360" and prov["media"]["duration_s"] > 2.5
@@ -73,15 +85,17 @@ def test_unchanged_rematerialization_runs_no_ffmpeg(first_run, tmp_path, monkeyp
     harness, log = logging_ffmpeg(tmp_path)
     monkeypatch.setenv("MPEGFLOW_FFMPEG", str(harness))
     instance, project = first_run["instance"], first_run["project"]
-    before = {n: latest(instance, n, "clip").metadata["sha256"].value for n in FFMPEG_STAGES}
+    before = {n: latest_record(instance, n, "clip") for n in FFMPEG_STAGES}
     result = materialize_video(project, project.spec(), "clip", instance=instance, source=first_run["source"])
     assert result.success
     assert not log.exists(), log.read_text()  # not one FFmpeg process besides -version
-    for name in FFMPEG_STAGES:
+    for name, was in before.items():
         meta = latest(instance, name, "clip").metadata
         assert meta["reused"].value is True, name
-        assert meta["sha256"].value == before[name]
-        assert meta["provenance"].value["reused_from_run"] == first_run["run_id"]
+        assert meta["sha256"].value == was.asset_materialization.metadata["sha256"].value
+        # the run that made these bytes: the first run, unless another test here made them again
+        made_by = was.asset_materialization.metadata["provenance"].value.get("reused_from_run") or was.event_log_entry.run_id
+        assert meta["provenance"].value["reused_from_run"] == made_by, name
 
 
 def test_forced_rerun_reencodes_byte_identical_outputs(first_run, tmp_path, monkeypatch):
@@ -105,14 +119,18 @@ def test_changing_one_rung_marks_only_it_and_its_dependents_stale(first_run):
     changed = project.model_copy(update={"specs": [spec.model_copy(update={"ladder": ladder})]})
     assets = changed.assets(changed.spec())
 
-    def stale() -> set[str]:
+    def stale(assets=assets) -> set[str]:
         resolver = get_stale_status_resolver(instance, assets)  # what the UI computes for "stale"
         return {k.path[-1] for a in assets for k in a.keys if resolver.get_status(k, "clip") == StaleStatus.STALE}
 
     assert stale() == {"rendition_480p"}  # its code version changed; nothing else did
-    # Re-encoding it changes its data version: now (and only now) its consumer is stale too.
-    assert materialize_video(changed, changed.spec(), "clip", instance=instance, stages=["rendition_480p"]).success
-    assert stale() == {"hls"}
+    try:
+        # Re-encoding it changes its data version: now (and only now) its consumer is stale too.
+        assert materialize_video(changed, changed.spec(), "clip", instance=instance, stages=["rendition_480p"]).success
+        assert stale() == {"hls"}
+    finally:  # the other tests here share the instance: the shipped 480p again, the very bytes of the first run
+        restored = materialize_video(project, spec, "clip", instance=instance, stages=["rendition_480p"])
+    assert restored.success and stale(project.assets(spec)) == set()
 
 
 def test_a_new_encoder_build_marks_the_ffmpeg_stages_stale(first_run):

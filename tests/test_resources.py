@@ -13,6 +13,7 @@ from mpegflow_dagster.runs import materialize_video, stage_report
 from pipeline_helpers import temp_project
 
 
+@pytest.mark.pipeline  # launches runs of the pipeline (they fail at start)
 @pytest.mark.parametrize(
     "settings, env, message",
     [

@@ -37,6 +37,8 @@ from mpegflow_dagster.webhooks.signing import verify_signature
 
 from pipeline_helpers import ROOT, decode_errors
 
+pytestmark = pytest.mark.pipeline  # every test reads or makes pipeline runs on S3
+
 SECRET = "whsec-s3-pipeline-test"
 STORAGE_PREFIX = "mpegflow/storage"
 RUNGS = ("240p", "480p", "720p", "1080p")
