@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mpegflow_dagster.stages import encode
+from mpegflow_dagster.stages.encode import encode_ladder, encode_rendition, encode_spans
 from mpegflow_dagster.stages.ingest import SOURCE_STEM
 from mpegflow_dagster.stages.toolkit import Tools
 from mpegflow_dagster.media.chunking import WHOLE, Span, boundary_step, marks_before, plan_spans
@@ -63,7 +63,7 @@ def scratch(base: Path, name: str) -> Path:
 def encode(ladder_input, spec, tag: str, names=RUNGS, thumbnails: bool = True, lanes: int = 2):
     base, ingest, info, _, _ = ladder_input
     work = {n: scratch(base / tag, n) for n in [*names, *(["thumbnails"] if thumbnails else [])]}
-    return encode.encode_ladder(ingest, info, spec, [spec.rendition(n) for n in names], thumbnails,
+    return encode_ladder(ingest, info, spec, [spec.rendition(n) for n in names], thumbnails,
                                 Tools(threads=1, lanes=lanes), work)
 
 
@@ -95,7 +95,7 @@ def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_inp
     _, ingest, info, chunked, _ = any_rate_input
     rate = Fraction(info.video.constant_frame_rate)
     cut = Fraction(math.ceil(2 * rate)) / rate  # the first frame at or after 2 s
-    assert encode.encode_spans(info, chunked) == [Span(Fraction(0), cut), Span(cut, None)]
+    assert encode_spans(info, chunked) == [Span(Fraction(0), cut), Span(cut, None)]
     source_frames = len(frames(ingest / f"{SOURCE_STEM}.mp4", "pts_time"))
     # keyframes where one run over the whole source forces them: the first frame at or after each second
     keyframes = [math.ceil(k * rate) for k in range(4) if k * rate < source_frames]
@@ -135,7 +135,7 @@ def test_unchunked_lanes_give_the_bytes_of_one_run_per_output(ladder_input):
     lane_runs = {id(shared[n].runs[0]) for n in RUNGS}
     assert len(lane_runs) == 2  # two lanes, each decoding the source itself
     for name in RUNGS:
-        alone = encode.encode_rendition(ingest, info, whole, whole.rendition(name), Tools(threads=1),
+        alone = encode_rendition(ingest, info, whole, whole.rendition(name), Tools(threads=1),
                                         scratch(base / "alone", name))
         assert sha256_file(shared[name].path) == sha256_file(alone.path), name
 
@@ -148,7 +148,7 @@ def test_a_failing_process_stops_the_others_and_is_the_error_raised(ladder_input
     work = {n: scratch(base / f"failing-{which}", n) for n in RUNGS}
     work["720p"].rmdir()  # the 720p output cannot be written (whole) or joined (chunked)
     with pytest.raises(FFmpegFailed) as caught:
-        encode.encode_ladder(ingest, info, spec, [spec.rendition(n) for n in RUNGS], False,
+        encode_ladder(ingest, info, spec, [spec.rendition(n) for n in RUNGS], False,
                              Tools(threads=1, lanes=2), work)
     assert "720p.mp4" in " ".join(caught.value.result.argv)  # the failure itself, not its consequences
     assert not caught.value.result.stopped_by
