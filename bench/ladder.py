@@ -49,21 +49,28 @@ BENCH = ROOT / "bench"
 WORK = BENCH / "work"
 RESULTS = BENCH / "results.json"
 
-from mpegflow_dagster.stages import encode  # noqa: E402
+# Imported up front so one run measures one version of the library, even if files change meanwhile.
+from dagster import DagsterEventType, DagsterInstance  # noqa: E402
+
 from mpegflow_dagster.media import commands  # noqa: E402
 from mpegflow_dagster.media.probe import MediaInfo, probe  # noqa: E402
 from mpegflow_dagster.media.synth import make_clip  # noqa: E402
 from mpegflow_dagster.project import Project  # noqa: E402
-from mpegflow_dagster.spec import PipelineSpec  # noqa: E402
-# Imported up front so one run measures one version of the library, even if files change meanwhile.
-from dagster import DagsterEventType, DagsterInstance  # noqa: E402
 from mpegflow_dagster.runs import materialize_video  # noqa: E402
+from mpegflow_dagster.spec import PipelineSpec  # noqa: E402
+from mpegflow_dagster.stages import encode  # noqa: E402
 
 FFMPEG = ["ffmpeg", "-nostdin", "-y", "-hide_banner", "-loglevel", "error"]
 SPEC_NAME = "vod"
 SCRIPT_THREADS = 0  # -threads 0: FFmpeg/x264 decide
-GOALS = {"ratio_vs_best": 1.05, "ratio_vs_best_same_bytes": 1.05, "ratio_vs_naive": 0.85, "overhead_s_per_stage": 0.3, "python_peak_rss_mb": 300.0,
-         "python_peak_rss_mb_2gb_ingest": 300.0}
+GOALS = {
+    "ratio_vs_best": 1.05,
+    "ratio_vs_best_same_bytes": 1.05,
+    "ratio_vs_naive": 0.85,
+    "overhead_s_per_stage": 0.3,
+    "python_peak_rss_mb": 300.0,
+    "python_peak_rss_mb_2gb_ingest": 300.0,
+}
 TWO_GB = 2 * 1024**3
 
 
@@ -90,10 +97,15 @@ def repo_project() -> Project:
 def bench_project(base: Path) -> Project:
     """The repository's specs and resources/settings.yaml as shipped, with every directory under `base`."""
     repo = repo_project()
-    settings = repo.settings.model_copy(update={
-        "storage_dir": str(base / "storage"), "work_dir": str(base / "work"),
-        "delivery_dir": str(base / "delivery"), "events_path": str(base / "events.jsonl"), "webhook_url": None,
-    })
+    settings = repo.settings.model_copy(
+        update={
+            "storage_dir": str(base / "storage"),
+            "work_dir": str(base / "work"),
+            "delivery_dir": str(base / "delivery"),
+            "events_path": str(base / "events.jsonl"),
+            "webhook_url": None,
+        }
+    )
     return Project(root=ROOT, specs=repo.specs, settings=settings)
 
 
@@ -104,7 +116,9 @@ def cached_clip(name: str, duration_s: float, noisy: bool) -> Path:
         tmp = out.with_name(out.stem + ".part.mp4")
         make_clip(tmp, duration_s=duration_s, width=1920, height=1080, fps=30, noisy=noisy)
         tmp.rename(out)
-        log(f"generated {out.relative_to(ROOT)} ({out.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - t0:.0f}s")
+        log(
+            f"generated {out.relative_to(ROOT)} ({out.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - t0:.0f}s"
+        )
     return out
 
 
@@ -118,27 +132,75 @@ def big_source() -> Path:
     chunk.parent.mkdir(parents=True, exist_ok=True)
     if not chunk.is_file():
         tmp = chunk.with_name("big-chunk.part.mp4")
-        subprocess.run(FFMPEG + [
-            "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30:duration=4",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=4",
-            "-vf", "noise=alls=40:allf=t+u", "-c:v", "libx264", "-preset", "ultrafast", "-qp", "0",
-            "-pix_fmt", "yuv420p", "-g", "30", "-c:a", "aac", "-b:a", "128k", "-f", "mp4", str(tmp)], check=True)
+        subprocess.run(
+            FFMPEG
+            + [
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1920x1080:rate=30:duration=4",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000:duration=4",
+                "-vf",
+                "noise=alls=40:allf=t+u",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-qp",
+                "0",
+                "-pix_fmt",
+                "yuv420p",
+                "-g",
+                "30",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "128k",
+                "-f",
+                "mp4",
+                str(tmp),
+            ],
+            check=True,
+        )
         tmp.rename(chunk)
     loops = math.ceil(TWO_GB * 1.02 / chunk.stat().st_size)
     tmp = out.with_name("big-2gb.part.mp4")
-    subprocess.run(FFMPEG + ["-stream_loop", str(loops - 1), "-i", str(chunk), "-map", "0", "-c", "copy",
-                             "-f", "mp4", str(tmp)], check=True)
+    subprocess.run(
+        FFMPEG
+        + [
+            "-stream_loop",
+            str(loops - 1),
+            "-i",
+            str(chunk),
+            "-map",
+            "0",
+            "-c",
+            "copy",
+            "-f",
+            "mp4",
+            str(tmp),
+        ],
+        check=True,
+    )
     tmp.rename(out)
-    log(f"generated {out.relative_to(ROOT)} ({out.stat().st_size / 2**30:.2f} GiB) in {time.monotonic() - t0:.0f}s")
+    log(
+        f"generated {out.relative_to(ROOT)} ({out.stat().st_size / 2**30:.2f} GiB) in {time.monotonic() - t0:.0f}s"
+    )
     return out
 
 
 # -- the scripts' FFmpeg work, from the same argv builders the pipeline uses ------------------------
 
+
 class Plan:
     """Every FFmpeg argv the pipeline's stages would run for `src`, with outputs under `out`."""
 
-    def __init__(self, spec: PipelineSpec, src: Path, info: MediaInfo, out: Path, threads: int) -> None:
+    def __init__(
+        self, spec: PipelineSpec, src: Path, info: MediaInfo, out: Path, threads: int
+    ) -> None:
         self.spec, self.src, self.info, self.out, self.threads = spec, src, info, out, threads
         video = info.video
         assert video is not None and video.height
@@ -150,10 +212,17 @@ class Plan:
         for rung in spec.ladder:  # exactly as the pipeline's stages build them
             enc = encode.h264_output(spec, rung, info)
             self.outputs[rung.name] = enc
-            self.encodes[rung.name] = commands.encode_rendition_args(src, self.rendition(rung.name), enc, threads=threads)
+            self.encodes[rung.name] = commands.encode_rendition_args(
+                src, self.rendition(rung.name), enc, threads=threads
+            )
             self.area[rung.name] = enc.height * enc.height * 16 / 9
-        self.thumbnail_output = (self.frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality))
-        self.thumbs = commands.encode_ladder_args(src, {}, threads=threads, thumbnails=self.thumbnail_output)
+        self.thumbnail_output = (
+            self.frames,
+            commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality),
+        )
+        self.thumbs = commands.encode_ladder_args(
+            src, {}, threads=threads, thumbnails=self.thumbnail_output
+        )
 
     def prepare(self) -> None:
         shutil.rmtree(self.out, ignore_errors=True)
@@ -165,8 +234,12 @@ class Plan:
         return self.out / f"{name}.mp4"
 
     def hls(self, name: str) -> list[str]:
-        return commands.hls_variant_args(self.rendition(name), self.out / "hls" / name,
-                                         segment_s=self.spec.hls.segment_s, segment_type=self.spec.hls.segment_type)
+        return commands.hls_variant_args(
+            self.rendition(name),
+            self.out / "hls" / name,
+            segment_s=self.spec.hls.segment_s,
+            segment_type=self.spec.hls.segment_type,
+        )
 
     def sprite(self) -> list[str]:
         count = len(list(self.frames.glob("*.jpg")))
@@ -174,8 +247,14 @@ class Plan:
             raise RuntimeError("no thumbnails were written")
         cfg = self.spec.thumbnails
         columns = min(cfg.sprite_columns, count)
-        return commands.sprite_args(self.frames, self.out / "thumbnails" / "sprite.jpg", columns=columns,
-                                    rows=math.ceil(count / columns), tile_width=cfg.sprite_tile_width, quality=cfg.quality)
+        return commands.sprite_args(
+            self.frames,
+            self.out / "thumbnails" / "sprite.jpg",
+            columns=columns,
+            rows=math.ceil(count / columns),
+            tile_width=cfg.sprite_tile_width,
+            quality=cfg.quality,
+        )
 
     def rendition_sha(self) -> dict[str, str]:
         return {n: hashlib.sha256(self.rendition(n).read_bytes()).hexdigest() for n in self.encodes}
@@ -195,7 +274,7 @@ def merge_single_input(argvs: Sequence[list[str]]) -> list[str]:
             pre, src = argv[:i], argv[i + 1]
         elif argv[:i] != pre or argv[i + 1] != src:
             raise ValueError("argv with different inputs cannot be merged")
-        rest = argv[i + 2:-1]
+        rest = argv[i + 2 : -1]
         graph, maps, opts = None, [], []
         j = 0
         while j < len(rest):
@@ -204,11 +283,15 @@ def merge_single_input(argvs: Sequence[list[str]]) -> list[str]:
             elif rest[j] == "-map":
                 maps.append(rest[j + 1])
             else:
-                opts.extend(rest[j:j + 2])
+                opts.extend(rest[j : j + 2])
             j += 2
         if graph is None or "[0:v:0]" not in graph:
             raise ValueError(f"unexpected argv layout (no filter_complex on 0:v:0): {argv}")
-        graphs.append(_LABEL.sub(lambda m: f"[in{k}]" if m.group(1) == "0:v:0" else f"[k{k}{m.group(1)}]", graph))
+        graphs.append(
+            _LABEL.sub(
+                lambda m, k=k: f"[in{k}]" if m.group(1) == "0:v:0" else f"[k{k}{m.group(1)}]", graph
+            )
+        )
         for m in maps:
             outputs += ["-map", f"[k{k}{m[1:-1]}]" if m.startswith("[") else m]
         outputs += opts + [argv[-1]]
@@ -221,7 +304,9 @@ def run_all(argvs: Sequence[list[str]], parallel: bool = False) -> None:
     procs = []
     for argv in argvs:
         err = tempfile.TemporaryFile()
-        proc = subprocess.Popen(FFMPEG + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            FFMPEG + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+        )
         procs.append((proc, err, argv))
         if not parallel:
             _check(proc, err, argv)
@@ -233,7 +318,9 @@ def run_all(argvs: Sequence[list[str]], parallel: bool = False) -> None:
 def _check(proc: subprocess.Popen, err, argv: list[str]) -> None:
     if proc.wait() != 0:
         err.seek(0)
-        raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {' '.join(argv)}\n{err.read().decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"ffmpeg failed ({proc.returncode}): {' '.join(argv)}\n{err.read().decode(errors='replace')[-2000:]}"
+        )
     err.close()
 
 
@@ -251,7 +338,11 @@ def naive(plan: Plan) -> None:
 
 def v_parallel(plan: Plan) -> None:
     """(a) the 4 encodes and the thumbnails as 5 concurrent processes, then HLS x4 and the sprite concurrently."""
-    run_all([plan.encodes[n] for n in sorted(plan.encodes, key=lambda n: -plan.area[n])] + [plan.thumbs], parallel=True)
+    run_all(
+        [plan.encodes[n] for n in sorted(plan.encodes, key=lambda n: -plan.area[n])]
+        + [plan.thumbs],
+        parallel=True,
+    )
     run_all([plan.hls(n) for n in plan.encodes] + [plan.sprite()], parallel=True)
 
 
@@ -273,8 +364,13 @@ def v_split_2proc(plan: Plan) -> None:
     """(c2) two concurrent split processes of balanced pixel load (one per core), thumbnails in the lighter;
     then HLS x4 + sprite concurrently."""
     big, small = two_groups(plan)
-    run_all([merge_single_input([plan.encodes[n] for n in big]),
-             merge_single_input([plan.encodes[n] for n in small] + [plan.thumbs])], parallel=True)
+    run_all(
+        [
+            merge_single_input([plan.encodes[n] for n in big]),
+            merge_single_input([plan.encodes[n] for n in small] + [plan.thumbs]),
+        ],
+        parallel=True,
+    )
     run_all([plan.hls(n) for n in plan.encodes] + [plan.sprite()], parallel=True)
 
 
@@ -288,16 +384,36 @@ def v_chunked(plan: Plan) -> None:
         return v_split_2proc(plan)
     with tempfile.TemporaryDirectory(prefix="bench-chunks-") as d:
         parts = Path(d)
-        chunks = [commands.encode_ladder_args(plan.src, {parts / f"{n}-{i}.mp4": plan.outputs[n] for n in plan.encodes},
-                                              threads=plan.threads, thumbnails=plan.thumbnail_output, span=span)
-                  for i, span in enumerate(spans)]
-        audio = {n: parts / f"audio-{n}.m4a" for n in plan.encodes} if plan.info.audio is not None else {}
-        run_all(chunks + ([commands.audio_args(plan.src, {audio[n]: plan.outputs[n] for n in audio})] if audio else []),
-                parallel=True)
+        chunks = [
+            commands.encode_ladder_args(
+                plan.src,
+                {parts / f"{n}-{i}.mp4": plan.outputs[n] for n in plan.encodes},
+                threads=plan.threads,
+                thumbnails=plan.thumbnail_output,
+                span=span,
+            )
+            for i, span in enumerate(spans)
+        ]
+        audio = (
+            {n: parts / f"audio-{n}.m4a" for n in plan.encodes}
+            if plan.info.audio is not None
+            else {}
+        )
+        run_all(
+            chunks
+            + (
+                [commands.audio_args(plan.src, {audio[n]: plan.outputs[n] for n in audio})]
+                if audio
+                else []
+            ),
+            parallel=True,
+        )
         joins = []
         for n in plan.encodes:
             listing = parts / f"{n}.ffconcat"
-            listing.write_text(commands.concat_listing([parts / f"{n}-{i}.mp4" for i in range(len(spans))]))
+            listing.write_text(
+                commands.concat_listing([parts / f"{n}-{i}.mp4" for i in range(len(spans))])
+            )
             joins.append(commands.join_args(listing, audio.get(n), plan.rendition(n)))
         run_all(joins, parallel=True)
     run_all([plan.hls(n) for n in plan.encodes] + [plan.sprite()], parallel=True)
@@ -306,8 +422,15 @@ def v_chunked(plan: Plan) -> None:
 def v_parallel_thumbs_last(plan: Plan) -> None:
     """(c3) the 4 encodes concurrently; thumbnails start when the first encode ends (then HLS as ready)."""
     order = sorted(plan.encodes, key=lambda n: -plan.area[n])
-    procs = {n: subprocess.Popen(FFMPEG + plan.encodes[n], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL) for n in order}
+    procs = {
+        n: subprocess.Popen(
+            FFMPEG + plan.encodes[n],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in order
+    }
     extra: list[subprocess.Popen] = []
     thumbs_started = False
     pending = dict(procs)
@@ -323,10 +446,18 @@ def v_parallel_thumbs_last(plan: Plan) -> None:
         p.returncode = os.waitstatus_to_exitcode(status)
         if p.returncode != 0:
             raise RuntimeError(f"encode {name} failed")
-        extra.append(subprocess.Popen(FFMPEG + plan.hls(name), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        extra.append(
+            subprocess.Popen(
+                FFMPEG + plan.hls(name), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            )
+        )
         if not thumbs_started:
             thumbs_started = True
-            extra.append(subprocess.Popen(FFMPEG + plan.thumbs, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+            extra.append(
+                subprocess.Popen(
+                    FFMPEG + plan.thumbs, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+                )
+            )
     for p in extra:
         if p.wait() != 0:
             raise RuntimeError("an HLS or thumbnails run failed")
@@ -346,6 +477,7 @@ SAME_BYTES_VARIANT = "chunked"
 
 
 # -- measuring ----------------------------------------------------------------------------------
+
 
 def cpu(ru) -> float:
     return ru.ru_utime + ru.ru_stime
@@ -373,9 +505,14 @@ def measured(into: dict):
     t1, m1 = time.monotonic(), machine_busy_s()
     c1, s1 = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
     ours = (cpu(c1) - cpu(c0)) + (cpu(s1) - cpu(s0))
-    into.update(wall_s=round(t1 - t0, 3), cpu_s=round(cpu(c1) - cpu(c0), 3),
-                python_cpu_s=round(cpu(s1) - cpu(s0), 3), other_cpu_s=round(max(0.0, m1 - m0 - ours), 2),
-                started_epoch=e0, ended_epoch=e0 + (t1 - t0))
+    into.update(
+        wall_s=round(t1 - t0, 3),
+        cpu_s=round(cpu(c1) - cpu(c0), 3),
+        python_cpu_s=round(cpu(s1) - cpu(s0), 3),
+        other_cpu_s=round(max(0.0, m1 - m0 - ours), 2),
+        started_epoch=e0,
+        ended_epoch=e0 + (t1 - t0),
+    )
 
 
 def run_script(fn: Callable[[Plan], None], plan: Plan) -> dict:
@@ -403,7 +540,9 @@ def stderr_to(path: Path):
             os.close(saved)
 
 
-def union_length(intervals: list[tuple[float, float]], lo: float = -math.inf, hi: float = math.inf) -> float:
+def union_length(
+    intervals: list[tuple[float, float]], lo: float = -math.inf, hi: float = math.inf
+) -> float:
     total, cur_s, cur_e = 0.0, None, None
     for s, e in sorted((max(s, lo), min(e, hi)) for s, e in intervals):
         if e <= s:
@@ -430,8 +569,9 @@ def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str)
     spec = project.spec(SPEC_NAME)
     rec: dict = {}
     with stderr_to(WORK / "logs" / f"pipeline-{tag}.log"), measured(rec):
-        result = materialize_video(project, spec, tag, instance=instance, source=source, force=True,
-                                   log_level=log_level)
+        result = materialize_video(
+            project, spec, tag, instance=instance, source=source, force=True, log_level=log_level
+        )
     if not result.success:
         raise RuntimeError(f"pipeline run failed; see {WORK / 'logs' / f'pipeline-{tag}.log'}")
     entries = instance.all_logs(result.run_id)
@@ -443,7 +583,9 @@ def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str)
         ev = entry.dagster_event
         if ev is None or ev.step_key is None:
             continue
-        step = ev.step_key.split("__", 1)[-1].split(".")[0]  # "vod__ingest" -> "ingest"; "vod__hls.vod__package_hls" -> "hls"
+        step = ev.step_key.split("__", 1)[-1].split(".")[
+            0
+        ]  # "vod__ingest" -> "ingest"; "vod__hls.vod__package_hls" -> "hls"
         st = steps.setdefault(step, {"ffmpeg_runs": set(), "assets": []})
         if ev.event_type == DagsterEventType.STEP_START:
             st["start"] = entry.timestamp
@@ -458,7 +600,9 @@ def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str)
             materialized.append(asset)
             st["assets"].append(asset)
             got = {(round(a, 3), round(a + w, 3)) for a, w in prov["ffmpeg_runs"]}
-            st["ffmpeg_runs"] |= got  # a shared run (one decode, several outputs) is in each output's record
+            st["ffmpeg_runs"] |= (
+                got  # a shared run (one decode, several outputs) is in each output's record
+            )
             runs |= got
             if asset.startswith("rendition_"):
                 shas[asset.removeprefix("rendition_")] = meta["sha256"].value
@@ -468,17 +612,28 @@ def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str)
     n_stages = len(set(materialized)) + sum(1 for s in started.values() if not s["assets"])
     lo, hi = rec["started_epoch"], rec["ended_epoch"]
     covered = union_length(list(runs), lo, hi)
-    in_steps = union_length([(s["start"], s["end"]) for s in started.values() if "end" in s], lo, hi)
+    in_steps = union_length(
+        [(s["start"], s["end"]) for s in started.values() if "end" in s], lo, hi
+    )
     rec.update(
-        stages_run=n_stages, steps_run=len(started), assets_materialized=len(set(materialized)),
-        ffmpeg_covered_s=round(covered, 3), overhead_s=round(rec["wall_s"] - covered, 3),
+        stages_run=n_stages,
+        steps_run=len(started),
+        assets_materialized=len(set(materialized)),
+        ffmpeg_covered_s=round(covered, 3),
+        overhead_s=round(rec["wall_s"] - covered, 3),
         overhead_s_per_stage=round((rec["wall_s"] - covered) / max(1, n_stages), 3),
         outside_steps_s=round(rec["wall_s"] - in_steps, 3),
         rendition_sha256=shas,
-        steps={n: {"wall_s": round(s["end"] - s["start"], 3) if "end" in s and "start" in s else None,
-                   "ffmpeg_wall_s": round(union_length(list(s["ffmpeg_runs"])), 3), "ffmpeg_runs": len(s["ffmpeg_runs"]),
-                   "assets": s["assets"], "start_offset_s": round(s["start"] - lo, 3) if "start" in s else None}
-               for n, s in steps.items()},
+        steps={
+            n: {
+                "wall_s": round(s["end"] - s["start"], 3) if "end" in s and "start" in s else None,
+                "ffmpeg_wall_s": round(union_length(list(s["ffmpeg_runs"])), 3),
+                "ffmpeg_runs": len(s["ffmpeg_runs"]),
+                "assets": s["assets"],
+                "start_offset_s": round(s["start"] - lo, 3) if "start" in s else None,
+            }
+            for n, s in steps.items()
+        },
     )
     shutil.rmtree(base, ignore_errors=True)
     return rec
@@ -499,16 +654,35 @@ def rss_child(src: str, base: str) -> None:
     project = bench_project(Path(base))
     instance = local_instance(Path(base) / "dagster_home")
     t0 = time.monotonic()
-    result = materialize_video(project, project.spec(SPEC_NAME), "big", instance=instance, source=Path(src),
-                               stages=["ingest", "probe"], force=True, log_level="INFO")
+    result = materialize_video(
+        project,
+        project.spec(SPEC_NAME),
+        "big",
+        instance=instance,
+        source=Path(src),
+        stages=["ingest", "probe"],
+        force=True,
+        log_level="INFO",
+    )
     wall = time.monotonic() - t0
     instance.dispose()
     # Not ru_maxrss: Linux carries the parent's RSS at fork (vfork/posix_spawn) into the child's ru_maxrss
     # across exec, so it would report the benchmark process's peak. VmHWM is this process's own.
-    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
-    print(json.dumps({"success": result.success, "wall_s": round(wall, 3), "peak_rss_mb": mb(hwm),
-                      "ru_maxrss_mb": mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)}))
+    hwm = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
+    print(
+        json.dumps(
+            {
+                "success": result.success,
+                "wall_s": round(wall, 3),
+                "peak_rss_mb": mb(hwm),
+                "ru_maxrss_mb": mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+            }
+        )
+    )
 
 
 def measure_big_ingest() -> dict:
@@ -517,17 +691,25 @@ def measure_big_ingest() -> dict:
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     with open(WORK / "logs" / "pipeline-big-ingest.log", "wb") as err:
-        proc = subprocess.run([sys.executable, __file__, "--rss-child", str(src), str(base)],
-                              stdout=subprocess.PIPE, stderr=err, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(src), str(base)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            check=True,
+        )
     shutil.rmtree(base, ignore_errors=True)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     if not out["success"]:
-        raise RuntimeError("ingest+probe of the 2 GB source failed; see bench/work/logs/pipeline-big-ingest.log")
+        raise RuntimeError(
+            "ingest+probe of the 2 GB source failed; see bench/work/logs/pipeline-big-ingest.log"
+        )
     out["source_bytes"] = src.stat().st_size
     return out
 
 
 # -- main ---------------------------------------------------------------------------------------
+
 
 def median(xs: list[float]) -> float:
     return round(statistics.median(xs), 3)
@@ -539,23 +721,51 @@ def paired_ratios(pipeline: list[dict], script: list[dict]) -> list[float]:
 
 
 def summarize(runs: list[dict]) -> dict:
-    return {"wall_s": median([r["wall_s"] for r in runs]), "wall_min_s": min(r["wall_s"] for r in runs),
-            "cpu_s": median([r["cpu_s"] for r in runs]),
-            "python_cpu_s": median([r["python_cpu_s"] for r in runs]),
-            "other_cpu_s": median([r["other_cpu_s"] for r in runs]), "runs": runs}
+    return {
+        "wall_s": median([r["wall_s"] for r in runs]),
+        "wall_min_s": min(r["wall_s"] for r in runs),
+        "cpu_s": median([r["cpu_s"] for r in runs]),
+        "python_cpu_s": median([r["python_cpu_s"] for r in runs]),
+        "other_cpu_s": median([r["other_cpu_s"] for r in runs]),
+        "runs": runs,
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=60.0, help="source length in seconds (default 60)")
-    ap.add_argument("--repeats", type=int, default=1, help="alternating repeats of naive/best/pipeline (default 1)")
-    ap.add_argument("--select-duration", type=float, default=10.0,
-                    help="source length for picking the best script variant (default 10, capped at --duration)")
-    ap.add_argument("--best", choices=sorted(VARIANTS), help="skip the selection and use this variant as best")
-    ap.add_argument("--skip-2gb", action="store_true", help="skip the 2 GB ingest+probe RSS measurement")
-    ap.add_argument("--log-level", default="INFO", help="Dagster log level of the pipeline runs (default INFO, as shipped)")
-    ap.add_argument("--only-2gb", action="store_true",
-                    help="only re-measure the 2 GB ingest+probe RSS and update it in bench/results.json")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--duration", type=float, default=60.0, help="source length in seconds (default 60)"
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="alternating repeats of naive/best/pipeline (default 1)",
+    )
+    ap.add_argument(
+        "--select-duration",
+        type=float,
+        default=10.0,
+        help="source length for picking the best script variant (default 10, capped at --duration)",
+    )
+    ap.add_argument(
+        "--best", choices=sorted(VARIANTS), help="skip the selection and use this variant as best"
+    )
+    ap.add_argument(
+        "--skip-2gb", action="store_true", help="skip the 2 GB ingest+probe RSS measurement"
+    )
+    ap.add_argument(
+        "--log-level",
+        default="INFO",
+        help="Dagster log level of the pipeline runs (default INFO, as shipped)",
+    )
+    ap.add_argument(
+        "--only-2gb",
+        action="store_true",
+        help="only re-measure the 2 GB ingest+probe RSS and update it in bench/results.json",
+    )
     ap.add_argument("--rss-child", nargs=2, metavar=("SRC", "BASE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.rss_child:
@@ -569,12 +779,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results["big_ingest"] = big
         results["python_peak_rss_mb_2gb_ingest"] = big["peak_rss_mb"]
         g = results["goals"]["python_peak_rss_mb_2gb_ingest"]
-        g.update(value=big["peak_rss_mb"], **{"pass": big["peak_rss_mb"] <= GOALS["python_peak_rss_mb_2gb_ingest"]})
+        g.update(
+            value=big["peak_rss_mb"],
+            **{"pass": big["peak_rss_mb"] <= GOALS["python_peak_rss_mb_2gb_ingest"]},
+        )
         RESULTS.write_text(json.dumps(results, indent=2))
         print(json.dumps(big))
         return 0
-    for var in ("MPEGFLOW_STORAGE_DIR", "MPEGFLOW_WORK_DIR", "MPEGFLOW_DELIVERY_DIR", "MPEGFLOW_EVENTS_PATH",
-                "MPEGFLOW_WEBHOOK_URL"):
+    for var in (
+        "MPEGFLOW_STORAGE_DIR",
+        "MPEGFLOW_WORK_DIR",
+        "MPEGFLOW_DELIVERY_DIR",
+        "MPEGFLOW_EVENTS_PATH",
+        "MPEGFLOW_WEBHOOK_URL",
+    ):
         os.environ.pop(var, None)
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -583,15 +801,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # The scripts leave threading to FFmpeg, as a hand-written script does: x264's own frame
     # threads are the fastest choice for one encode at a time. The pipeline runs as shipped.
     threads = SCRIPT_THREADS
-    same_threads = project.settings.ffmpeg.threads  # the pipeline's x264 threads: what its bytes depend on
-    ffmpeg_version = subprocess.run(["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True).stdout.splitlines()[0]
-    log(f"{ffmpeg_version}; {os.cpu_count()} CPUs; threads={threads}; ladder "
-        f"{', '.join(r.name for r in spec.ladder)}; duration {args.duration:g}s x {args.repeats} repeat(s)")
+    same_threads = (
+        project.settings.ffmpeg.threads
+    )  # the pipeline's x264 threads: what its bytes depend on
+    ffmpeg_version = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True
+    ).stdout.splitlines()[0]
+    log(
+        f"{ffmpeg_version}; {os.cpu_count()} CPUs; threads={threads}; ladder "
+        f"{', '.join(r.name for r in spec.ladder)}; duration {args.duration:g}s x {args.repeats} repeat(s)"
+    )
 
-    git_state = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True,
-                               text=True).stdout.strip()
-    if subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "mpegflow_dagster", "resources"],
-                      capture_output=True, text=True).stdout.strip():
+    git_state = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
+    ).stdout.strip()
+    if subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "mpegflow_dagster", "resources"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip():
         git_state += " (+ uncommitted changes in mpegflow_dagster/ or resources/)"
     log(f"library at {git_state}; ffmpeg settings {project.settings.ffmpeg.model_dump()}")
     kinds = {"clean": False, "noisy": True}
@@ -608,14 +836,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             short = cached_clip(kind, sel_d, noisy)
             info = probe(short)
             ref = run_script(naive, Plan(spec, short, info, WORK / "out" / "select-naive", threads))
-            selection.setdefault("naive", {})[kind] = {k: ref[k] for k in ("wall_s", "cpu_s", "other_cpu_s")}
+            selection.setdefault("naive", {})[kind] = {
+                k: ref[k] for k in ("wall_s", "cpu_s", "other_cpu_s")
+            }
             for name, fn in VARIANTS.items():
-                rec = run_script(fn, Plan(spec, short, info, WORK / "out" / f"select-{name}", threads))
+                rec = run_script(
+                    fn, Plan(spec, short, info, WORK / "out" / f"select-{name}", threads)
+                )
                 selection.setdefault(name, {})[kind] = {
-                    "wall_s": rec["wall_s"], "cpu_s": rec["cpu_s"], "other_cpu_s": rec["other_cpu_s"]}
-                log(f"  {kind:5s} {name:20s} wall {rec['wall_s']:7.2f}s cpu {rec['cpu_s']:7.2f}s "
-                    f"(naive {ref['wall_s']:.2f}s) other-cpu {rec['other_cpu_s']:.1f}s")
-        for name, per in selection.items():
+                    "wall_s": rec["wall_s"],
+                    "cpu_s": rec["cpu_s"],
+                    "other_cpu_s": rec["other_cpu_s"],
+                }
+                log(
+                    f"  {kind:5s} {name:20s} wall {rec['wall_s']:7.2f}s cpu {rec['cpu_s']:7.2f}s "
+                    f"(naive {ref['wall_s']:.2f}s) other-cpu {rec['other_cpu_s']:.1f}s"
+                )
+        for per in selection.values():
             per["total_wall_s"] = round(sum(v["wall_s"] for v in per.values()), 3)
         best_name = min(VARIANTS, key=lambda n: selection[n]["total_wall_s"])
         log(f"best script variant: {best_name}")
@@ -631,7 +868,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_pipeline(instance, warm_up, "warm-up", args.log_level)
     for kind, src in sources.items():
         info = probe(src)
-        runs: dict[str, list[dict]] = {"naive": [], "best": [], "best_same_bytes": [], "pipeline": []}
+        runs: dict[str, list[dict]] = {
+            "naive": [],
+            "best": [],
+            "best_same_bytes": [],
+            "pipeline": [],
+        }
         for rep in range(args.repeats):
             # Every other round the pipeline and the scripts swap places (the naive script stays
             # first): a host that slows down or speeds up over a round favours neither side.
@@ -640,22 +882,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if what == "pipeline":
                     rec = run_pipeline(instance, src, f"{kind}-{rep}", args.log_level)
                 elif what == "best_same_bytes":
-                    rec = run_script(VARIANTS[SAME_BYTES_VARIANT], Plan(spec, src, info, WORK / "out" / what, same_threads))
+                    rec = run_script(
+                        VARIANTS[SAME_BYTES_VARIANT],
+                        Plan(spec, src, info, WORK / "out" / what, same_threads),
+                    )
                 else:
                     fn = naive if what == "naive" else VARIANTS[best_name]
                     rec = run_script(fn, Plan(spec, src, info, WORK / "out" / what, threads))
                 runs[what].append(rec)
-                log(f"{kind:5s} #{rep + 1} {what:15s} wall {rec['wall_s']:7.2f}s cpu {rec['cpu_s']:7.2f}s other-cpu {rec['other_cpu_s']:6.1f}s"
-                    + (f"  overhead {rec['overhead_s_per_stage']:.3f}s/stage" if what == "pipeline" else ""))
+                log(
+                    f"{kind:5s} #{rep + 1} {what:15s} wall {rec['wall_s']:7.2f}s cpu {rec['cpu_s']:7.2f}s other-cpu {rec['other_cpu_s']:6.1f}s"
+                    + (
+                        f"  overhead {rec['overhead_s_per_stage']:.3f}s/stage"
+                        if what == "pipeline"
+                        else ""
+                    )
+                )
         fig = {k: summarize(v) for k, v in runs.items()}
         pipeline_shas = [r["rendition_sha256"] for r in runs["pipeline"]]
         p = fig["pipeline"]
         # the best script is the faster of the selected variant and the same-bytes script, at full length
         best_script = min(("best", "best_same_bytes"), key=lambda k: fig[k]["wall_s"])
-        per_round = {k: paired_ratios(runs["pipeline"], runs[v])
-                     for k, v in (("vs_best", best_script), ("vs_naive", "naive"), ("vs_best_same_bytes", "best_same_bytes"))}
+        per_round = {
+            k: paired_ratios(runs["pipeline"], runs[v])
+            for k, v in (
+                ("vs_best", best_script),
+                ("vs_naive", "naive"),
+                ("vs_best_same_bytes", "best_same_bytes"),
+            )
+        }
         per_source[kind] = {
-            "source": str(src.relative_to(ROOT)), "source_bytes": src.stat().st_size, "duration_s": info.duration,
+            "source": str(src.relative_to(ROOT)),
+            "source_bytes": src.stat().st_size,
+            "duration_s": info.duration,
             **fig,
             "best_script": best_script,
             # paired by round (see the module docstring); the ratio of medians is kept beside
@@ -665,11 +924,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "ratio_vs_best_same_bytes": median(per_round["vs_best_same_bytes"]),
             "ratios_per_round": per_round,
             "ratio_of_medians_vs_best": round(p["wall_s"] / fig[best_script]["wall_s"], 3),
-            "same_bytes_script_matches_pipeline": all(r["rendition_sha256"] == pipeline_shas[0] for r in runs["best_same_bytes"]),
+            "same_bytes_script_matches_pipeline": all(
+                r["rendition_sha256"] == pipeline_shas[0] for r in runs["best_same_bytes"]
+            ),
             "cpu_ratio_vs_best_variant": round(p["cpu_s"] / fig["best"]["cpu_s"], 3),
             "overhead_s_per_stage": median([r["overhead_s_per_stage"] for r in runs["pipeline"]]),
             # the scripts' x264 threads do not give the same bytes twice; the pipeline's should
-            "pipeline_repeats_identical": all(x == pipeline_shas[0] for x in pipeline_shas) if len(pipeline_shas) > 1 else None,
+            "pipeline_repeats_identical": all(x == pipeline_shas[0] for x in pipeline_shas)
+            if len(pipeline_shas) > 1
+            else None,
         }
     instance.dispose()
     shutil.rmtree(home, ignore_errors=True)
@@ -689,18 +952,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "python_peak_rss_mb": rss_main,
         "python_peak_rss_mb_2gb_ingest": big["peak_rss_mb"] if big else None,
     }
-    goals = {k: {"threshold": f"<= {v:g}", "value": headline[k],
-                 "pass": None if headline[k] is None else headline[k] <= v} for k, v in GOALS.items()}
+    goals = {
+        k: {
+            "threshold": f"<= {v:g}",
+            "value": headline[k],
+            "pass": None if headline[k] is None else headline[k] <= v,
+        }
+        for k, v in GOALS.items()
+    }
     results = {
-        "ffmpeg_version": ffmpeg_version, "cpus": os.cpu_count(), "threads": threads,
-        "settings_ffmpeg": project.settings.ffmpeg.model_dump(), "git": git_state,
-        "duration_s": args.duration, "repeats": args.repeats, "best_variant": best_name,
-        "variant_selection": selection, **headline, "goals": goals,
-        "headline_rule": ("ratios: per source, the median over rounds of the pipeline's wall over the same round's script; "
-                          "ratios and overhead: worst source; RSS: peak of the benchmark process (all pipeline runs in process)"),
-        "note_bit_identity": ("pipeline_repeats_identical: whether every pipeline repeat wrote the same rendition "
-                              "bytes (null with one repeat)"),
-        "big_ingest": big, "sources": per_source, "bench_wall_s": round(time.monotonic() - t_start, 1),
+        "ffmpeg_version": ffmpeg_version,
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "settings_ffmpeg": project.settings.ffmpeg.model_dump(),
+        "git": git_state,
+        "duration_s": args.duration,
+        "repeats": args.repeats,
+        "best_variant": best_name,
+        "variant_selection": selection,
+        **headline,
+        "goals": goals,
+        "headline_rule": (
+            "ratios: per source, the median over rounds of the pipeline's wall over the same round's script; "
+            "ratios and overhead: worst source; RSS: peak of the benchmark process (all pipeline runs in process)"
+        ),
+        "note_bit_identity": (
+            "pipeline_repeats_identical: whether every pipeline repeat wrote the same rendition "
+            "bytes (null with one repeat)"
+        ),
+        "big_ingest": big,
+        "sources": per_source,
+        "bench_wall_s": round(time.monotonic() - t_start, 1),
     }
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=False))
     print_table(results)
@@ -710,39 +992,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def print_table(r: dict) -> None:
     print()
-    print(f"{r['ffmpeg_version']} | {r['cpus']} CPUs | threads={r['threads']} | {r['duration_s']:g}s 1080p30 sources"
-          f" | median of {r['repeats']} | best script = {r['best_variant']}")
+    print(
+        f"{r['ffmpeg_version']} | {r['cpus']} CPUs | threads={r['threads']} | {r['duration_s']:g}s 1080p30 sources"
+        f" | median of {r['repeats']} | best script = {r['best_variant']}"
+    )
     if r["variant_selection"]:
-        print("\nScript variants (once each, short sources)  clean wall  noisy wall    total  CPU s (c+n)  other CPU s")
-        for name, per in sorted(r["variant_selection"].items(), key=lambda kv: kv[1]["total_wall_s"]):
+        print(
+            "\nScript variants (once each, short sources)  clean wall  noisy wall    total  CPU s (c+n)  other CPU s"
+        )
+        for name, per in sorted(
+            r["variant_selection"].items(), key=lambda kv: kv[1]["total_wall_s"]
+        ):
             c, n = per["clean"], per["noisy"]
-            print(f"  {name:40s} {c['wall_s']:9.2f}s {n['wall_s']:10.2f}s {per['total_wall_s']:7.2f}s "
-                  f"{c['cpu_s'] + n['cpu_s']:11.2f} {c['other_cpu_s'] + n['other_cpu_s']:12.1f}")
-    print(f"\n{'source':6s} {'run':15s} {'wall s':>8s} {'CPU s':>8s} {'CPU/wall':>8s} {'py CPU s':>8s} {'other CPU s':>11s}")
+            print(
+                f"  {name:40s} {c['wall_s']:9.2f}s {n['wall_s']:10.2f}s {per['total_wall_s']:7.2f}s "
+                f"{c['cpu_s'] + n['cpu_s']:11.2f} {c['other_cpu_s'] + n['other_cpu_s']:12.1f}"
+            )
+    print(
+        f"\n{'source':6s} {'run':15s} {'wall s':>8s} {'CPU s':>8s} {'CPU/wall':>8s} {'py CPU s':>8s} {'other CPU s':>11s}"
+    )
     for kind, s in r["sources"].items():
         for what in ("naive", "best", "best_same_bytes", "pipeline"):
             f = s[what]
-            print(f"{kind:6s} {what:15s} {f['wall_s']:8.2f} {f['cpu_s']:8.2f} {f['cpu_s'] / f['wall_s']:8.2f} "
-                  f"{f['python_cpu_s']:8.2f} {f['other_cpu_s']:11.2f}")
+            print(
+                f"{kind:6s} {what:15s} {f['wall_s']:8.2f} {f['cpu_s']:8.2f} {f['cpu_s'] / f['wall_s']:8.2f} "
+                f"{f['python_cpu_s']:8.2f} {f['other_cpu_s']:11.2f}"
+            )
         p = s["pipeline"]["runs"][0]
         rounds = ", ".join(f"{x:.3f}" for x in s["ratios_per_round"]["vs_best"])
-        print(f"{kind:6s} pipeline/best ({s['best_script']}) {s['ratio_vs_best']:.3f} (median of rounds {rounds}; "
-              f"ratio of medians {s['ratio_of_medians_vs_best']:.3f})  pipeline/best-same-bytes ({s['best_same_bytes_variant']}) "
-              f"{s['ratio_vs_best_same_bytes']:.3f} (its bytes match the pipeline's: {s['same_bytes_script_matches_pipeline']})  "
-              f"pipeline/naive {s['ratio_vs_naive']:.3f}  "
-              f"overhead {s['overhead_s_per_stage']:.3f} s/stage ({p['overhead_s']:.2f}s over {p['stages_run']} stages in {p['steps_run']} steps; "
-              f"{p['outside_steps_s']:.2f}s outside steps)  pipeline repeats identical: {s['pipeline_repeats_identical']}")
-        print(f"{'':6s}   pipeline steps (run #1):  {'step':16s} {'start+':>7s} {'wall':>7s} {'ffmpeg':>7s} {'other':>6s}")
+        print(
+            f"{kind:6s} pipeline/best ({s['best_script']}) {s['ratio_vs_best']:.3f} (median of rounds {rounds}; "
+            f"ratio of medians {s['ratio_of_medians_vs_best']:.3f})  pipeline/best-same-bytes ({s['best_same_bytes_variant']}) "
+            f"{s['ratio_vs_best_same_bytes']:.3f} (its bytes match the pipeline's: {s['same_bytes_script_matches_pipeline']})  "
+            f"pipeline/naive {s['ratio_vs_naive']:.3f}  "
+            f"overhead {s['overhead_s_per_stage']:.3f} s/stage ({p['overhead_s']:.2f}s over {p['stages_run']} stages in {p['steps_run']} steps; "
+            f"{p['outside_steps_s']:.2f}s outside steps)  pipeline repeats identical: {s['pipeline_repeats_identical']}"
+        )
+        print(
+            f"{'':6s}   pipeline steps (run #1):  {'step':16s} {'start+':>7s} {'wall':>7s} {'ffmpeg':>7s} {'other':>6s}"
+        )
         for name, st in sorted(p["steps"].items(), key=lambda kv: kv[1]["start_offset_s"] or 0):
             if st["wall_s"] is None:
                 continue
-            print(f"{'':6s}   {'':24s}  {name:16s} {st['start_offset_s']:7.2f} {st['wall_s']:7.2f} "
-                  f"{st['ffmpeg_wall_s']:7.2f} {st['wall_s'] - st['ffmpeg_wall_s']:6.2f}")
-    print(f"\nPython peak RSS (bench process, pipeline in process): {r['python_peak_rss_mb']:.0f} MB")
+            print(
+                f"{'':6s}   {'':24s}  {name:16s} {st['start_offset_s']:7.2f} {st['wall_s']:7.2f} "
+                f"{st['ffmpeg_wall_s']:7.2f} {st['wall_s'] - st['ffmpeg_wall_s']:6.2f}"
+            )
+    print(
+        f"\nPython peak RSS (bench process, pipeline in process): {r['python_peak_rss_mb']:.0f} MB"
+    )
     if r["big_ingest"]:
         b = r["big_ingest"]
-        print(f"Python peak RSS, ingest+probe of {b['source_bytes'] / 2**30:.2f} GiB source (fresh process): "
-              f"{b['peak_rss_mb']:.0f} MB (wall {b['wall_s']:.1f}s)")
+        print(
+            f"Python peak RSS, ingest+probe of {b['source_bytes'] / 2**30:.2f} GiB source (fresh process): "
+            f"{b['peak_rss_mb']:.0f} MB (wall {b['wall_s']:.1f}s)"
+        )
     print("\nGoals:")
     for k, g in r["goals"].items():
         status = "n/a" if g["pass"] is None else ("PASS" if g["pass"] else "FAIL")

@@ -5,12 +5,13 @@ from pathlib import Path
 
 from dagster import Definitions
 
-from mpegflow_dagster import Project
-
 from examples.audio_loudnorm import audio_loudnorm
 from examples.preview import teaser
 from examples.watermark import watermarked
+from mpegflow_dagster import Project
 
 HERE = Path(__file__).parent
 project = Project.load(HERE.parent, spec_files=[HERE / "pipelines" / "vod.yaml"])
-defs = Definitions.merge(project.definitions(), Definitions(assets=[audio_loudnorm, watermarked, teaser]))
+defs = Definitions.merge(
+    project.definitions(), Definitions(assets=[audio_loudnorm, watermarked, teaser])
+)

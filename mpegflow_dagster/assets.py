@@ -16,7 +16,9 @@ from .provenance import code_version
 from .spec import PipelineSpec
 
 
-def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = None) -> list[AssetsDefinition]:
+def build_video_assets(
+    spec: PipelineSpec, *, encoder_build: Optional[str] = None
+) -> list[AssetsDefinition]:
     """Assets for one pipeline spec, every key prefixed with `spec.name` and partitioned by video:
     ingest -> probe -> rendition_<rung> (one per ladder rung), thumbnails, captions -> hls ->
     emit / emit_captions. `encoder_build` (the FFmpeg build hash or pinned version) is part of
@@ -30,6 +32,7 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
 
             assets = build_video_assets(load_spec(Path("resources/pipelines/vod.yaml")))
     """
+
     def version(*parts: Any) -> str:
         return code_version(*parts, encoder_build=encoder_build)
 
@@ -42,5 +45,8 @@ def build_video_assets(spec: PipelineSpec, *, encoder_build: Optional[str] = Non
 def stage_modules() -> list[ModuleType]:
     """The modules of `stages/` that make assets (`ORDER`, `assets(spec, version, built)`), in
     order: a new stage kind is a new module there, found without being listed anywhere."""
-    found = [importlib.import_module(f"{stages.__name__}.{m.name}") for m in pkgutil.iter_modules(stages.__path__)]
+    found = [
+        importlib.import_module(f"{stages.__name__}.{m.name}")
+        for m in pkgutil.iter_modules(stages.__path__)
+    ]
     return sorted((m for m in found if hasattr(m, "assets")), key=lambda m: m.ORDER)

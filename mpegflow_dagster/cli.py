@@ -16,13 +16,19 @@ from dagster import DagsterInstance
 from .media.classify import classify_exception
 from .media.synth import sample_with_captions
 from .project import Project
-from .runs import fail_abandoned_runs, materialize_video, outcome_event, published_entries, stage_report
+from .runs import (
+    fail_abandoned_runs,
+    materialize_video,
+    outcome_event,
+    published_entries,
+    stage_report,
+)
 from .stages.toolkit import MediaRejected
 from .survivor import watch_this_process
+from .videos import video_key
 from .webhooks.delivery import BackgroundDrain
 from .webhooks.sensor import DELIVERY_SENSOR
 from .why import explain, render
-from .videos import video_key
 
 
 def _instance(project_root: Path) -> DagsterInstance:
@@ -46,7 +52,9 @@ def _source(name: str) -> Path:
     if not os.path.lexists(source):
         raise MediaRejected(f"source {source} does not exist", reason="input.not_found")
     if source.is_dir():
-        raise MediaRejected(f"source {source} is a directory, not a video file", reason="input.not_a_regular_file")
+        raise MediaRejected(
+            f"source {source} is a directory, not a video file", reason="input.not_a_regular_file"
+        )
     return source
 
 
@@ -64,22 +72,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         with BackgroundDrain(delivery) if delivery else contextlib.nullcontext() as drain:
             release = watch_this_process(os.environ["DAGSTER_HOME"], project.settings.work_dir)
             try:
-                result = materialize_video(project, spec, video, instance=instance, source=source,
-                                           delivery_dir=out_dir, force=args.force, log_level=args.log_level)
+                result = materialize_video(
+                    project,
+                    spec,
+                    video,
+                    instance=instance,
+                    source=source,
+                    delivery_dir=out_dir,
+                    force=args.force,
+                    log_level=args.log_level,
+                )
             finally:
                 release()
-            stages = stage_report(result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys])
+            stages = stage_report(
+                result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys]
+            )
             outcome = outcome_event(spec, video, result.run_id, stages)
             events.sink().send(outcome)
             queued = drain.finish(args.webhook_wait) if drain else []
             if queued:
-                print(f"mpegflow: {len(queued)} webhook event(s) not delivered yet (last error: "
-                      f"{queued[0]['last_error']}); they stay queued in {events.outbox().path} for the next "
-                      f"`mpegflow run`, or in a deployment (`make dev`) the {DELIVERY_SENSOR} sensor", file=sys.stderr)
+                print(
+                    f"mpegflow: {len(queued)} webhook event(s) not delivered yet (last error: "
+                    f"{queued[0]['last_error']}); they stay queued in {events.outbox().path} for the next "
+                    f"`mpegflow run`, or in a deployment (`make dev`) the {DELIVERY_SENSOR} sensor",
+                    file=sys.stderr,
+                )
     report = {
         "video": video,
         "pipeline": spec.name,
-        "status": "failed" if outcome.type == "video.failed" else "partial" if "degraded" in outcome.data else "succeeded",
+        "status": "failed"
+        if outcome.type == "video.failed"
+        else "partial"
+        if "degraded" in outcome.data
+        else "succeeded",
         "run_id": result.run_id,
         "dagster_home": os.environ["DAGSTER_HOME"],
         "published": published_entries(result.all_events),
@@ -96,7 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {name:<18} {s['status']:<13} {detail}")
         for part, uri in report["published"].items():
             print(f"published {part}: {uri}")
-        print(f"Dagster UI: `make dev`, then http://127.0.0.1:3000 (instance {report['dagster_home']})")
+        print(
+            f"Dagster UI: `make dev`, then http://127.0.0.1:3000 (instance {report['dagster_home']})"
+        )
     return 0 if report["status"] == "succeeded" else 1
 
 
@@ -107,7 +134,10 @@ def cmd_why(args: argparse.Namespace) -> int:
     fail_abandoned_runs(instance)  # a run killed a moment ago shows as failed, not as running
     report = explain(instance, project.spec(args.pipeline), args.video, args.asset)
     if report["runs"] == 0 and not any("materialized" in s for s in report["stages"].values()):
-        raise MediaRejected(f"no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}", reason="input.unknown_video")
+        raise MediaRejected(
+            f"no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}",
+            reason="input.unknown_video",
+        )
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
 
@@ -118,13 +148,25 @@ def _error(args: argparse.Namespace, exc: Exception) -> int:
     c = classify_exception(exc)
     print(f"mpegflow: {c.message}", file=sys.stderr)
     if getattr(args, "json", False):
-        print(json.dumps({"status": "error", "command": args.command, "failure_class": c.failure_class,
-                          "reason_code": c.reason, "reason": c.message}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "status": "error",
+                    "command": args.command,
+                    "failure_class": c.failure_class,
+                    "reason_code": c.reason,
+                    "reason": c.message,
+                },
+                indent=2,
+            )
+        )
     return 2
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    clip = sample_with_captions(Path(args.directory), name=args.name, duration_s=args.duration, height=args.height)
+    clip = sample_with_captions(
+        Path(args.directory), name=args.name, duration_s=args.duration, height=args.height
+    )
     print(clip)
     return 0
 
@@ -133,30 +175,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mpegflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="register a video and materialize its whole graph through Dagster")
+    run = sub.add_parser(
+        "run", help="register a video and materialize its whole graph through Dagster"
+    )
     run.add_argument("source", help="source video file (a .srt/.vtt beside it is burned in)")
-    run.add_argument("--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)")
+    run.add_argument(
+        "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
+    )
     run.add_argument("--pipeline", help="pipeline name, when the project has several specs")
-    run.add_argument("--out", help="delivery directory (default: delivery_dir in resources/settings.yaml)")
+    run.add_argument(
+        "--out", help="delivery directory (default: delivery_dir in resources/settings.yaml)"
+    )
     run.add_argument("--video", help="video id (partition key); default derived from the file name")
-    run.add_argument("--project", default=".", help="project directory holding resources/ (default: .)")
+    run.add_argument(
+        "--project", default=".", help="project directory holding resources/ (default: .)"
+    )
     run.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     run.add_argument("--force", action="store_true", help="re-run stages even when nothing changed")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    run.add_argument("--webhook-wait", type=float, default=10.0, metavar="SECONDS",
-                     help="after the run, keep delivering queued webhook events this long at most (default: 10)")
+    run.add_argument(
+        "--webhook-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="after the run, keep delivering queued webhook events this long at most (default: 10)",
+    )
     run.set_defaults(func=cmd_run)
 
-    why = sub.add_parser("why", help="what happened to a video: each stage's status, attempts, provenance")
+    why = sub.add_parser(
+        "why", help="what happened to a video: each stage's status, attempts, provenance"
+    )
     why.add_argument("video", help="video id (partition key)")
     why.add_argument("asset", nargs="?", help="one asset name (e.g. rendition_720p); default: all")
-    why.add_argument("--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)")
+    why.add_argument(
+        "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
+    )
     why.add_argument("--pipeline", help="pipeline name, when the project has several specs")
-    why.add_argument("--project", default=".", help="project directory holding resources/ (default: .)")
+    why.add_argument(
+        "--project", default=".", help="project directory holding resources/ (default: .)"
+    )
     why.add_argument("--json", action="store_true", help="print JSON")
     why.set_defaults(func=cmd_why)
 
-    sample = sub.add_parser("sample", help="generate a test clip with a caption sidecar (FFmpeg lavfi)")
+    sample = sub.add_parser(
+        "sample", help="generate a test clip with a caption sidecar (FFmpeg lavfi)"
+    )
     sample.add_argument("directory")
     sample.add_argument("--name", default="sample")
     sample.add_argument("--duration", type=float, default=12.0)

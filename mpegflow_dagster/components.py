@@ -17,7 +17,15 @@ Example (`resources/defs/vod/defs.yaml`):
 from pathlib import Path
 from typing import Annotated, Optional
 
-from dagster import Component, ComponentLoadContext, Definitions, Model, Resolvable, ResolutionContext, Resolver
+from dagster import (
+    Component,
+    ComponentLoadContext,
+    Definitions,
+    Model,
+    ResolutionContext,
+    Resolvable,
+    Resolver,
+)
 from pydantic import Field
 
 from .project import deployment_definitions, load_settings, pipeline_definitions
@@ -28,8 +36,10 @@ SETTINGS_FILE = "resources/settings.yaml"
 
 def _relative(description: str) -> Resolver:
     """A path attribute written relative to the component's folder, resolved to an absolute one."""
+
     def resolve(context: ResolutionContext, value: Optional[str]) -> Optional[Path]:
         return None if value is None else context.resolve_source_relative_path(value)
+
     return Resolver(resolve, model_field_type=Optional[str], description=description)
 
 
@@ -37,11 +47,19 @@ class VideoPipelineComponent(Component, Resolvable, Model):
     """One video pipeline from its typed spec: the assets of its graph (partitioned by video),
     its run-outcome sensors and, when the deployment names an upload bucket, its S3 upload sensor."""
 
-    spec: Annotated[Path, _relative("The pipeline spec (YAML), relative to this component's folder.")]
-    presets: Annotated[Optional[Path], _relative(
-        "Folder of encoder presets, relative to this component's folder. Default: `presets/` beside the "
-        "spec's folder.")] = None
-    settings: str = Field(SETTINGS_FILE, description="The deployment settings, relative to the project root.")
+    spec: Annotated[
+        Path, _relative("The pipeline spec (YAML), relative to this component's folder.")
+    ]
+    presets: Annotated[
+        Optional[Path],
+        _relative(
+            "Folder of encoder presets, relative to this component's folder. Default: `presets/` beside the "
+            "spec's folder."
+        ),
+    ] = None
+    settings: str = Field(
+        SETTINGS_FILE, description="The deployment settings, relative to the project root."
+    )
 
     def load_spec(self) -> PipelineSpec:
         return load_spec(self.spec, self.presets)
@@ -56,7 +74,11 @@ class VideoDeploymentComponent(Component, Resolvable, Model):
     manager on local disk or S3, delivery, S3 sources, events and webhooks), the webhook delivery
     sensor and the in-process executor, from the deployment settings."""
 
-    settings: str = Field(SETTINGS_FILE, description="The deployment settings, relative to the project root.")
+    settings: str = Field(
+        SETTINGS_FILE, description="The deployment settings, relative to the project root."
+    )
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
-        return deployment_definitions(load_settings(context.project_root / self.settings, context.project_root))
+        return deployment_definitions(
+            load_settings(context.project_root / self.settings, context.project_root)
+        )

@@ -23,14 +23,22 @@ from dagster._serdes import ConfigurableClassData
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 __all__ = [
-    "INDEX_SHARD_NAME", "SQLITE_BUSY_TIMEOUT_SECONDS", "ConfigurableClassData", "SqliteEventLogStorage", "StaleStatus",
-    "data_provenance", "data_version", "get_stale_status_resolver",
+    "INDEX_SHARD_NAME",
+    "SQLITE_BUSY_TIMEOUT_SECONDS",
+    "ConfigurableClassData",
+    "SqliteEventLogStorage",
+    "StaleStatus",
+    "data_provenance",
+    "data_version",
+    "get_stale_status_resolver",
 ]
 
 
 def data_version(record: Optional[EventLogRecord]) -> Optional[str]:
     """The data version a materialization record carries, if any."""
-    version: Optional[DataVersion] = extract_data_version_from_entry(record.event_log_entry) if record else None
+    version: Optional[DataVersion] = (
+        extract_data_version_from_entry(record.event_log_entry) if record else None
+    )
     return version.value if version is not None else None
 
 

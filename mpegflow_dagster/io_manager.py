@@ -59,10 +59,16 @@ class ArtifactIOManager(ConfigurableIOManager):
         partition = context.asset_partition_key if context.has_asset_partitions else None
         # For a fan-in input, each upstream output names its own asset; the input's key does not.
         upstream = context.upstream_output if isinstance(context, InputContext) else None
-        key = upstream.asset_key if upstream is not None and upstream.has_asset_key else context.asset_key
+        key = (
+            upstream.asset_key
+            if upstream is not None and upstream.has_asset_key
+            else context.asset_key
+        )
         return cls._folder(key, partition)
 
-    def stored(self, asset_key: AssetKey, partition: Optional[str], name: str, sha256: str) -> ArtifactRecord:
+    def stored(
+        self, asset_key: AssetKey, partition: Optional[str], name: str, sha256: str
+    ) -> ArtifactRecord:
         """The artifact `name` stored for this asset and partition, re-hashed; raises
         StoredArtifactChanged unless its sha256 is still `sha256`."""
         key = self._folder(asset_key, partition) / name
@@ -102,7 +108,11 @@ class ArtifactIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext) -> Path:
         folder = self.store().local_path(self._context_folder(context))
-        entries = [p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(SIDECAR_SUFFIX)]
+        entries = [
+            p
+            for p in folder.iterdir()
+            if not p.name.startswith(".") and not p.name.endswith(SIDECAR_SUFFIX)
+        ]
         if len(entries) != 1:
             raise FileNotFoundError(
                 f"expected one artifact in {folder}, found {len(entries)}: re-materialize "
@@ -148,7 +158,9 @@ class BinaryIOManager(ArtifactIOManager):
             defs = Definitions(assets=[clip], resources={"io_manager": BinaryIOManager(root="/tmp/media")})
     """
 
-    root: str = Field(".mpegflow/storage", description="Directory that holds every published artifact.")
+    root: str = Field(
+        ".mpegflow/storage", description="Directory that holds every published artifact."
+    )
 
     def store(self) -> ArtifactStore:
         return LocalArtifactStore(Path(self.root))

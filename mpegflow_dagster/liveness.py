@@ -38,7 +38,7 @@ def _start_time(pid: int) -> Optional[str]:
         return "-"
     except OSError:
         return "-"
-    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
     return None if fields[0] in ("Z", "X") else fields[19]
 
 

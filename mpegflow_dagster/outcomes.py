@@ -25,7 +25,10 @@ from .runs import PARTITION_TAG, outcome_event, stage_report
 from .spec import PipelineSpec
 from .webhooks.resources import WebhookResource
 
-def run_outcomes(instance: DagsterInstance, run: DagsterRun, specs: Sequence[PipelineSpec]) -> Iterator[Event]:
+
+def run_outcomes(
+    instance: DagsterInstance, run: DagsterRun, specs: Sequence[PipelineSpec]
+) -> Iterator[Event]:
     """One outcome event per pipeline the run touched (runs outside any pipeline give none)."""
     video = run.tags.get(PARTITION_TAG)
     if not video:
@@ -33,9 +36,15 @@ def run_outcomes(instance: DagsterInstance, run: DagsterRun, specs: Sequence[Pip
     events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
     # A whole-job run (materialize(), a launched asset job) records no asset_selection: what it
     # planned to materialize is what it was about.
-    selected = list(run.asset_selection or dict.fromkeys(
-        e.asset_key for e in events
-        if e.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED and e.asset_key is not None))
+    selected = list(
+        run.asset_selection
+        or dict.fromkeys(
+            e.asset_key
+            for e in events
+            if e.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+            and e.asset_key is not None
+        )
+    )
     if not selected:
         return
     for spec in specs:
@@ -46,18 +55,27 @@ def run_outcomes(instance: DagsterInstance, run: DagsterRun, specs: Sequence[Pip
 
 def outcome_sensors(spec: PipelineSpec) -> tuple[SensorDefinition, SensorDefinition]:
     """`video.succeeded` / `video.failed` for the runs that touched `spec`'s assets."""
+
     def announce(context: RunStatusSensorContext, events: WebhookResource) -> None:
         sink = events.sink()
         for event in run_outcomes(context.instance, context.dagster_run, [spec]):
             sink.send(event)
 
-    @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, name=f"{spec.name}_video_succeeded",
-                       default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
+    @run_status_sensor(
+        run_status=DagsterRunStatus.SUCCESS,
+        name=f"{spec.name}_video_succeeded",
+        default_status=DefaultSensorStatus.RUNNING,
+        monitor_all_code_locations=False,
+    )
     def succeeded(context: RunStatusSensorContext, events: WebhookResource) -> None:
         announce(context, events)
 
-    @run_status_sensor(run_status=DagsterRunStatus.FAILURE, name=f"{spec.name}_video_failed",
-                       default_status=DefaultSensorStatus.RUNNING, monitor_all_code_locations=False)
+    @run_status_sensor(
+        run_status=DagsterRunStatus.FAILURE,
+        name=f"{spec.name}_video_failed",
+        default_status=DefaultSensorStatus.RUNNING,
+        monitor_all_code_locations=False,
+    )
     def failed(context: RunStatusSensorContext, events: WebhookResource) -> None:
         announce(context, events)
 

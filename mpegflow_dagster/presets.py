@@ -21,7 +21,9 @@ class Preset(BaseModel):
     speed: str = Field("veryfast", description="x264 preset (ultrafast ... veryslow).")
     tune: Optional[str] = None
     pix_fmt: str = "yuv420p"
-    x264_params: dict[str, str] = Field(default_factory=dict, description="Extra -x264-params key=value pairs.")
+    x264_params: dict[str, str] = Field(
+        default_factory=dict, description="Extra -x264-params key=value pairs."
+    )
     audio_codec: Literal["aac"] = "aac"
     audio_sample_rate: int = 48000
     audio_channels: int = 2

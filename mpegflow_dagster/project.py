@@ -12,7 +12,13 @@ from typing import Iterator, Optional, Sequence
 
 import yaml
 from dagster import (
-    AssetSelection, AssetsDefinition, ComponentTree, Definitions, EnvVar, build_resources, in_process_executor,
+    AssetsDefinition,
+    AssetSelection,
+    ComponentTree,
+    Definitions,
+    EnvVar,
+    build_resources,
+    in_process_executor,
 )
 from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,7 +40,9 @@ from .webhooks.sensor import build_webhook_delivery_sensor
 class FFmpegSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    threads: int = 1  # 1: reproducible bytes; lanes keep the cores busy (see FFmpegResource.threads)
+    threads: int = (
+        1  # 1: reproducible bytes; lanes keep the cores busy (see FFmpegResource.threads)
+    )
     encode_lanes: int = 2
     required_version: Optional[str] = None
     required_build_hash: Optional[str] = None
@@ -47,21 +55,33 @@ class S3Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    endpoint_url: Optional[str] = Field(None, description="For S3-compatible stores (MinIO, moto...).")
+    endpoint_url: Optional[str] = Field(
+        None, description="For S3-compatible stores (MinIO, moto...)."
+    )
     region: Optional[str] = None
-    storage_bucket: Optional[str] = Field(None, description="Artifacts (the IO manager) go here instead of storage_dir.")
+    storage_bucket: Optional[str] = Field(
+        None, description="Artifacts (the IO manager) go here instead of storage_dir."
+    )
     storage_prefix: str = "mpegflow/storage"
-    delivery_bucket: Optional[str] = Field(None, description="emit publishes here (the CDN origin) instead of delivery_dir.")
+    delivery_bucket: Optional[str] = Field(
+        None, description="emit publishes here (the CDN origin) instead of delivery_dir."
+    )
     delivery_prefix: str = ""
-    upload_bucket: Optional[str] = Field(None, description="Watched by the upload sensor: <upload_prefix>/<pipeline>/...")
+    upload_bucket: Optional[str] = Field(
+        None, description="Watched by the upload sensor: <upload_prefix>/<pipeline>/..."
+    )
     upload_prefix: str = "uploads"
 
 
 _S3_ENV = {
-    "endpoint_url": "MPEGFLOW_S3_ENDPOINT_URL", "region": "MPEGFLOW_S3_REGION",
-    "storage_bucket": "MPEGFLOW_S3_BUCKET", "storage_prefix": "MPEGFLOW_S3_PREFIX",
-    "delivery_bucket": "MPEGFLOW_DELIVERY_BUCKET", "delivery_prefix": "MPEGFLOW_DELIVERY_PREFIX",
-    "upload_bucket": "MPEGFLOW_UPLOAD_BUCKET", "upload_prefix": "MPEGFLOW_UPLOAD_PREFIX",
+    "endpoint_url": "MPEGFLOW_S3_ENDPOINT_URL",
+    "region": "MPEGFLOW_S3_REGION",
+    "storage_bucket": "MPEGFLOW_S3_BUCKET",
+    "storage_prefix": "MPEGFLOW_S3_PREFIX",
+    "delivery_bucket": "MPEGFLOW_DELIVERY_BUCKET",
+    "delivery_prefix": "MPEGFLOW_DELIVERY_PREFIX",
+    "upload_bucket": "MPEGFLOW_UPLOAD_BUCKET",
+    "upload_prefix": "MPEGFLOW_UPLOAD_PREFIX",
 }
 
 
@@ -71,11 +91,21 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    storage_dir: str = Field(".mpegflow/storage", description="Published artifacts (the IO manager root).")
-    work_dir: str = Field(".mpegflow/work", description="Scratch space; same filesystem as storage_dir.")
-    delivery_dir: str = Field(".mpegflow/delivery", description="Delivery tree: <delivery_dir>/<video>/...")
-    events_path: str = Field(".mpegflow/events.jsonl", description="Every pipeline event, one JSON object a line.")
-    webhook_url: Optional[str] = Field(None, description="POST signed events here (secret: $MPEGFLOW_WEBHOOK_SECRET).")
+    storage_dir: str = Field(
+        ".mpegflow/storage", description="Published artifacts (the IO manager root)."
+    )
+    work_dir: str = Field(
+        ".mpegflow/work", description="Scratch space; same filesystem as storage_dir."
+    )
+    delivery_dir: str = Field(
+        ".mpegflow/delivery", description="Delivery tree: <delivery_dir>/<video>/..."
+    )
+    events_path: str = Field(
+        ".mpegflow/events.jsonl", description="Every pipeline event, one JSON object a line."
+    )
+    webhook_url: Optional[str] = Field(
+        None, description="POST signed events here (secret: $MPEGFLOW_WEBHOOK_SECRET)."
+    )
     ffmpeg: FFmpegSettings = FFmpegSettings()
     s3: S3Settings = S3Settings()
 
@@ -84,14 +114,18 @@ class Settings(BaseModel):
             value = os.environ.get(env) or getattr(self, name)
             return str((base / value).resolve()) if not Path(value).is_absolute() else value
 
-        return self.model_copy(update={
-            "storage_dir": pick("storage_dir", "MPEGFLOW_STORAGE_DIR"),
-            "work_dir": pick("work_dir", "MPEGFLOW_WORK_DIR"),
-            "delivery_dir": pick("delivery_dir", "MPEGFLOW_DELIVERY_DIR"),
-            "events_path": pick("events_path", "MPEGFLOW_EVENTS_PATH"),
-            "webhook_url": os.environ.get("MPEGFLOW_WEBHOOK_URL") or self.webhook_url,
-            "s3": self.s3.model_copy(update={f: os.environ[e] for f, e in _S3_ENV.items() if os.environ.get(e)}),
-        })
+        return self.model_copy(
+            update={
+                "storage_dir": pick("storage_dir", "MPEGFLOW_STORAGE_DIR"),
+                "work_dir": pick("work_dir", "MPEGFLOW_WORK_DIR"),
+                "delivery_dir": pick("delivery_dir", "MPEGFLOW_DELIVERY_DIR"),
+                "events_path": pick("events_path", "MPEGFLOW_EVENTS_PATH"),
+                "webhook_url": os.environ.get("MPEGFLOW_WEBHOOK_URL") or self.webhook_url,
+                "s3": self.s3.model_copy(
+                    update={f: os.environ[e] for f, e in _S3_ENV.items() if os.environ.get(e)}
+                ),
+            }
+        )
 
 
 def load_settings(path: Path, root: Path) -> Settings:
@@ -103,18 +137,24 @@ def load_settings(path: Path, root: Path) -> Settings:
         raise SpecError(f"settings file {path} is invalid: {exc}") from exc
 
 
-def deployment_resources(settings: Settings, delivery_dir: Optional[str] = None) -> dict[str, object]:
+def deployment_resources(
+    settings: Settings, delivery_dir: Optional[str] = None
+) -> dict[str, object]:
     """Local storage and delivery unless S3 buckets are configured; `delivery_dir` forces a
     local delivery directory (the CLI's --out)."""
     s, b = settings, settings.s3
     s3 = S3Resource(endpoint_url=b.endpoint_url, region_name=b.region)
     cache_dir = str(Path(s.work_dir) / "s3-cache")
     if b.storage_bucket:
-        io_manager: object = S3BinaryIOManager(s3=s3, bucket=b.storage_bucket, prefix=b.storage_prefix, cache_dir=cache_dir)
+        io_manager: object = S3BinaryIOManager(
+            s3=s3, bucket=b.storage_bucket, prefix=b.storage_prefix, cache_dir=cache_dir
+        )
     else:
         io_manager = BinaryIOManager(root=s.storage_dir)
     if b.delivery_bucket and not delivery_dir:
-        delivery: object = S3DeliveryResource(s3=s3, bucket=b.delivery_bucket, prefix=b.delivery_prefix, cache_dir=cache_dir)
+        delivery: object = S3DeliveryResource(
+            s3=s3, bucket=b.delivery_bucket, prefix=b.delivery_prefix, cache_dir=cache_dir
+        )
     else:
         delivery = LocalDeliveryResource(root=delivery_dir or s.delivery_dir)
     return {
@@ -154,9 +194,18 @@ def pipeline_definitions(spec: PipelineSpec, settings: Settings) -> Definitions:
     sensors = list(outcome_sensors(spec))
     b = settings.s3
     if b.upload_bucket:
-        sensors.append(build_s3_upload_sensor(spec.name, AssetSelection.groups(spec.name), video_partitions(spec.name),
-                                              b.upload_bucket, f"{b.upload_prefix.strip('/')}/{spec.name}"))
-    return Definitions(assets=build_video_assets(spec, encoder_build=encoder_build(settings)), sensors=sensors)
+        sensors.append(
+            build_s3_upload_sensor(
+                spec.name,
+                AssetSelection.groups(spec.name),
+                video_partitions(spec.name),
+                b.upload_bucket,
+                f"{b.upload_prefix.strip('/')}/{spec.name}",
+            )
+        )
+    return Definitions(
+        assets=build_video_assets(spec, encoder_build=encoder_build(settings)), sensors=sensors
+    )
 
 
 def deployment_definitions(settings: Settings) -> Definitions:
@@ -164,9 +213,11 @@ def deployment_definitions(settings: Settings) -> Definitions:
     in process: a video's parallel work is inside its encode step (lanes of FFmpeg processes), so
     a process per step would only add start-up time (~3 s a step with the default multiprocess
     executor here, ~0.02 s in process; see docs/performance.md)."""
-    return Definitions(resources=deployment_resources(settings),
-                       sensors=[build_webhook_delivery_sensor()] if settings.webhook_url else [],
-                       executor=in_process_executor)
+    return Definitions(
+        resources=deployment_resources(settings),
+        sensors=[build_webhook_delivery_sensor()] if settings.webhook_url else [],
+        executor=in_process_executor,
+    )
 
 
 class Project(BaseModel):
@@ -195,11 +246,17 @@ class Project(BaseModel):
         tree = ComponentTree.for_project(root)
         pipelines = tree.get_all_components(VideoPipelineComponent)
         if not pipelines:
-            raise SpecError(f"no VideoPipelineComponent in the defs folder of {root}: add one (see docs/configuration.md)")
+            raise SpecError(
+                f"no VideoPipelineComponent in the defs folder of {root}: add one (see docs/configuration.md)"
+            )
         deployments = tree.get_all_components(VideoDeploymentComponent)
         settings_file = deployments[0].settings if deployments else SETTINGS_FILE
-        return cls(root=root, specs=[p.load_spec() for p in pipelines], loaded=tree.build_defs(),
-                   settings=load_settings(root / settings_file, root))
+        return cls(
+            root=root,
+            specs=[p.load_spec() for p in pipelines],
+            loaded=tree.build_defs(),
+            settings=load_settings(root / settings_file, root),
+        )
 
     def resources(self, delivery_dir: Optional[str] = None) -> dict[str, object]:
         return deployment_resources(self.settings, delivery_dir)
@@ -216,7 +273,11 @@ class Project(BaseModel):
         if self.loaded is None:
             return build_video_assets(spec, encoder_build=encoder_build(self.settings))
         partitions = video_partitions(spec.name)
-        return [a for a in self.loaded.assets or () if isinstance(a, AssetsDefinition) and a.partitions_def == partitions]
+        return [
+            a
+            for a in self.loaded.assets or ()
+            if isinstance(a, AssetsDefinition) and a.partitions_def == partitions
+        ]
 
     def spec(self, name: Optional[str] = None) -> PipelineSpec:
         if name is None:
@@ -224,10 +285,14 @@ class Project(BaseModel):
         try:
             return next(s for s in self.specs if s.name == name)
         except StopIteration:
-            raise SpecError(f"no pipeline named {name!r}; known: {', '.join(s.name for s in self.specs)}") from None
+            raise SpecError(
+                f"no pipeline named {name!r}; known: {', '.join(s.name for s in self.specs)}"
+            ) from None
 
     def definitions(self) -> Definitions:
         if self.loaded is not None:
             return self.loaded
-        return Definitions.merge(deployment_definitions(self.settings),
-                                 *(pipeline_definitions(spec, self.settings) for spec in self.specs))
+        return Definitions.merge(
+            deployment_definitions(self.settings),
+            *(pipeline_definitions(spec, self.settings) for spec in self.specs),
+        )

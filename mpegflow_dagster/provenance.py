@@ -26,12 +26,19 @@ class EncoderBuild(BaseModel):
     ffmpeg_build_hash: str
     ffmpeg_path: str
     libraries: dict[str, str]
-    pinned: Optional[str] = Field(None, description="The deployment's pin (version prefix or build hash), if any.")
+    pinned: Optional[str] = Field(
+        None, description="The deployment's pin (version prefix or build hash), if any."
+    )
 
     @classmethod
     def of(cls, build: FFmpegBuild, pinned: Optional[str]) -> "EncoderBuild":
-        return cls(ffmpeg_version=build.version, ffmpeg_build_hash=build.build_hash, ffmpeg_path=build.path,
-                   libraries=build.libraries, pinned=pinned)
+        return cls(
+            ffmpeg_version=build.version,
+            ffmpeg_build_hash=build.build_hash,
+            ffmpeg_path=build.path,
+            libraries=build.libraries,
+            pinned=pinned,
+        )
 
 
 class Provenance(BaseModel):
@@ -39,25 +46,39 @@ class Provenance(BaseModel):
     asset: str
     video: str
     run_id: str
-    recipe: str = Field(description="Hash of everything that determines the output: stage spec, encoder build, inputs.")
-    stage_fingerprint: str = Field(description="Hash of the resolved stage spec (rung, preset, parameters).")
+    recipe: str = Field(
+        description="Hash of everything that determines the output: stage spec, encoder build, inputs."
+    )
+    stage_fingerprint: str = Field(
+        description="Hash of the resolved stage spec (rung, preset, parameters)."
+    )
     preset: Optional[str] = None
     encoder: EncoderBuild
-    encoder_libraries: dict[str, str] = Field(default_factory=dict, description="e.g. {'x264': 'core 164 r3095'}.")
+    encoder_libraries: dict[str, str] = Field(
+        default_factory=dict, description="e.g. {'x264': 'core 164 r3095'}."
+    )
     argv: list[list[str]] = Field(default_factory=list)
-    inputs: dict[str, Optional[str]] = Field(default_factory=dict, description="Upstream asset -> data version used.")
+    inputs: dict[str, Optional[str]] = Field(
+        default_factory=dict, description="Upstream asset -> data version used."
+    )
     output_sha256: str
     output_size_bytes: int
     output_files: int = 1
     media: dict[str, Any] = Field(default_factory=dict)
     wall_s: float
     ffmpeg_cpu_s: float
-    ffmpeg_runs: list[tuple[float, float]] = Field(default_factory=list, description="(start epoch, wall seconds) of each FFmpeg run.")
+    ffmpeg_runs: list[tuple[float, float]] = Field(
+        default_factory=list, description="(start epoch, wall seconds) of each FFmpeg run."
+    )
     attempt: int
-    earlier_failures: list[str] = Field(default_factory=list, description="Failure classes of earlier attempts.")
+    earlier_failures: list[str] = Field(
+        default_factory=list, description="Failure classes of earlier attempts."
+    )
     host: str = Field(default_factory=socket.gethostname)
-    bit_exact: bool = Field(description="The same build, recipe and inputs give the same bytes again: every "
-                                        "encoder ran with one thread (ffmpeg.threads: 1).")
+    bit_exact: bool = Field(
+        description="The same build, recipe and inputs give the same bytes again: every "
+        "encoder ran with one thread (ffmpeg.threads: 1)."
+    )
     reused_from_run: Optional[str] = None
 
     def to_json(self) -> str:
@@ -67,13 +88,22 @@ class Provenance(BaseModel):
 def code_version(*parts: Any, encoder_build: Optional[str] = None) -> str:
     """A stage's code version: a stable hash of what shapes its output (pydantic models, dicts,
     strings), plus the encoder build it is pinned to, so a new build marks FFmpeg stages stale."""
-    blob = json.dumps([p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16] + (f"+{encoder_build}" if encoder_build else "")
+    blob = json.dumps(
+        [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts],
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16] + (
+        f"+{encoder_build}" if encoder_build else ""
+    )
 
 
-def recipe_hash(*, fingerprint: str, build_hash: str, inputs: dict[str, Optional[str]], threads: int) -> str:
+def recipe_hash(
+    *, fingerprint: str, build_hash: str, inputs: dict[str, Optional[str]], threads: int
+) -> str:
     """Equal recipes give equal bytes (with bit-exact output): the key for skipping unchanged work."""
-    blob = json.dumps({"f": fingerprint, "b": build_hash, "i": inputs, "t": threads}, sort_keys=True)
+    blob = json.dumps(
+        {"f": fingerprint, "b": build_hash, "i": inputs, "t": threads}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

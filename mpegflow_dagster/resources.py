@@ -31,32 +31,44 @@ class FFmpegResource(ConfigurableResource):
     """
 
     ffmpeg_path: Optional[str] = Field(
-        None, description="ffmpeg binary (name on PATH or path). Default: $MPEGFLOW_FFMPEG, else `ffmpeg`."
+        None,
+        description="ffmpeg binary (name on PATH or path). Default: $MPEGFLOW_FFMPEG, else `ffmpeg`.",
     )
     ffprobe_path: Optional[str] = Field(
-        None, description="ffprobe binary (name on PATH or path). Default: $MPEGFLOW_FFPROBE, else `ffprobe`."
+        None,
+        description="ffprobe binary (name on PATH or path). Default: $MPEGFLOW_FFPROBE, else `ffprobe`.",
     )
     threads: int = Field(
-        1, ge=0,
+        1,
+        ge=0,
         description="-threads of every encoder. 1 gives the same bytes on every run; more (or 0, FFmpeg decides) "
         "speeds up a lone encode, but x264's output then varies from run to run when maxrate binds.",
     )
     encode_lanes: int = Field(
-        2, ge=1, description="FFmpeg processes the shared rendition encode runs at once: time chunks of a long source "
+        2,
+        ge=1,
+        description="FFmpeg processes the shared rendition encode runs at once: time chunks of a long source "
         "(see the spec's chunk_s), else groups of renditions. About the number of cores; it never changes the bytes.",
     )
     required_version: Optional[str] = Field(
-        None, description="Fail the run at start unless `ffmpeg -version` starts with this (e.g. `5.1`)."
+        None,
+        description="Fail the run at start unless `ffmpeg -version` starts with this (e.g. `5.1`).",
     )
     required_build_hash: Optional[str] = Field(
-        None, description="Fail the run at start unless the build hash (version line + configuration) is this."
+        None,
+        description="Fail the run at start unless the build hash (version line + configuration) is this.",
     )
-    timeout_s: Optional[float] = Field(None, gt=0, description="Stop one FFmpeg run after this many seconds.")
+    timeout_s: Optional[float] = Field(
+        None, gt=0, description="Stop one FFmpeg run after this many seconds."
+    )
     stall_s: Optional[float] = Field(
-        300.0, gt=0, description="Stop one FFmpeg run that reports no progress for this many seconds."
+        300.0,
+        gt=0,
+        description="Stop one FFmpeg run that reports no progress for this many seconds.",
     )
     work_dir: str = Field(
-        ".mpegflow/work", description="Scratch space for stages; keep it on the storage root's filesystem."
+        ".mpegflow/work",
+        description="Scratch space for stages; keep it on the storage root's filesystem.",
     )
 
     _build: Optional[FFmpegBuild] = PrivateAttr(None)
@@ -73,8 +85,10 @@ class FFmpegResource(ConfigurableResource):
         self._build = self.check()
         removed, size = collect_abandoned_scratch(Path(self.work_dir))
         if removed and context.log is not None:
-            context.log.warning(f"removed {removed} scratch directories ({size / 1e6:.1f} MB) left in "
-                                f"{self.work_dir} by processes that are gone (killed mid-stage)")
+            context.log.warning(
+                f"removed {removed} scratch directories ({size / 1e6:.1f} MB) left in "
+                f"{self.work_dir} by processes that are gone (killed mid-stage)"
+            )
 
     def check(self) -> FFmpegBuild:
         """Find both binaries and check the pinned version; raise a Failure saying what to install."""
@@ -114,7 +128,14 @@ class FFmpegResource(ConfigurableResource):
             self._build = self.check()
         return self._build
 
-    def tools(self, log=None, *, threads: Optional[int] = None, lanes: Optional[int] = None, every_s: float = 5.0) -> Tools:
+    def tools(
+        self,
+        log=None,
+        *,
+        threads: Optional[int] = None,
+        lanes: Optional[int] = None,
+        every_s: float = 5.0,
+    ) -> Tools:
         """Stage tools whose progress goes to `log` (a Dagster logger) every `every_s`, plus a last
         line when done; runs shorter than `every_s` log nothing (each line is an event-log write)."""
         first: dict[str, float] = {}
@@ -161,7 +182,9 @@ class LocalDeliveryResource(DeliveryResource):
             delivery = LocalDeliveryResource(root="/srv/cdn-origin")
     """
 
-    root: str = Field(".mpegflow/delivery", description="Local directory of the delivery tree (the CDN origin).")
+    root: str = Field(
+        ".mpegflow/delivery", description="Local directory of the delivery tree (the CDN origin)."
+    )
 
     def store(self) -> ArtifactStore:
         return LocalArtifactStore(Path(self.root))

@@ -21,10 +21,10 @@ from dagster import (
 
 from . import liveness
 from .assets import build_video_assets
-from .stages.ingest import IngestConfig
 from .events import Event
 from .spec import PipelineSpec
 from .stage import FORCE_TAG, step_keys, video_partitions
+from .stages.ingest import IngestConfig
 
 PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
 OWNER_TAG = "mpegflow/owner"  # the process executing a run in process (host/boot/pid/start)
@@ -54,7 +54,9 @@ def materialize_video(
     fail_abandoned_runs(instance)
     instance.add_dynamic_partitions(video_partitions(spec.name).name, [video])
     # Assets that share a step and cannot run apart (ingest and probe) are selected together.
-    keys = [AssetKey.from_user_string(n) if "/" in n else AssetKey([spec.name, n]) for n in stages or ()]
+    keys = [
+        AssetKey.from_user_string(n) if "/" in n else AssetKey([spec.name, n]) for n in stages or ()
+    ]
     selection = AssetSelection.assets(*keys).required_multi_asset_neighbors() if keys else None
     ops = {f"{spec.name}__ingest": IngestConfig(source_path=str(source))} if source else {}
     return materialize(
@@ -64,8 +66,12 @@ def materialize_video(
         selection=selection,
         resources=project.resources(delivery_dir=delivery_dir),
         run_config=RunConfig(ops=ops, loggers={"console": {"config": {"log_level": log_level}}}),
-        tags={"mpegflow/video": video, OWNER_TAG: liveness.current(), **({"mpegflow/source": str(source)} if source else {}),
-              **({FORCE_TAG: "true"} if force else {})},
+        tags={
+            "mpegflow/video": video,
+            OWNER_TAG: liveness.current(),
+            **({"mpegflow/source": str(source)} if source else {}),
+            **({FORCE_TAG: "true"} if force else {}),
+        },
         raise_on_error=False,
     )
 
@@ -74,17 +80,25 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
     """Mark failed the runs still shown as started whose process is gone (`kill -9`, the OOM
     killer, a reboot): nothing else would, since an in-process run has no run worker for
     Dagster's run monitoring to check. Returns their run ids."""
-    running = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]))
+    running = instance.get_runs(
+        RunsFilter(statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
+    )
     abandoned = [run for run in running if liveness.is_gone(run.tags.get(OWNER_TAG, ""))]
     for run in abandoned:
-        instance.report_run_failed(run, message=(
-            f"the process that ran it ({run.tags[OWNER_TAG]}) is gone (killed, or the machine restarted); "
-            "marked failed when mpegflow next opened this instance"))
+        instance.report_run_failed(
+            run,
+            message=(
+                f"the process that ran it ({run.tags[OWNER_TAG]}) is gone (killed, or the machine restarted); "
+                "marked failed when mpegflow next opened this instance"
+            ),
+        )
     return [run.run_id for run in abandoned]
 
 
 def stage_report(
-    events: Sequence[DagsterEvent], spec: PipelineSpec, selected: Optional[Sequence[AssetKey]] = None
+    events: Sequence[DagsterEvent],
+    spec: PipelineSpec,
+    selected: Optional[Sequence[AssetKey]] = None,
 ) -> dict[str, dict[str, Any]]:
     """Per asset of the spec, from one run's events: materialized / skipped (nothing to do) /
     failed (with class and reason) / not_run (an upstream stage failed) / not_selected (outside
@@ -102,7 +116,9 @@ def stage_report(
             meta = event.asset_observation_data.asset_observation.metadata
             if "failure_class" in meta:
                 observed[event.asset_key] = {
-                    "status": "failed", "failure_class": meta["failure_class"].value, "reason_code": meta["reason"].value,
+                    "status": "failed",
+                    "failure_class": meta["failure_class"].value,
+                    "reason_code": meta["reason"].value,
                     "reason": f"{meta['failure_class'].value}: {meta['reason'].value}: {meta['message'].value}",
                     **({"exit_code": meta["exit_code"].value} if "exit_code" in meta else {}),
                 }
@@ -113,7 +129,10 @@ def stage_report(
         if event.event_type == DagsterEventType.STEP_SUCCESS:
             steps[event.step_key] = {"status": "succeeded"}
         elif event.event_type == DagsterEventType.STEP_SKIPPED:
-            steps[event.step_key] = {"status": "skipped", "reason": "an upstream output was not produced"}
+            steps[event.step_key] = {
+                "status": "skipped",
+                "reason": "an upstream output was not produced",
+            }
         elif event.event_type == DagsterEventType.STEP_FAILURE:
             steps[event.step_key] = _failure(event)
     report: dict[str, dict[str, Any]] = {}
@@ -122,7 +141,16 @@ def stage_report(
         if key in materialized:
             meta = materialized[key]
             entry["status"] = "materialized"
-            for field in ("path", "sha256", "size_bytes", "resolution", "bitrate_kbps", "duration_s", "reused", "attempt"):
+            for field in (
+                "path",
+                "sha256",
+                "size_bytes",
+                "resolution",
+                "bitrate_kbps",
+                "duration_s",
+                "reused",
+                "attempt",
+            ):
                 if field in meta:
                     entry[field] = meta[field].value
         elif selected is not None and key not in selected:
@@ -142,34 +170,67 @@ def _failure(event: DagsterEvent) -> dict[str, Any]:
     data = event.step_failure_data
     if data.user_failure_data is not None:
         meta = data.user_failure_data.metadata
-        entry: dict[str, Any] = {"status": "failed", "reason": data.user_failure_data.description or "failed"}
+        entry: dict[str, Any] = {
+            "status": "failed",
+            "reason": data.user_failure_data.description or "failed",
+        }
         if "failure_class" in meta:
-            entry.update(failure_class=meta["failure_class"].value, reason_code=meta["reason"].value)
+            entry.update(
+                failure_class=meta["failure_class"].value, reason_code=meta["reason"].value
+            )
             if "exit_code" in meta:
                 entry["exit_code"] = meta["exit_code"].value
         return entry
     error = data.error
-    message = (error.cause.message if error and error.cause else error.message if error else "").strip()
+    message = (
+        error.cause.message if error and error.cause else error.message if error else ""
+    ).strip()
     return {"status": "failed", "reason": message.splitlines()[0] if message else "failed"}
 
 
-def outcome_event(spec: PipelineSpec, video: str, run_id: str, report: dict[str, dict[str, Any]]) -> Event:
+def outcome_event(
+    spec: PipelineSpec, video: str, run_id: str, report: dict[str, dict[str, Any]]
+) -> Event:
     """`video.succeeded` when every stage materialized or had nothing to do, else `video.failed`
     naming the failed stages with their class and reason."""
     failed = {name: s for name, s in report.items() if s["status"] in ("failed", "not_run")}
     if not failed:
-        return Event(type="video.succeeded", pipeline=spec.name, video=video, run_id=run_id,
-                     message=f"video {video} succeeded")
-    causes = {n: f"{s['failure_class']}: {s['reason_code']}" for n, s in failed.items() if "reason_code" in s}
-    headline = ", ".join(f"{n} ({c})" for n, c in sorted(causes.items())) or ", ".join(sorted(failed))
+        return Event(
+            type="video.succeeded",
+            pipeline=spec.name,
+            video=video,
+            run_id=run_id,
+            message=f"video {video} succeeded",
+        )
+    causes = {
+        n: f"{s['failure_class']}: {s['reason_code']}"
+        for n, s in failed.items()
+        if "reason_code" in s
+    }
+    headline = ", ".join(f"{n} ({c})" for n, c in sorted(causes.items())) or ", ".join(
+        sorted(failed)
+    )
     if report.get("emit", {}).get("status") == "materialized":  # published without some renditions
-        return Event(type="video.succeeded", pipeline=spec.name, video=video, run_id=run_id,
-                     message=f"video {video} published without: {headline}",
-                     data={"degraded": sorted(failed), "causes": causes})
-    return Event(type="video.failed", pipeline=spec.name, video=video, run_id=run_id,
-                 message=f"video {video} failed: {headline}",
-                 data={"failed": sorted(n for n, s in failed.items() if s["status"] == "failed"),
-                       "not_run": sorted(n for n, s in failed.items() if s["status"] == "not_run"), "causes": causes})
+        return Event(
+            type="video.succeeded",
+            pipeline=spec.name,
+            video=video,
+            run_id=run_id,
+            message=f"video {video} published without: {headline}",
+            data={"degraded": sorted(failed), "causes": causes},
+        )
+    return Event(
+        type="video.failed",
+        pipeline=spec.name,
+        video=video,
+        run_id=run_id,
+        message=f"video {video} failed: {headline}",
+        data={
+            "failed": sorted(n for n, s in failed.items() if s["status"] == "failed"),
+            "not_run": sorted(n for n, s in failed.items() if s["status"] == "not_run"),
+            "causes": causes,
+        },
+    )
 
 
 def published_entries(events: Sequence[DagsterEvent]) -> dict[str, str]:

@@ -21,10 +21,16 @@ class _Strict(BaseModel):
 class Rendition(_Strict):
     """One rung of the ABR ladder."""
 
-    name: str = Field(pattern=_NAME, description="Rung name, used in asset keys and paths (e.g. 720p).")
-    height: int = Field(gt=0, le=4320, description="Output height; width follows the source aspect ratio.")
+    name: str = Field(
+        pattern=_NAME, description="Rung name, used in asset keys and paths (e.g. 720p)."
+    )
+    height: int = Field(
+        gt=0, le=4320, description="Output height; width follows the source aspect ratio."
+    )
     video_bitrate_kbps: int = Field(gt=0, description="Target video bitrate.")
-    maxrate_factor: float = Field(1.5, ge=1.0, description="VBV maxrate = bitrate x this; bufsize = 2 x maxrate.")
+    maxrate_factor: float = Field(
+        1.5, ge=1.0, description="VBV maxrate = bitrate x this; bufsize = 2 x maxrate."
+    )
     profile: Literal["baseline", "main", "high"] = "high"
     level: str = Field("4.0", pattern=r"^\d(\.\d)?$")
     audio_bitrate_kbps: int = Field(128, gt=0)
@@ -32,30 +38,44 @@ class Rendition(_Strict):
 
 
 class ThumbnailSpec(_Strict):
-    enabled: bool = Field(True, description="False: no thumbnails asset (and nothing of it to publish).")
+    enabled: bool = Field(
+        True, description="False: no thumbnails asset (and nothing of it to publish)."
+    )
     interval_s: float = Field(5.0, gt=0, description="One JPEG every this many seconds, from t=0.")
-    width: int = Field(320, ge=16, description="Thumbnail width in pixels (height keeps the aspect ratio).")
+    width: int = Field(
+        320, ge=16, description="Thumbnail width in pixels (height keeps the aspect ratio)."
+    )
     sprite_tile_width: int = Field(160, ge=16, description="Width of one tile in the sprite sheet.")
     sprite_columns: int = Field(10, ge=1, le=100)
     quality: int = Field(4, ge=2, le=31, description="JPEG qscale (2 best, 31 worst).")
 
 
 class CaptionSpec(_Strict):
-    enabled: bool = Field(True, description="False: no captions or emit_captions asset; `rendition` is not checked.")
-    rendition: str = Field("720p", description="Ladder rung whose settings the captioned encode uses.")
+    enabled: bool = Field(
+        True, description="False: no captions or emit_captions asset; `rendition` is not checked."
+    )
+    rendition: str = Field(
+        "720p", description="Ladder rung whose settings the captioned encode uses."
+    )
     sidecar_extensions: tuple[str, ...] = (".srt", ".vtt")
     font_size: int = Field(24, ge=6, le=120)
 
 
 class HlsSpec(_Strict):
-    segment_s: int = Field(4, ge=1, le=30, description="Target segment length; a multiple of gop_s.")
+    segment_s: int = Field(
+        4, ge=1, le=30, description="Target segment length; a multiple of gop_s."
+    )
     segment_type: Literal["mpegts", "fmp4"] = "mpegts"
     min_renditions: Optional[int] = Field(
-        None, ge=1, description="Package when at least this many renditions succeed (None: all are required)."
+        None,
+        ge=1,
+        description="Package when at least this many renditions succeed (None: all are required).",
     )
     include: tuple[str, ...] = Field(
-        (), description="Further rendition assets of this pipeline (made by your own stages, H.264 MP4 with keyframes "
-        "every gop_s) packaged beside the ladder's rungs, by asset name.")
+        (),
+        description="Further rendition assets of this pipeline (made by your own stages, H.264 MP4 with keyframes "
+        "every gop_s) packaged beside the ladder's rungs, by asset name.",
+    )
 
 
 StepKind = Literal["ingest", "encode", "captions", "package", "emit"]
@@ -75,12 +95,15 @@ class RetrySpec(_Strict):
 
 class FailureSpec(_Strict):
     verification: Literal["strict", "tolerant"] = Field(
-        "strict", description="strict: duration within 0.5 s/2% and no corruption in stderr; tolerant: 10%, warnings ignored."
+        "strict",
+        description="strict: duration within 0.5 s/2% and no corruption in stderr; tolerant: 10%, warnings ignored.",
     )
     retry: RetrySpec = RetrySpec()
     retry_by_stage: dict[StepKind, RetrySpec] = Field(
-        default_factory=dict, description="Overrides per step: ingest (with probe), encode (renditions and thumbnails), "
-        "captions, package, emit.")
+        default_factory=dict,
+        description="Overrides per step: ingest (with probe), encode (renditions and thumbnails), "
+        "captions, package, emit.",
+    )
 
     def retry_for(self, kind: StepKind) -> RetrySpec:
         return self.retry_by_stage.get(kind, self.retry)
@@ -89,7 +112,9 @@ class FailureSpec(_Strict):
 class EmitSpec(_Strict):
     """What is published to the delivery location (configured per deployment, not per spec)."""
 
-    thumbnails: bool = Field(True, description="Publish thumbnails, sprite and storyboard beside the HLS tree.")
+    thumbnails: bool = Field(
+        True, description="Publish thumbnails, sprite and storyboard beside the HLS tree."
+    )
 
 
 class PipelineSpec(_Strict):
@@ -97,18 +122,27 @@ class PipelineSpec(_Strict):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Asset key prefix and group name.")
     description: str = ""
-    gop_s: float = Field(2.0, gt=0, le=10, description="Keyframe interval, identical in every rendition.")
+    gop_s: float = Field(
+        2.0, gt=0, le=10, description="Keyframe interval, identical in every rendition."
+    )
     chunk_s: float = Field(
-        30.0, ge=0, description="Renditions of a source at least 1.5x this long are encoded in time chunks of about "
-        "this length, side by side, cut at keyframes and joined without re-encoding; 0 = never.")
+        30.0,
+        ge=0,
+        description="Renditions of a source at least 1.5x this long are encoded in time chunks of about "
+        "this length, side by side, cut at keyframes and joined without re-encoding; 0 = never.",
+    )
     ladder: tuple[Rendition, ...] = Field(min_length=1)
-    upscale: bool = Field(False, description="Encode rungs taller than the source at their own height.")
+    upscale: bool = Field(
+        False, description="Encode rungs taller than the source at their own height."
+    )
     thumbnails: ThumbnailSpec = ThumbnailSpec()
     captions: CaptionSpec = CaptionSpec()
     hls: HlsSpec = HlsSpec()
     emit: EmitSpec = EmitSpec()
     failures: FailureSpec = FailureSpec()
-    presets: dict[str, Preset] = Field(default_factory=dict, description="Resolved presets, by name.")
+    presets: dict[str, Preset] = Field(
+        default_factory=dict, description="Resolved presets, by name."
+    )
 
     @field_validator("ladder")
     @classmethod
@@ -122,7 +156,9 @@ class PipelineSpec(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "PipelineSpec":
         if self.hls.segment_s % self.gop_s > 1e-9:
-            raise ValueError(f"hls.segment_s ({self.hls.segment_s}) must be a multiple of gop_s ({self.gop_s})")
+            raise ValueError(
+                f"hls.segment_s ({self.hls.segment_s}) must be a multiple of gop_s ({self.gop_s})"
+            )
         rungs = {r.name for r in self.ladder}
         if self.captions.enabled and self.captions.rendition not in rungs:
             raise ValueError(
@@ -130,10 +166,17 @@ class PipelineSpec(_Strict):
             )
         packaged = len(self.ladder) + len(self.hls.include)
         if self.hls.min_renditions is not None and self.hls.min_renditions > packaged:
-            raise ValueError(f"hls.min_renditions ({self.hls.min_renditions}) exceeds the {packaged} renditions packaged")
-        clashes = sorted(set(self.hls.include) & {f"rendition_{r}" for r in rungs} | set(self.hls.include) & set(rungs))
+            raise ValueError(
+                f"hls.min_renditions ({self.hls.min_renditions}) exceeds the {packaged} renditions packaged"
+            )
+        clashes = sorted(
+            set(self.hls.include) & {f"rendition_{r}" for r in rungs}
+            | set(self.hls.include) & set(rungs)
+        )
         if clashes:
-            raise ValueError(f"hls.include names ladder rungs ({', '.join(clashes)}): list only your own rendition assets")
+            raise ValueError(
+                f"hls.include names ladder rungs ({', '.join(clashes)}): list only your own rendition assets"
+            )
         missing = sorted({r.preset for r in self.ladder} - set(self.presets))
         if missing:
             raise ValueError(
@@ -143,7 +186,12 @@ class PipelineSpec(_Strict):
 
     def encode_settings(self) -> dict[str, object]:
         """Spec-wide settings that shape every encoded rendition's bytes."""
-        return {"gop_s": self.gop_s, "chunk_s": self.chunk_s, "chunk_plan": PLAN_VERSION, "upscale": self.upscale}
+        return {
+            "gop_s": self.gop_s,
+            "chunk_s": self.chunk_s,
+            "chunk_plan": PLAN_VERSION,
+            "upscale": self.upscale,
+        }
 
     @property
     def renditions_required(self) -> int:
@@ -153,7 +201,9 @@ class PipelineSpec(_Strict):
     def rendition(self, name: str) -> Rendition:
         found = next((r for r in self.ladder if r.name == name), None)
         if found is None:
-            raise KeyError(f"pipeline {self.name} has no ladder rung {name!r} (rungs: {', '.join(r.name for r in self.ladder)})")
+            raise KeyError(
+                f"pipeline {self.name} has no ladder rung {name!r} (rungs: {', '.join(r.name for r in self.ladder)})"
+            )
         return found
 
     def preset_for(self, rendition: Rendition) -> Preset:
@@ -185,6 +235,7 @@ def load_spec(path: Path, presets_dir: Optional[Path] = None) -> PipelineSpec:
         return PipelineSpec.model_validate(raw)
     except ValidationError as exc:
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
         ]
         raise SpecError(f"spec file {path} is invalid:\n" + "\n".join(lines)) from exc

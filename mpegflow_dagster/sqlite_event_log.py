@@ -39,8 +39,12 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
 
-from .dagster_private import INDEX_SHARD_NAME, SQLITE_BUSY_TIMEOUT_SECONDS, ConfigurableClassData, SqliteEventLogStorage
-
+from .dagster_private import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    ConfigurableClassData,
+    SqliteEventLogStorage,
+)
 
 SYNCHRONOUS = ("NORMAL", "FULL")
 
@@ -80,10 +84,17 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
             assert storage.get_all_run_ids() == []
     """
 
-    def __init__(self, base_dir: str, inst_data: Optional[ConfigurableClassData] = None,
-                 max_engines: int = 32, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        base_dir: str,
+        inst_data: Optional[ConfigurableClassData] = None,
+        max_engines: int = 32,
+        synchronous: str = "NORMAL",
+    ) -> None:
         if synchronous not in SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}")
+            raise ValueError(
+                f"synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}"
+            )
         self._synchronous = synchronous
         # set before Dagster's constructor, which may already query the index
         self._engines: OrderedDict[str, Engine] = OrderedDict()
@@ -99,20 +110,33 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
     @classmethod
     def config_type(cls) -> Mapping[str, Any]:
         return {
-            "base_dir": Field(StringSource, description="Directory of the event log databases (Dagster's default: "
-                                                        "$DAGSTER_HOME/history/runs)."),
-            "max_engines": Field(int, is_required=False, default_value=32,
-                                 description="Database engines kept (one per run being written or read, plus the index)."),
-            "synchronous": Field(Enum("SqliteSynchronous", [EnumValue(v) for v in SYNCHRONOUS]), is_required=False,
-                                 default_value="NORMAL",
-                                 description="SQLite's `synchronous`: NORMAL syncs the write-ahead log at checkpoints "
-                                             "(the last events may be lost on power loss, never corrupted); FULL, "
-                                             "Dagster's own setting, syncs every commit."),
+            "base_dir": Field(
+                StringSource,
+                description="Directory of the event log databases (Dagster's default: "
+                "$DAGSTER_HOME/history/runs).",
+            ),
+            "max_engines": Field(
+                int,
+                is_required=False,
+                default_value=32,
+                description="Database engines kept (one per run being written or read, plus the index).",
+            ),
+            "synchronous": Field(
+                Enum("SqliteSynchronous", [EnumValue(v) for v in SYNCHRONOUS]),
+                is_required=False,
+                default_value="NORMAL",
+                description="SQLite's `synchronous`: NORMAL syncs the write-ahead log at checkpoints "
+                "(the last events may be lost on power loss, never corrupted); FULL, "
+                "Dagster's own setting, syncs every commit.",
+            ),
         }
 
     @classmethod
-    def from_config_value(cls, inst_data: Optional[ConfigurableClassData],  # type: ignore[override]
-                          config_value: Mapping[str, Any]) -> "CachedEngineSqliteEventLogStorage":
+    def from_config_value(
+        cls,
+        inst_data: Optional[ConfigurableClassData],  # type: ignore[override]
+        config_value: Mapping[str, Any],
+    ) -> "CachedEngineSqliteEventLogStorage":
         return cls(inst_data=inst_data, **config_value)
 
     def _engine(self, shard: str) -> Engine:
@@ -127,7 +151,10 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _new_engine(self, shard: str) -> Engine:
         engine = create_engine(
-            self.conn_string_for_shard(shard), poolclass=QueuePool, pool_size=1, max_overflow=-1,
+            self.conn_string_for_shard(shard),
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=-1,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
         event.listen(engine, "connect", self._on_connect)
@@ -160,8 +187,13 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
                 changes = conn.connection.dbapi_connection.total_changes
                 with conn.begin():
                     yield conn
-                if shard != INDEX_SHARD_NAME and conn.connection.dbapi_connection.total_changes != changes:
-                    os.utime(self.path_for_shard(shard))  # what the UI's watcher of this run's .db file waits for
+                if (
+                    shard != INDEX_SHARD_NAME
+                    and conn.connection.dbapi_connection.total_changes != changes
+                ):
+                    os.utime(
+                        self.path_for_shard(shard)
+                    )  # what the UI's watcher of this run's .db file waits for
 
     def wipe(self) -> None:
         self._dispose_engines()  # no open connection may outlive the files Dagster deletes

@@ -94,7 +94,8 @@ def video_partitions(pipeline: str) -> DynamicPartitionsDefinition:
 def retry_policy(spec: RetrySpec) -> RetryPolicy:
     """Dagster's RetryPolicy for a RetrySpec: it alone decides when a retry runs."""
     return RetryPolicy(
-        max_retries=spec.max_retries, delay=spec.delay_s,
+        max_retries=spec.max_retries,
+        delay=spec.delay_s,
         backoff={"exponential": Backoff.EXPONENTIAL, "linear": Backoff.LINEAR}.get(spec.backoff),
         jitter={"plus_minus": Jitter.PLUS_MINUS, "full": Jitter.FULL}.get(spec.jitter),
     )
@@ -115,9 +116,13 @@ class VideoStage:
 
     key: AssetKey  # [pipeline, ..., name]; the first part names the pipeline in events
     code_version: str  # e.g. `provenance.code_version(settings, encoder_build=...)`
-    inputs: Mapping[str, AssetKey] = field(default_factory=dict)  # upstream assets whose data versions feed the recipe
+    inputs: Mapping[str, AssetKey] = field(
+        default_factory=dict
+    )  # upstream assets whose data versions feed the recipe
     description: Optional[str] = None
-    rendition: Optional[str] = None  # failures are announced as `rendition.failed` of this rendition
+    rendition: Optional[str] = (
+        None  # failures are announced as `rendition.failed` of this rendition
+    )
     announces: Optional[str] = None  # event type sent on success, e.g. "rendition.ready"
     reusable: bool = True  # False: always run (e.g. publishing to the outside world)
     optional: bool = False  # the function may return None: no output, downstream stages skip
@@ -140,15 +145,23 @@ class VideoStage:
         """What the asset tells other stages (emit) about its output."""
         if not self.publish_as:
             return {}
-        return {PUBLISH_TAG: self.publish_as, OPTIONAL_TAG: self.optional, **({ENTRY_TAG: self.entry} if self.entry else {})}
+        return {
+            PUBLISH_TAG: self.publish_as,
+            OPTIONAL_TAG: self.optional,
+            **({ENTRY_TAG: self.entry} if self.entry else {}),
+        }
 
 
 @dataclass
 class StageContext:
     """What a stage function is given besides its inputs."""
 
-    work: Path  # empty scratch directory of this attempt: write the output here (removed afterwards)
-    ffmpeg: Tools  # `ffmpeg.run(label, argv)`: progress logged, failures classified, argv in provenance
+    work: (
+        Path  # empty scratch directory of this attempt: write the output here (removed afterwards)
+    )
+    ffmpeg: (
+        Tools  # `ffmpeg.run(label, argv)`: progress logged, failures classified, argv in provenance
+    )
     video: str  # the partition key
     log: Any  # Dagster's logger for this step
     dagster: Context  # the Dagster context, for anything else
@@ -191,8 +204,14 @@ class StageRun:
     outputs share one FFmpeg pass use its parts: `prepare` (recipe; an Output reusing the stored
     artifact when nothing changed), then `finish` for what they made or `failure` for what failed."""
 
-    def __init__(self, context: Context, stage: VideoStage, *, output_name: str = "result",
-                 upstream_versions: Optional[dict[str, Optional[str]]] = None) -> None:
+    def __init__(
+        self,
+        context: Context,
+        stage: VideoStage,
+        *,
+        output_name: str = "result",
+        upstream_versions: Optional[dict[str, Optional[str]]] = None,
+    ) -> None:
         self.context, self.stage, self.output_name = context, stage, output_name
         self.ffmpeg: FFmpegResource = context.resources.ffmpeg
         self.events: WebhookResource = context.resources.events
@@ -205,22 +224,33 @@ class StageRun:
         self.lanes = self.ffmpeg.encode_lanes
         self.earlier: list[dict[str, Any]] = []  # failed attempts of this output in this run
 
-    def run(self, produce: Callable[[StageContext], Union[Path, StageOutput, None]], *,
-            recipe_extra: Optional[dict] = None) -> Optional[Output]:
+    def run(
+        self,
+        produce: Callable[[StageContext], Union[Path, StageOutput, None]],
+        *,
+        recipe_extra: Optional[dict] = None,
+    ) -> Optional[Output]:
         reused = self.prepare(recipe_extra)
         return reused if reused is not None else self.make(produce)
 
     def tools(self, *, threads: Optional[int] = None, lanes: Optional[int] = None) -> Tools:
-        return self.ffmpeg.tools(self.context.log, threads=self.threads if threads is None else threads,
-                                 lanes=self.lanes if lanes is None else lanes)
+        return self.ffmpeg.tools(
+            self.context.log,
+            threads=self.threads if threads is None else threads,
+            lanes=self.lanes if lanes is None else lanes,
+        )
 
-    def make(self, produce: Callable[[StageContext], Union[Path, StageOutput, None]]) -> Optional[Output]:
+    def make(
+        self, produce: Callable[[StageContext], Union[Path, StageOutput, None]]
+    ) -> Optional[Output]:
         """Produce the output now (after `prepare`), in a scratch directory that a failure removes."""
         started = time.time()
         try:
             with self.ffmpeg.scratch(self.stage.name, self.video) as work:
                 tools = self.tools()
-                result = produce(StageContext(work, tools, self.video, self.context.log, self.context))
+                result = produce(
+                    StageContext(work, tools, self.video, self.context.log, self.context)
+                )
                 out = self._checked(result, work, tools)
                 if out is None:
                     shutil.rmtree(work, ignore_errors=True)  # nothing to publish
@@ -231,17 +261,23 @@ class StageRun:
         except Exception as exc:
             raise self.failure(exc) from exc
 
-    def _checked(self, result: Union[Path, StageOutput, None], work: Path, tools: Tools) -> Optional[StageOutput]:
+    def _checked(
+        self, result: Union[Path, StageOutput, None], work: Path, tools: Tools
+    ) -> Optional[StageOutput]:
         if result is None:
             if self.stage.optional:
                 return None
-            raise StageOutputError(f"{self.stage.name} returned None: return the Path it wrote, or declare the "
-                                   "stage optional=True to produce nothing")
+            raise StageOutputError(
+                f"{self.stage.name} returned None: return the Path it wrote, or declare the "
+                "stage optional=True to produce nothing"
+            )
         out = result if isinstance(result, StageOutput) else StageOutput(Path(result))
         path = out.path.resolve()
         if not path.exists() or not path.is_relative_to(work.resolve()):
-            raise StageOutputError(f"{self.stage.name} returned {out.path}: return a file or directory it wrote "
-                                   f"inside context.work ({work}), which the IO manager publishes")
+            raise StageOutputError(
+                f"{self.stage.name} returned {out.path}: return a file or directory it wrote "
+                f"inside context.work ({work}), which the IO manager publishes"
+            )
         return out if out.runs else StageOutput(out.path, out.facts, list(tools.runs), out.hashed)
 
     def prepare(self, recipe_extra: Optional[dict] = None) -> Optional[Output]:
@@ -253,8 +289,12 @@ class StageRun:
         self.earlier = self._failures()
         self.threads = self._reduced(self.ffmpeg.threads)
         self.lanes = self._reduced(self.ffmpeg.encode_lanes)
-        self.recipe = recipe_hash(fingerprint=self.stage.code_version, build_hash=self.ffmpeg.build.build_hash,
-                                  inputs={**self.inputs, **(recipe_extra or {})}, threads=self.threads)
+        self.recipe = recipe_hash(
+            fingerprint=self.stage.code_version,
+            build_hash=self.ffmpeg.build.build_hash,
+            inputs={**self.inputs, **(recipe_extra or {})},
+            threads=self.threads,
+        )
         try:
             return self._reuse()
         except Exception as exc:  # the stored artifact changed: a failure of this output alone
@@ -264,28 +304,50 @@ class StageRun:
         """Hash the output (inside the scratch dir, so a failure here still cleans up) and describe it."""
         sha, size, files = describe(out.path, out.hashed)
         provenance = Provenance(
-            pipeline=self.stage.pipeline, asset=self.stage.name, video=self.video, run_id=self.context.run_id,
-            recipe=self.recipe, stage_fingerprint=self.stage.code_version, preset=self.stage.preset,
+            pipeline=self.stage.pipeline,
+            asset=self.stage.name,
+            video=self.video,
+            run_id=self.context.run_id,
+            recipe=self.recipe,
+            stage_fingerprint=self.stage.code_version,
+            preset=self.stage.preset,
             encoder=EncoderBuild.of(self.ffmpeg.build, self.ffmpeg.pin),
             encoder_libraries={"x264": v} if (v := x264_version(out.path)) else {},
-            argv=[r.argv for r in out.runs], inputs=self.inputs, output_sha256=sha, output_size_bytes=size,
-            output_files=files, media={k: v for k, v in out.facts.items() if v is not None},
-            wall_s=round(time.time() - started, 3), ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
+            argv=[r.argv for r in out.runs],
+            inputs=self.inputs,
+            output_sha256=sha,
+            output_size_bytes=size,
+            output_files=files,
+            media={k: v for k, v in out.facts.items() if v is not None},
+            wall_s=round(time.time() - started, 3),
+            ffmpeg_cpu_s=round(sum(r.cpu_s for r in out.runs), 3),
             ffmpeg_runs=[(round(r.started_at, 3), round(r.wall_s, 3)) for r in out.runs],
-            attempt=self.context.retry_number + 1, earlier_failures=[o["failure_class"] for o in self.earlier],
+            attempt=self.context.retry_number + 1,
+            earlier_failures=[o["failure_class"] for o in self.earlier],
             bit_exact=self.threads == 1,
         )
         self._announce_success(out, sha)
-        return Output(out.path, output_name=self.output_name, data_version=DataVersion(sha),
-                      metadata=self._metadata(provenance, out.facts))
+        return Output(
+            out.path,
+            output_name=self.output_name,
+            data_version=DataVersion(sha),
+            metadata=self._metadata(provenance, out.facts),
+        )
 
     def _metadata(self, prov: Provenance, facts: Mapping[str, Any]) -> dict[str, Any]:
         metadata: dict[str, Any] = {k: v for k, v in facts.items() if v is not None}
         metadata.update(
-            sha256=prov.output_sha256, size_bytes=prov.output_size_bytes, files=prov.output_files,
-            recipe=prov.recipe, stage_fingerprint=prov.stage_fingerprint, attempt=prov.attempt,
-            ffmpeg_version=prov.encoder.ffmpeg_version, ffmpeg_build_hash=prov.encoder.ffmpeg_build_hash,
-            wall_s=prov.wall_s, ffmpeg_cpu_s=prov.ffmpeg_cpu_s, reused=prov.reused_from_run is not None,
+            sha256=prov.output_sha256,
+            size_bytes=prov.output_size_bytes,
+            files=prov.output_files,
+            recipe=prov.recipe,
+            stage_fingerprint=prov.stage_fingerprint,
+            attempt=prov.attempt,
+            ffmpeg_version=prov.encoder.ffmpeg_version,
+            ffmpeg_build_hash=prov.encoder.ffmpeg_build_hash,
+            wall_s=prov.wall_s,
+            ffmpeg_cpu_s=prov.ffmpeg_cpu_s,
+            reused=prov.reused_from_run is not None,
         )
         if prov.preset:
             metadata["preset"] = prov.preset
@@ -301,22 +363,43 @@ class StageRun:
         if not self.stage.reusable or context.run.tags.get(FORCE_TAG, "").lower() == "true":
             return None
         record = _latest(context, self.stage.key)
-        meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
-        if "recipe" not in meta or meta["recipe"].value != self.recipe or PROVENANCE_KEY not in meta:
+        meta = (
+            record.asset_materialization.metadata if record and record.asset_materialization else {}
+        )
+        if (
+            "recipe" not in meta
+            or meta["recipe"].value != self.recipe
+            or PROVENANCE_KEY not in meta
+        ):
             return None
         prov = Provenance.model_validate(meta[PROVENANCE_KEY].value)
         io_manager = getattr(context.resources, IO_MANAGER_KEY, None)
         if not isinstance(io_manager, ArtifactIOManager):
             return None  # a store we cannot check: make it again
-        stored = io_manager.stored(self.stage.key, self.video, Path(meta["path"].value).name, prov.output_sha256)
-        prov = prov.model_copy(update={"run_id": context.run_id, "reused_from_run": prov.reused_from_run or record.run_id,
-                                       "attempt": context.retry_number + 1, "wall_s": 0.0, "ffmpeg_cpu_s": 0.0,
-                                       "ffmpeg_runs": []})
-        context.log.info(f"{self.stage.name}: inputs, parameters and encoder build unchanged: "
-                         f"reusing the output of run {prov.reused_from_run}")
+        stored = io_manager.stored(
+            self.stage.key, self.video, Path(meta["path"].value).name, prov.output_sha256
+        )
+        prov = prov.model_copy(
+            update={
+                "run_id": context.run_id,
+                "reused_from_run": prov.reused_from_run or record.run_id,
+                "attempt": context.retry_number + 1,
+                "wall_s": 0.0,
+                "ffmpeg_cpu_s": 0.0,
+                "ffmpeg_runs": [],
+            }
+        )
+        context.log.info(
+            f"{self.stage.name}: inputs, parameters and encoder build unchanged: "
+            f"reusing the output of run {prov.reused_from_run}"
+        )
         facts = {k: v.value for k, v in meta.items() if k in prov.media}
-        return Output(Reused(stored), output_name=self.output_name,
-                      data_version=DataVersion(prov.output_sha256), metadata=self._metadata(prov, facts))
+        return Output(
+            Reused(stored),
+            output_name=self.output_name,
+            data_version=DataVersion(prov.output_sha256),
+            metadata=self._metadata(prov, facts),
+        )
 
     # -- failures -----------------------------------------------------------------------------
 
@@ -335,16 +418,23 @@ class StageRun:
         records = self.context.instance.fetch_observations(
             AssetRecordsFilter(asset_key=self.stage.key, asset_partitions=[self.video]), limit=50
         ).records
-        found = [r.asset_observation.metadata for r in records
-                 if r.run_id == self.context.run_id and r.asset_observation
-                 and "failure_class" in r.asset_observation.metadata]
+        found = [
+            r.asset_observation.metadata
+            for r in records
+            if r.run_id == self.context.run_id
+            and r.asset_observation
+            and "failure_class" in r.asset_observation.metadata
+        ]
         return [{k: v.value for k, v in m.items()} for m in reversed(found)]
 
     def classification(self, exc: Exception) -> Classification:
         return classify_s3_error(exc) or classify_exception(exc, family=self.ffmpeg.build.family)
 
     def retryable(self, c: Classification) -> bool:
-        return c.failure_class in ("transient", "resource") and self.context.retry_number < self.stage.retry.max_retries
+        return (
+            c.failure_class in ("transient", "resource")
+            and self.context.retry_number < self.stage.retry.max_retries
+        )
 
     def failure(self, exc: Exception) -> Exception:
         """Record a failed attempt and say what to raise: `Retryable` while a retry can heal it (the
@@ -353,34 +443,68 @@ class StageRun:
         c = self.classification(exc)
         attempt = self.context.retry_number
         stderr = getattr(getattr(exc, "result", None), "stderr_tail", "") or ""
-        details = {"failure_class": c.failure_class, "reason": c.reason, "message": c.message,
-                   "exit_code": c.exit_code, "signal": c.signal, "attempt": attempt + 1}
-        meta = {**{k: v for k, v in details.items() if v is not None},
-                "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```")}
-        self.context.log_event(AssetObservation(asset_key=self.stage.key, partition=self.video, metadata=meta))
+        details = {
+            "failure_class": c.failure_class,
+            "reason": c.reason,
+            "message": c.message,
+            "exit_code": c.exit_code,
+            "signal": c.signal,
+            "attempt": attempt + 1,
+        }
+        meta = {
+            **{k: v for k, v in details.items() if v is not None},
+            "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```"),
+        }
+        self.context.log_event(
+            AssetObservation(asset_key=self.stage.key, partition=self.video, metadata=meta)
+        )
         if self.retryable(c):
-            self.context.log.warning(f"{self.stage.name} attempt {attempt + 1} failed ({c.failure_class}: {c.reason}: "
-                                     f"{c.message}); the step's retry policy runs it again")
+            self.context.log.warning(
+                f"{self.stage.name} attempt {attempt + 1} failed ({c.failure_class}: {c.reason}: "
+                f"{c.message}); the step's retry policy runs it again"
+            )
             return Retryable(f"{self.stage.name}: {c.failure_class}: {c.reason}: {c.message}")
-        subject = f"rendition {self.stage.rendition}" if self.stage.rendition else f"stage {self.stage.name}"
+        subject = (
+            f"rendition {self.stage.rendition}"
+            if self.stage.rendition
+            else f"stage {self.stage.name}"
+        )
         headline = f"{subject} failed: {c.failure_class}: {c.reason}"
         if self.stage.rendition:
-            self.events.sink().send(Event(
-                type="rendition.failed", pipeline=self.stage.pipeline, video=self.video, run_id=self.context.run_id,
-                subject=self.stage.rendition, message=headline, data=details,
-            ))
-        return Failure(description=f"video {self.video!r}: {headline} ({c.message})", metadata=meta, allow_retries=False)
+            self.events.sink().send(
+                Event(
+                    type="rendition.failed",
+                    pipeline=self.stage.pipeline,
+                    video=self.video,
+                    run_id=self.context.run_id,
+                    subject=self.stage.rendition,
+                    message=headline,
+                    data=details,
+                )
+            )
+        return Failure(
+            description=f"video {self.video!r}: {headline} ({c.message})",
+            metadata=meta,
+            allow_retries=False,
+        )
 
     def _announce_success(self, out: StageOutput, sha: str) -> None:
         if self.stage.announces:
-            self.events.sink().send(Event(
-                type=self.stage.announces, pipeline=self.stage.pipeline, video=self.video, run_id=self.context.run_id,
-                subject=self.stage.rendition or self.stage.name, message=f"{self.stage.name} ready",
-                data={"sha256": sha, **json.loads(json.dumps(out.facts, default=str))},
-            ))
+            self.events.sink().send(
+                Event(
+                    type=self.stage.announces,
+                    pipeline=self.stage.pipeline,
+                    video=self.video,
+                    run_id=self.context.run_id,
+                    subject=self.stage.rendition or self.stage.name,
+                    message=f"{self.stage.name} ready",
+                    data={"sha256": sha, **json.loads(json.dumps(out.facts, default=str))},
+                )
+            )
 
 
 # -- decorators -------------------------------------------------------------------------------
+
 
 def _fans_in(key: Union[KeyLike, list[AssetKey]]) -> bool:
     """A list of AssetKeys is one input fed by all of them (a list of strings is one key's path)."""
@@ -447,9 +571,21 @@ def video_asset(
     """
     asset_key = _key(key)
     ins = dict(ins or {})
-    stage = VideoStage(key=asset_key, code_version=code_version, inputs=_recipe_inputs(ins), description=description,
-                       rendition=rendition, announces=announces, reusable=reusable, optional=optional, retry=retry,
-                       preset=preset, kinds=frozenset(kinds), publish_as=publish_as, entry=entry)
+    stage = VideoStage(
+        key=asset_key,
+        code_version=code_version,
+        inputs=_recipe_inputs(ins),
+        description=description,
+        rendition=rendition,
+        announces=announces,
+        reusable=reusable,
+        optional=optional,
+        retry=retry,
+        preset=preset,
+        kinds=frozenset(kinds),
+        publish_as=publish_as,
+        entry=entry,
+    )
     partitions = partitions_def or video_partitions(stage.pipeline)
     resources = STAGE_RESOURCES | set(required_resource_keys)
 
@@ -462,13 +598,29 @@ def video_asset(
                 yield output
 
         if not run_with_missing:
-            @asset(key=asset_key, ins=_asset_ins(ins), code_version=code_version, description=doc,
-                   partitions_def=partitions, io_manager_key=IO_MANAGER_KEY, group_name=stage.pipeline,
-                   retry_policy=retry_policy(retry), required_resource_keys=resources, kinds=set(kinds),
-                   output_required=not optional, metadata=stage.metadata)
+
+            @asset(
+                key=asset_key,
+                ins=_asset_ins(ins),
+                code_version=code_version,
+                description=doc,
+                partitions_def=partitions,
+                io_manager_key=IO_MANAGER_KEY,
+                group_name=stage.pipeline,
+                retry_policy=retry_policy(retry),
+                required_resource_keys=resources,
+                kinds=set(kinds),
+                output_required=not optional,
+                metadata=stage.metadata,
+            )
             def single(context: AssetExecutionContext, **loaded: Any) -> Iterator[Output]:
-                yield from body(context, {n: [loaded[f"{n}_{i}"] for i in range(len(k))] if _fans_in(k) else loaded[n]
-                                          for n, k in ins.items()})
+                yield from body(
+                    context,
+                    {
+                        n: [loaded[f"{n}_{i}"] for i in range(len(k))] if _fans_in(k) else loaded[n]
+                        for n, k in ins.items()
+                    },
+                )
 
             return single
 
@@ -478,20 +630,48 @@ def video_asset(
         name = asset_key.to_python_identifier()
         graph_ins = _asset_ins(ins)
 
-        @op(name=f"{name}_stage", ins={n: In() for n in ins}, out=Out(io_manager_key=IO_MANAGER_KEY,
-            is_required=not optional), retry_policy=retry_policy(retry), required_resource_keys=resources)
+        @op(
+            name=f"{name}_stage",
+            ins={n: In() for n in ins},
+            out=Out(io_manager_key=IO_MANAGER_KEY, is_required=not optional),
+            retry_policy=retry_policy(retry),
+            required_resource_keys=resources,
+        )
         def stage_op(context: OpExecutionContext, **loaded: list[Any]) -> Iterator[Output]:
-            yield from body(context, {n: loaded[n] if _fans_in(k) else next(iter(loaded[n]), None) for n, k in ins.items()})
+            yield from body(
+                context,
+                {
+                    n: loaded[n] if _fans_in(k) else next(iter(loaded[n]), None)
+                    for n, k in ins.items()
+                },
+            )
 
         @graph_multi_asset(
-            name=name, ins=graph_ins, partitions_def=partitions,
-            outs={"result": AssetOut(key=asset_key, code_version=code_version, kinds=set(kinds), group_name=stage.pipeline,
-                                     io_manager_key=IO_MANAGER_KEY, description=doc, is_required=not optional,
-                                     metadata=stage.metadata)},
+            name=name,
+            ins=graph_ins,
+            partitions_def=partitions,
+            outs={
+                "result": AssetOut(
+                    key=asset_key,
+                    code_version=code_version,
+                    kinds=set(kinds),
+                    group_name=stage.pipeline,
+                    io_manager_key=IO_MANAGER_KEY,
+                    description=doc,
+                    is_required=not optional,
+                    metadata=stage.metadata,
+                )
+            },
         )
         def fanned(**upstream: Any) -> Any:
-            return stage_op(**{n: [upstream[f"{n}_{i}"] for i in range(len(k))] if _fans_in(k) else [upstream[n]]
-                               for n, k in ins.items()})
+            return stage_op(
+                **{
+                    n: [upstream[f"{n}_{i}"] for i in range(len(k))]
+                    if _fans_in(k)
+                    else [upstream[n]]
+                    for n, k in ins.items()
+                }
+            )
 
         return fanned
 
@@ -516,22 +696,41 @@ def video_multi_asset(
     partitions = partitions_def or video_partitions(stages[0].pipeline)
     resources = STAGE_RESOURCES | set(required_resource_keys)
     specs = [
-        AssetSpec(s.key, deps=list(s.inputs.values()), code_version=s.code_version, description=s.description,
-                  skippable=s.optional, kinds=set(s.kinds), group_name=s.pipeline, metadata=s.metadata,
-                  partitions_def=partitions).with_io_manager_key(IO_MANAGER_KEY)
+        AssetSpec(
+            s.key,
+            deps=list(s.inputs.values()),
+            code_version=s.code_version,
+            description=s.description,
+            skippable=s.optional,
+            kinds=set(s.kinds),
+            group_name=s.pipeline,
+            metadata=s.metadata,
+            partitions_def=partitions,
+        ).with_io_manager_key(IO_MANAGER_KEY)
         for s in stages
     ]
 
     def decorator(fn: Callable[..., Iterator[Output]]) -> AssetsDefinition:
         def runs_for(context: AssetExecutionContext) -> dict[str, StageRun]:
             upstream: dict[str, Optional[str]] = {}
-            return {s.name: StageRun(context, s, output_name=s.key.to_python_identifier(), upstream_versions=upstream)
-                    for s in stages if s.key in context.selected_asset_keys}
+            return {
+                s.name: StageRun(
+                    context, s, output_name=s.key.to_python_identifier(), upstream_versions=upstream
+                )
+                for s in stages
+                if s.key in context.selected_asset_keys
+            }
 
-        common: dict[str, Any] = dict(name=name, specs=specs, ins={n: AssetIn(_key(k)) for n, k in (ins or {}).items()},
-                                      can_subset=can_subset, retry_policy=retry_policy(retry),
-                                      required_resource_keys=resources)
+        common: dict[str, Any] = dict(
+            name=name,
+            specs=specs,
+            ins={n: AssetIn(_key(k)) for n, k in (ins or {}).items()},
+            can_subset=can_subset,
+            retry_policy=retry_policy(retry),
+            required_resource_keys=resources,
+        )
         if config is None:
+
             @multi_asset(**common)
             def plain(context: AssetExecutionContext, **inputs: Any) -> Iterator[Output]:
                 yield from fn(context, runs_for(context), **inputs)
@@ -541,7 +740,9 @@ def video_multi_asset(
         config_class = config
 
         @multi_asset(**common)
-        def configured(context: AssetExecutionContext, config: config_class, **inputs: Any) -> Iterator[Output]:  # type: ignore[valid-type]
+        def configured(
+            context: AssetExecutionContext, config: config_class, **inputs: Any
+        ) -> Iterator[Output]:  # type: ignore[valid-type]
             yield from fn(context, runs_for(context), config=config, **inputs)
 
         return configured
@@ -552,6 +753,7 @@ def video_multi_asset(
 def step_keys(assets: Sequence[AssetsDefinition]) -> dict[AssetKey, str]:
     """Which step materializes each asset (outputs of a multi-asset share one; a graph-backed
     asset's step is named `<graph>.<op>`)."""
+
     def step(node: Any) -> str:
         if isinstance(node, GraphDefinition):
             [inner] = node.node_defs

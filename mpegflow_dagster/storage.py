@@ -30,7 +30,9 @@ SCRATCH_MARKER = ".mpegflow-scratch"
 @dataclass(frozen=True)
 class ArtifactRecord:
     uri: str  # where it was published (path or s3:// URI)
-    sha256: str  # file: sha256 of its bytes; directory: sha256 of its sorted "relpath sha256" manifest
+    sha256: (
+        str  # file: sha256 of its bytes; directory: sha256 of its sorted "relpath sha256" manifest
+    )
     size_bytes: int
     files: int
     is_dir: bool
@@ -93,7 +95,9 @@ def copy_hashing(src: Path, dest: Path, *, fd: Optional[int] = None) -> str:
         if owned:
             os.close(source)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
-        raise SourceChanged(f"{src} changed while it was being copied (still being written?); try again once it is complete")
+        raise SourceChanged(
+            f"{src} changed while it was being copied (still being written?); try again once it is complete"
+        )
     return digest
 
 
@@ -169,7 +173,9 @@ def describe(path: Path, known: Optional[dict[Path, str]] = None) -> Digest:
 
 
 class ArtifactStore(Protocol):
-    def publish(self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None) -> ArtifactRecord:
+    def publish(
+        self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None
+    ) -> ArtifactRecord:
         """Move `src` (file or directory) to `key`, atomically replacing what was there. `digest`
         is `describe(src)` when the caller already has it (saves reading every byte again)."""
 
@@ -210,9 +216,13 @@ class LocalArtifactStore:
         if not path.exists():
             return None
         sha, size, files = describe(path)
-        return ArtifactRecord(uri=str(path), sha256=sha, size_bytes=size, files=files, is_dir=path.is_dir())
+        return ArtifactRecord(
+            uri=str(path), sha256=sha, size_bytes=size, files=files, is_dir=path.is_dir()
+        )
 
-    def publish(self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None) -> ArtifactRecord:
+    def publish(
+        self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None
+    ) -> ArtifactRecord:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
@@ -224,7 +234,9 @@ class LocalArtifactStore:
         finally:
             if staging.exists():
                 _remove(staging)
-        return ArtifactRecord(uri=str(dest), sha256=sha, size_bytes=size, files=files, is_dir=dest.is_dir())
+        return ArtifactRecord(
+            uri=str(dest), sha256=sha, size_bytes=size, files=files, is_dir=dest.is_dir()
+        )
 
 
 def _move_or_copy(src: Path, dest: Path) -> bool:

@@ -27,8 +27,12 @@ def watch_this_process(dagster_home: str, work_dir: str) -> Callable[[], None]:
     """Start the survivor; returns the function to call when this process ends normally."""
     read_end, write_end = os.pipe()  # neither end is inherited by FFmpeg (non-inheritable fds)
     try:
-        subprocess.Popen([sys.executable, str(Path(__file__).resolve()), dagster_home, work_dir], stdin=read_end,
-                         stdout=subprocess.DEVNULL, start_new_session=True)
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), dagster_home, work_dir],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         os.close(read_end)
 
@@ -52,8 +56,11 @@ def _wait_for_the_run(dagster_home: str, work_dir: str) -> None:
     with DagsterInstance.get() as instance:
         failed = fail_abandoned_runs(instance)
     removed, size = collect_abandoned_scratch(Path(work_dir))
-    print(f"mpegflow: the run process died; marked failed: {', '.join(failed) or 'none'}; "
-          f"removed {removed} scratch directories ({size / 1e6:.1f} MB)", file=sys.stderr)
+    print(
+        f"mpegflow: the run process died; marked failed: {', '.join(failed) or 'none'}; "
+        f"removed {removed} scratch directories ({size / 1e6:.1f} MB)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

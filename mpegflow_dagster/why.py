@@ -21,10 +21,14 @@ from .stage import step_keys
 
 
 def _when(ts: Optional[float]) -> Optional[str]:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
+    return (
+        dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
+    )
 
 
-def explain(instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Optional[str] = None) -> dict[str, Any]:
+def explain(
+    instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Optional[str] = None
+) -> dict[str, Any]:
     """Everything known about `video` in pipeline `spec` (or one `asset` of it)."""
     steps_of = step_keys(build_video_assets(spec))
     keys = [k for k in steps_of if asset is None or k.path[-1] == asset]
@@ -40,16 +44,29 @@ def explain(instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Op
             event = record.dagster_event
             data = event.step_failure_data if event else None
             if event and data and data.user_failure_data:
-                meta = {k: v.value for k, v in data.user_failure_data.metadata.items() if k != "stderr_tail"}
-                failures[event.step_key] = {"run_id": run.run_id, "description": data.user_failure_data.description, **meta}
+                meta = {
+                    k: v.value
+                    for k, v in data.user_failure_data.metadata.items()
+                    if k != "stderr_tail"
+                }
+                failures[event.step_key] = {
+                    "run_id": run.run_id,
+                    "description": data.user_failure_data.description,
+                    **meta,
+                }
     stages: dict[str, Any] = {}
     for key in keys:
         step_key = steps_of[key]
         entry: dict[str, Any] = {"asset_key": key.to_user_string()}
         if step_key in steps:
             run_id, stat = steps[step_key]
-            entry.update(status=stat.status.value.lower() if stat.status else "unknown", run_id=run_id,
-                         start=_when(stat.start_time), end=_when(stat.end_time), attempts=stat.attempts)
+            entry.update(
+                status=stat.status.value.lower() if stat.status else "unknown",
+                run_id=run_id,
+                start=_when(stat.start_time),
+                end=_when(stat.end_time),
+                attempts=stat.attempts,
+            )
             if stat.status and stat.status.value == "FAILURE" and step_key in failures:
                 entry["failure"] = failures[step_key]
         else:
@@ -61,13 +78,17 @@ def explain(instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Op
         "video": video,
         "pipeline": spec.name,
         "runs": len(runs),
-        "latest_run": {"run_id": latest.run_id, "status": latest.status.value.lower()} if latest else None,
+        "latest_run": {"run_id": latest.run_id, "status": latest.status.value.lower()}
+        if latest
+        else None,
         "stages": stages,
     }
 
 
 def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> dict[str, Any]:
-    records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[video]), limit=1).records
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[video]), limit=1
+    ).records
     if not records or records[0].asset_materialization is None:
         return {}
     record = records[0]
@@ -76,12 +97,21 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
     provenance = data_provenance(record)
     upstream = {}
     for upstream_key, storage_id in (provenance.input_storage_ids if provenance else {}).items():
-        found = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=upstream_key, storage_ids=[storage_id]), limit=1).records if storage_id else []
+        found = (
+            instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=upstream_key, storage_ids=[storage_id]), limit=1
+            ).records
+            if storage_id
+            else []
+        )
         up = found[0] if found else None
-        upstream[upstream_key.to_user_string()] = {"storage_id": storage_id, "run_id": up.run_id if up else None,
-                          "sha256": up.asset_materialization.metadata["sha256"].value
-                          if up and up.asset_materialization and "sha256" in up.asset_materialization.metadata else None}
+        upstream[upstream_key.to_user_string()] = {
+            "storage_id": storage_id,
+            "run_id": up.run_id if up else None,
+            "sha256": up.asset_materialization.metadata["sha256"].value
+            if up and up.asset_materialization and "sha256" in up.asset_materialization.metadata
+            else None,
+        }
     return {
         "materialized": {
             "run_id": record.run_id,
@@ -98,28 +128,49 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
 
 def render(report: dict[str, Any]) -> str:
     """A terminal view: one block per stage."""
-    lines = [f"{report['pipeline']} / {report['video']}: {report['runs']} run(s); latest "
-             f"{(report['latest_run'] or {}).get('run_id', '-')} {(report['latest_run'] or {}).get('status', '')}"]
+    lines = [
+        f"{report['pipeline']} / {report['video']}: {report['runs']} run(s); latest "
+        f"{(report['latest_run'] or {}).get('run_id', '-')} {(report['latest_run'] or {}).get('status', '')}"
+    ]
     for name, s in report["stages"].items():
-        lines.append(f"\n{name}: {s['status']}" + (f"  {s.get('start')} -> {s.get('end')}, attempts {s.get('attempts')}" if s.get("start") else ""))
+        lines.append(
+            f"\n{name}: {s['status']}"
+            + (
+                f"  {s.get('start')} -> {s.get('end')}, attempts {s.get('attempts')}"
+                if s.get("start")
+                else ""
+            )
+        )
         if "failure" in s:
             f = s["failure"]
-            lines.append(f"  failed: {f.get('failure_class')}: {f.get('reason')} (exit {f.get('exit_code')}): {f.get('message')}")
+            lines.append(
+                f"  failed: {f.get('failure_class')}: {f.get('reason')} (exit {f.get('exit_code')}): {f.get('message')}"
+            )
         m = s.get("materialized")
         if m:
             prov = m.get("provenance") or {}
             enc = prov.get("encoder", {})
-            lines.append(f"  output   {m['path']}  sha256 {str(m['sha256'])[:16]}...  (run {m['run_id'][:8]}, {m['at']})")
+            lines.append(
+                f"  output   {m['path']}  sha256 {str(m['sha256'])[:16]}...  (run {m['run_id'][:8]}, {m['at']})"
+            )
             if enc:
-                lines.append(f"  encoder  ffmpeg {enc.get('ffmpeg_version')} build {enc.get('ffmpeg_build_hash')}"
-                             + "".join(f", {k} {v}" for k, v in prov.get("encoder_libraries", {}).items())
-                             + (f", pinned {enc['pinned']}" if enc.get("pinned") else ""))
+                lines.append(
+                    f"  encoder  ffmpeg {enc.get('ffmpeg_version')} build {enc.get('ffmpeg_build_hash')}"
+                    + "".join(f", {k} {v}" for k, v in prov.get("encoder_libraries", {}).items())
+                    + (f", pinned {enc['pinned']}" if enc.get("pinned") else "")
+                )
             if prov.get("preset"):
-                lines.append(f"  preset   {prov['preset']}  stage {prov.get('stage_fingerprint')}  recipe {prov.get('recipe')}")
+                lines.append(
+                    f"  preset   {prov['preset']}  stage {prov.get('stage_fingerprint')}  recipe {prov.get('recipe')}"
+                )
             if prov.get("reused_from_run"):
-                lines.append(f"  reused   output of run {prov['reused_from_run']} (nothing changed)")
+                lines.append(
+                    f"  reused   output of run {prov['reused_from_run']} (nothing changed)"
+                )
             for upstream, u in m["consumed"].items():
-                lines.append(f"  consumed {upstream} sha256 {str(u['sha256'])[:16]}... (run {str(u['run_id'])[:8]})")
+                lines.append(
+                    f"  consumed {upstream} sha256 {str(u['sha256'])[:16]}... (run {str(u['run_id'])[:8]})"
+                )
             for argv in prov.get("argv", []):
                 lines.append("  argv     " + " ".join(argv))
     return "\n".join(lines)

@@ -26,12 +26,22 @@ def make_source(clip_cache: Path) -> ClipFactory:
     happens once per distinct parameter set."""
     counter = {"n": 0}
 
-    def factory(name: str = "clip", *, duration_s: float = 4.0, width: int = 640, height: int = 360,
-                fps: int | str = 25, audio: bool = True, captions: bool = False) -> Path:
+    def factory(
+        name: str = "clip",
+        *,
+        duration_s: float = 4.0,
+        width: int = 640,
+        height: int = 360,
+        fps: int | str = 25,
+        audio: bool = True,
+        captions: bool = False,
+    ) -> Path:
         rate = str(fps).replace("/", "over")
         cached = clip_cache / f"{duration_s:g}s_{width}x{height}_{rate}_{int(audio)}.mp4"
         if not cached.exists():
-            make_clip(cached, duration_s=duration_s, width=width, height=height, fps=fps, audio=audio)
+            make_clip(
+                cached, duration_s=duration_s, width=width, height=height, fps=fps, audio=audio
+            )
         counter["n"] += 1
         directory = clip_cache / "copies" / str(counter["n"])
         directory.mkdir(parents=True)

@@ -37,7 +37,10 @@ def faststart(clip: Path, directory: Path, ffmpeg: str = "ffmpeg") -> Path:
     """A remux with the index (moov) first, as web uploads usually are: cutting its tail keeps it
     decodable, and the HLS demuxer can stream it as a segment."""
     out = directory / f"{clip.stem}-faststart.mp4"
-    run_ffmpeg(["-i", f"file:{clip}", "-c", "copy", "-movflags", "+faststart", f"file:{out}"], ffmpeg=ffmpeg)
+    run_ffmpeg(
+        ["-i", f"file:{clip}", "-c", "copy", "-movflags", "+faststart", f"file:{out}"],
+        ffmpeg=ffmpeg,
+    )
     return out
 
 
@@ -49,7 +52,9 @@ def truncated(clip: Path, directory: Path, keep: float = 0.5) -> Path:
     return out
 
 
-def bit_flipped(clip: Path, directory: Path, flips: int = 200, seed: int = 3, skip: float = 0.25) -> Path:
+def bit_flipped(
+    clip: Path, directory: Path, flips: int = 200, seed: int = 3, skip: float = 0.25
+) -> Path:
     """Invert `flips` bytes past the first `skip` of the file (leaving the moov of a faststart
     MP4 intact), so the file opens and decodes with concealed errors."""
     data = bytearray(clip.read_bytes())
@@ -63,16 +68,38 @@ def bit_flipped(clip: Path, directory: Path, flips: int = 200, seed: int = 3, sk
 
 def audio_only(directory: Path, ffmpeg: str = "ffmpeg", duration_s: float = 1.0) -> Path:
     out = directory / "audio-only.mp4"
-    run_ffmpeg(["-f", "lavfi", "-i", f"sine=frequency=440:duration={duration_s:g}", "-c:a", "aac", f"file:{out}"],
-               ffmpeg=ffmpeg)
+    run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:duration={duration_s:g}",
+            "-c:a",
+            "aac",
+            f"file:{out}",
+        ],
+        ffmpeg=ffmpeg,
+    )
     return out
 
 
 def vvc_clip(directory: Path, ffmpeg: str) -> Path:
     """A tiny H.266/VVC MP4: a codec FFmpeg 5.1 cannot decode. Needs a build with libvvenc."""
     out = directory / "vvc.mp4"
-    run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=0.2", "-c:v", "libvvenc",
-                "-preset", "faster", f"file:{out}"], ffmpeg=ffmpeg)
+    run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25:duration=0.2",
+            "-c:v",
+            "libvvenc",
+            "-preset",
+            "faster",
+            f"file:{out}",
+        ],
+        ffmpeg=ffmpeg,
+    )
     return out
 
 
@@ -80,12 +107,21 @@ def pixel_bomb_png(directory: Path, width: int = 40000, height: int = 40000) -> 
     """A 100-byte PNG whose header declares `width` x `height` pixels (4.8 GB decoded as RGB)."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload))
+            + kind
+            + payload
+            + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     out = directory / "bomb.png"
-    out.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
-                    + chunk(b"IEND", b""))
+    out.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
     return out
 
 
@@ -155,4 +191,3 @@ def silent_listener() -> socket.socket:
     s.bind(("127.0.0.1", 0))
     s.listen(8)
     return s
-

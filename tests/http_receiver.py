@@ -49,7 +49,9 @@ class Receiver:
                 with receiver._lock:
                     reply = receiver._replies.popleft() if receiver._replies else Reply()
                     receiver.requests.append(
-                        Received(self.command, self.path, dict(self.headers.items()), body, reply.status)
+                        Received(
+                            self.command, self.path, dict(self.headers.items()), body, reply.status
+                        )
                     )
                 time.sleep(reply.delay_s)
                 try:
@@ -72,7 +74,9 @@ class Receiver:
         self._server = Server(("127.0.0.1", port or 0), Handler)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hooks"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def script(self, *replies: Union[int, Reply]) -> None:
         with self._lock:

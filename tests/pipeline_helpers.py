@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -21,17 +22,24 @@ BIN = Path(sys.executable).parent
 def temp_project(base: Path, **ffmpeg_settings) -> Project:
     """The repository's specs and presets, with storage, scratch and delivery under `base`."""
     repo = Project.load(ROOT)
-    settings = Settings(storage_dir="storage", work_dir="work", delivery_dir="delivery", ffmpeg=ffmpeg_settings)
+    settings = Settings(
+        storage_dir="storage", work_dir="work", delivery_dir="delivery", ffmpeg=ffmpeg_settings
+    )
     return Project(root=ROOT, specs=repo.specs, settings=settings.resolved(base))
 
 
-def project_with(tmp_path: Path, spec_changes: dict, preset_files: dict[str, str] = {}, **ffmpeg_settings) -> Project:
+def project_with(
+    tmp_path: Path,
+    spec_changes: dict,
+    preset_files: Optional[dict[str, str]] = None,
+    **ffmpeg_settings,
+) -> Project:
     """The default spec with changes, extra presets, and storage under tmp_path."""
     presets = tmp_path / "resources" / "presets"
     presets.mkdir(parents=True)
     for src in (ROOT / "resources" / "presets").glob("*.yaml"):
         (presets / src.name).write_text(src.read_text())
-    for name, text in preset_files.items():
+    for name, text in (preset_files or {}).items():
         (presets / name).write_text(text)
     raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
     raw.update(spec_changes)
@@ -55,20 +63,32 @@ def cli_env(tmp_path: Path, **env: str) -> dict[str, str]:
     """The environment of `mpegflow` on an instance and storage under `tmp_path`, with the
     instance config `make install` writes (the CLI runs on the config we ship)."""
     write_instance_config(tmp_path / "home")
-    return {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "MPEGFLOW_STORAGE_DIR": str(tmp_path / "storage"),
-            "MPEGFLOW_WORK_DIR": str(tmp_path / "work"), "MPEGFLOW_EVENTS_PATH": str(tmp_path / "events.jsonl"), **env}
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "MPEGFLOW_STORAGE_DIR": str(tmp_path / "storage"),
+        "MPEGFLOW_WORK_DIR": str(tmp_path / "work"),
+        "MPEGFLOW_EVENTS_PATH": str(tmp_path / "events.jsonl"),
+        **env,
+    }
 
 
 def run_cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "mpegflow"), *args], cwd=ROOT, env=cli_env(tmp_path, **env),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(BIN / "mpegflow"), *args],
+        cwd=ROOT,
+        env=cli_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def ffmpeg_wrapper(tmp_path: Path, body: str = "", options: str = "") -> Path:
     """A real-FFmpeg harness: runs `body` (bash), then execs the real binary with `options`
     before the pipeline's arguments (e.g. `-re`: read the first input at its own pace)."""
     script = tmp_path / "ffmpeg-harness"
-    script.write_text(f"#!/bin/bash\n{body}\nexec ffmpeg {options} \"$@\"\n")
+    script.write_text(f'#!/bin/bash\n{body}\nexec ffmpeg {options} "$@"\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script
 
@@ -103,18 +123,39 @@ def wait_for(condition, timeout_s: float, what: str):
 
 def decode_errors(path: Path) -> str:
     """Everything FFmpeg complains about while decoding the whole file ('' = clean)."""
-    proc = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", f"file:{path}", "-f", "null", "-"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-i", f"file:{path}", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+    )
     return proc.stderr.strip() + ("" if proc.returncode == 0 else f" (exit {proc.returncode})")
 
 
 def gray_crop(path: Path, at_s: float, crop: str) -> bytes:
     """One frame's region as 8-bit gray pixels (crop = w:h:x:y in FFmpeg's crop syntax)."""
     return subprocess.run(
-        ["ffmpeg", "-v", "error", "-nostdin", "-ss", str(at_s), "-i", f"file:{path}", "-frames:v", "1",
-         "-vf", f"crop={crop},format=gray", "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-nostdin",
+            "-ss",
+            str(at_s),
+            "-i",
+            f"file:{path}",
+            "-frames:v",
+            "1",
+            "-vf",
+            f"crop={crop},format=gray",
+            "-f",
+            "rawvideo",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
 
 
 def mean_abs_diff(a: bytes, b: bytes) -> float:
     assert len(a) == len(b) and a
-    return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+    return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)

@@ -25,7 +25,10 @@ def free_port() -> int:
 
 def s3_resource(endpoint_url: str) -> S3Resource:
     return S3Resource(
-        endpoint_url=endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        endpoint_url=endpoint_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name=REGION,
     )
 
 
@@ -56,8 +59,11 @@ def bucket(s3: S3Resource) -> str:
 
 
 def list_keys(client: Any, bucket: str, prefix: str = "") -> list[str]:
-    return sorted(o["Key"] for p in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                  for o in p.get("Contents", []))
+    return sorted(
+        o["Key"]
+        for p in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in p.get("Contents", [])
+    )
 
 
 def seed_objects(bucket: str, keys: list[str], body: bytes = b"media") -> None:

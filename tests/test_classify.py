@@ -19,17 +19,27 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import corpus  # tests/ is on sys.path (rootdir conftest, no package)
 import pytest
+from pipeline_helpers import processes_with
 
 from mpegflow_dagster.media.build import FFmpegBuild, detect_build
-from mpegflow_dagster.media.classify import STDERR_RULES, Classification, _from_stderr, classify, classify_exception
+from mpegflow_dagster.media.classify import (
+    STDERR_RULES,
+    Classification,
+    _from_stderr,
+    classify,
+    classify_exception,
+)
 from mpegflow_dagster.media.probe import ProbeError, parse_probe, probe
 from mpegflow_dagster.media.runner import FFmpegFailed, RunLimits, RunResult, run_ffmpeg
-from mpegflow_dagster.media.verify import STDERR_SIGNATURES, OutputRejected, stderr_problems, verify_output
+from mpegflow_dagster.media.verify import (
+    STDERR_SIGNATURES,
+    OutputRejected,
+    stderr_problems,
+    verify_output,
+)
 from mpegflow_dagster.stages.toolkit import MediaRejected
-
-import corpus  # tests/ is on sys.path (rootdir conftest, no package)
-from pipeline_helpers import processes_with
 
 
 def _static_9() -> str:
@@ -49,7 +59,9 @@ def build(request: pytest.FixtureRequest) -> FFmpegBuild:
 
 
 def _decodes(build: FFmpegBuild, codec: str) -> bool:
-    listing = subprocess.run([build.path, "-hide_banner", "-decoders"], capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        [build.path, "-hide_banner", "-decoders"], capture_output=True, text=True, check=True
+    )
     return any(line.split()[1:2] == [codec] for line in listing.stdout.splitlines())
 
 
@@ -79,7 +91,9 @@ def http_base() -> Iterator[str]:
     server.shutdown()
 
 
-def _fail(build: FFmpegBuild, args: list[str], **kwargs: object) -> tuple[RunResult, Classification]:
+def _fail(
+    build: FFmpegBuild, args: list[str], **kwargs: object
+) -> tuple[RunResult, Classification]:
     with pytest.raises(FFmpegFailed) as err:
         run_ffmpeg(args, ffmpeg=build.path, **kwargs)
     result = err.value.result
@@ -99,41 +113,114 @@ NULL = ["-f", "null", "-"]
 # name -> (argv maker(tmp, clip, http_base), class, reason, {family: measured exit status}).
 Maker = Callable[[Path, Path, str], list[str]]
 CASES: dict[str, tuple[Maker, str, str, dict[str, int]]] = {
-    "missing": (lambda d, c, h: _in(corpus.missing(d)) + NULL,
-                "permanent", "input.not_found", {"ffmpeg<=6": 1, "ffmpeg7+": 254}),
-    "zero_byte": (lambda d, c, h: _in(corpus.zero_byte(d)) + NULL,
-                  "permanent", "input.invalid_data", {"ffmpeg<=6": 1, "ffmpeg7+": 183}),
-    "random_bytes": (lambda d, c, h: _in(corpus.random_bytes(d)) + NULL,
-                     "permanent", "input.invalid_data", {"ffmpeg<=6": 1, "ffmpeg7+": 183}),
-    "audio_only": (lambda d, c, h: _in(corpus.audio_only(d)) + ["-map", "0:v:0"] + _x264(d / "o.mp4"),
-                   "permanent", "input.no_video_stream", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
-    "pixel_bomb": (lambda d, c, h: _in(corpus.pixel_bomb_png(d)) + NULL,
-                   "permanent", "input.too_large", {"ffmpeg<=6": 1, "ffmpeg7+": 69}),
-    "unknown_encoder": (lambda d, c, h: _in(c) + ["-c:v", "libfoo264", "-f", "mp4", f"file:{d / 'o.mp4'}"],
-                        "permanent", "config.unknown_encoder", {"ffmpeg<=6": 1, "ffmpeg7+": 8}),
-    "invalid_preset": (lambda d, c, h: _in(c) + ["-c:v", "libx264", "-preset", "warpspeed", "-f", "mp4", f"file:{d / 'o.mp4'}"],
-                       "permanent", "config.invalid_option", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
-    "invalid_bitrate": (lambda d, c, h: _in(c) + ["-c:v", "libx264", "-b:v", "lots", "-f", "mp4", f"file:{d / 'o.mp4'}"],
-                        "permanent", "config.invalid_option", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
-    "odd_dimensions": (lambda d, c, h: _in(c) + ["-vf", "scale=321:241,format=yuv420p"] + _x264(d / "o.mp4"),
-                       "permanent", "config.encoder_rejected", {"ffmpeg<=6": 1, "ffmpeg7+": 187}),
-    "hls_reads_local_file": (lambda d, c, h: _in(corpus.hls_reading_local_file(d)) + NULL,
-                             "security", "security.playlist_input", {"ffmpeg<=6": 1, "ffmpeg7+": 183}),
-    "hls_disguised_as_mp4": (lambda d, c, h: _in(corpus.hls_disguised_as_mp4(d)) + NULL,
-                             "security", "security.playlist_input", {"ffmpeg<=6": 1, "ffmpeg7+": 183}),
-    "ffconcat_disguised_as_mp4": (lambda d, c, h: _in(corpus.ffconcat_disguised_as_mp4(d)) + NULL,
-                                  "security", "security.playlist_input", {"ffmpeg<=6": 1, "ffmpeg7+": 255}),
+    "missing": (
+        lambda d, c, h: _in(corpus.missing(d)) + NULL,
+        "permanent",
+        "input.not_found",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 254},
+    ),
+    "zero_byte": (
+        lambda d, c, h: _in(corpus.zero_byte(d)) + NULL,
+        "permanent",
+        "input.invalid_data",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 183},
+    ),
+    "random_bytes": (
+        lambda d, c, h: _in(corpus.random_bytes(d)) + NULL,
+        "permanent",
+        "input.invalid_data",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 183},
+    ),
+    "audio_only": (
+        lambda d, c, h: _in(corpus.audio_only(d)) + ["-map", "0:v:0"] + _x264(d / "o.mp4"),
+        "permanent",
+        "input.no_video_stream",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 234},
+    ),
+    "pixel_bomb": (
+        lambda d, c, h: _in(corpus.pixel_bomb_png(d)) + NULL,
+        "permanent",
+        "input.too_large",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 69},
+    ),
+    "unknown_encoder": (
+        lambda d, c, h: _in(c) + ["-c:v", "libfoo264", "-f", "mp4", f"file:{d / 'o.mp4'}"],
+        "permanent",
+        "config.unknown_encoder",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 8},
+    ),
+    "invalid_preset": (
+        lambda d, c, h: (
+            _in(c) + ["-c:v", "libx264", "-preset", "warpspeed", "-f", "mp4", f"file:{d / 'o.mp4'}"]
+        ),
+        "permanent",
+        "config.invalid_option",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 234},
+    ),
+    "invalid_bitrate": (
+        lambda d, c, h: (
+            _in(c) + ["-c:v", "libx264", "-b:v", "lots", "-f", "mp4", f"file:{d / 'o.mp4'}"]
+        ),
+        "permanent",
+        "config.invalid_option",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 234},
+    ),
+    "odd_dimensions": (
+        lambda d, c, h: _in(c) + ["-vf", "scale=321:241,format=yuv420p"] + _x264(d / "o.mp4"),
+        "permanent",
+        "config.encoder_rejected",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 187},
+    ),
+    "hls_reads_local_file": (
+        lambda d, c, h: _in(corpus.hls_reading_local_file(d)) + NULL,
+        "security",
+        "security.playlist_input",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 183},
+    ),
+    "hls_disguised_as_mp4": (
+        lambda d, c, h: _in(corpus.hls_disguised_as_mp4(d)) + NULL,
+        "security",
+        "security.playlist_input",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 183},
+    ),
+    "ffconcat_disguised_as_mp4": (
+        lambda d, c, h: _in(corpus.ffconcat_disguised_as_mp4(d)) + NULL,
+        "security",
+        "security.playlist_input",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 255},
+    ),
     "playlist_vs_format_whitelist": (
-        lambda d, c, h: ["-format_whitelist", "mov,mp4,m4a,3gp,3g2,mj2"] + _in(corpus.hls_playlist(d, c)) + NULL,
-        "security", "security.forbidden_format", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
-    "forbidden_protocol": (lambda d, c, h: ["-protocol_whitelist", "file", "-i", f"{h}/404.mp4"] + NULL,
-                           "security", "security.forbidden_protocol", {"ffmpeg<=6": 1, "ffmpeg7+": 234}),
-    "connection_refused": (lambda d, c, h: ["-i", f"http://127.0.0.1:{corpus.free_tcp_port()}/x.mp4"] + NULL,
-                           "transient", "network.refused", {"ffmpeg<=6": 1, "ffmpeg7+": 145}),
-    "http_404": (lambda d, c, h: ["-i", f"{h}/404.mp4"] + NULL,
-                 "permanent", "network.http_error", {"ffmpeg<=6": 1, "ffmpeg7+": 8}),
-    "http_503": (lambda d, c, h: ["-i", f"{h}/503.mp4"] + NULL,
-                 "transient", "network.http_error", {"ffmpeg<=6": 1, "ffmpeg7+": 8}),
+        lambda d, c, h: (
+            ["-format_whitelist", "mov,mp4,m4a,3gp,3g2,mj2"] + _in(corpus.hls_playlist(d, c)) + NULL
+        ),
+        "security",
+        "security.forbidden_format",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 234},
+    ),
+    "forbidden_protocol": (
+        lambda d, c, h: ["-protocol_whitelist", "file", "-i", f"{h}/404.mp4"] + NULL,
+        "security",
+        "security.forbidden_protocol",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 234},
+    ),
+    "connection_refused": (
+        lambda d, c, h: ["-i", f"http://127.0.0.1:{corpus.free_tcp_port()}/x.mp4"] + NULL,
+        "transient",
+        "network.refused",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 145},
+    ),
+    "http_404": (
+        lambda d, c, h: ["-i", f"{h}/404.mp4"] + NULL,
+        "permanent",
+        "network.http_error",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 8},
+    ),
+    "http_503": (
+        lambda d, c, h: ["-i", f"{h}/503.mp4"] + NULL,
+        "transient",
+        "network.http_error",
+        {"ffmpeg<=6": 1, "ffmpeg7+": 8},
+    ),
 }
 
 
@@ -150,7 +237,9 @@ def test_read_timeout_is_transient(build):
     listener = corpus.silent_listener()
     try:
         port = listener.getsockname()[1]
-        result, got = _fail(build, ["-rw_timeout", "500000", "-i", f"http://127.0.0.1:{port}/x.mp4"] + NULL)
+        result, got = _fail(
+            build, ["-rw_timeout", "500000", "-i", f"http://127.0.0.1:{port}/x.mp4"] + NULL
+        )
     finally:
         listener.close()
     assert (got.failure_class, got.reason) == ("transient", "network.timeout")
@@ -169,8 +258,14 @@ def test_unwritable_output_directory(build, clip, tmp_path):
 def test_unmatched_stderr_falls_back_to_the_exit_status(build):
     # No stderr rule knows a filter-size failure: 5.1's exit 1 says nothing (unknown, retried a
     # bounded number of times); 9.0's EINVAL (234) makes it permanent.
-    result, got = _fail(build, ["-f", "lavfi", "-i", "testsrc2=size=320x240:duration=1", "-vf", "crop=4000:4000"] + NULL)
-    expected = {"ffmpeg<=6": ("transient", "unknown"), "ffmpeg7+": ("permanent", "config.invalid_option")}
+    result, got = _fail(
+        build,
+        ["-f", "lavfi", "-i", "testsrc2=size=320x240:duration=1", "-vf", "crop=4000:4000"] + NULL,
+    )
+    expected = {
+        "ffmpeg<=6": ("transient", "unknown"),
+        "ffmpeg7+": ("permanent", "config.invalid_option"),
+    }
     assert (got.failure_class, got.reason) == expected[build.family]
 
 
@@ -187,7 +282,9 @@ def test_disk_full(build, clip):
             assert failed.result.returncode == 256 - errno.ENOSPC
     else:
         assert build.family == "ffmpeg<=6", "only FFmpeg <= 6 exits 0 on a full disk"
-        assert any("Error writing trailer" in p for p in stderr_problems(result.messages, "tolerant"))
+        assert any(
+            "Error writing trailer" in p for p in stderr_problems(result.messages, "tolerant")
+        )
 
 
 def test_codec_this_build_cannot_decode(build, tmp_path):
@@ -202,10 +299,14 @@ def test_codec_this_build_cannot_decode(build, tmp_path):
 def test_playlists_pass_a_file_only_protocol_whitelist(build, clip, tmp_path):
     # Why security.playlist_input exists: `-protocol_whitelist file` does not stop a playlist or
     # concat list from pulling in other local files; only a format whitelist does.
-    for playlist in (["-i", f"file:{corpus.hls_playlist(tmp_path, clip)}"],
-                     ["-f", "concat", "-safe", "0", "-i", f"file:{corpus.concat_list(tmp_path, clip)}"]):
+    for playlist in (
+        ["-i", f"file:{corpus.hls_playlist(tmp_path, clip)}"],
+        ["-f", "concat", "-safe", "0", "-i", f"file:{corpus.concat_list(tmp_path, clip)}"],
+    ):
         result = run_ffmpeg(["-protocol_whitelist", "file", *playlist, *NULL], ffmpeg=build.path)
-        assert result.ok and result.last_progress is not None and result.last_progress.out_time_s > 1.5
+        assert (
+            result.ok and result.last_progress is not None and result.last_progress.out_time_s > 1.5
+        )
 
 
 def _run_and_signal(build: FFmpegBuild, tmp_path: Path, sig: int) -> RunResult:
@@ -216,9 +317,20 @@ def _run_and_signal(build: FFmpegBuild, tmp_path: Path, sig: int) -> RunResult:
 
     def target() -> None:
         try:
-            run_ffmpeg(["-stats_period", "0.1", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=30"]
-                       + _x264(Path(marker)),
-                       ffmpeg=build.path, on_progress=lambda p: started.set())
+            run_ffmpeg(
+                [
+                    "-stats_period",
+                    "0.1",
+                    "-re",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "testsrc2=size=320x240:rate=25:duration=30",
+                ]
+                + _x264(Path(marker)),
+                ffmpeg=build.path,
+                on_progress=lambda p: started.set(),
+            )
         except FFmpegFailed as exc:
             failure.append(exc)
 
@@ -252,13 +364,23 @@ def test_signals_we_did_not_send_are_transient(build, tmp_path, sig):
     [
         # -re at 0.5 fps: progress reports keep coming but out_time only moves every 2 s
         # (9.0 then answers SIGTERM only at the next frame).
-        ("testsrc2=size=320x240:rate=0.5:duration=60", RunLimits(stall_s=1.0, kill_grace_s=5), "process.stalled"),
-        ("testsrc2=size=320x240:rate=25:duration=60", RunLimits(timeout_s=1.0, kill_grace_s=5), "process.watchdog_timeout"),
+        (
+            "testsrc2=size=320x240:rate=0.5:duration=60",
+            RunLimits(stall_s=1.0, kill_grace_s=5),
+            "process.stalled",
+        ),
+        (
+            "testsrc2=size=320x240:rate=25:duration=60",
+            RunLimits(timeout_s=1.0, kill_grace_s=5),
+            "process.watchdog_timeout",
+        ),
     ],
     ids=["stall", "timeout"],
 )
 def test_watchdog_stops_are_transient(build, tmp_path, source, limits, reason):
-    result, got = _fail(build, ["-re", "-f", "lavfi", "-i", source] + _x264(tmp_path / "o.mp4"), limits=limits)
+    result, got = _fail(
+        build, ["-re", "-f", "lavfi", "-i", source] + _x264(tmp_path / "o.mp4"), limits=limits
+    )
     assert result.stopped_by in ("stall", "timeout")
     assert (got.failure_class, got.reason) == ("transient", reason)
 
@@ -266,8 +388,12 @@ def test_watchdog_stops_are_transient(build, tmp_path, source, limits, reason):
 def test_probe_explains_an_ambiguous_kill(build, clip, tmp_path):
     result = _run_and_signal(build, tmp_path, signal.SIGKILL)
     audio = probe(corpus.audio_only(tmp_path))
-    bomb = parse_probe({"format": {"format_name": "png_pipe", "duration": "0.04", "size": "100"},
-                        "streams": [{"index": 0, "codec_type": "video", "width": 40000, "height": 40000}]})
+    bomb = parse_probe(
+        {
+            "format": {"format_name": "png_pipe", "duration": "0.04", "size": "100"},
+            "streams": [{"index": 0, "codec_type": "video", "width": 40000, "height": 40000}],
+        }
+    )
     normal = probe(clip)
     assert classify(result, family=build.family, probe=bomb).reason == "input.too_large"
     assert classify(result, family=build.family, probe=audio).reason == "input.no_video_stream"
@@ -286,7 +412,9 @@ def test_half_a_file_encodes_with_exit_0_but_is_rejected(build, clip, tmp_path):
     assert result.ok
     out, src = probe(tmp_path / "o.mp4"), probe(clip)
     for policy in ("strict", "tolerant"):
-        problems = verify_output(out, src, expect_audio=True, policy=policy, messages=result.messages)
+        problems = verify_output(
+            out, src, expect_audio=True, policy=policy, messages=result.messages
+        )
         assert any("lasts" in p for p in problems), problems
 
 
@@ -296,19 +424,26 @@ def test_concealed_corruption_fails_strict_only(build, clip, tmp_path):
     out, src = probe(tmp_path / "o.mp4"), probe(clip)
     strict = verify_output(out, src, expect_audio=True, policy="strict", messages=result.messages)
     assert strict and all(p.startswith("stderr shows damage") for p in strict), strict
-    assert verify_output(out, src, expect_audio=True, policy="tolerant", messages=result.messages) == []
+    assert (
+        verify_output(out, src, expect_audio=True, policy="tolerant", messages=result.messages)
+        == []
+    )
 
 
 def test_clean_encode_passes_and_missing_audio_is_caught(build, clip, tmp_path):
     result = _encode(build, clip, tmp_path / "o.mp4")
     src = probe(clip)
     out = probe(tmp_path / "o.mp4")
-    assert verify_output(out, src, expect_audio=True, policy="strict", messages=result.messages) == []
+    assert (
+        verify_output(out, src, expect_audio=True, policy="strict", messages=result.messages) == []
+    )
     silent = _encode(build, clip, tmp_path / "silent.mp4", "-an")
     out = probe(tmp_path / "silent.mp4")
     problems = verify_output(out, src, expect_audio=True, policy="strict", messages=silent.messages)
     assert problems == ["source has audio but the output has none"]
-    assert verify_output(out, src, expect_audio=False, policy="strict", messages=silent.messages) == []
+    assert (
+        verify_output(out, src, expect_audio=False, policy="strict", messages=silent.messages) == []
+    )
 
 
 def test_audio_only_output_has_no_video(tmp_path):
@@ -346,9 +481,13 @@ def test_classify_exception(tmp_path):
 
 def test_watchdog_and_cancel_take_precedence_over_stderr():
     # A run we stopped prints errors while dying; those must not decide the class.
-    dying = RunResult(argv=["ffmpeg"], returncode=255, stderr_tail="No space left on device", wall_s=1, cpu_s=1)
+    dying = RunResult(
+        argv=["ffmpeg"], returncode=255, stderr_tail="No space left on device", wall_s=1, cpu_s=1
+    )
     assert classify(dying, family="ffmpeg<=6").reason == "resource.disk_full"
-    assert classify(replace(dying, stopped_by="stall"), family="ffmpeg<=6").reason == "process.stalled"
+    assert (
+        classify(replace(dying, stopped_by="stall"), family="ffmpeg<=6").reason == "process.stalled"
+    )
     assert classify(dying, family="ffmpeg<=6", we_signalled=True).failure_class == "cancelled"
     # 143 is EHOSTUNREACH in 7+, not 128+SIGTERM.
     unreachable = replace(dying, returncode=143, stderr_tail="")
@@ -362,22 +501,44 @@ def test_watchdog_and_cancel_take_precedence_over_stderr():
 
 # One line FFmpeg could print for each stderr rule, in rule order, and for each damage signature.
 RULE_SAMPLES = [
-    "Exiting normally, received signal 15", "Unsafe file name", "Format not on whitelist",
-    "Protocol 'http' not on whitelist", "No space left on device", "Cannot allocate memory",
-    "Picture size 99999x99999 is invalid", "does not contain any video stream",
-    "Stream map '0:s' matches no streams", "Decoder (codec vvc) not found", "Unknown encoder 'libfoo'",
-    "No such filter", "Error while opening encoder", "HTTP error 429 Too Many Requests",
-    "HTTP error 404 Not Found", "HTTP error 503 Service Unavailable", "Connection timed out",
-    "Connection refused", "Network is unreachable", "Permission denied", "No such file or directory",
+    "Exiting normally, received signal 15",
+    "Unsafe file name",
+    "Format not on whitelist",
+    "Protocol 'http' not on whitelist",
+    "No space left on device",
+    "Cannot allocate memory",
+    "Picture size 99999x99999 is invalid",
+    "does not contain any video stream",
+    "Stream map '0:s' matches no streams",
+    "Decoder (codec vvc) not found",
+    "Unknown encoder 'libfoo'",
+    "No such filter",
+    "Error while opening encoder",
+    "HTTP error 429 Too Many Requests",
+    "HTTP error 404 Not Found",
+    "HTTP error 503 Service Unavailable",
+    "Connection timed out",
+    "Connection refused",
+    "Network is unreachable",
+    "Permission denied",
+    "No such file or directory",
     "Invalid data found when processing input",
 ]
-DAMAGE_SAMPLES = ["moov atom not found", "partial file", "Error writing trailer", "Invalid NAL unit",
-                  "Error while decoding", "Error splitting the input into NAL units", "corrupt", "concealing"]
+DAMAGE_SAMPLES = [
+    "moov atom not found",
+    "partial file",
+    "Error writing trailer",
+    "Invalid NAL unit",
+    "Error while decoding",
+    "Error splitting the input into NAL units",
+    "corrupt",
+    "concealing",
+]
 
 
 def test_every_rule_has_a_hostile_sample():
     assert len(RULE_SAMPLES) == len(STDERR_RULES)
-    for rule, sample in zip(STDERR_RULES, RULE_SAMPLES):
+    for rule, sample in zip(STDERR_RULES, RULE_SAMPLES, strict=True):
         assert rule.pattern.search(sample), (rule.reason, sample)
     for pattern, _ in STDERR_SIGNATURES:
         assert any(pattern.search(s) for s in [*DAMAGE_SAMPLES, *RULE_SAMPLES]), pattern.pattern
@@ -395,9 +556,30 @@ def _hostile_clip(build: FFmpegBuild, directory: Path) -> Path:
     """A clean 3 s clip with audio named after damage, whose title tag lists every sample."""
     clip = directory / "anti-corruption-talk.mp4"
     title = "\n".join([*RULE_SAMPLES, *DAMAGE_SAMPLES])
-    run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=3", "-f", "lavfi", "-i",
-                "sine=duration=3", "-metadata", f"title={title}", "-c:v", "libx264", "-g", "25", "-c:a", "aac",
-                "-f", "mp4", f"file:{clip}"], ffmpeg=build.path)
+    run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25:duration=3",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=3",
+            "-metadata",
+            f"title={title}",
+            "-c:v",
+            "libx264",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-f",
+            "mp4",
+            f"file:{clip}",
+        ],
+        ffmpeg=build.path,
+    )
     return clip
 
 
@@ -426,22 +608,50 @@ def test_our_own_commands_on_hostile_names_say_nothing_a_rule_reads(build, tmp_p
     (work / "hls").mkdir()
     srt = write_srt(work / "captions.srt", 3.0)
     runs = [
-        run_ffmpeg(commands.encode_ladder_args(src, {chunk: enc}, threads=1, span=Span(Fraction(0), Fraction(3)),
-                                               thumbnails=(frames, commands.ThumbnailOutput(1, 160, 4))), ffmpeg=build.path),
+        run_ffmpeg(
+            commands.encode_ladder_args(
+                src,
+                {chunk: enc},
+                threads=1,
+                span=Span(Fraction(0), Fraction(3)),
+                thumbnails=(frames, commands.ThumbnailOutput(1, 160, 4)),
+            ),
+            ffmpeg=build.path,
+        ),
         run_ffmpeg(commands.audio_args(src, {audio: enc}), ffmpeg=build.path),
         run_ffmpeg(commands.join_args(listing, audio, joined), ffmpeg=build.path),
-        run_ffmpeg(commands.hls_variant_args(joined, work / "hls", segment_s=2, segment_type="mpegts"), ffmpeg=build.path),
-        run_ffmpeg(commands.sprite_args(frames, work / "sprite.jpg", columns=3, rows=1, tile_width=80, quality=4),
-                   ffmpeg=build.path),
-        run_ffmpeg(commands.encode_rendition_args(src, work / "captioned.mp4", enc, threads=1, subtitles=srt.name),
-                   ffmpeg=build.path, cwd=work),
+        run_ffmpeg(
+            commands.hls_variant_args(joined, work / "hls", segment_s=2, segment_type="mpegts"),
+            ffmpeg=build.path,
+        ),
+        run_ffmpeg(
+            commands.sprite_args(
+                frames, work / "sprite.jpg", columns=3, rows=1, tile_width=80, quality=4
+            ),
+            ffmpeg=build.path,
+        ),
+        run_ffmpeg(
+            commands.encode_rendition_args(
+                src, work / "captioned.mp4", enc, threads=1, subtitles=srt.name
+            ),
+            ffmpeg=build.path,
+            cwd=work,
+        ),
     ]
     for run in runs:
         assert _from_stderr(run.stderr_tail) is not None, run.stderr_tail  # the echoes are there
         assert _from_stderr(run.messages) is None, run.messages
         assert stderr_problems(run.messages, "strict") == [], run.messages
-    assert verify_output(probe(joined), probe(src), expect_audio=True, policy="strict",
-                         messages="\n".join(r.messages for r in runs[:3])) == []
+    assert (
+        verify_output(
+            probe(joined),
+            probe(src),
+            expect_audio=True,
+            policy="strict",
+            messages="\n".join(r.messages for r in runs[:3]),
+        )
+        == []
+    )
 
 
 def test_a_disk_full_join_is_classified_by_the_error_not_its_banner(build, tmp_path):

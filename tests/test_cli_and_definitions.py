@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster import DagsterInstance, DefaultSensorStatus, Definitions, in_process_executor
+from http_receiver import Receiver, free_port
+from pipeline_helpers import BIN, ROOT, run_cli
 
 from mpegflow_dagster import Project, build_video_assets
 from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
 from mpegflow_dagster.webhooks.sensor import DELIVERY_SENSOR
 from mpegflow_dagster.webhooks.signing import verify_signature
-
-from http_receiver import Receiver, free_port
-from pipeline_helpers import BIN, ROOT, run_cli
 
 
 @pytest.mark.pipeline
@@ -29,9 +28,11 @@ def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_pa
     video = report["video"]
     assert video.startswith("my-clip-")  # unsafe name -> slug + hash
     delivered = tmp_path / "out" / video
-    assert report["published"] == {"hls": str(delivered / "hls" / "master.m3u8"),
-                                   "thumbnails": str(delivered / "thumbnails" / "storyboard.vtt"),
-                                   "captioned.mp4": str(delivered / "captioned.mp4")}
+    assert report["published"] == {
+        "hls": str(delivered / "hls" / "master.m3u8"),
+        "thumbnails": str(delivered / "thumbnails" / "storyboard.vtt"),
+        "captioned.mp4": str(delivered / "captioned.mp4"),
+    }
     assert Path(report["published"]["hls"]).read_text().count("#EXT-X-STREAM-INF") == 4
     assert report["stages"]["rendition_1080p"]["status"] == "materialized"
     # The CLI's kept event-log connections were closed at exit: each write-ahead log was folded
@@ -72,8 +73,13 @@ def test_invalid_spec_is_reported_before_anything_runs(make_source, tmp_path):
 
 @pytest.mark.slow  # the `dagster` CLI in its own process: 2-7 s
 def test_code_location_validates():
-    proc = subprocess.run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Validation successful" in proc.stdout + proc.stderr
 
@@ -83,21 +89,26 @@ def test_two_specs_coexist_by_key_prefix(tmp_path):
     raw["name"] = "shorts"
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "shorts.yaml").write_text(yaml.safe_dump(raw))
-    project = Project.load(ROOT, [ROOT / "resources" / "pipelines" / "vod.yaml", tmp_path / "pipelines" / "shorts.yaml"])
+    project = Project.load(
+        ROOT,
+        [ROOT / "resources" / "pipelines" / "vod.yaml", tmp_path / "pipelines" / "shorts.yaml"],
+    )
     defs = project.definitions()
     Definitions.validate_loadable(defs)
     assert defs.executor is in_process_executor  # UI and sensor runs too: no process per step
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert {"vod/rendition_720p", "shorts/rendition_720p", "shorts/hls"} <= keys
-    assert len(keys) == 2 * len([k for a in build_video_assets(project.spec("vod")) for k in a.keys])
+    assert len(keys) == 2 * len(
+        [k for a in build_video_assets(project.spec("vod")) for k in a.keys]
+    )
 
 
 def test_readme_code_location_example_loads(monkeypatch):
     """The README's "own code location" snippet names every resource the assets need."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Using it in your own code location"):]
-    code = section[section.index("```python") + len("```python"):]
-    code = code[:code.index("```")]
+    section = text[text.index("## Using it in your own code location") :]
+    code = section[section.index("```python") + len("```python") :]
+    code = code[: code.index("```")]
     monkeypatch.chdir(ROOT)
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
@@ -111,26 +122,54 @@ def test_run_delivers_webhooks_outside_the_steps_and_says_what_is_left(tmp_path)
     junk = tmp_path / "broken.mp4"
     junk.write_bytes(b"junk" * 1000)
     secret = "whsec-cli-test"
-    no_proxy = {name: "" for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")}
+    no_proxy = {
+        name: ""
+        for name in (
+            "http_proxy",
+            "HTTP_PROXY",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+        )
+    }
 
     def run(base: Path, url: str, *args: str):
-        proc = run_cli(["run", str(junk), "--out", str(base / "out"), "--json", *args], base,
-                       MPEGFLOW_WEBHOOK_URL=url, MPEGFLOW_WEBHOOK_SECRET=secret, **no_proxy)
-        assert proc.returncode == 1, proc.stderr[-3000:]  # the run failed (junk input); delivery never changes that
+        proc = run_cli(
+            ["run", str(junk), "--out", str(base / "out"), "--json", *args],
+            base,
+            MPEGFLOW_WEBHOOK_URL=url,
+            MPEGFLOW_WEBHOOK_SECRET=secret,
+            **no_proxy,
+        )
+        assert proc.returncode == 1, proc.stderr[
+            -3000:
+        ]  # the run failed (junk input); delivery never changes that
         return proc, json.loads(proc.stdout)
 
     with Receiver() as receiver:
         proc, report = run(tmp_path / "up", receiver.url)
     assert report["webhooks_queued"] == 0 and "not delivered yet" not in proc.stderr
     bodies = [json.loads(r.body) for r in receiver.requests]
-    assert [b["type"] for b in bodies][-1] == "video.failed" and {b["run_id"] for b in bodies} == {report["run_id"]}
-    assert all(verify_signature(secret, r.headers["X-Mpegflow-Timestamp"], r.body, r.headers["X-Mpegflow-Signature"])
-               for r in receiver.requests)
+    assert [b["type"] for b in bodies][-1] == "video.failed" and {b["run_id"] for b in bodies} == {
+        report["run_id"]
+    }
+    assert all(
+        verify_signature(
+            secret, r.headers["X-Mpegflow-Timestamp"], r.body, r.headers["X-Mpegflow-Signature"]
+        )
+        for r in receiver.requests
+    )
 
     started = time.monotonic()
-    proc, report = run(tmp_path / "down", f"http://127.0.0.1:{free_port()}/hooks", "--webhook-wait", "1")
+    proc, report = run(
+        tmp_path / "down", f"http://127.0.0.1:{free_port()}/hooks", "--webhook-wait", "1"
+    )
     assert report["webhooks_queued"] == len(bodies)
-    assert f"{len(bodies)} webhook event(s) not delivered yet" in proc.stderr and "Connection" in proc.stderr
+    assert (
+        f"{len(bodies)} webhook event(s) not delivered yet" in proc.stderr
+        and "Connection" in proc.stderr
+    )
     assert str(tmp_path / "down" / "webhooks" / "webhook-outbox.sqlite3") in proc.stderr
     assert time.monotonic() - started < 60
 
@@ -142,18 +181,36 @@ def test_code_location_delivers_webhooks_by_sensor_when_a_url_is_set(monkeypatch
     defs = Project.load(ROOT).definitions()
     Definitions.validate_loadable(defs)
     [sensor_def] = [s for s in defs.sensors if s.name == DELIVERY_SENSOR]
-    assert sensor_def.default_status == DefaultSensorStatus.RUNNING  # the daemon runs it without a click
+    assert (
+        sensor_def.default_status == DefaultSensorStatus.RUNNING
+    )  # the daemon runs it without a click
 
 
 def test_dg_lists_what_the_components_build(tmp_path):
     """`dg list defs` reads the project's defs folder: each pipeline's assets and sensors come
     from its VideoPipelineComponent, the resources from the VideoDeploymentComponent."""
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "VIRTUAL_ENV": str(BIN.parent), "DAGSTER_DISABLE_TELEMETRY": "1"}
-    out = subprocess.run([str(BIN / "dg"), "list", "defs", "--json"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "VIRTUAL_ENV": str(BIN.parent),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+    }
+    out = subprocess.run(
+        [str(BIN / "dg"), "list", "defs", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     listed = json.loads(out.stdout)
     sources = {a["asset_key"]: a["source"] for a in listed["assets"]}
     assert sources["vod/rendition_720p"].startswith("resources/defs/vod/defs.yaml")
     assert {s["name"] for s in listed["sensors"]} >= {"vod_video_succeeded", "vod_video_failed"}
-    assert {r["name"] for r in listed["resources"]} >= {"ffmpeg", "media_io_manager", "delivery", "events"}
+    assert {r["name"] for r in listed["resources"]} >= {
+        "ffmpeg",
+        "media_io_manager",
+        "delivery",
+        "events",
+    }

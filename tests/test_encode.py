@@ -11,17 +11,16 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from pipeline_helpers import ROOT
 
-from mpegflow_dagster.stages.encode import encode_ladder, encode_rendition, encode_spans
-from mpegflow_dagster.stages.ingest import SOURCE_STEM
-from mpegflow_dagster.stages.toolkit import Tools
 from mpegflow_dagster.media.chunking import WHOLE, Span, boundary_step, marks_before, plan_spans
 from mpegflow_dagster.media.probe import probe
 from mpegflow_dagster.media.runner import FFmpegFailed
 from mpegflow_dagster.project import Project
+from mpegflow_dagster.stages.encode import encode_ladder, encode_rendition, encode_spans
+from mpegflow_dagster.stages.ingest import SOURCE_STEM
+from mpegflow_dagster.stages.toolkit import Tools
 from mpegflow_dagster.storage import sha256_file, sha256_files
-
-from pipeline_helpers import ROOT
 
 RUNGS = ("240p", "480p", "720p")
 # 30000/1001: the 2 s cut falls between frames (on frame 60, 2.002 s). 61/3: the cut is on frame
@@ -35,10 +34,17 @@ def ladder_source(make_source, tmp_path_factory, fps: str):
     base = tmp_path_factory.mktemp("encode")
     ingest = base / "ingest"
     ingest.mkdir()
-    shutil.copyfile(make_source(duration_s=4.0, width=1280, height=720, fps=fps), ingest / f"{SOURCE_STEM}.mp4")
+    shutil.copyfile(
+        make_source(duration_s=4.0, width=1280, height=720, fps=fps), ingest / f"{SOURCE_STEM}.mp4"
+    )
     shipped = Project.load(ROOT).spec("vod")
-    chunked = shipped.model_copy(update={"gop_s": 1.0, "chunk_s": 2.0,
-                                         "thumbnails": shipped.thumbnails.model_copy(update={"interval_s": 1.0})})
+    chunked = shipped.model_copy(
+        update={
+            "gop_s": 1.0,
+            "chunk_s": 2.0,
+            "thumbnails": shipped.thumbnails.model_copy(update={"interval_s": 1.0}),
+        }
+    )
     whole = chunked.model_copy(update={"chunk_s": 0.0})
     return base, ingest, probe(ingest / f"{SOURCE_STEM}.mp4"), chunked, whole
 
@@ -63,31 +69,63 @@ def scratch(base: Path, name: str) -> Path:
 def encode(ladder_input, spec, tag: str, names=RUNGS, thumbnails: bool = True, lanes: int = 2):
     base, ingest, info, _, _ = ladder_input
     work = {n: scratch(base / tag, n) for n in [*names, *(["thumbnails"] if thumbnails else [])]}
-    return encode_ladder(ingest, info, spec, [spec.rendition(n) for n in names], thumbnails,
-                                Tools(threads=1, lanes=lanes), work)
+    return encode_ladder(
+        ingest,
+        info,
+        spec,
+        [spec.rendition(n) for n in names],
+        thumbnails,
+        Tools(threads=1, lanes=lanes),
+        work,
+    )
 
 
 def frames(path: Path, entries: str) -> list[dict]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", f"frame={entries}",
-                          "-of", "json", str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            f"frame={entries}",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)["frames"]
 
 
 def test_spans_cut_on_the_first_frame_at_or_after_common_keyframe_and_thumbnail_marks() -> None:
     step = boundary_step(2, 5)
     assert step == 10
-    assert plan_spans(60.0, "30", 30, step) == [Span(Fraction(0), Fraction(30)), Span(Fraction(30), None)]
+    assert plan_spans(60.0, "30", 30, step) == [
+        Span(Fraction(0), Fraction(30)),
+        Span(Fraction(30), None),
+    ]
     assert len(plan_spans(600.0, "25", 30, step)) == 20
     assert plan_spans(40.0, "30", 30, step) == [WHOLE]  # shorter than 1.5 chunks
     assert plan_spans(60.0, "30", 0, step) == [WHOLE]  # chunking off
     assert plan_spans(60.0, None, 30, step) == [WHOLE]  # variable frame rate
     # the 30 s mark falls between frames 899 and 900 (29.97 s and 30.03 s): the cut is on 900
     ntsc = plan_spans(60.06, "30000/1001", 30, step)
-    assert ntsc == [Span(Fraction(0), Fraction(900 * 1001, 30000)), Span(Fraction(900 * 1001, 30000), None)]
+    assert ntsc == [
+        Span(Fraction(0), Fraction(900 * 1001, 30000)),
+        Span(Fraction(900 * 1001, 30000), None),
+    ]
     assert marks_before(ntsc[1], 10) == 3 and marks_before(ntsc[1], 2) == 15
-    film = plan_spans(1800.0, "24000/1001", 30, step)  # 60 chunks, each on the first frame after its mark
+    film = plan_spans(
+        1800.0, "24000/1001", 30, step
+    )  # 60 chunks, each on the first frame after its mark
     film_rate = Fraction(24000, 1001)
-    assert len(film) == 60 and all(s.start_s * film_rate == math.ceil(k * 30 * film_rate) for k, s in enumerate(film))
+    assert len(film) == 60 and all(
+        s.start_s * film_rate == math.ceil(k * 30 * film_rate) for k, s in enumerate(film)
+    )
 
 
 @pytest.mark.slow  # three-rung ladders of a 4 s 720p source: 2-9 s a case
@@ -102,11 +140,15 @@ def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_inp
     done = encode(any_rate_input, chunked, "chunked")
     for name in RUNGS:
         runs = [r.argv for r in done[name].runs]
-        assert sum("-ss" in argv for argv in runs) == 2 and any("concat" in argv for argv in runs), name
+        assert sum("-ss" in argv for argv in runs) == 2 and any(
+            "concat" in argv for argv in runs
+        ), name
         got = frames(done[name].path, "pts_time,key_frame")
         # every source frame once, evenly timed: nothing lost or doubled at the cut
         assert [round(float(f["pts_time"]) * rate) for f in got] == list(range(source_frames)), name
-        assert [i for i, f in enumerate(got) if f["key_frame"]] == keyframes, name  # the cut is one of them
+        assert [i for i, f in enumerate(got) if f["key_frame"]] == keyframes, (
+            name
+        )  # the cut is one of them
         joined = probe(done[name].path)
         assert joined.audio is not None and abs(joined.audio.duration - 4.0) < 0.05, name
 
@@ -115,17 +157,24 @@ def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_inp
 def test_chunked_bytes_depend_on_neither_lanes_nor_what_is_encoded_together(any_rate_input):
     _, _, _, chunked, whole = any_rate_input
     shared = encode(any_rate_input, chunked, "two-lanes", lanes=2)
-    alone = encode(any_rate_input, chunked, "one-lane-720p", names=("720p",), thumbnails=False, lanes=1)
+    alone = encode(
+        any_rate_input, chunked, "one-lane-720p", names=("720p",), thumbnails=False, lanes=1
+    )
     again = encode(any_rate_input, chunked, "again", lanes=1)
-    assert sha256_file(shared["720p"].path) == sha256_file(alone["720p"].path) == sha256_file(again["720p"].path)
+    assert (
+        sha256_file(shared["720p"].path)
+        == sha256_file(alone["720p"].path)
+        == sha256_file(again["720p"].path)
+    )
     for name in RUNGS:
         assert sha256_file(shared[name].path) == sha256_file(again[name].path), name
     # Thumbnails are the same frames either way: chunked, or one run over the whole source.
     unchunked = encode(any_rate_input, whole, "whole-thumbs", names=(), thumbnails=True)
     got, want = sha256_files(shared["thumbnails"].path), sha256_files(unchunked["thumbnails"].path)
     assert len(got) == 4 + 2  # 4 JPEGs, the sprite and the storyboard
-    assert [(p.relative_to(shared["thumbnails"].path), h) for p, h in got.items()] == \
-           [(p.relative_to(unchunked["thumbnails"].path), h) for p, h in want.items()]
+    assert [(p.relative_to(shared["thumbnails"].path), h) for p, h in got.items()] == [
+        (p.relative_to(unchunked["thumbnails"].path), h) for p, h in want.items()
+    ]
 
 
 @pytest.mark.slow  # three-rung ladders of a 4 s 720p source: 2-9 s a case
@@ -135,8 +184,14 @@ def test_unchunked_lanes_give_the_bytes_of_one_run_per_output(ladder_input):
     lane_runs = {id(shared[n].runs[0]) for n in RUNGS}
     assert len(lane_runs) == 2  # two lanes, each decoding the source itself
     for name in RUNGS:
-        alone = encode_rendition(ingest, info, whole, whole.rendition(name), Tools(threads=1),
-                                        scratch(base / "alone", name))
+        alone = encode_rendition(
+            ingest,
+            info,
+            whole,
+            whole.rendition(name),
+            Tools(threads=1),
+            scratch(base / "alone", name),
+        )
         assert sha256_file(shared[name].path) == sha256_file(alone.path), name
 
 
@@ -148,8 +203,19 @@ def test_a_failing_process_stops_the_others_and_is_the_error_raised(ladder_input
     work = {n: scratch(base / f"failing-{which}", n) for n in RUNGS}
     work["720p"].rmdir()  # the 720p output cannot be written (whole) or joined (chunked)
     with pytest.raises(FFmpegFailed) as caught:
-        encode_ladder(ingest, info, spec, [spec.rendition(n) for n in RUNGS], False,
-                             Tools(threads=1, lanes=2), work)
-    assert "720p.mp4" in " ".join(caught.value.result.argv)  # the failure itself, not its consequences
+        encode_ladder(
+            ingest,
+            info,
+            spec,
+            [spec.rendition(n) for n in RUNGS],
+            False,
+            Tools(threads=1, lanes=2),
+            work,
+        )
+    assert "720p.mp4" in " ".join(
+        caught.value.result.argv
+    )  # the failure itself, not its consequences
     assert not caught.value.result.stopped_by
-    assert not list(base.glob("mpegflow-chunks-*")) and not list((base / f"failing-{which}").glob("mpegflow-chunks-*"))
+    assert not list(base.glob("mpegflow-chunks-*")) and not list(
+        (base / f"failing-{which}").glob("mpegflow-chunks-*")
+    )

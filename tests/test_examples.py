@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, Definitions, instance_for_test
+from pipeline_helpers import ROOT, temp_project
 
 from examples.audio_loudnorm import audio_loudnorm
 from examples.preview import teaser
@@ -14,16 +15,29 @@ from mpegflow_dagster.media.probe import probe
 from mpegflow_dagster.runs import materialize_video
 from mpegflow_dagster.spec import load_spec
 
-from pipeline_helpers import ROOT, temp_project
-
 pytestmark = pytest.mark.pipeline
 OWN = [audio_loudnorm, watermarked, teaser]
 
 
 def integrated_lufs(path: Path) -> float:
     """EBU R128 integrated loudness as FFmpeg's ebur128 filter measures it."""
-    err = subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-i", str(path), "-af", "ebur128", "-f", "null", "-"],
-                         capture_output=True, text=True, check=True).stderr
+    err = subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-i",
+            str(path),
+            "-af",
+            "ebur128",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
     return float(re.findall(r"I:\s+(-?[\d.]+) LUFS", err)[-1])
 
 
@@ -31,48 +45,100 @@ def integrated_lufs(path: Path) -> float:
 def loud_source(tmp_path_factory) -> Path:
     """A 6 s clip whose tone is about 10 LU louder than -23 LUFS."""
     out = tmp_path_factory.mktemp("loud") / "loud.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=6",
-                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=6", "-af", "volume=8dB",
-                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac",
-                    str(out)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25:duration=6",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=6",
+            "-af",
+            "volume=8dB",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
 def latest(instance, key: str):
-    return instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey.from_user_string(key), asset_partitions=["loud"]), limit=1
-    ).records[0].asset_materialization.metadata
+    return (
+        instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey.from_user_string(key), asset_partitions=["loud"]),
+            limit=1,
+        )
+        .records[0]
+        .asset_materialization.metadata
+    )
 
 
 def test_the_three_examples_compose_with_the_built_in_pipeline(tmp_path, loud_source):
     project = temp_project(tmp_path).model_copy(
-        update={"specs": [load_spec(ROOT / "examples" / "pipelines" / "vod.yaml", ROOT / "resources" / "presets")]})
+        update={
+            "specs": [
+                load_spec(
+                    ROOT / "examples" / "pipelines" / "vod.yaml", ROOT / "resources" / "presets"
+                )
+            ]
+        }
+    )
     spec = project.spec()
     with instance_for_test() as instance:
-        result = materialize_video(project, spec, "loud", instance=instance, source=loud_source, own_stages=OWN)
+        result = materialize_video(
+            project, spec, "loud", instance=instance, source=loud_source, own_stages=OWN
+        )
         assert result.success
         storage = Path(project.settings.storage_dir)
 
         # (1) loudness: measured loud, delivered at -23 LUFS, both FFmpeg passes in provenance
         audio = latest(instance, "vod/audio_loudnorm")
         assert audio["measured_lufs"].value > -16
-        assert abs(integrated_lufs(storage / "vod" / "audio_loudnorm" / "loud" / "audio.m4a") + 23) <= 1.0
-        assert [argv[argv.index("-af") + 1].split("=")[0] for argv in audio["provenance"].value["argv"]] == \
-            ["loudnorm", "loudnorm"]
+        assert (
+            abs(integrated_lufs(storage / "vod" / "audio_loudnorm" / "loud" / "audio.m4a") + 23)
+            <= 1.0
+        )
+        assert [
+            argv[argv.index("-af") + 1].split("=")[0] for argv in audio["provenance"].value["argv"]
+        ] == ["loudnorm", "loudnorm"]
 
         # (2) the user's rendition is a variant of the built-in package, beside the spec's rungs
         master = (Path(project.settings.delivery_dir) / "loud" / "hls" / "master.m3u8").read_text()
-        assert [line for line in master.splitlines() if line.endswith("index.m3u8")] == \
-            ["240p/index.m3u8", "watermarked/index.m3u8", "480p/index.m3u8"]  # by bandwidth
+        assert [line for line in master.splitlines() if line.endswith("index.m3u8")] == [
+            "240p/index.m3u8",
+            "watermarked/index.m3u8",
+            "480p/index.m3u8",
+        ]  # by bandwidth
         assert "RESOLUTION=640x360" in master
-        assert set(latest(instance, "vod/hls")["provenance"].value["inputs"]) == \
-            {"rendition_240p", "rendition_480p", "watermarked"}
+        assert set(latest(instance, "vod/hls")["provenance"].value["inputs"]) == {
+            "rendition_240p",
+            "rendition_480p",
+            "watermarked",
+        }
 
         # (3) pipeline B's stage on pipeline A's output, same video partition
         rendition = latest(instance, "vod/rendition_480p")
         clip = latest(instance, "preview/teaser")
         assert clip["provenance"].value["inputs"] == {"rendition": rendition["sha256"].value}
-        assert abs(probe(storage / "preview" / "teaser" / "loud" / "teaser.mp4").duration - 3.0) < 0.2
+        assert (
+            abs(probe(storage / "preview" / "teaser" / "loud" / "teaser.mp4").duration - 3.0) < 0.2
+        )
 
         # Unchanged: every stage of your own is skipped (the stored output reused, no FFmpeg).
         again = materialize_video(project, spec, "loud", instance=instance, own_stages=OWN)

@@ -16,27 +16,54 @@ PROFILE_BYTE = {"Constrained Baseline": 0x42, "Baseline": 0x42, "Main": 0x4D, "H
 
 
 def ffprobe(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-of", "json", "-show_format", "-show_streams", str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-of", "json", "-show_format", "-show_streams", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
 def encode(out: Path, *, rate: str, profile: str, audio: bool, faststart: bool) -> Path:
     argv = FFMPEG + ["-f", "lavfi", "-i", f"testsrc2=size=320x180:rate={rate}:duration=2"]
     if audio:
-        argv += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2", "-c:a", "aac", "-b:a", "64k"]
-    argv += ["-c:v", "libx264", "-preset", "ultrafast", "-profile:v", profile, "-pix_fmt", "yuv420p"]
+        argv += [
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=2",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+        ]
+    argv += [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-profile:v",
+        profile,
+        "-pix_fmt",
+        "yuv420p",
+    ]
     argv += (["-movflags", "+faststart"] if faststart else []) + [str(out)]
     subprocess.run(argv, check=True)
     return out
 
 
-@pytest.mark.parametrize("rate,profile,audio,faststart", [
-    ("30000/1001", "high", False, True),  # NTSC rate, moov first, no audio
-    ("25", "baseline", True, False),  # moov after mdat, with AAC
-    ("30", "main", True, True),
-])
-def test_header_matches_ffprobe(tmp_path: Path, rate: str, profile: str, audio: bool, faststart: bool) -> None:
+@pytest.mark.parametrize(
+    "rate,profile,audio,faststart",
+    [
+        ("30000/1001", "high", False, True),  # NTSC rate, moov first, no audio
+        ("25", "baseline", True, False),  # moov after mdat, with AAC
+        ("30", "main", True, True),
+    ],
+)
+def test_header_matches_ffprobe(
+    tmp_path: Path, rate: str, profile: str, audio: bool, faststart: bool
+) -> None:
     mp4 = encode(tmp_path / "v.mp4", rate=rate, profile=profile, audio=audio, faststart=faststart)
     probed = ffprobe(mp4)
     video = next(s for s in probed["streams"] if s["codec_type"] == "video")
@@ -47,7 +74,9 @@ def test_header_matches_ffprobe(tmp_path: Path, rate: str, profile: str, audio: 
     assert header.video.codec.startswith(f"avc1.{PROFILE_BYTE[video['profile']]:02x}")
     assert int(header.video.codec[-2:], 16) == video["level"]
     has_audio = any(s["codec_type"] == "audio" for s in probed["streams"])
-    assert header.audio_codec == ("mp4a.40.2" if has_audio else None)  # FFmpeg's aac encoder: AAC-LC
+    assert header.audio_codec == (
+        "mp4a.40.2" if has_audio else None
+    )  # FFmpeg's aac encoder: AAC-LC
     assert header.codecs == header.video.codec + (",mp4a.40.2" if has_audio else "")
 
 
@@ -58,7 +87,9 @@ def test_not_a_rendition_is_refused_with_a_reason(tmp_path: Path) -> None:
     with pytest.raises(Mp4Error, match="moov"):
         read_mp4(text)
     truncated = tmp_path / "cut.mp4"
-    truncated.write_bytes(good.read_bytes()[:2000])  # ends inside the moov box (faststart: moov first)
+    truncated.write_bytes(
+        good.read_bytes()[:2000]
+    )  # ends inside the moov box (faststart: moov first)
     with pytest.raises(Mp4Error, match="truncated moov"):
         read_mp4(truncated)
     audio_only = tmp_path / "a.mp4"

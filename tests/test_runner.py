@@ -7,20 +7,30 @@ import subprocess
 import sys
 
 import pytest
+from pipeline_helpers import processes_with, wait_for
 
 from mpegflow_dagster.media.build import FFmpegNotFound, detect_build
 from mpegflow_dagster.media.probe import ProbeError, probe
 from mpegflow_dagster.media.runner import FFmpegFailed, RunLimits, run_ffmpeg
-
-from pipeline_helpers import processes_with, wait_for
 
 
 def test_progress_is_reported_and_cpu_time_measured(make_source, tmp_path):
     src = make_source(duration_s=3.0)
     reports = []
     result = run_ffmpeg(
-        ["-i", f"file:{src}", "-c:v", "libx264", "-preset", "ultrafast", "-f", "mp4", f"file:{tmp_path / 'o.mp4'}"],
-        duration_s=3.0, on_progress=reports.append,
+        [
+            "-i",
+            f"file:{src}",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-f",
+            "mp4",
+            f"file:{tmp_path / 'o.mp4'}",
+        ],
+        duration_s=3.0,
+        on_progress=reports.append,
     )
     assert result.ok and result.cpu_s > 0 and result.wall_s > 0
     assert reports[-1].done and reports[-1].percent == pytest.approx(100, abs=5)
@@ -35,8 +45,13 @@ def test_failure_keeps_the_stderr_tail(tmp_path):
     assert "No such file or directory" in str(err.value)
 
 
-@pytest.mark.parametrize("limits, reason", [(RunLimits(timeout_s=0.5, kill_grace_s=0.5), "timeout"),
-                                           (RunLimits(stall_s=0.5, kill_grace_s=0.5), "stall")])
+@pytest.mark.parametrize(
+    "limits, reason",
+    [
+        (RunLimits(timeout_s=0.5, kill_grace_s=0.5), "timeout"),
+        (RunLimits(stall_s=0.5, kill_grace_s=0.5), "stall"),
+    ],
+)
 def test_watchdog_stops_runaway_and_stalled_runs(tmp_path, limits, reason):
     # -re paces reading at real time: a 60 s source takes 60 s, far past the limit.
     # The stall case reads a FIFO that never delivers: FFmpeg makes no progress at all, and may
@@ -49,12 +64,23 @@ def test_watchdog_stops_runaway_and_stalled_runs(tmp_path, limits, reason):
         os.mkfifo(fifo)
         args = ["-f", "mpegts", "-i", f"file:{fifo}", "-f", "null", "-"]
     else:
-        args = ["-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=60", "-f", "null", "-"]
+        args = [
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25:duration=60",
+            "-f",
+            "null",
+            "-",
+        ]
     with pytest.raises(FFmpegFailed) as err:
         run_ffmpeg(args, limits=limits)
     result = err.value.result
     assert result.stopped_by == reason
-    assert result.wall_s < (limits.timeout_s or limits.stall_s) + limits.kill_grace_s + 5  # 5 s: a loaded host
+    assert (
+        result.wall_s < (limits.timeout_s or limits.stall_s) + limits.kill_grace_s + 5
+    )  # 5 s: a loaded host
 
 
 def test_probe_reads_streams_and_treats_odd_names_as_plain_files(make_source):
@@ -92,13 +118,19 @@ def test_ffmpeg_dies_with_the_process_that_ran_it(tmp_path, fallback):
     """kill -9 of the Python process running FFmpeg: the kernel kills FFmpeg too, through
     `setpriv --pdeathsig` or, where there is no such setpriv, a prctl in the forked child."""
     marker = f"testsrc2=size=160x120:rate=25:duration={61 + fallback}"  # one FFmpeg per case
-    script = (f"from mpegflow_dagster.media import runner\n"
-              f"{'runner._setpriv = lambda: None' if fallback else ''}\n"
-              f"runner.run_ffmpeg(['-re', '-f', 'lavfi', '-i', '{marker}', '-f', 'null', '-'])\n")
+    script = (
+        f"from mpegflow_dagster.media import runner\n"
+        f"{'runner._setpriv = lambda: None' if fallback else ''}\n"
+        f"runner.run_ffmpeg(['-re', '-f', 'lavfi', '-i', '{marker}', '-f', 'null', '-'])\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path)
     [ffmpeg] = wait_for(lambda: processes_with(marker, "-progress"), 60, "FFmpeg to start")
-    assert int(open(f"/proc/{ffmpeg}/stat").read().rsplit(")", 1)[1].split()[1]) == child.pid  # its parent
+    assert (
+        int(open(f"/proc/{ffmpeg}/stat").read().rsplit(")", 1)[1].split()[1]) == child.pid
+    )  # its parent
     assert child.poll() is None
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    wait_for(lambda: ffmpeg not in processes_with(marker) or None, 5, "FFmpeg to die with its parent")
+    wait_for(
+        lambda: ffmpeg not in processes_with(marker) or None, 5, "FFmpeg to die with its parent"
+    )

@@ -21,7 +21,9 @@ SMALL_PARTS = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 
 def record_calls(client, operation: str) -> list[dict]:
     """Params of every `operation` request the client sends (botocore event hook, no mocking)."""
     calls: list[dict] = []
-    client.meta.events.register(f"before-parameter-build.s3.{operation}", lambda params, **_: calls.append(params))
+    client.meta.events.register(
+        f"before-parameter-build.s3.{operation}", lambda params, **_: calls.append(params)
+    )
     return calls
 
 
@@ -46,7 +48,12 @@ def test_publish_large_file_streams_multipart_and_hashes(s3, bucket, tmp_path):
     parts = record_calls(client, "UploadPart")
     record = store.publish(src, PurePosixPath("video/ingest/source.mp4"))
     assert record.uri == f"s3://{bucket}/art/video/ingest/source.mp4"
-    assert (record.sha256, record.size_bytes, record.files, record.is_dir) == (sha256_file(src), 12 << 20, 1, False)
+    assert (record.sha256, record.size_bytes, record.files, record.is_dir) == (
+        sha256_file(src),
+        12 << 20,
+        1,
+        False,
+    )
     assert len(parts) == 3  # 12 MiB in 5 MiB parts: never read whole
     assert list_keys(client, bucket) == ["art/video/ingest/source.mp4"]  # no staging object left
     assert src.exists()
@@ -58,7 +65,9 @@ def test_publish_large_file_streams_multipart_and_hashes(s3, bucket, tmp_path):
 
 
 def test_delivery_sets_types_and_cache_control_and_copies_playlists_last(s3, bucket, tmp_path):
-    delivery = S3DeliveryResource(s3=s3, bucket=bucket, prefix="cdn", cache_dir=str(tmp_path / "cache"))
+    delivery = S3DeliveryResource(
+        s3=s3, bucket=bucket, prefix="cdn", cache_dir=str(tmp_path / "cache")
+    )
     store = delivery.store()
     copies = record_calls(store.client, "CopyObject")
     tree = hls_tree(tmp_path / "hls")
@@ -69,8 +78,9 @@ def test_delivery_sets_types_and_cache_control_and_copies_playlists_last(s3, buc
     order = [PurePosixPath(c["Key"]).suffix for c in copies]
     assert sorted(order[-3:]) == [".m3u8", ".m3u8", ".vtt"] and set(order[:-3]) == {".ts", ".jpg"}
     client = s3.get_client()
-    assert list_keys(client, bucket) == sorted(f"cdn/vid1/hls/{p.relative_to(tree).as_posix()}"
-                                               for p in tree.rglob("*") if p.is_file())
+    assert list_keys(client, bucket) == sorted(
+        f"cdn/vid1/hls/{p.relative_to(tree).as_posix()}" for p in tree.rglob("*") if p.is_file()
+    )
     expected = {
         "master.m3u8": ("application/vnd.apple.mpegurl", "public, max-age=10"),
         "v720/seg_000.ts": ("video/mp2t", "public, max-age=31536000, immutable"),
@@ -90,14 +100,21 @@ def test_republish_replaces_the_tree_and_the_cache_follows(s3, bucket, tmp_path)
     assert len([p for p in first.rglob("*") if p.is_file()]) == 7
 
     gets = record_calls(client, "GetObject")
-    assert store.local_path(PurePosixPath("v/hls")) == first and gets == []  # cached: same ETag and size
+    assert (
+        store.local_path(PurePosixPath("v/hls")) == first and gets == []
+    )  # cached: same ETag and size
 
     second = hls_tree(tmp_path / "two", segments=1)
     (second / "master.m3u8").write_text("#EXTM3U\nchanged\n")
     store.publish(second, PurePosixPath("v/hls"))
-    assert list_keys(client, bucket, "v/hls/v720/") == ["v/hls/v720/index.m3u8", "v/hls/v720/seg_000.ts"]
+    assert list_keys(client, bucket, "v/hls/v720/") == [
+        "v/hls/v720/index.m3u8",
+        "v/hls/v720/seg_000.ts",
+    ]
     again = store.local_path(PurePosixPath("v/hls"))
-    assert describe(again) == describe(second)  # stale seg_001/002 pruned from the cache, master refreshed
+    assert describe(again) == describe(
+        second
+    )  # stale seg_001/002 pruned from the cache, master refreshed
     assert sorted(g["Key"] for g in gets) == ["v/hls/master.m3u8"]
 
 
@@ -125,7 +142,9 @@ def test_publish_to_a_missing_bucket_raises_and_leaves_nothing(s3, bucket, tmp_p
     with pytest.raises(FileNotFoundError, match="does not exist: create it"):
         store.publish(hls_tree(tmp_path / "hls"), PurePosixPath("v/hls"))
     with pytest.raises(FileNotFoundError, match="materialize the upstream asset"):
-        S3ArtifactStore(client, bucket, "art", tmp_path / "cache").local_path(PurePosixPath("v/hls"))
+        S3ArtifactStore(client, bucket, "art", tmp_path / "cache").local_path(
+            PurePosixPath("v/hls")
+        )
     with pytest.raises(ValueError, match="'..'"):
         store.publish(tmp_path / "hls", PurePosixPath("../escape"))
 
@@ -149,27 +168,43 @@ def test_io_manager_round_trip_through_dagster(s3, bucket, tmp_path):
         out.write_text(str(encoded))
         return out
 
-    io_manager = S3BinaryIOManager(s3=s3, bucket=bucket, prefix="store", cache_dir=str(tmp_path / "cache"))
-    result = materialize([encoded, checked], partition_key="clip-a", instance=DagsterInstance.ephemeral(),
-                         resources={"io_manager": io_manager})
+    io_manager = S3BinaryIOManager(
+        s3=s3, bucket=bucket, prefix="store", cache_dir=str(tmp_path / "cache")
+    )
+    result = materialize(
+        [encoded, checked],
+        partition_key="clip-a",
+        instance=DagsterInstance.ephemeral(),
+        resources={"io_manager": io_manager},
+    )
     assert result.success
     keys = list_keys(s3.get_client(), bucket)
     assert keys == ["store/checked/clip-a/checked.txt", "store/encoded/clip-a/encoded.bin"]
     meta = result.asset_materializations_for_node("encoded")[0].metadata
     assert meta["sha256"].value == hashlib.sha256(payload).hexdigest()
     assert meta["path"].value == f"s3://{bucket}/store/encoded/clip-a/encoded.bin"
-    input_path = Path(s3.get_client().get_object(Bucket=bucket, Key=keys[0])["Body"].read().decode())
-    assert input_path.is_relative_to(tmp_path / "cache")  # the downstream asset read a cached download
+    input_path = Path(
+        s3.get_client().get_object(Bucket=bucket, Key=keys[0])["Body"].read().decode()
+    )
+    assert input_path.is_relative_to(
+        tmp_path / "cache"
+    )  # the downstream asset read a cached download
 
 
 def test_download_source_streams_the_video_and_its_sidecar(s3, bucket, tmp_path):
     client = s3.get_client()
     client.put_object(Bucket=bucket, Key="in/../Ma Vidéo.MP4", Body=b"video-bytes")
-    client.put_object(Bucket=bucket, Key="in/../Ma Vidéo.srt", Body=b"1\n00:00:00,000 --> 00:00:01,000\nhi\n")
+    client.put_object(
+        Bucket=bucket, Key="in/../Ma Vidéo.srt", Body=b"1\n00:00:00,000 --> 00:00:01,000\nhi\n"
+    )
     client.put_object(Bucket=bucket, Key="in/plain.mov", Body=b"mov")
 
     path = download_source(client, f"s3://{bucket}/in/../Ma Vidéo.MP4", tmp_path / "dl")
-    assert path.parent == tmp_path / "dl" and path.suffix == ".mp4" and path.read_bytes() == b"video-bytes"
+    assert (
+        path.parent == tmp_path / "dl"
+        and path.suffix == ".mp4"
+        and path.read_bytes() == b"video-bytes"
+    )
     assert path.with_suffix(".srt").read_bytes().startswith(b"1\n")
     plain = download_source(client, f"s3://{bucket}/in/plain.mov", tmp_path / "dl")
     assert plain.name == "plain.mov" and not plain.with_suffix(".srt").exists()

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from dagster import (
     AssetKey,
     DagsterEventType,
@@ -25,17 +26,16 @@ from dagster import (
     instance_for_test,
     materialize,
 )
+from http_receiver import Receiver
 from moto.server import ThreadedMotoServer
+from pipeline_helpers import ROOT, decode_errors
 from s3_server import bucket, free_port, list_keys, moto_endpoint, s3, s3_resource  # noqa: F401  (fixtures)
 
-from http_receiver import Receiver
 from mpegflow_dagster.outcomes import run_outcomes
 from mpegflow_dagster.project import Project, S3Settings, Settings
 from mpegflow_dagster.runs import materialize_video
 from mpegflow_dagster.webhooks.sensor import DELIVERY_SENSOR
 from mpegflow_dagster.webhooks.signing import verify_signature
-
-from pipeline_helpers import ROOT, decode_errors
 
 pytestmark = pytest.mark.pipeline  # every test reads or makes pipeline runs on S3
 
@@ -50,14 +50,23 @@ IMMUTABLE_CACHE = "public, max-age=31536000, immutable"
 
 # -- helpers ------------------------------------------------------------------------------------
 
+
 def aws_env(mp: pytest.MonkeyPatch) -> None:
     """The project's S3Resource uses the default credential chain: give it moto's test keys."""
     mp.setenv("AWS_ACCESS_KEY_ID", "testing")
     mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
     mp.setenv("MPEGFLOW_WEBHOOK_SECRET", SECRET)
-    for name in ("MPEGFLOW_S3_ENDPOINT_URL", "MPEGFLOW_S3_BUCKET", "MPEGFLOW_DELIVERY_BUCKET", "MPEGFLOW_UPLOAD_BUCKET",
-                 "MPEGFLOW_S3_PREFIX", "MPEGFLOW_DELIVERY_PREFIX", "MPEGFLOW_UPLOAD_PREFIX", "MPEGFLOW_WEBHOOK_URL"):
+    for name in (
+        "MPEGFLOW_S3_ENDPOINT_URL",
+        "MPEGFLOW_S3_BUCKET",
+        "MPEGFLOW_DELIVERY_BUCKET",
+        "MPEGFLOW_UPLOAD_BUCKET",
+        "MPEGFLOW_S3_PREFIX",
+        "MPEGFLOW_DELIVERY_PREFIX",
+        "MPEGFLOW_UPLOAD_PREFIX",
+        "MPEGFLOW_WEBHOOK_URL",
+    ):
         mp.delenv(name, raising=False)
 
 
@@ -67,11 +76,19 @@ def new_bucket(client: Any, role: str) -> str:
     return name
 
 
-def s3_project(base: Path, endpoint: str, *, webhook_url: str | None = None, **buckets: str) -> Project:
+def s3_project(
+    base: Path, endpoint: str, *, webhook_url: str | None = None, **buckets: str
+) -> Project:
     """The repository's specs and presets; S3 buckets for the given roles, local dirs under `base`."""
     repo = Project.load(ROOT)
-    settings = Settings(storage_dir="storage", work_dir="work", delivery_dir="delivery", events_path="events/events.jsonl",
-                        webhook_url=webhook_url, s3=S3Settings(endpoint_url=endpoint, **buckets))
+    settings = Settings(
+        storage_dir="storage",
+        work_dir="work",
+        delivery_dir="delivery",
+        events_path="events/events.jsonl",
+        webhook_url=webhook_url,
+        s3=S3Settings(endpoint_url=endpoint, **buckets),
+    )
     return Project(root=ROOT, specs=repo.specs, settings=settings.resolved(base))
 
 
@@ -81,7 +98,9 @@ def project_sensor(project: Project, name: str = "vod_s3_uploads"):
 
 def tick(project: Project, instance, cursor: str | None) -> SensorResult:
     # A context manager: some of the project's resources are generator resources.
-    with build_sensor_context(instance=instance, cursor=cursor, resources=project.resources()) as context:
+    with build_sensor_context(
+        instance=instance, cursor=cursor, resources=project.resources()
+    ) as context:
         result = project_sensor(project)(context)
     assert isinstance(result, SensorResult) and result.cursor
     return result
@@ -129,14 +148,22 @@ def staging_keys(client: Any, *buckets: str) -> list[str]:
 
 # -- 1. upload -> sensor -> run -> delivery bucket ----------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def deployment(moto_endpoint: str, make_source, tmp_path_factory) -> Iterator[dict[str, Any]]:
     """One upload taken through the project's sensor and a real run; everything the tests look at."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with pytest.MonkeyPatch.context() as mp, Receiver() as receiver, instance_for_test() as instance:
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        Receiver() as receiver,
+        instance_for_test() as instance,
+    ):
         aws_env(mp)
         client = s3_resource(moto_endpoint).get_client()
-        buckets = {role: new_bucket(client, role.split("_")[0]) for role in ("storage_bucket", "delivery_bucket", "upload_bucket")}
+        buckets = {
+            role: new_bucket(client, role.split("_")[0])
+            for role in ("storage_bucket", "delivery_bucket", "upload_bucket")
+        }
         base = tmp_path_factory.mktemp("s3-deployment")
         project = s3_project(base, moto_endpoint, webhook_url=receiver.url, **buckets)
         spec = project.spec("vod")
@@ -144,23 +171,46 @@ def deployment(moto_endpoint: str, make_source, tmp_path_factory) -> Iterator[di
         source = make_source("clip", duration_s=2.0, width=640, height=360, captions=True)
         key = "uploads/vod/launch.mp4"
         client.upload_file(str(source), buckets["upload_bucket"], key)
-        client.upload_file(str(source.with_suffix(".srt")), buckets["upload_bucket"], "uploads/vod/launch.srt")
+        client.upload_file(
+            str(source.with_suffix(".srt")), buckets["upload_bucket"], "uploads/vod/launch.srt"
+        )
 
         first = tick(project, instance, None)
         for request in first.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            instance.add_dynamic_partitions(
+                request.partitions_def_name, list(request.partition_keys)
+            )
         results = [
-            materialize(project.assets(spec), instance=instance, partition_key=req.partition_key,
-                        run_config=req.run_config, resources=project.resources(), tags=req.tags, raise_on_error=False)
+            materialize(
+                project.assets(spec),
+                instance=instance,
+                partition_key=req.partition_key,
+                run_config=req.run_config,
+                resources=project.resources(),
+                tags=req.tags,
+                raise_on_error=False,
+            )
             for req in first.run_requests or []
         ]
         queued_by_steps = len(receiver.requests)  # 0: steps only queue webhook events
         delivery_tick = deliver_webhooks(project, instance)
-        yield {"project": project, "spec": spec, "instance": instance, "receiver": receiver, "client": client,
-               "buckets": buckets, "base": base, "key": key, "source": source, "first_tick": first,
-               "results": results, "run_requests": list(first.run_requests or []),
-               "pipeline_requests": list(receiver.requests), "queued_by_steps": queued_by_steps,
-               "delivery_tick": delivery_tick}
+        yield {
+            "project": project,
+            "spec": spec,
+            "instance": instance,
+            "receiver": receiver,
+            "client": client,
+            "buckets": buckets,
+            "base": base,
+            "key": key,
+            "source": source,
+            "first_tick": first,
+            "results": results,
+            "run_requests": list(first.run_requests or []),
+            "pipeline_requests": list(receiver.requests),
+            "queued_by_steps": queued_by_steps,
+            "delivery_tick": delivery_tick,
+        }
 
 
 def test_upload_is_requested_once_as_a_new_partition(deployment):
@@ -179,10 +229,21 @@ def test_upload_is_requested_once_as_a_new_partition(deployment):
 def test_run_succeeds_and_every_stage_materializes(deployment):
     [result] = deployment["results"]
     assert result.success
-    materialized = {e.asset_key.path[-1] for e in result.all_events
-                    if e.event_type == DagsterEventType.ASSET_MATERIALIZATION}
-    assert materialized == {"ingest", "probe", *(f"rendition_{r}" for r in RUNGS), "thumbnails", "captions", "hls",
-                            "emit", "emit_captions"}
+    materialized = {
+        e.asset_key.path[-1]
+        for e in result.all_events
+        if e.event_type == DagsterEventType.ASSET_MATERIALIZATION
+    }
+    assert materialized == {
+        "ingest",
+        "probe",
+        *(f"rendition_{r}" for r in RUNGS),
+        "thumbnails",
+        "captions",
+        "hls",
+        "emit",
+        "emit_captions",
+    }
 
 
 def test_delivery_bucket_holds_a_complete_playable_hls_tree(deployment, tmp_path):
@@ -205,8 +266,11 @@ def test_delivery_bucket_holds_a_complete_playable_hls_tree(deployment, tmp_path
 def test_delivery_objects_have_cdn_content_type_and_cache_control(deployment):
     client, delivery = deployment["client"], deployment["buckets"]["delivery_bucket"]
     keys = list_keys(client, delivery, "launch/")
-    expected = {".m3u8": (PLAYLIST, SHORT_CACHE), ".ts": ("video/mp2t", IMMUTABLE_CACHE),
-                ".jpg": ("image/jpeg", IMMUTABLE_CACHE)}
+    expected = {
+        ".m3u8": (PLAYLIST, SHORT_CACHE),
+        ".ts": ("video/mp2t", IMMUTABLE_CACHE),
+        ".jpg": ("image/jpeg", IMMUTABLE_CACHE),
+    }
     seen = Counter()
     for key in keys:
         suffix = PurePosixPath(key).suffix
@@ -214,7 +278,9 @@ def test_delivery_objects_have_cdn_content_type_and_cache_control(deployment):
             head = client.head_object(Bucket=delivery, Key=key)
             assert (head["ContentType"], head.get("CacheControl")) == expected[suffix], key
             seen[suffix] += 1
-    assert seen[".m3u8"] == 5 and seen[".ts"] >= 4 and seen[".jpg"] >= 2  # master + 4 variants; frames + sprite
+    assert (
+        seen[".m3u8"] == 5 and seen[".ts"] >= 4 and seen[".jpg"] >= 2
+    )  # master + 4 variants; frames + sprite
 
 
 def test_artifacts_live_in_the_storage_bucket_and_nothing_is_staged(deployment):
@@ -222,10 +288,22 @@ def test_artifacts_live_in_the_storage_bucket_and_nothing_is_staged(deployment):
     assert staging_keys(client, *b.values()) == []
     stored = list_keys(client, b["storage_bucket"])
     assert stored and all(k.startswith(f"{STORAGE_PREFIX}/vod/") for k in stored)
-    for stage in ("ingest", "probe", *(f"rendition_{r}" for r in RUNGS), "thumbnails", "captions", "hls", "emit"):
+    for stage in (
+        "ingest",
+        "probe",
+        *(f"rendition_{r}" for r in RUNGS),
+        "thumbnails",
+        "captions",
+        "hls",
+        "emit",
+    ):
         assert any(k.startswith(f"{STORAGE_PREFIX}/vod/{stage}/launch/") for k in stored), stage
-    assert f"{STORAGE_PREFIX}/vod/ingest/launch/ingest/captions.srt" in stored  # the sidecar came along
-    missing, segments = hls_tree_problems(client, b["storage_bucket"], f"{STORAGE_PREFIX}/vod/hls/launch/hls")
+    assert (
+        f"{STORAGE_PREFIX}/vod/ingest/launch/ingest/captions.srt" in stored
+    )  # the sidecar came along
+    missing, segments = hls_tree_problems(
+        client, b["storage_bucket"], f"{STORAGE_PREFIX}/vod/hls/launch/hls"
+    )
     assert missing == [] and segments >= 4
     storage_dir = Path(deployment["project"].settings.storage_dir)
     assert not storage_dir.exists() or not any(p.is_file() for p in storage_dir.rglob("*"))
@@ -239,14 +317,23 @@ def test_pipeline_webhooks_are_signed_and_each_event_arrives_once(deployment):
     bodies = []
     for r in requests:
         assert r.status == 200
-        assert verify_signature(SECRET, r.headers["X-Mpegflow-Timestamp"], r.body, r.headers["X-Mpegflow-Signature"])
+        assert verify_signature(
+            SECRET, r.headers["X-Mpegflow-Timestamp"], r.body, r.headers["X-Mpegflow-Signature"]
+        )
         body = json.loads(r.body)
-        assert body["id"] == r.headers["X-Mpegflow-Event-Id"] and body["type"] == r.headers["X-Mpegflow-Event"]
+        assert (
+            body["id"] == r.headers["X-Mpegflow-Event-Id"]
+            and body["type"] == r.headers["X-Mpegflow-Event"]
+        )
         assert body["video"] == "launch" and body["run_id"] == deployment["results"][0].run_id
         bodies.append(body)
     assert [n for n in Counter(b["id"] for b in bodies).values() if n != 1] == []
     types = Counter(b["type"] for b in bodies)
-    assert types["video.received"] == 1 and types["package.ready"] == 1 and types["video.published"] >= 1
+    assert (
+        types["video.received"] == 1
+        and types["package.ready"] == 1
+        and types["video.published"] >= 1
+    )
     assert sorted(b["subject"] for b in bodies if b["type"] == "rendition.ready") == sorted(RUNGS)
     assert "rendition.failed" not in types
 
@@ -263,13 +350,25 @@ def _as_launched_by_the_daemon(deployment):
 
 
 def _outcome_events(deployment) -> list:
-    events = list(run_outcomes(deployment["instance"], _as_launched_by_the_daemon(deployment), deployment["project"].specs))
-    assert [(e.type, e.video, e.run_id) for e in events] == [("video.succeeded", "launch", deployment["results"][0].run_id)]
+    events = list(
+        run_outcomes(
+            deployment["instance"],
+            _as_launched_by_the_daemon(deployment),
+            deployment["project"].specs,
+        )
+    )
+    assert [(e.type, e.video, e.run_id) for e in events] == [
+        ("video.succeeded", "launch", deployment["results"][0].run_id)
+    ]
     return events
 
 
 def _outcomes_since(receiver: Receiver, mark: int) -> list:
-    return [r for r in receiver.requests[mark:] if r.headers.get("X-Mpegflow-Event") == "video.succeeded"]
+    return [
+        r
+        for r in receiver.requests[mark:]
+        if r.headers.get("X-Mpegflow-Event") == "video.succeeded"
+    ]
 
 
 def test_run_outcomes_announce_the_finished_run_as_recorded(deployment):
@@ -289,14 +388,18 @@ def test_run_outcome_sent_twice_is_delivered_once_signed(deployment):
             resources.events.drain()
     [got] = _outcomes_since(receiver, mark)
     assert json.loads(got.body)["id"] == events[0].id == got.headers["X-Mpegflow-Event-Id"]
-    assert verify_signature(SECRET, got.headers["X-Mpegflow-Timestamp"], got.body, got.headers["X-Mpegflow-Signature"])
+    assert verify_signature(
+        SECRET, got.headers["X-Mpegflow-Timestamp"], got.body, got.headers["X-Mpegflow-Signature"]
+    )
 
 
 def test_run_outcome_sent_from_project_resources_is_signed_with_the_secret(deployment, tmp_path):
     """The CLI's path (`Project.events()`), on its own outbox."""
     receiver, events = deployment["receiver"], _outcome_events(deployment)
     project = deployment["project"]
-    settings = project.settings.model_copy(update={"events_path": str(tmp_path / "cli-events.jsonl")})
+    settings = project.settings.model_copy(
+        update={"events_path": str(tmp_path / "cli-events.jsonl")}
+    )
     cli_project = Project(root=project.root, specs=project.specs, settings=settings)
     mark = len(receiver.requests)
     for _ in range(2):
@@ -304,9 +407,13 @@ def test_run_outcome_sent_from_project_resources_is_signed_with_the_secret(deplo
             with cli_project.events() as resource:
                 resource.sink().send(event)
                 resource.drain()
-    [got] = _outcomes_since(receiver, mark)  # delivered once: the outbox dedup works on this path too
+    [got] = _outcomes_since(
+        receiver, mark
+    )  # delivered once: the outbox dedup works on this path too
     assert json.loads(got.body)["id"] == events[0].id
-    assert verify_signature(SECRET, got.headers["X-Mpegflow-Timestamp"], got.body, got.headers["X-Mpegflow-Signature"])
+    assert verify_signature(
+        SECRET, got.headers["X-Mpegflow-Timestamp"], got.body, got.headers["X-Mpegflow-Signature"]
+    )
 
 
 def test_cursor_skips_a_seen_upload_and_catches_a_reupload(deployment):
@@ -329,6 +436,7 @@ def test_cursor_skips_a_seen_upload_and_catches_a_reupload(deployment):
 
 
 # -- 2. S3 endpoint down mid-run ------------------------------------------------------------------
+
 
 class RestartableMoto:
     """moto's threaded server on a fixed port that can be stopped and started again. moto keeps its
@@ -364,8 +472,9 @@ def restartable_moto() -> Iterator[RestartableMoto]:
 OUTAGE_S = 6.0  # > botocore's own retries (standard mode, 5 attempts: at most ~1.5 s of backoff)
 
 
-def test_s3_outage_mid_run_is_retried_and_nothing_is_lost_or_half_published(deployment, restartable_moto, tmp_path,
-                                                                           monkeypatch):
+def test_s3_outage_mid_run_is_retried_and_nothing_is_lost_or_half_published(
+    deployment, restartable_moto, tmp_path, monkeypatch
+):
     """After the deployment's full run on S3, the hls stage re-runs against an endpoint that is down
     when the run starts and comes back OUTAGE_S later. moto's backend is in-process, so the
     restartable server (its own port) serves the same buckets the full run wrote."""
@@ -381,7 +490,7 @@ def test_s3_outage_mid_run_is_retried_and_nothing_is_lost_or_half_published(depl
     assert hls_tree_problems(client, b["storage_bucket"], hls_root)[0] == []
 
     restartable_moto.stop()
-    with pytest.raises(Exception):
+    with pytest.raises(EndpointConnectionError):
         client.list_objects_v2(Bucket=b["storage_bucket"])  # really down
     restarted = threading.Event()
 
@@ -393,7 +502,9 @@ def test_s3_outage_mid_run_is_retried_and_nothing_is_lost_or_half_published(depl
     threading.Thread(target=restart_later, daemon=True).start()
     with instance_for_test() as instance:
         started = time.time()
-        result = materialize_video(project, spec, "launch", instance=instance, stages=["hls"], force=True)
+        result = materialize_video(
+            project, spec, "launch", instance=instance, stages=["hls"], force=True
+        )
         took = time.time() - started
     assert restarted.is_set() and took > OUTAGE_S  # the run outlived the outage
 
@@ -402,7 +513,9 @@ def test_s3_outage_mid_run_is_retried_and_nothing_is_lost_or_half_published(depl
     assert retries and {e.step_key for e in retries} == {"vod__hls"}
     [mat] = [e for e in result.all_events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION]
     assert mat.asset_key == AssetKey(["vod", "hls"])
-    assert mat.step_materialization_data.materialization.metadata["reused"].value is False  # forced: really re-packaged
+    assert (
+        mat.step_materialization_data.materialization.metadata["reused"].value is False
+    )  # forced: really re-packaged
     missing, segments = hls_tree_problems(client, b["storage_bucket"], hls_root)
     assert missing == [] and segments >= 4
     assert staging_keys(client, *b.values()) == []
@@ -420,8 +533,9 @@ HOSTILE = {
 }
 
 
-def test_hostile_upload_keys_get_safe_partitions_and_ingest_from_s3(moto_endpoint, s3, bucket, make_source, tmp_path,
-                                                                   monkeypatch):
+def test_hostile_upload_keys_get_safe_partitions_and_ingest_from_s3(
+    moto_endpoint, s3, bucket, make_source, tmp_path, monkeypatch
+):
     aws_env(monkeypatch)
     client = s3.get_client()
     project = s3_project(tmp_path, moto_endpoint, storage_bucket=bucket, upload_bucket=bucket)
@@ -433,32 +547,59 @@ def test_hostile_upload_keys_get_safe_partitions_and_ingest_from_s3(moto_endpoin
 
     with instance_for_test() as instance:
         result = tick(project, instance, None)
-        by_uri = {r.run_config["ops"]["vod__ingest"]["config"]["source_path"]: r for r in result.run_requests}
+        by_uri = {
+            r.run_config["ops"]["vod__ingest"]["config"]["source_path"]: r
+            for r in result.run_requests
+        }
         assert sorted(by_uri) == sorted(f"s3://{bucket}/{k}" for k in HOSTILE.values())
         keys = [r.partition_key for r in by_uri.values()]
         assert all(SAFE_KEY.fullmatch(k) for k in keys), keys
         assert len(set(keys)) == len(keys)
         for request in result.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            instance.add_dynamic_partitions(
+                request.partitions_def_name, list(request.partition_keys)
+            )
         assert sorted(instance.get_dynamic_partitions("vod_videos")) == sorted(keys)
 
         selection = [AssetKey(["vod", "ingest"]), AssetKey(["vod", "probe"])]
         for uri, req in by_uri.items():
-            run = materialize(project.assets(spec), selection=selection, instance=instance, partition_key=req.partition_key,
-                              run_config=req.run_config, resources=project.resources(), tags=req.tags,
-                              raise_on_error=False)
+            run = materialize(
+                project.assets(spec),
+                selection=selection,
+                instance=instance,
+                partition_key=req.partition_key,
+                run_config=req.run_config,
+                resources=project.resources(),
+                tags=req.tags,
+                raise_on_error=False,
+            )
             assert run.success, uri
-            meta = {e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
-                    for e in run.all_events if e.event_type == DagsterEventType.ASSET_MATERIALIZATION}
+            meta = {
+                e.asset_key.path[-1]: e.step_materialization_data.materialization.metadata
+                for e in run.all_events
+                if e.event_type == DagsterEventType.ASSET_MATERIALIZATION
+            }
             assert set(meta) == {"ingest", "probe"}
             assert meta["ingest"]["original_path"].value == uri
-            assert meta["ingest"]["path"].value == f"s3://{bucket}/{STORAGE_PREFIX}/vod/ingest/{req.partition_key}/ingest"
-            assert meta["probe"]["resolution"].value == "640x360" and meta["probe"]["duration_s"].value == pytest.approx(2.0, abs=0.1)
+            assert (
+                meta["ingest"]["path"].value
+                == f"s3://{bucket}/{STORAGE_PREFIX}/vod/ingest/{req.partition_key}/ingest"
+            )
+            assert meta["probe"]["resolution"].value == "640x360" and meta["probe"][
+                "duration_s"
+            ].value == pytest.approx(2.0, abs=0.1)
 
     stored = [k for k in list_keys(client, bucket) if not k.startswith("uploads/")]
-    assert stored and all(k.startswith(f"{STORAGE_PREFIX}/vod/") and ".." not in k.split("/") for k in stored)
+    assert stored and all(
+        k.startswith(f"{STORAGE_PREFIX}/vod/") and ".." not in k.split("/") for k in stored
+    )
     for pk in keys:  # the uploaded bytes, stored under the safe key
-        stored_source = client.get_object(Bucket=bucket, Key=f"{STORAGE_PREFIX}/vod/ingest/{pk}/ingest/source.mp4")
+        stored_source = client.get_object(
+            Bucket=bucket, Key=f"{STORAGE_PREFIX}/vod/ingest/{pk}/ingest/source.mp4"
+        )
         assert stored_source["Body"].read() == source.read_bytes()
     assert staging_keys(client, bucket) == []
-    assert list_keys(client, bucket, "x.mp4") == [] and list_keys(client, bucket, "uploads/x.mp4") == []  # no escape
+    assert (
+        list_keys(client, bucket, "x.mp4") == []
+        and list_keys(client, bucket, "uploads/x.mp4") == []
+    )  # no escape

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dagster import (
     AssetExecutionContext,
     Config,
@@ -19,7 +18,12 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 from s3_server import bucket, moto_endpoint, s3, seed_objects  # noqa: F401  (fixtures)
 
-from mpegflow_dagster.s3.sensor import SOURCE_TAG, UploadCursor, build_s3_upload_sensor, partition_key_for
+from mpegflow_dagster.s3.sensor import (
+    SOURCE_TAG,
+    UploadCursor,
+    build_s3_upload_sensor,
+    partition_key_for,
+)
 from mpegflow_dagster.s3.store import download_source
 
 VIDEOS = DynamicPartitionsDefinition(name="vod_videos")
@@ -33,7 +37,9 @@ class IngestConfig(Config):
 @asset(key=["vod", "ingest"], partitions_def=VIDEOS)
 def ingest(context: AssetExecutionContext, config: IngestConfig, s3: S3Resource) -> None:
     """Stands in for the real ingest: fetches the source the sensor pointed it at."""
-    local = download_source(s3.get_client(), config.source_path, Path(context.instance.storage_directory()))
+    local = download_source(
+        s3.get_client(), config.source_path, Path(context.instance.storage_directory())
+    )
     context.add_output_metadata({"bytes": local.read_bytes().decode()})
 
 
@@ -42,7 +48,9 @@ def make_sensor(bucket: str, **kwargs):
 
 
 def tick(sensor_def, instance: DagsterInstance, s3: S3Resource, cursor: str | None) -> SensorResult:
-    result = sensor_def(build_sensor_context(instance=instance, cursor=cursor, resources={"s3": s3}))
+    result = sensor_def(
+        build_sensor_context(instance=instance, cursor=cursor, resources={"s3": s3})
+    )
     assert isinstance(result, SensorResult) and result.cursor
     return result
 
@@ -73,15 +81,27 @@ def test_new_uploads_request_runs_that_ingest_them(s3, bucket, tmp_path):
     data = tick(sensor_def, instance, s3, None)
     [request] = data.run_requests
     uri = f"s3://{bucket}/uploads/sample.mp4"
-    assert (request.run_key, request.partition_key, request.tags[SOURCE_TAG]) == (f"uploads/sample.mp4:{etag}", "sample", uri)
+    assert (request.run_key, request.partition_key, request.tags[SOURCE_TAG]) == (
+        f"uploads/sample.mp4:{etag}",
+        "sample",
+        uri,
+    )
     assert request.run_config == {"ops": {"vod__ingest": {"config": {"source_path": uri}}}}
     [add] = data.dynamic_partitions_requests
     assert (add.partitions_def_name, list(add.partition_keys)) == ("vod_videos", ["sample"])
 
     instance.add_dynamic_partitions("vod_videos", ["sample"])
-    run = materialize([ingest], partition_key="sample", run_config=request.run_config, instance=instance,
-                      resources={"s3": s3})
-    assert run.asset_materializations_for_node("vod__ingest")[0].metadata["bytes"].value == "sample-bytes"
+    run = materialize(
+        [ingest],
+        partition_key="sample",
+        run_config=request.run_config,
+        instance=instance,
+        resources={"s3": s3},
+    )
+    assert (
+        run.asset_materializations_for_node("vod__ingest")[0].metadata["bytes"].value
+        == "sample-bytes"
+    )
 
     again = tick(sensor_def, instance, s3, data.cursor)
     assert requested(again) == [] and again.skip_reason and not again.dynamic_partitions_requests
@@ -98,7 +118,9 @@ def test_same_second_uploads_deleted_keys_and_reuploads(s3, bucket):
         put(client, bucket, "uploads/b.mp4")
         first = tick(sensor_def, instance, s3, None)
         put(client, bucket, "uploads/a.mp4")  # sorts before b and shares its LastModified second
-        heads = [client.head_object(Bucket=bucket, Key=f"uploads/{k}.mp4")["LastModified"] for k in "ab"]
+        heads = [
+            client.head_object(Bucket=bucket, Key=f"uploads/{k}.mp4")["LastModified"] for k in "ab"
+        ]
         if heads[0] == heads[1]:
             break
     else:
@@ -116,7 +138,11 @@ def test_same_second_uploads_deleted_keys_and_reuploads(s3, bucket):
     changed = put(client, bucket, "uploads/a.mp4", b"new content")
     fifth = tick(sensor_def, instance, s3, fourth.cursor)
     [request] = fifth.run_requests
-    assert changed != same and request.run_key == f"uploads/a.mp4:{changed}" and request.partition_key == "a"
+    assert (
+        changed != same
+        and request.run_key == f"uploads/a.mp4:{changed}"
+        and request.partition_key == "a"
+    )
 
 
 def test_restart_with_the_saved_cursor_finds_exactly_the_new_uploads(s3, bucket):
@@ -131,15 +157,26 @@ def test_restart_with_the_saved_cursor_finds_exactly_the_new_uploads(s3, bucket)
     put(client, bucket, "uploads/two.mkv", b"two, re-exported")
     restarted = tick(make_sensor(bucket), DagsterInstance.ephemeral(), s3, saved)
     assert sorted(requested(restarted)) == ["uploads/four.webm", "uploads/two.mkv"]
-    assert len(UploadCursor.load(restarted.cursor).seen) == 5  # one per (key, etag) still in the window
+    assert (
+        len(UploadCursor.load(restarted.cursor).seen) == 5
+    )  # one per (key, etag) still in the window
 
 
 def test_hostile_keys_give_safe_distinct_partition_keys(s3, bucket):
     client = s3.get_client()
     keys = [
-        "uploads/x.mp4", "uploads/a/x.mp4", "uploads/b/x.mp4", "uploads/../../x.mp4", "uploads/x/../x.mp4",
-        "uploads/Vidéo été 2024.MOV", "uploads/视频.mxf", "uploads/with spaces  and (parens).avi",
-        "uploads/" + "long name " * 90 + ".m4v", "uploads/.hidden.ts", "uploads/a b.mp4", "uploads/a_b.mp4",
+        "uploads/x.mp4",
+        "uploads/a/x.mp4",
+        "uploads/b/x.mp4",
+        "uploads/../../x.mp4",
+        "uploads/x/../x.mp4",
+        "uploads/Vidéo été 2024.MOV",
+        "uploads/视频.mxf",
+        "uploads/with spaces  and (parens).avi",
+        "uploads/" + "long name " * 90 + ".m4v",
+        "uploads/.hidden.ts",
+        "uploads/a b.mp4",
+        "uploads/a_b.mp4",
     ]
     for key in keys:
         put(client, bucket, key)
@@ -162,7 +199,9 @@ def test_cursor_forgets_what_is_older_than_the_lookback(s3, bucket):
     put(client, bucket, "uploads/new.mp4")
     result = tick(sensor_def, DagsterInstance.ephemeral(), s3, None)
     assert sorted(requested(result)) == ["uploads/new.mp4", "uploads/old.mp4"]
-    assert len(UploadCursor.load(result.cursor).seen) == 1  # only new.mp4 is within the lookback of the newest
+    assert (
+        len(UploadCursor.load(result.cursor).seen) == 1
+    )  # only new.mp4 is within the lookback of the newest
     assert requested(tick(sensor_def, DagsterInstance.ephemeral(), s3, result.cursor)) == []
 
 
@@ -179,7 +218,9 @@ def test_tick_over_ten_thousand_objects(s3, bucket):
     steady = tick(sensor_def, instance, s3, first.cursor)
     steady_s, steady_cpu = time.perf_counter() - started, time.thread_time() - cpu
     # The moto server runs in this process: wall time includes its own work (~2/3 of it).
-    print(f"\n10k objects: first tick {first_s:.2f}s ({len(first.run_requests)} run requests, cursor "
-          f"{len(first.cursor) / 1024:.0f} KiB); next tick {steady_s:.2f}s wall, {steady_cpu:.2f}s sensor CPU")
+    print(
+        f"\n10k objects: first tick {first_s:.2f}s ({len(first.run_requests)} run requests, cursor "
+        f"{len(first.cursor) / 1024:.0f} KiB); next tick {steady_s:.2f}s wall, {steady_cpu:.2f}s sensor CPU"
+    )
     assert len(first.run_requests) == 10_000 and requested(steady) == ["uploads/batch/zz-late.mp4"]
     assert steady_s < 60  # a generous ceiling; the figure is printed above

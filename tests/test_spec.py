@@ -31,10 +31,23 @@ def test_default_spec_loads_with_its_presets():
     "changes, message",
     [
         ({"gop_s": 3}, "must be a multiple of gop_s"),
-        ({"ladder": [{"name": "720p", "height": 720, "video_bitrate_kbps": 1}] * 2}, "repeated: 720p"),
-        ({"ladder": [{"name": "720p", "height": 720, "video_bitrate_kbps": 1, "preset": "nope"}]}, "unknown preset(s) nope"),
+        (
+            {"ladder": [{"name": "720p", "height": 720, "video_bitrate_kbps": 1}] * 2},
+            "repeated: 720p",
+        ),
+        (
+            {
+                "ladder": [
+                    {"name": "720p", "height": 720, "video_bitrate_kbps": 1, "preset": "nope"}
+                ]
+            },
+            "unknown preset(s) nope",
+        ),
         ({"captions": {"rendition": "4k"}}, "captions.rendition '4k' is not a ladder rung"),
-        ({"ladder": [{"name": "720p", "height": 720, "video_bitrate_kbps": -5}]}, "ladder.0.video_bitrate_kbps"),
+        (
+            {"ladder": [{"name": "720p", "height": 720, "video_bitrate_kbps": -5}]},
+            "ladder.0.video_bitrate_kbps",
+        ),
         ({"thumbnails": {"interval": 5}}, "thumbnails.interval: Extra inputs are not permitted"),
         ({"name": "Bad Name"}, "name: String should match pattern"),
     ],

@@ -14,16 +14,16 @@ from dagster import (
     AssetRecordsFilter,
     DagsterEventType,
     DagsterInstance,
+    DagsterInvalidConfigError,
     DynamicPartitionsDefinition,
+    EventLogEntry,
     asset,
     materialize,
 )
-from dagster import DagsterInvalidConfigError, EventLogEntry
-from mpegflow_dagster.dagster_private import SqliteEventLogStorage
-
-from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
-
 from pipeline_helpers import write_instance_config
+
+from mpegflow_dagster.dagster_private import SqliteEventLogStorage
+from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
 
 VIDEOS = DynamicPartitionsDefinition(name="videos")
 
@@ -56,7 +56,9 @@ def test_the_shipped_config_writes_what_dagsters_own_storage_reads(tmp_path: Pat
     plain = SqliteEventLogStorage(str(home / "history" / "runs"))
     assert {r: [e.dagster_event_type for e in plain.get_logs_for_run(r)] for r in run_ids} == ours
     assert all(DagsterEventType.RUN_SUCCESS in types for types in ours.values())
-    records = plain.fetch_materializations(AssetRecordsFilter(asset_key=AssetKey("size")), limit=10).records
+    records = plain.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("size")), limit=10
+    ).records
     assert sorted(r.partition_key for r in records) == ["a", "bb"]
 
 
@@ -69,7 +71,10 @@ def test_engines_kept_are_bounded_and_every_run_stays_readable(tmp_path: Path):
         run_ids = materialize_videos(instance, ["a", "b", "c", "d"])
         assert instance.event_log_storage.engines_kept == 2
         for run_id in run_ids:  # evicted engines are rebuilt on demand
-            assert any(e.dagster_event_type == DagsterEventType.RUN_SUCCESS for e in instance.all_logs(run_id))
+            assert any(
+                e.dagster_event_type == DagsterEventType.RUN_SUCCESS
+                for e in instance.all_logs(run_id)
+            )
 
 
 def test_a_table_is_remembered_once_seen_and_a_missing_one_asked_again(tmp_path: Path):
@@ -118,9 +123,11 @@ def test_an_unknown_synchronous_setting_is_refused_with_the_choices(tmp_path: Pa
 
 def _schema(db: Path) -> tuple:
     with sqlite3.connect(db) as conn:
-        return (sorted(conn.execute("SELECT type, name, sql FROM sqlite_master")),
-                conn.execute("SELECT version_num FROM alembic_version").fetchall(),
-                conn.execute("PRAGMA journal_mode").fetchone())
+        return (
+            sorted(conn.execute("SELECT type, name, sql FROM sqlite_master")),
+            conn.execute("SELECT version_num FROM alembic_version").fetchall(),
+            conn.execute("PRAGMA journal_mode").fetchone(),
+        )
 
 
 def test_a_new_run_database_is_a_copy_of_dagsters_own_empty_schema(tmp_path: Path):
@@ -132,7 +139,9 @@ def test_a_new_run_database_is_a_copy_of_dagsters_own_empty_schema(tmp_path: Pat
             with storage.run_connection(run_id):
                 pass
     assert [p.name for p in ours_dir.glob(".shard-template-*.sqlite")]  # kept for the next process
-    assert _schema(ours_dir / "r2.db") == _schema(plain_dir / "r2.db") == _schema(ours_dir / "r1.db")
+    assert (
+        _schema(ours_dir / "r2.db") == _schema(plain_dir / "r2.db") == _schema(ours_dir / "r1.db")
+    )
     assert _schema(ours_dir / "r2.db")[2] == ("wal",)
     assert sorted(ours.get_all_run_ids()) == ["r1", "r2"]  # the template is not taken for a run
     assert not list(ours_dir.glob("*.new"))
@@ -151,8 +160,16 @@ def test_an_existing_run_database_is_never_replaced_by_the_template(tmp_path: Pa
 
 
 def _log_entry(run_id: str, message: str) -> EventLogEntry:
-    return EventLogEntry(error_info=None, level=logging.INFO, user_message=message, run_id=run_id,
-                         timestamp=time.time(), step_key=None, job_name=None, dagster_event=None)
+    return EventLogEntry(
+        error_info=None,
+        level=logging.INFO,
+        user_message=message,
+        run_id=run_id,
+        timestamp=time.time(),
+        step_key=None,
+        job_name=None,
+        dagster_event=None,
+    )
 
 
 def test_the_uis_live_watch_of_a_run_sees_each_write(tmp_path: Path):
@@ -182,7 +199,9 @@ def test_the_uis_live_watch_of_a_run_sees_each_write(tmp_path: Path):
     assert seen[-2:] == ["second", "third"]
 
 
-def _child_engine_is_its_own(storage: CachedEngineSqliteEventLogStorage, parent_engine_id: int, out) -> None:
+def _child_engine_is_its_own(
+    storage: CachedEngineSqliteEventLogStorage, parent_engine_id: int, out
+) -> None:
     out.put(id(storage._engine("r1")) != parent_engine_id)
     storage.store_event(_log_entry("r1", "from the child"))
 
@@ -192,13 +211,18 @@ def test_a_forked_child_opens_connections_of_its_own(tmp_path: Path):
     storage.store_event(_log_entry("r1", "from the parent"))
     fork = multiprocessing.get_context("fork")
     out = fork.Queue()
-    child = fork.Process(target=_child_engine_is_its_own, args=(storage, id(storage._engine("r1")), out))
+    child = fork.Process(
+        target=_child_engine_is_its_own, args=(storage, id(storage._engine("r1")), out)
+    )
     child.start()
     child.join(30)
     assert child.exitcode == 0 and out.get(timeout=5)
     storage.store_event(_log_entry("r1", "from the parent again"))
     assert [e.user_message for e in storage.get_logs_for_run("r1")] == [
-        "from the parent", "from the child", "from the parent again"]
+        "from the parent",
+        "from the child",
+        "from the parent again",
+    ]
     with sqlite3.connect(tmp_path / "r1.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
@@ -211,4 +235,3 @@ def test_wipe_closes_the_kept_connections_before_deleting_the_files(tmp_path: Pa
     assert [e.user_message for e in storage.get_logs_for_run("r1")] == ["after the wipe"]
     plain = SqliteEventLogStorage(str(tmp_path))
     assert [e.user_message for e in plain.get_logs_for_run("r1")] == ["after the wipe"]
-

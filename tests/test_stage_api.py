@@ -7,36 +7,63 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for_test
+from pipeline_helpers import ffmpeg_wrapper, temp_project
 
 from mpegflow_dagster import RetrySpec, StageContext, source_file, video_asset
 from mpegflow_dagster.runs import materialize_video
-
-from pipeline_helpers import ffmpeg_wrapper, temp_project
 
 pytestmark = pytest.mark.pipeline
 FAST = RetrySpec(max_retries=2, delay_s=0.1, jitter="none")
 
 
 def gray_stage(name: str, *extra: str, out_name: str = "gray.mp4"):
-    @video_asset(key=["vod", name], ins={"ingest": ["vod", "ingest"]}, code_version="gray 1", retry=FAST)
+    @video_asset(
+        key=["vod", name], ins={"ingest": ["vod", "ingest"]}, code_version="gray 1", retry=FAST
+    )
     def stage(context: StageContext, ingest: Path) -> Path:
         out = context.work / out_name
-        context.ffmpeg.run(name, ["-i", str(source_file(ingest)), "-t", "1", "-vf", "hue=s=0", *extra,
-                                  "-c:v", "libx264", "-preset", "ultrafast", "-an", str(out)])
+        context.ffmpeg.run(
+            name,
+            [
+                "-i",
+                str(source_file(ingest)),
+                "-t",
+                "1",
+                "-vf",
+                "hue=s=0",
+                *extra,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-an",
+                str(out),
+            ],
+        )
         return out if out_name == "gray.mp4" else ingest
+
     return stage
 
 
 def run(project, instance, stage, source=None):
-    result = materialize_video(project, project.spec(), "clip", instance=instance, source=source, own_stages=[stage],
-                               stages=["ingest", f"vod/{stage.key.path[-1]}"])
+    result = materialize_video(
+        project,
+        project.spec(),
+        "clip",
+        instance=instance,
+        source=source,
+        own_stages=[stage],
+        stages=["ingest", f"vod/{stage.key.path[-1]}"],
+    )
     retries = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     return result, retries
 
 
 def records(instance, name: str, observations: bool = False):
     fetch = instance.fetch_observations if observations else instance.fetch_materializations
-    return fetch(AssetRecordsFilter(asset_key=AssetKey(["vod", name]), asset_partitions=["clip"]), limit=10).records
+    return fetch(
+        AssetRecordsFilter(asset_key=AssetKey(["vod", name]), asset_partitions=["clip"]), limit=10
+    ).records
 
 
 def test_provenance_skip_unchanged_and_atomic_publish(tmp_path, make_source):
@@ -52,9 +79,15 @@ def test_provenance_skip_unchanged_and_atomic_publish(tmp_path, make_source):
         prov = meta["provenance"].value
         [argv] = prov["argv"]
         assert "hue=s=0" in argv and argv[0].endswith("ffmpeg")
-        assert prov["encoder"]["ffmpeg_build_hash"] and prov["attempt"] == 1 and prov["inputs"]["ingest"]
+        assert (
+            prov["encoder"]["ffmpeg_build_hash"]
+            and prov["attempt"] == 1
+            and prov["inputs"]["ingest"]
+        )
         assert not list(Path(project.settings.work_dir).iterdir())  # the scratch directory is gone
-        assert not [p for p in stored.parent.iterdir() if "partial" in p.name or p.name.startswith(".")]
+        assert not [
+            p for p in stored.parent.iterdir() if "partial" in p.name or p.name.startswith(".")
+        ]
 
         again, _ = run(project, instance, stage)
         assert again.success
@@ -65,13 +98,20 @@ def test_provenance_skip_unchanged_and_atomic_publish(tmp_path, make_source):
 def test_a_transient_failure_is_retried_and_only_it(tmp_path, make_source):
     # The first run of the stage's FFmpeg is killed (like the OOM killer would): transient.
     marker = tmp_path / "killed-once"
-    wrapper = ffmpeg_wrapper(tmp_path, f'if [[ "$*" == *hue=s=0* && ! -e {marker} ]]; then touch {marker}; kill -KILL $$; fi')
+    wrapper = ffmpeg_wrapper(
+        tmp_path,
+        f'if [[ "$*" == *hue=s=0* && ! -e {marker} ]]; then touch {marker}; kill -KILL $$; fi',
+    )
     project = temp_project(tmp_path)
     with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPEGFLOW_FFMPEG", str(wrapper))
-        result, retries = run(project, instance, gray_stage("gray"), source=make_source(duration_s=2.0))
+        result, retries = run(
+            project, instance, gray_stage("gray"), source=make_source(duration_s=2.0)
+        )
         assert result.success
-        assert [e.step_key for e in retries] == ["vod__gray"]  # the stage's step, once; ingest ran once
+        assert [e.step_key for e in retries] == [
+            "vod__gray"
+        ]  # the stage's step, once; ingest ran once
         prov = records(instance, "gray")[0].asset_materialization.metadata["provenance"].value
         assert prov["attempt"] == 2 and prov["earlier_failures"] == ["transient"]
         [observed] = records(instance, "gray", observations=True)
@@ -81,23 +121,38 @@ def test_a_transient_failure_is_retried_and_only_it(tmp_path, make_source):
 def test_a_permanent_failure_fails_fast_and_publishes_nothing(tmp_path, make_source):
     project = temp_project(tmp_path)
     with instance_for_test() as instance:
-        result, retries = run(project, instance, gray_stage("broken", "-tune", "no-such-tune"),
-                              source=make_source(duration_s=2.0))
+        result, retries = run(
+            project,
+            instance,
+            gray_stage("broken", "-tune", "no-such-tune"),
+            source=make_source(duration_s=2.0),
+        )
         assert not result.success and retries == []
         [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
-        assert "stage broken failed: permanent: config.invalid_option" in failure.step_failure_data.error.message
+        assert (
+            "stage broken failed: permanent: config.invalid_option"
+            in failure.step_failure_data.error.message
+        )
         assert records(instance, "broken") == []
         assert not (Path(project.settings.storage_dir) / "vod" / "broken").exists()
         assert not list(Path(project.settings.work_dir).iterdir())
 
 
-def test_an_output_outside_the_scratch_directory_is_refused_and_nothing_is_lost(tmp_path, make_source):
+def test_an_output_outside_the_scratch_directory_is_refused_and_nothing_is_lost(
+    tmp_path, make_source
+):
     project = temp_project(tmp_path)
     with instance_for_test() as instance:
-        result, retries = run(project, instance, gray_stage("stray", out_name="elsewhere.mp4"),
-                              source=make_source(duration_s=2.0))
+        result, retries = run(
+            project,
+            instance,
+            gray_stage("stray", out_name="elsewhere.mp4"),
+            source=make_source(duration_s=2.0),
+        )
         assert not result.success and retries == []
         [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
         assert "inside context.work" in failure.step_failure_data.error.message
         ingested = Path(project.settings.storage_dir) / "vod" / "ingest" / "clip" / "ingest"
-        assert [p.name for p in ingested.iterdir()] == ["source.mp4"]  # the input it returned is untouched
+        assert [p.name for p in ingested.iterdir()] == [
+            "source.mp4"
+        ]  # the input it returned is untouched

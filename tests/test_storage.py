@@ -7,7 +7,13 @@ import pytest
 
 from mpegflow_dagster import storage
 from mpegflow_dagster.storage import (
-    LocalArtifactStore, SourceChanged, copy_hashing, describe, release_scratch, scratch_dir, sha256_file,
+    LocalArtifactStore,
+    SourceChanged,
+    copy_hashing,
+    describe,
+    release_scratch,
+    scratch_dir,
+    sha256_file,
 )
 
 
@@ -22,11 +28,15 @@ def test_publish_file_moves_hashes_and_replaces(tmp_path):
     record2 = store.publish(src, PurePosixPath("k/a.bin"))
     assert store.local_path(PurePosixPath("k/a.bin")).read_bytes() == b"new"
     assert record2.sha256 != expected
-    assert [p.name for p in (tmp_path / "store" / "k").iterdir()] == ["a.bin"]  # no staging leftovers
+    assert [p.name for p in (tmp_path / "store" / "k").iterdir()] == [
+        "a.bin"
+    ]  # no staging leftovers
 
 
 def test_copy_hashing_copies_every_byte_and_returns_its_sha256(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "COPY_CHUNK", 65_537)  # many kernel copy calls, the last one partial
+    monkeypatch.setattr(
+        storage, "COPY_CHUNK", 65_537
+    )  # many kernel copy calls, the last one partial
     data = os.urandom(1_000_003)
     (tmp_path / "src.bin").write_bytes(data)
     digest = copy_hashing(tmp_path / "src.bin", tmp_path / "dest.bin")
@@ -93,10 +103,21 @@ def test_jsonl_events_are_written_once_per_id(tmp_path):
     from mpegflow_dagster.events import Event, JsonlEventSink
 
     sink = JsonlEventSink(tmp_path / "events.jsonl")
-    first = Event(type="rendition.failed", pipeline="vod", video="v", run_id="r1", subject="480p", message="m")
+    first = Event(
+        type="rendition.failed", pipeline="vod", video="v", run_id="r1", subject="480p", message="m"
+    )
     for _ in range(3):
         sink.send(first)
-    sink.send(Event(type="rendition.failed", pipeline="vod", video="v", run_id="r2", subject="480p", message="m"))
+    sink.send(
+        Event(
+            type="rendition.failed",
+            pipeline="vod",
+            video="v",
+            run_id="r2",
+            subject="480p",
+            message="m",
+        )
+    )
     assert [e["run_id"] for e in sink.read()] == ["r1", "r2"]
     assert sink.read()[0]["id"] == first.id
 
@@ -112,10 +133,14 @@ def test_ingest_copies_a_users_file_and_moves_only_its_own_download(tmp_path, ow
     source.with_suffix(".srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhi\n")
     work = tmp_path / "work"
     work.mkdir()
-    out = ingest.ingest(source, work, (".srt",), origin="s3://bucket/Clip.MP4" if own_download else None)
+    out = ingest.ingest(
+        source, work, (".srt",), origin="s3://bucket/Clip.MP4" if own_download else None
+    )
     stored = ingest.source_file(out.path)
     assert stored.read_bytes() == data and stored.name == "source.mp4"
     assert out.facts["source_sha256"] == out.hashed[stored] == hashlib.sha256(data).hexdigest()
     assert ingest.captions_file(out.path).read_text().endswith("hi\n")
     # a user's file is never touched; our own download is moved, not copied a second time
-    assert source.exists() == (not own_download) and source.with_suffix(".srt").exists() == (not own_download)
+    assert source.exists() == (not own_download) and source.with_suffix(".srt").exists() == (
+        not own_download
+    )

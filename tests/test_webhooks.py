@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, EnvVar, SkipReason, asset, build_sensor_context, materialize
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    EnvVar,
+    SkipReason,
+    asset,
+    build_sensor_context,
+    materialize,
+)
+from http_receiver import Receiver, Reply, free_port
 
 from mpegflow_dagster.events import Event, FanoutSink, JsonlEventSink
 from mpegflow_dagster.webhooks.delivery import BackgroundDrain, WebhookDelivery
@@ -18,15 +27,20 @@ from mpegflow_dagster.webhooks.resources import WebhookResource
 from mpegflow_dagster.webhooks.sensor import build_webhook_delivery_sensor
 from mpegflow_dagster.webhooks.signing import event_body, verify_signature
 
-from http_receiver import Receiver, Reply, free_port
-
 SECRET = "whsec_test"
 
 
 @pytest.fixture(autouse=True)
 def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     # urllib honours proxy variables; requests to the local receiver must go direct.
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -37,7 +51,15 @@ def receiver() -> Iterator[Receiver]:
 
 
 def make_event(video: str = "intro", type: str = "rendition.ready", **kw) -> Event:
-    return Event(type=type, pipeline="vod", video=video, run_id="run-1", message="720p ready", subject="720p", **kw)
+    return Event(
+        type=type,
+        pipeline="vod",
+        video=video,
+        run_id="run-1",
+        message="720p ready",
+        subject="720p",
+        **kw,
+    )
 
 
 def make_delivery(url: str, outbox_dir: Path, **kw) -> WebhookDelivery:
@@ -56,7 +78,9 @@ def ids(receiver: Receiver) -> list[str]:
 
 def signed(request) -> bool:
     h = request.headers
-    return verify_signature(SECRET, h["X-Mpegflow-Timestamp"], request.body, h["X-Mpegflow-Signature"])
+    return verify_signature(
+        SECRET, h["X-Mpegflow-Timestamp"], request.body, h["X-Mpegflow-Signature"]
+    )
 
 
 def test_body_and_headers_are_signed_and_verifiable(receiver: Receiver, tmp_path: Path) -> None:
@@ -77,8 +101,12 @@ def test_body_and_headers_are_signed_and_verifiable(receiver: Receiver, tmp_path
     assert verify_signature(SECRET, ts, req.body, sig)
     assert not verify_signature(SECRET, ts, req.body.replace(b"720", b"1080"), sig)
     assert not verify_signature("other-secret", ts, req.body, sig)
-    assert not verify_signature(SECRET, int(ts) + 1, req.body, sig)  # timestamp is part of the signature
-    assert not verify_signature(SECRET, ts, req.body, sig, now=int(ts) + 301)  # stale: replay rejected
+    assert not verify_signature(
+        SECRET, int(ts) + 1, req.body, sig
+    )  # timestamp is part of the signature
+    assert not verify_signature(
+        SECRET, ts, req.body, sig, now=int(ts) + 301
+    )  # stale: replay rejected
     assert verify_signature(SECRET, ts, req.body, sig, now=int(ts) + 299)
     assert not verify_signature(SECRET, "not-a-number", req.body, sig)
     assert not verify_signature(SECRET, ts, req.body, "v1=ünïcode")
@@ -87,7 +115,10 @@ def test_body_and_headers_are_signed_and_verifiable(receiver: Receiver, tmp_path
 def test_event_id_header_is_stable_across_reemission(receiver: Receiver, tmp_path: Path) -> None:
     first = make_event()
     again = make_event(time=first.time + 60, data={"retry": True})  # same fact, later emission
-    for outbox_dir, event in ((tmp_path / "a", first), (tmp_path / "b", again)):  # separate outboxes: no dedupe
+    for outbox_dir, event in (
+        (tmp_path / "a", first),
+        (tmp_path / "b", again),
+    ):  # separate outboxes: no dedupe
         delivery = make_delivery(receiver.url, outbox_dir)
         delivery.outbox.send(event)
         delivery.drain()
@@ -98,7 +129,9 @@ def test_event_id_header_is_stable_across_reemission(receiver: Receiver, tmp_pat
 
 
 @pytest.mark.parametrize("status", [503, 500, 429])
-def test_transient_errors_are_retried_then_delivered_once(receiver: Receiver, tmp_path: Path, status: int) -> None:
+def test_transient_errors_are_retried_then_delivered_once(
+    receiver: Receiver, tmp_path: Path, status: int
+) -> None:
     receiver.script(status, status, 200)
     delivery = make_delivery(receiver.url, tmp_path)
     event = make_event()
@@ -107,7 +140,10 @@ def test_transient_errors_are_retried_then_delivered_once(receiver: Receiver, tm
     results = [r for _ in range(3) for r in delivery.drain()]  # a transient failure ends a drain
 
     assert [(r.status, r.attempts, r.http_status) for r in results] == [
-        ("deferred", 1, status), ("deferred", 2, status), ("delivered", 3, 200)]
+        ("deferred", 1, status),
+        ("deferred", 2, status),
+        ("delivered", 3, 200),
+    ]
     assert [r.status for r in receiver.requests] == [status, status, 200]
     assert set(ids(receiver)) == {event.id}
     assert delivery.outbox.pending() == []
@@ -132,7 +168,9 @@ def test_backoff_doubles_and_retry_after_is_honoured(receiver: Receiver, tmp_pat
     assert [r.status for r in receiver.requests] == [503, 503, 429, 200]
 
 
-def test_client_error_is_not_retried_and_recorded_as_rejected(receiver: Receiver, tmp_path: Path) -> None:
+def test_client_error_is_not_retried_and_recorded_as_rejected(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     receiver.script(400)
     delivery = make_delivery(receiver.url, tmp_path)
     event = make_event()
@@ -227,7 +265,9 @@ def test_delivered_ids_are_bounded(receiver: Receiver, tmp_path: Path) -> None:
     assert [delivery.outbox.is_delivered(e.id) for e in events] == [False, True, True]
 
 
-def test_drain_waits_behind_an_event_another_process_is_sending(receiver: Receiver, tmp_path: Path) -> None:
+def test_drain_waits_behind_an_event_another_process_is_sending(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     delivery = make_delivery(receiver.url, tmp_path)
     first, second = make_event("first"), make_event("second")
     delivery.outbox.send(first)
@@ -235,7 +275,9 @@ def test_drain_waits_behind_an_event_another_process_is_sending(receiver: Receiv
     other_process = WebhookOutbox(tmp_path)
     assert other_process.claim_next(lease_s=60)["event_id"] == first.id
 
-    assert delivery.drain() == []  # neither the claimed event nor, to keep the order, the one behind it
+    assert (
+        delivery.drain() == []
+    )  # neither the claimed event nor, to keep the order, the one behind it
     assert receiver.requests == [] and other_process.claim_next(lease_s=60) is None
     other_process.retry_later(first.id, "other process timed out", delay_s=0)  # its claim ends
     assert statuses(delivery.drain()) == [(first.id, "delivered"), (second.id, "delivered")]
@@ -252,7 +294,9 @@ def test_a_dead_deliverers_claim_lapses(receiver: Receiver, tmp_path: Path) -> N
     assert statuses(delivery.drain()) == [(event.id, "delivered")]
 
 
-def test_background_drain_delivers_while_the_process_works(receiver: Receiver, tmp_path: Path) -> None:
+def test_background_drain_delivers_while_the_process_works(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     delivery = make_delivery(receiver.url, tmp_path)
     events = [make_event(f"v{i}") for i in range(3)]
     with BackgroundDrain(delivery) as drain:
@@ -284,23 +328,32 @@ def test_background_drain_final_wait_is_bounded(tmp_path: Path) -> None:
     assert time.monotonic() - started < 2.0
 
 
-def test_resource_writes_jsonl_at_once_and_queues_the_webhook(receiver: Receiver, tmp_path: Path) -> None:
+def test_resource_writes_jsonl_at_once_and_queues_the_webhook(
+    receiver: Receiver, tmp_path: Path
+) -> None:
     resource = WebhookResource(
-        url=receiver.url, secret=SECRET, outbox_dir=str(tmp_path / "outbox"),
-        events_path=str(tmp_path / "events.jsonl"), backoff_s=0.01,
+        url=receiver.url,
+        secret=SECRET,
+        outbox_dir=str(tmp_path / "outbox"),
+        events_path=str(tmp_path / "events.jsonl"),
+        backoff_s=0.01,
     )
     event = make_event()
     resource.sink().send(event)
     resource.sink().send(event)
 
     assert JsonlEventSink(tmp_path / "events.jsonl").read() == [json.loads(event_body(event))]
-    assert receiver.requests == [] and [p["event_id"] for p in resource.outbox().pending()] == [event.id]
+    assert receiver.requests == [] and [p["event_id"] for p in resource.outbox().pending()] == [
+        event.id
+    ]
     assert statuses(resource.drain()) == [(event.id, "delivered")]
     assert len(receiver.requests) == 1 and resource.drain() == []
 
 
 def test_resource_without_url_only_writes_jsonl(tmp_path: Path) -> None:
-    resource = WebhookResource(events_path=str(tmp_path / "events.jsonl"), outbox_dir=str(tmp_path / "outbox"))
+    resource = WebhookResource(
+        events_path=str(tmp_path / "events.jsonl"), outbox_dir=str(tmp_path / "outbox")
+    )
     resource.sink().send(make_event())
     assert len(JsonlEventSink(tmp_path / "events.jsonl").read()) == 1
     assert resource.delivery() is None and resource.drain() == []
@@ -309,14 +362,19 @@ def test_resource_without_url_only_writes_jsonl(tmp_path: Path) -> None:
 
 def test_resource_with_url_needs_a_secret(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="secret is empty"):
-        WebhookResource(url="https://example.invalid/hooks", outbox_dir=str(tmp_path / "a")).delivery()
+        WebhookResource(
+            url="https://example.invalid/hooks", outbox_dir=str(tmp_path / "a")
+        ).delivery()
 
     @asset
     def published(events: WebhookResource) -> None:
         events.sink().send(make_event())
 
-    resource = WebhookResource(url="https://example.invalid/hooks", outbox_dir=str(tmp_path / "run"),
-                               events_path=str(tmp_path / "events.jsonl"))
+    resource = WebhookResource(
+        url="https://example.invalid/hooks",
+        outbox_dir=str(tmp_path / "run"),
+        events_path=str(tmp_path / "events.jsonl"),
+    )
     result = materialize([published], resources={"events": resource}, raise_on_error=False)
     assert not result.success  # at resource setup, before any event is queued
     assert not (tmp_path / "run").exists() and not (tmp_path / "events.jsonl").exists()
@@ -335,7 +393,9 @@ def test_fanout_sends_to_every_sink_then_reraises(tmp_path: Path) -> None:
     assert len(jsonl.read()) == 1
 
 
-def test_resource_in_a_dagster_run(receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resource_in_a_dagster_run(
+    receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
     event = make_event()
 
@@ -344,7 +404,9 @@ def test_resource_in_a_dagster_run(receiver: Receiver, tmp_path: Path, monkeypat
         events.sink().send(event)
 
     resource = WebhookResource(
-        url=receiver.url, secret=EnvVar("TEST_WEBHOOK_SECRET"), outbox_dir=str(tmp_path / "outbox"),
+        url=receiver.url,
+        secret=EnvVar("TEST_WEBHOOK_SECRET"),
+        outbox_dir=str(tmp_path / "outbox"),
         events_path=str(tmp_path / "events.jsonl"),
     )
     assert materialize([published], resources={"events": resource}).success
@@ -366,25 +428,39 @@ def test_a_slow_endpoint_does_not_hold_the_step(receiver: Receiver, tmp_path: Pa
         for event in events:
             events_resource.sink().send(event)
 
-    resource = WebhookResource(url=receiver.url, secret=SECRET, outbox_dir=str(tmp_path / "outbox"),
-                               events_path=str(tmp_path / "events.jsonl"), timeout_s=20.0)
+    resource = WebhookResource(
+        url=receiver.url,
+        secret=SECRET,
+        outbox_dir=str(tmp_path / "outbox"),
+        events_path=str(tmp_path / "events.jsonl"),
+        timeout_s=20.0,
+    )
     delivery = resource.delivery()
     assert delivery is not None
     with BackgroundDrain(delivery) as drain:  # as `mpegflow run` does
         result = materialize([encode], resources={"events_resource": resource})
         [success] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_SUCCESS]
         assert success.step_success_data.duration_ms < 2000
-        assert len(JsonlEventSink(tmp_path / "events.jsonl").read()) == 2  # the local record is synchronous
+        assert (
+            len(JsonlEventSink(tmp_path / "events.jsonl").read()) == 2
+        )  # the local record is synchronous
         left = drain.finish(wait_s=20)
     assert left == []
     assert ids(receiver) == [e.id for e in events]  # delivered after the step, in order
-    assert [r.status for r in receiver.requests] == [200, 200] and all(signed(r) for r in receiver.requests)
+    assert [r.status for r in receiver.requests] == [200, 200] and all(
+        signed(r) for r in receiver.requests
+    )
 
 
 def test_delivery_sensor_drains_the_outbox(tmp_path: Path) -> None:
     port = free_port()
-    resource = WebhookResource(url=f"http://127.0.0.1:{port}/hooks", secret=SECRET, backoff_s=0.0,
-                               outbox_dir=str(tmp_path / "outbox"), events_path=str(tmp_path / "events.jsonl"))
+    resource = WebhookResource(
+        url=f"http://127.0.0.1:{port}/hooks",
+        secret=SECRET,
+        backoff_s=0.0,
+        outbox_dir=str(tmp_path / "outbox"),
+        events_path=str(tmp_path / "events.jsonl"),
+    )
     first, second = make_event("a"), make_event("b")
     resource.sink().send(first)
     resource.sink().send(second)
@@ -392,8 +468,10 @@ def test_delivery_sensor_drains_the_outbox(tmp_path: Path) -> None:
     assert sensor_def.minimum_interval_seconds == 15
 
     def tick() -> SkipReason:
-        with DagsterInstance.ephemeral() as instance, \
-                build_sensor_context(instance=instance, resources={"events": resource}) as context:
+        with (
+            DagsterInstance.ephemeral() as instance,
+            build_sensor_context(instance=instance, resources={"events": resource}) as context,
+        ):
             result = sensor_def(context)
         assert isinstance(result, SkipReason)
         return result

@@ -23,7 +23,9 @@ class FFmpegBuild(BaseModel, frozen=True):
     version: str  # e.g. "5.1.9-0+deb12u1" or "9.0.2-static"
     major: int
     configuration: str
-    build_hash: str  # sha256 of the version line + configuration: two builds with equal hashes encode alike
+    build_hash: (
+        str  # sha256 of the version line + configuration: two builds with equal hashes encode alike
+    )
     libraries: dict[str, str]  # libavcodec -> "59.37.100", ...
 
     @property
@@ -42,7 +44,9 @@ def resolve_binary(name_or_path: str) -> str:
     """Absolute path of an executable given as a name on PATH or a path; raise with an install hint."""
     found = shutil.which(name_or_path)
     if found is None:
-        raise FFmpegNotFound(f"`{name_or_path}` was not found or is not executable. {_INSTALL_HINT}")
+        raise FFmpegNotFound(
+            f"`{name_or_path}` was not found or is not executable. {_INSTALL_HINT}"
+        )
     return str(Path(found).resolve())
 
 
@@ -53,7 +57,9 @@ def detect_build(ffmpeg_path: str) -> FFmpegBuild:
         [path, "-hide_banner", "-version"], capture_output=True, text=True, timeout=30, check=False
     )
     if proc.returncode != 0:
-        raise FFmpegNotFound(f"`{path} -version` failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+        raise FFmpegNotFound(
+            f"`{path} -version` failed ({proc.returncode}): {proc.stderr.strip()[-300:]}"
+        )
     out = proc.stdout
     first = out.splitlines()[0] if out else ""
     m = re.match(r"ffmpeg version (\S+)", first)
@@ -62,7 +68,12 @@ def detect_build(ffmpeg_path: str) -> FFmpegBuild:
     version = m.group(1)
     major_m = re.match(r"n?(\d+)", version)
     configuration = next(
-        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("configuration:")), ""
+        (
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("configuration:")
+        ),
+        "",
     )
     libraries = {
         lm.group(1): lm.group(2).replace(" ", "")

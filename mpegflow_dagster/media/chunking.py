@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Optional
 
-
 # Part of every rendition's code version (`PipelineSpec.encode_settings`): where the cuts fall
 # shapes the bytes. 2: a cut on the first frame at or after its mark (1: exact marks only, so
 # a 29.97 fps source was encoded whole).
@@ -49,7 +48,9 @@ def boundary_step(*periods_s: float) -> Fraction:
     return Fraction(math.lcm(*(int(f * denominator) for f in fractions)), denominator)
 
 
-def plan_spans(duration_s: float, constant_frame_rate: Optional[str], chunk_s: float, step: Fraction) -> list[Span]:
+def plan_spans(
+    duration_s: float, constant_frame_rate: Optional[str], chunk_s: float, step: Fraction
+) -> list[Span]:
     """About `duration_s / chunk_s` chunks, cut near multiples of `step`: on the first frame at or
     after each multiple, the frame a whole-source encode makes a keyframe and a thumbnail of there.
     At 30000/1001 a 10 s mark falls between frames, so that cut is at 300 frames, 10.01 s. The
@@ -60,12 +61,16 @@ def plan_spans(duration_s: float, constant_frame_rate: Optional[str], chunk_s: f
         return [WHOLE]
     rate = Fraction(constant_frame_rate)
     duration = _fraction(duration_s)
-    marks = sorted({round(duration * k / count / step) * step for k in range(1, count)} - {Fraction(0)})
+    marks = sorted(
+        {round(duration * k / count / step) * step for k in range(1, count)} - {Fraction(0)}
+    )
     cuts = [c for c in (math.ceil(m * rate) / rate for m in marks) if c < duration]
     if not cuts:
         return [WHOLE]
     starts = [Fraction(0), *cuts]
-    return [Span(start, end - start) for start, end in zip(starts, cuts)] + [Span(starts[-1], None)]
+    return [Span(start, end - start) for start, end in zip(starts, cuts, strict=False)] + [
+        Span(starts[-1], None)
+    ]
 
 
 def marks_before(span: Span, period_s: float) -> int:

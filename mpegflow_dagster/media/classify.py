@@ -36,7 +36,9 @@ MAX_SOURCE_PIXELS = 8192 * 8192
 @dataclass(frozen=True)
 class Classification:
     failure_class: FailureClass
-    reason: str  # stable dotted code, e.g. "input.invalid_data"; dashboards and retry policy key on it
+    reason: (
+        str  # stable dotted code, e.g. "input.invalid_data"; dashboards and retry policy key on it
+    )
     message: str  # for humans: what happened, with the stderr line that proved it when there is one
     exit_code: Optional[int] = None
     signal: Optional[int] = None
@@ -59,64 +61,132 @@ def _rule(pattern: str, failure_class: FailureClass, reason: str, message: str) 
 # found"; a bad x264 preset also prints "Error while opening encoder").
 STDERR_RULES: tuple[_Rule, ...] = (
     # FFmpeg itself caught a SIGTERM/SIGINT it did not expect (5.1 then exits 255 or 123).
-    _rule(r"Exiting normally, received signal \d+|Received > 3 system signals",
-          "transient", "process.killed", "FFmpeg was interrupted by a signal we did not send"),
+    _rule(
+        r"Exiting normally, received signal \d+|Received > 3 system signals",
+        "transient",
+        "process.killed",
+        "FFmpeg was interrupted by a signal we did not send",
+    ),
     # Security: playlist/list demuxers read other files or URLs named inside the input.
-    _rule(r"Unsafe file name|not in allowed_(?:segment_)?extensions|Not detecting m3u8/hls with non standard extension"
-          r"|^\[hls @ [^\]]*\] (?:Failed to open segment|Error when loading first segment)",
-          "security", "security.playlist_input", "the input is a playlist or file list that references other files"),
-    _rule(r"Format not on whitelist",
-          "security", "security.forbidden_format", "the input's format is not on the allowed format list"),
-    _rule(r"Protocol '[^']*' not on whitelist",
-          "security", "security.forbidden_protocol", "the input asked for a protocol that is not allowed"),
+    _rule(
+        r"Unsafe file name|not in allowed_(?:segment_)?extensions|Not detecting m3u8/hls with non standard extension"
+        r"|^\[hls @ [^\]]*\] (?:Failed to open segment|Error when loading first segment)",
+        "security",
+        "security.playlist_input",
+        "the input is a playlist or file list that references other files",
+    ),
+    _rule(
+        r"Format not on whitelist",
+        "security",
+        "security.forbidden_format",
+        "the input's format is not on the allowed format list",
+    ),
+    _rule(
+        r"Protocol '[^']*' not on whitelist",
+        "security",
+        "security.forbidden_protocol",
+        "the input asked for a protocol that is not allowed",
+    ),
     # Resources.
-    _rule(r"No space left on device|Disk quota exceeded",
-          "resource", "resource.disk_full", "the disk is full"),
-    _rule(r"Cannot allocate memory|Out of memory",
-          "resource", "resource.out_of_memory", "FFmpeg ran out of memory"),
+    _rule(
+        r"No space left on device|Disk quota exceeded",
+        "resource",
+        "resource.disk_full",
+        "the disk is full",
+    ),
+    _rule(
+        r"Cannot allocate memory|Out of memory",
+        "resource",
+        "resource.out_of_memory",
+        "FFmpeg ran out of memory",
+    ),
     # The input.
-    _rule(r"Picture size \d+x\d+ (?:is invalid|exceeds specified max pixel count)",
-          "permanent", "input.too_large", "the input declares a picture size too large to decode (pixel bomb?)"),
+    _rule(
+        r"Picture size \d+x\d+ (?:is invalid|exceeds specified max pixel count)",
+        "permanent",
+        "input.too_large",
+        "the input declares a picture size too large to decode (pixel bomb?)",
+    ),
     # 9.0 prints an empty "Stream map ''", then the specifier in "Failed to set value".
-    _rule(r"Stream map '\d*:?v(?::\d+)?\??' matches no streams|Failed to set value '\d*:?v(?::\d+)?\??' for option 'map'"
-          r"|does not contain any video stream",
-          "permanent", "input.no_video_stream", "the input has no video stream"),
-    _rule(r"Stream map '[^']*' matches no streams",
-          "permanent", "input.missing_stream", "the input lacks a stream the command maps"),
-    _rule(r"Decoder \(codec [^)]*\) not found|Unsupported codec|: unknown codec",
-          "permanent", "input.unsupported_codec", "this FFmpeg build cannot decode the input's codec"),
+    _rule(
+        r"Stream map '\d*:?v(?::\d+)?\??' matches no streams|Failed to set value '\d*:?v(?::\d+)?\??' for option 'map'"
+        r"|does not contain any video stream",
+        "permanent",
+        "input.no_video_stream",
+        "the input has no video stream",
+    ),
+    _rule(
+        r"Stream map '[^']*' matches no streams",
+        "permanent",
+        "input.missing_stream",
+        "the input lacks a stream the command maps",
+    ),
+    _rule(
+        r"Decoder \(codec [^)]*\) not found|Unsupported codec|: unknown codec",
+        "permanent",
+        "input.unsupported_codec",
+        "this FFmpeg build cannot decode the input's codec",
+    ),
     # The configuration (our argv or preset).
-    _rule(r"Unknown encoder '",
-          "permanent", "config.unknown_encoder", "the encoder is not in this FFmpeg build"),
-    _rule(r"Error setting option|Unable to parse (?:\"\w+\" )?option value|invalid preset|Error setting preset"
-          r"|Unrecognized option|Option \S+ not found|Failed to set value|No such filter",
-          "permanent", "config.invalid_option", "an option or option value is invalid"),
+    _rule(
+        r"Unknown encoder '",
+        "permanent",
+        "config.unknown_encoder",
+        "the encoder is not in this FFmpeg build",
+    ),
+    _rule(
+        r"Error setting option|Unable to parse (?:\"\w+\" )?option value|invalid preset|Error setting preset"
+        r"|Unrecognized option|Option \S+ not found|Failed to set value|No such filter",
+        "permanent",
+        "config.invalid_option",
+        "an option or option value is invalid",
+    ),
     # Not "Could not open encoder before EOF": 9.0 prints it after any upstream (filter) failure.
-    _rule(r"(?:width|height) not divisible by 2|Error while opening encoder",
-          "permanent", "config.encoder_rejected", "the encoder rejected its parameters (e.g. odd dimensions)"),
+    _rule(
+        r"(?:width|height) not divisible by 2|Error while opening encoder",
+        "permanent",
+        "config.encoder_rejected",
+        "the encoder rejected its parameters (e.g. odd dimensions)",
+    ),
     # Network.
-    _rule(r"HTTP error (?:408|429)",
-          "transient", "network.http_error", "the server asked us to come back later"),
-    _rule(r"HTTP error 4\d\d",
-          "permanent", "network.http_error", "the server refused the request"),
-    _rule(r"HTTP error 5\d\d|Server returned 5XX",
-          "transient", "network.http_error", "the server failed"),
-    _rule(r"[Tt]imed out",
-          "transient", "network.timeout", "a network operation timed out"),
-    _rule(r"Connection refused",
-          "transient", "network.refused", "the connection was refused"),
-    _rule(r"No route to host|Network is unreachable|Connection reset by peer|Temporary failure in name resolution"
-          r"|Name or service not known",
-          "transient", "network.unreachable", "the network or host is unreachable"),
+    _rule(
+        r"HTTP error (?:408|429)",
+        "transient",
+        "network.http_error",
+        "the server asked us to come back later",
+    ),
+    _rule(r"HTTP error 4\d\d", "permanent", "network.http_error", "the server refused the request"),
+    _rule(
+        r"HTTP error 5\d\d|Server returned 5XX",
+        "transient",
+        "network.http_error",
+        "the server failed",
+    ),
+    _rule(r"[Tt]imed out", "transient", "network.timeout", "a network operation timed out"),
+    _rule(r"Connection refused", "transient", "network.refused", "the connection was refused"),
+    _rule(
+        r"No route to host|Network is unreachable|Connection reset by peer|Temporary failure in name resolution"
+        r"|Name or service not known",
+        "transient",
+        "network.unreachable",
+        "the network or host is unreachable",
+    ),
     # Files.
-    _rule(r"Permission denied|Read-only file system|Operation not permitted",
-          "permanent", "io.permission_denied", "a file or directory is not readable or writable"),
-    _rule(r"No such file or directory",
-          "permanent", "input.not_found", "a file does not exist"),
+    _rule(
+        r"Permission denied|Read-only file system|Operation not permitted",
+        "permanent",
+        "io.permission_denied",
+        "a file or directory is not readable or writable",
+    ),
+    _rule(r"No such file or directory", "permanent", "input.not_found", "a file does not exist"),
     # Generic damage last: many specific failures above also print these.
-    _rule(r"Invalid data found when processing input|moov atom not found|Invalid NAL unit|EBML header parsing failed"
-          r"|Decode error rate \S+ exceeds",
-          "permanent", "input.invalid_data", "the input is damaged or not media"),
+    _rule(
+        r"Invalid data found when processing input|moov atom not found|Invalid NAL unit|EBML header parsing failed"
+        r"|Decode error rate \S+ exceeds",
+        "permanent",
+        "input.invalid_data",
+        "the input is damaged or not media",
+    ),
 )
 
 _Outcome = tuple[FailureClass, str, str]
@@ -143,7 +213,11 @@ EXIT_CODES: dict[str, dict[int, _Outcome]] = {
         145: ("transient", "network.refused", "connection refused (ECONNREFUSED)"),
         146: ("transient", "network.timeout", "connection timed out (ETIMEDOUT)"),
         143: ("transient", "network.unreachable", "no route to host (EHOSTUNREACH), not SIGTERM"),
-        187: ("permanent", "config.encoder_rejected", "an external library (e.g. libx264) failed, or EOF"),
+        187: (
+            "permanent",
+            "config.encoder_rejected",
+            "an external library (e.g. libx264) failed, or EOF",
+        ),
     },
 }
 
@@ -152,14 +226,28 @@ EXIT_CODES: dict[str, dict[int, _Outcome]] = {
 # memory errors are how hostile media attacks, so it is quarantined, not retried.
 _CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
 _LIMIT_SIGNALS: dict[int, _Outcome] = {
-    signal.SIGXCPU: ("resource", "resource.cpu_limit", "the CPU-time limit (RLIMIT_CPU) was reached"),
-    signal.SIGXFSZ: ("resource", "resource.disk_full", "the file-size limit (RLIMIT_FSIZE) was reached"),
+    signal.SIGXCPU: (
+        "resource",
+        "resource.cpu_limit",
+        "the CPU-time limit (RLIMIT_CPU) was reached",
+    ),
+    signal.SIGXFSZ: (
+        "resource",
+        "resource.disk_full",
+        "the file-size limit (RLIMIT_FSIZE) was reached",
+    ),
 }
 
 # Reasons a probe of the input can explain better than the run could (an OOM kill while
 # decoding a 40000x40000 picture is the picture's fault, not the machine's).
-_PROBE_REFINABLE = {"unknown", "process.killed", "resource.out_of_memory", "config.invalid_option",
-                    "input.missing_stream", "input.invalid_data"}
+_PROBE_REFINABLE = {
+    "unknown",
+    "process.killed",
+    "resource.out_of_memory",
+    "config.invalid_option",
+    "input.missing_stream",
+    "input.invalid_data",
+}
 
 
 def classify(
@@ -171,24 +259,44 @@ def classify(
     code, sig = result.returncode, result.signal
 
     def make(failure_class: FailureClass, reason: str, message: str) -> Classification:
-        return Classification(failure_class, reason, message, exit_code=None if sig else code, signal=sig)
+        return Classification(
+            failure_class, reason, message, exit_code=None if sig else code, signal=sig
+        )
 
     # Our own stops first: whatever FFmpeg printed while dying is a consequence.
     if result.stopped_by == "timeout":
-        return make("transient", "process.watchdog_timeout", "stopped by the watchdog: the run exceeded its time limit")
+        return make(
+            "transient",
+            "process.watchdog_timeout",
+            "stopped by the watchdog: the run exceeded its time limit",
+        )
     if result.stopped_by == "stall":
-        return make("transient", "process.stalled", "stopped by the watchdog: no progress for too long")
+        return make(
+            "transient", "process.stalled", "stopped by the watchdog: no progress for too long"
+        )
     if we_signalled or result.stopped_by == "cancelled":
         return make("cancelled", "process.cancelled", "cancelled on request")
-    found = _from_signal(sig) if sig else (_from_stderr(result.messages) or EXIT_CODES.get(family, {}).get(code))
-    outcome: _Outcome = found or ("transient", "unknown", f"unrecognised failure (exit status {code})")
+    found = (
+        _from_signal(sig)
+        if sig
+        else (_from_stderr(result.messages) or EXIT_CODES.get(family, {}).get(code))
+    )
+    outcome: _Outcome = found or (
+        "transient",
+        "unknown",
+        f"unrecognised failure (exit status {code})",
+    )
     if probe is not None and outcome[1] in _PROBE_REFINABLE:
         outcome = _from_probe(probe) or outcome
     return make(*outcome)
 
 
 def classify_exception(
-    exc: BaseException, *, family: str = "", we_signalled: bool = False, probe: Optional[MediaInfo] = None
+    exc: BaseException,
+    *,
+    family: str = "",
+    we_signalled: bool = False,
+    probe: Optional[MediaInfo] = None,
 ) -> Classification:
     """Classify any exception a stage raised; FFmpegFailed is delegated to `classify`."""
     if isinstance(exc, FFmpegFailed):
@@ -199,7 +307,13 @@ def classify_exception(
         return Classification("permanent", "input.invalid_data", str(exc))
     # Exceptions that already know their class (e.g. stages.MediaRejected) say so themselves.
     known_class, known_reason = getattr(exc, "failure_class", None), getattr(exc, "reason", None)
-    if known_class in ("transient", "permanent", "resource", "security", "cancelled") and isinstance(known_reason, str):
+    if known_class in (
+        "transient",
+        "permanent",
+        "resource",
+        "security",
+        "cancelled",
+    ) and isinstance(known_reason, str):
         return Classification(known_class, known_reason, str(exc))
     if isinstance(exc, FFmpegNotFound):
         return Classification("permanent", "config.ffmpeg_not_found", str(exc))
@@ -220,7 +334,7 @@ def _from_stderr(messages: str) -> Optional[_Outcome]:
     for rule in STDERR_RULES:
         m = rule.pattern.search(messages)
         if m:
-            line = messages[messages.rfind("\n", 0, m.start()) + 1:].split("\n", 1)[0].strip()
+            line = messages[messages.rfind("\n", 0, m.start()) + 1 :].split("\n", 1)[0].strip()
             return rule.failure_class, rule.reason, f"{rule.message}: {line}"
     return None
 
@@ -235,7 +349,11 @@ def _from_signal(sig: int) -> _Outcome:
     if sig in _LIMIT_SIGNALS:
         return _LIMIT_SIGNALS[sig]
     hint = " (often the kernel OOM killer)" if sig == signal.SIGKILL else ""
-    return "transient", "process.killed", f"FFmpeg was killed by {name}, which we did not send{hint}"
+    return (
+        "transient",
+        "process.killed",
+        f"FFmpeg was killed by {name}, which we did not send{hint}",
+    )
 
 
 def _from_probe(info: MediaInfo) -> Optional[_Outcome]:
@@ -244,5 +362,9 @@ def _from_probe(info: MediaInfo) -> Optional[_Outcome]:
         return "permanent", "input.no_video_stream", "the input has no video stream"
     pixels = (video.width or 0) * (video.height or 0)
     if pixels > MAX_SOURCE_PIXELS:
-        return "permanent", "input.too_large", f"the input is {video.width}x{video.height}, over the pixel limit"
+        return (
+            "permanent",
+            "input.too_large",
+            f"the input is {video.width}x{video.height}, over the pixel limit",
+        )
     return None

@@ -21,11 +21,19 @@ from .safety import SAFE_INPUT, SOURCE_FORMATS
 
 _CHUNK_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2"  # what our own chunk and audio files are
 
-_BITEXACT = {"fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact", "map_metadata": "-1", "map_chapters": "-1"}
+_BITEXACT = {
+    "fflags": "+bitexact",
+    "flags:v": "+bitexact",
+    "flags:a": "+bitexact",
+    "map_metadata": "-1",
+    "map_chapters": "-1",
+}
 
 
 def _input(path: Path, *, formats: str = SOURCE_FORMATS, **options: object):
-    return ffmpeg.input(f"file:{Path(path).resolve()}", **{**SAFE_INPUT, "format_whitelist": formats}, **options)
+    return ffmpeg.input(
+        f"file:{Path(path).resolve()}", **{**SAFE_INPUT, "format_whitelist": formats}, **options
+    )
 
 
 def _output_name(path: Path) -> str:
@@ -97,9 +105,17 @@ def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int, sp
     # source: frame and sliced threads both gave a different file each run).
     params = {"scenecut": "0", "open-gop": "0", **dict(enc.x264_params)}
     opts: dict[str, object] = {
-        "c:v": "libx264", "preset": enc.speed, "profile:v": enc.profile, "level:v": enc.level,
-        "b:v": f"{enc.video_bitrate_kbps}k", "maxrate:v": f"{maxrate}k", "bufsize:v": f"{2 * maxrate}k",
-        "g": 2 * gop_frames, "keyint_min": gop_frames, "sc_threshold": 0, "forced-idr": 1,
+        "c:v": "libx264",
+        "preset": enc.speed,
+        "profile:v": enc.profile,
+        "level:v": enc.level,
+        "b:v": f"{enc.video_bitrate_kbps}k",
+        "maxrate:v": f"{maxrate}k",
+        "bufsize:v": f"{2 * maxrate}k",
+        "g": 2 * gop_frames,
+        "keyint_min": gop_frames,
+        "sc_threshold": 0,
+        "forced-idr": 1,
         "force_key_frames": f"expr:{_at_marks(span, enc.gop_s, 'n_forced')}",
         "x264-params": ":".join(f"{k}={v}" for k, v in sorted(params.items())),
         "threads": threads,
@@ -110,28 +126,52 @@ def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int, sp
     if enc.has_audio and audio is not None:  # None: a chunk, whose audio is encoded apart
         streams.append(audio)
         opts.update(_audio_options(enc))
-    return ffmpeg.output(*streams, _output_name(out), movflags="+faststart", f="mp4", **opts, **_BITEXACT)
+    return ffmpeg.output(
+        *streams, _output_name(out), movflags="+faststart", f="mp4", **opts, **_BITEXACT
+    )
 
 
 def _audio_options(enc: H264Output) -> dict[str, object]:
-    return {"c:a": "aac", "b:a": f"{enc.audio_bitrate_kbps}k", "ar": enc.audio_sample_rate, "ac": enc.audio_channels}
+    return {
+        "c:a": "aac",
+        "b:a": f"{enc.audio_bitrate_kbps}k",
+        "ar": enc.audio_sample_rate,
+        "ac": enc.audio_channels,
+    }
 
 
-def _thumbnail_output(video, out_dir: Path, thumbs: ThumbnailOutput, threads: int, span: Span = WHOLE):
+def _thumbnail_output(
+    video, out_dir: Path, thumbs: ThumbnailOutput, threads: int, span: Span = WHOLE
+):
     """One JPEG for each of t = 0, interval, 2*interval, ... < duration (the first frame at or after
     each mark, so there are ceil(duration / interval)), named 00001.jpg, 00002.jpg, ...; a chunk's
     are those of its part of the source, numbered on from the marks before it.
 
     `select` against the frame count does not drift, unlike `fps=1/N`, which also drops the
     last mark when it falls within half an interval of the end."""
-    video = video.filter("select", _at_marks(span, thumbs.interval_s, "selected_n")).filter("scale", thumbs.width, -2)
-    return ffmpeg.output(video, _output_name(Path(out_dir) / "%05d.jpg"), f="image2", fps_mode="vfr",
-                         start_number=1 + marks_before(span, thumbs.interval_s), **{"q:v": thumbs.quality},
-                         threads=threads, **_BITEXACT)
+    video = video.filter("select", _at_marks(span, thumbs.interval_s, "selected_n")).filter(
+        "scale", thumbs.width, -2
+    )
+    return ffmpeg.output(
+        video,
+        _output_name(Path(out_dir) / "%05d.jpg"),
+        f="image2",
+        fps_mode="vfr",
+        start_number=1 + marks_before(span, thumbs.interval_s),
+        **{"q:v": thumbs.quality},
+        threads=threads,
+        **_BITEXACT,
+    )
 
 
 def encode_rendition_args(
-    src: Path, out: Path, enc: H264Output, *, threads: int, subtitles: Optional[str] = None, subtitle_font_size: int = 24
+    src: Path,
+    out: Path,
+    enc: H264Output,
+    *,
+    threads: int,
+    subtitles: Optional[str] = None,
+    subtitle_font_size: int = 24,
 ) -> list[str]:
     """One rendition. `subtitles` is a file name relative to the working directory FFmpeg runs in
     (filter-path escaping is avoided by running in a scratch dir holding a copy named plainly)."""
@@ -139,13 +179,19 @@ def encode_rendition_args(
     video = inp["v:0"]
     if subtitles:
         # Burn in at source resolution before scaling, so text is sharp at every size.
-        video = video.filter("subtitles", filename=subtitles, force_style=f"FontSize={subtitle_font_size}")
+        video = video.filter(
+            "subtitles", filename=subtitles, force_style=f"FontSize={subtitle_font_size}"
+        )
     return _rendition_output(video, inp["a:0"], out, enc, threads).get_args()
 
 
 def encode_ladder_args(
-    src: Path, renditions: dict[Path, H264Output], *, threads: int,
-    thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None, span: Span = WHOLE,
+    src: Path,
+    renditions: dict[Path, H264Output],
+    *,
+    threads: int,
+    thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None,
+    span: Span = WHOLE,
 ) -> list[str]:
     """Every rendition (and the thumbnails) from one decode of the source: the video is split
     once, each branch scaled and encoded with exactly the options `encode_rendition_args` uses.
@@ -168,10 +214,14 @@ def encode_ladder_args(
     def branch(i: int):
         return split.stream(i) if split is not None else inp["v:0"]
 
-    outputs = [_rendition_output(branch(i), audio, out, enc, threads, span)
-               for i, (out, enc) in enumerate(renditions.items())]
+    outputs = [
+        _rendition_output(branch(i), audio, out, enc, threads, span)
+        for i, (out, enc) in enumerate(renditions.items())
+    ]
     if thumbnails:
-        outputs.append(_thumbnail_output(branch(len(renditions)), thumbnails[0], thumbnails[1], threads, span))
+        outputs.append(
+            _thumbnail_output(branch(len(renditions)), thumbnails[0], thumbnails[1], threads, span)
+        )
     return ffmpeg.merge_outputs(*outputs).get_args()
 
 
@@ -180,16 +230,22 @@ def audio_args(src: Path, outputs: dict[Path, H264Output]) -> list[str]:
     whole source (AAC cannot be cut and joined without a gap at each cut), as `_rendition_output`
     would."""
     inp = _input(src)
-    return ffmpeg.merge_outputs(*(
-        ffmpeg.output(inp["a:0"], _output_name(out), f="mp4", **_audio_options(enc), **_BITEXACT)
-        for out, enc in outputs.items()
-    )).get_args()
+    return ffmpeg.merge_outputs(
+        *(
+            ffmpeg.output(
+                inp["a:0"], _output_name(out), f="mp4", **_audio_options(enc), **_BITEXACT
+            )
+            for out, enc in outputs.items()
+        )
+    ).get_args()
 
 
 def concat_listing(chunks: list[Path]) -> str:
     """An ffconcat file list of our own chunk files (never a user's file: see `safety`)."""
     # Inside single quotes nothing is special; a quote itself is closed, escaped and reopened.
-    return "ffconcat version 1.0\n" + "".join("file '" + _output_name(c).replace("'", "'\\''") + "'\n" for c in chunks)
+    return "ffconcat version 1.0\n" + "".join(
+        "file '" + _output_name(c).replace("'", "'\\''") + "'\n" for c in chunks
+    )
 
 
 def join_args(listing: Path, audio: Optional[Path], out: Path) -> list[str]:
@@ -197,28 +253,38 @@ def join_args(listing: Path, audio: Optional[Path], out: Path) -> list[str]:
     chunks hold whole GOPs, so the joined stream is the frames of every chunk in order."""
     video = _input(listing, formats=f"concat,{_CHUNK_FORMATS}", f="concat", safe=0)["v:0"]
     streams = [video, *([_input(audio, formats=_CHUNK_FORMATS)["a:0"]] if audio else [])]
-    return ffmpeg.output(*streams, _output_name(out), c="copy", movflags="+faststart", f="mp4", **_BITEXACT).get_args()
+    return ffmpeg.output(
+        *streams, _output_name(out), c="copy", movflags="+faststart", f="mp4", **_BITEXACT
+    ).get_args()
 
 
-def sprite_args(thumb_dir: Path, out: Path, *, columns: int, rows: int, tile_width: int, quality: int) -> list[str]:
+def sprite_args(
+    thumb_dir: Path, out: Path, *, columns: int, rows: int, tile_width: int, quality: int
+) -> list[str]:
     """Tile the numbered thumbnails into one sprite sheet, row by row."""
     tiles = (
         _input(Path(thumb_dir) / "%05d.jpg", formats="image2", f="image2", start_number=1)
         .filter("scale", tile_width, -2)
         .filter("tile", f"{columns}x{rows}")
     )
-    return ffmpeg.output(tiles, _output_name(out), vframes=1, f="image2", update=1, **{"q:v": quality}, **_BITEXACT).get_args()
+    return ffmpeg.output(
+        tiles, _output_name(out), vframes=1, f="image2", update=1, **{"q:v": quality}, **_BITEXACT
+    ).get_args()
 
 
 def hls_variant_args(src: Path, out_dir: Path, *, segment_s: int, segment_type: str) -> list[str]:
     """Repackage one encoded rendition as an HLS VOD variant; no re-encode, cuts at its keyframes."""
     out_dir = Path(out_dir).resolve()
     ext = "m4s" if segment_type == "fmp4" else "ts"
-    return (
-        ffmpeg.output(
-            _input(src, formats="mov,mp4"), _output_name(out_dir / "index.m3u8"), c="copy", f="hls",
-            hls_time=segment_s, hls_playlist_type="vod", hls_segment_type=segment_type,
-            hls_flags="independent_segments", hls_segment_filename=str(out_dir / f"seg_%05d.{ext}"),
-            **_BITEXACT,
-        ).get_args()
-    )
+    return ffmpeg.output(
+        _input(src, formats="mov,mp4"),
+        _output_name(out_dir / "index.m3u8"),
+        c="copy",
+        f="hls",
+        hls_time=segment_s,
+        hls_playlist_type="vod",
+        hls_segment_type=segment_type,
+        hls_flags="independent_segments",
+        hls_segment_filename=str(out_dir / f"seg_%05d.{ext}"),
+        **_BITEXACT,
+    ).get_args()

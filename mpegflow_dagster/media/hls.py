@@ -30,7 +30,7 @@ def measure_variant(playlist: Path) -> tuple[int, int, int]:
     duration: Optional[float] = None
     for line in lines:
         if line.startswith("#EXTINF:"):
-            duration = float(line[len("#EXTINF:"):].split(",")[0])
+            duration = float(line[len("#EXTINF:") :].split(",")[0])
         elif line and not line.startswith("#") and duration:
             bits = (playlist.parent / line).stat().st_size * 8
             peak = max(peak, bits / duration)

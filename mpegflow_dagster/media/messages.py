@@ -39,7 +39,7 @@ def _placeholders(argv: Sequence[str]) -> list[tuple[str, str]]:
     (so a file is replaced whole before its directory is)."""
     found: dict[str, str] = {}
     inputs = outputs = 0
-    for previous, arg in zip(["", *argv], argv):
+    for previous, arg in zip(["", *argv], argv, strict=False):
         path = arg.removeprefix("file:")
         if not path.startswith("/"):
             continue

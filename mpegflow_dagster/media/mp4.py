@@ -50,7 +50,9 @@ def _box_header(data: bytes, pos: int) -> tuple[int, bytes, int]:
     return size, kind, 8
 
 
-def _boxes(data: bytes, start: int = 0, end: Optional[int] = None) -> Iterator[tuple[bytes, int, int]]:
+def _boxes(
+    data: bytes, start: int = 0, end: Optional[int] = None
+) -> Iterator[tuple[bytes, int, int]]:
     """(type, payload start, payload end) of each box in data[start:end]."""
     end = len(data) if end is None else end
     pos = start
@@ -146,7 +148,7 @@ def read_mp4(path: Path) -> Mp4Summary:
     for boxes in _tracks(moov):
         if not {b"hdlr", b"stsd"} <= boxes.keys():
             continue
-        handler = moov[boxes[b"hdlr"][0] + 8:boxes[b"hdlr"][0] + 12]
+        handler = moov[boxes[b"hdlr"][0] + 8 : boxes[b"hdlr"][0] + 12]
         s, e = boxes[b"stsd"]
         entries = list(_boxes(moov, s + 8, e))  # after version/flags and the entry count
         if not entries:
@@ -154,16 +156,25 @@ def read_mp4(path: Path) -> Mp4Summary:
         kind, es, ee = entries[0]
         if handler == b"vide" and kind == b"avc1" and video is None:
             width, height = struct.unpack_from(">HH", moov, es + 24)
-            avcc = next((cs for child, cs, _ in _boxes(moov, es + 78, ee) if child == b"avcC"), None)
+            avcc = next(
+                (cs for child, cs, _ in _boxes(moov, es + 78, ee) if child == b"avcC"), None
+            )
             if avcc is None:
                 raise Mp4Error("avc1 sample entry without avcC")
             profile, compat, level = moov[avcc + 1], moov[avcc + 2], moov[avcc + 3]
-            video = Mp4Video(width, height, _frame_rate(moov, boxes), f"avc1.{profile:02x}{compat:02x}{level:02x}")
+            video = Mp4Video(
+                width,
+                height,
+                _frame_rate(moov, boxes),
+                f"avc1.{profile:02x}{compat:02x}{level:02x}",
+            )
         elif handler == b"soun" and kind == b"mp4a" and audio is None:
-            esds = next(((cs, ce) for child, cs, ce in _boxes(moov, es + 28, ee) if child == b"esds"), None)
+            esds = next(
+                ((cs, ce) for child, cs, ce in _boxes(moov, es + 28, ee) if child == b"esds"), None
+            )
             if esds is None:
                 raise Mp4Error("mp4a sample entry without esds")
-            audio = _mp4a_codec(moov[esds[0]:esds[1]])
+            audio = _mp4a_codec(moov[esds[0] : esds[1]])
     if video is None:
         raise Mp4Error(f"{Path(path).name} has no H.264 (avc1) video track")
     return Mp4Summary(_movie_duration(moov), video, audio)
@@ -173,8 +184,11 @@ def _movie_duration(moov: bytes) -> float:
     m = next((start for kind, start, _ in _boxes(moov) if kind == b"mvhd"), None)
     if m is None:
         raise Mp4Error("moov without mvhd")
-    timescale, duration = (struct.unpack_from(">IQ", moov, m + 20) if moov[m] == 1
-                           else struct.unpack_from(">II", moov, m + 12))
+    timescale, duration = (
+        struct.unpack_from(">IQ", moov, m + 20)
+        if moov[m] == 1
+        else struct.unpack_from(">II", moov, m + 12)
+    )
     return duration / timescale if timescale else 0.0
 
 
@@ -187,5 +201,8 @@ def _frame_rate(moov: bytes, boxes: dict[bytes, tuple[int, int]]) -> Optional[Fr
     s = boxes[b"stts"][0]
     (count,) = struct.unpack_from(">I", moov, s + 4)
     pairs = struct.unpack_from(f">{2 * count}I", moov, s + 8)
-    samples, ticks = sum(pairs[0::2]), sum(n * d for n, d in zip(pairs[0::2], pairs[1::2]))
+    samples, ticks = (
+        sum(pairs[0::2]),
+        sum(n * d for n, d in zip(pairs[0::2], pairs[1::2], strict=True)),
+    )
     return Fraction(samples * timescale, ticks) if ticks and timescale else None

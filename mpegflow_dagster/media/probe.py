@@ -29,7 +29,9 @@ class StreamInfo(BaseModel):
     height: Optional[int] = None
     pix_fmt: Optional[str] = None
     frame_rate: Optional[float] = None
-    constant_frame_rate: Optional[str] = None  # exact rate ("30/1") when every frame lasts the same, else None
+    constant_frame_rate: Optional[str] = (
+        None  # exact rate ("30/1") when every frame lasts the same, else None
+    )
     bit_rate: Optional[int] = None
     sample_rate: Optional[int] = None
     channels: Optional[int] = None
@@ -123,30 +125,60 @@ def parse_probe(data: dict) -> MediaInfo:
     )
 
 
-def probe(path: Path, ffprobe: str = "ffprobe", timeout_s: float = 60.0, formats: str = SOURCE_FORMATS) -> MediaInfo:
+def probe(
+    path: Path, ffprobe: str = "ffprobe", timeout_s: float = 60.0, formats: str = SOURCE_FORMATS
+) -> MediaInfo:
     """Probe a local file with the untrusted-input restrictions (only `formats` demuxers, the
     pixel cap). The path is passed with the `file:` protocol so names like `-x.mp4` or
     `concat:a|b` are read as plain files."""
     argv = [
-        resolve_binary(ffprobe), "-v", "error", "-hide_banner", *safe_input_args(formats),
-        "-print_format", "json", "-show_format", "-show_streams",
+        resolve_binary(ffprobe),
+        "-v",
+        "error",
+        "-hide_banner",
+        *safe_input_args(formats),
+        "-print_format",
+        "json",
+        "-show_format",
+        "-show_streams",
         f"file:{Path(path).resolve()}",
     ]
     try:
         spawned, preexec = spawn_args(argv)
-        proc = subprocess.run(spawned, capture_output=True, text=True, timeout=timeout_s, check=False, preexec_fn=preexec)
+        proc = subprocess.run(
+            spawned,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            preexec_fn=preexec,
+        )
     except subprocess.TimeoutExpired as exc:
         raise ProbeError(f"ffprobe did not finish within {timeout_s:.0f}s on {path}") from exc
     if proc.returncode != 0:
-        raise ProbeError(f"ffprobe cannot read {Path(path).name}: {proc.stderr.strip()[-500:] or 'no output'}")
+        raise ProbeError(
+            f"ffprobe cannot read {Path(path).name}: {proc.stderr.strip()[-500:] or 'no output'}"
+        )
     return parse_probe(json.loads(proc.stdout or "{}"))
 
 
 def keyframe_times(path: Path, ffprobe: str = "ffprobe") -> list[float]:
     """Presentation times of the video keyframes (used to check GOP alignment across renditions)."""
     argv = [
-        resolve_binary(ffprobe), "-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey",
-        "-show_entries", "frame=pts_time", "-of", "csv=p=0", f"file:{Path(path).resolve()}",
+        resolve_binary(ffprobe),
+        "-v",
+        "error",
+        "-select_streams",
+        "v:0",
+        "-skip_frame",
+        "nokey",
+        "-show_entries",
+        "frame=pts_time",
+        "-of",
+        "csv=p=0",
+        f"file:{Path(path).resolve()}",
     ]
     proc = subprocess.run(argv, capture_output=True, text=True, check=True)
-    return [round(float(x.strip().strip(",")), 3) for x in proc.stdout.split() if x.strip().strip(",")]
+    return [
+        round(float(x.strip().strip(",")), 3) for x in proc.stdout.split() if x.strip().strip(",")
+    ]

@@ -27,7 +27,9 @@ class Progress:
         return max(0.0, (self.duration_s - self.out_time_s) / self.speed)
 
     def describe(self) -> str:
-        parts = [f"{self.percent:5.1f}%" if self.percent is not None else f"t={self.out_time_s:.1f}s"]
+        parts = [
+            f"{self.percent:5.1f}%" if self.percent is not None else f"t={self.out_time_s:.1f}s"
+        ]
         if self.speed:
             parts.append(f"speed {self.speed:.2f}x")
         if self.eta_s is not None:

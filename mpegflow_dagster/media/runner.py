@@ -31,7 +31,9 @@ class RunResult:
     wall_s: float
     cpu_s: float
     started_at: float = 0.0  # epoch seconds
-    stopped_by: Optional[str] = None  # "timeout" | "stall" | "cancelled" when we stopped it, else None
+    stopped_by: Optional[str] = (
+        None  # "timeout" | "stall" | "cancelled" when we stopped it, else None
+    )
     last_progress: Optional[Progress] = None
 
     @property
@@ -56,7 +58,9 @@ class FFmpegFailed(RuntimeError):
         how = (
             f"stopped by the watchdog ({result.stopped_by})"
             if result.stopped_by
-            else f"killed by signal {result.signal}" if result.signal else f"exit status {result.returncode}"
+            else f"killed by signal {result.signal}"
+            if result.signal
+            else f"exit status {result.returncode}"
         )
         last = result.stderr_tail.strip().splitlines()[-1:] or ["(no stderr)"]
         super().__init__(f"ffmpeg failed: {how}: {last[0]}")
@@ -82,7 +86,7 @@ def run_ffmpeg(
     ffmpeg: str = "ffmpeg",
     cwd: Optional[Path] = None,
     duration_s: Optional[float] = None,
-    limits: RunLimits = RunLimits(),
+    limits: Optional[RunLimits] = None,
     on_progress: Optional[ProgressCallback] = None,
     cancel: Optional[threading.Event] = None,
 ) -> RunResult:
@@ -93,15 +97,32 @@ def run_ffmpeg(
     stops the run as the watchdog does (a sibling process of the same encode has failed, so
     this one's output would be thrown away).
     """
-    argv = [resolve_binary(ffmpeg), "-nostdin", "-hide_banner", "-y", "-nostats", "-progress", "pipe:1", *args]
+    argv = [
+        resolve_binary(ffmpeg),
+        "-nostdin",
+        "-hide_banner",
+        "-y",
+        "-nostats",
+        "-progress",
+        "pipe:1",
+        *args,
+    ]
+    limits = limits or RunLimits()
     tail: collections.deque[str] = collections.deque(maxlen=limits.stderr_lines)
     watch = _Watch()
     parser = ProgressParser(duration_s)
     started_at, start = time.time(), time.monotonic()
     spawned, preexec = spawn_args(argv)
     proc = subprocess.Popen(
-        spawned, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, errors="replace", start_new_session=True, preexec_fn=preexec,
+        spawned,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+        preexec_fn=preexec,
     )
 
     def read_progress() -> None:
@@ -208,7 +229,9 @@ class _Exit:
         self.status: int = 0
         self.rusage = None
         self._done = threading.Event()
-        threading.Thread(target=self._reap, args=(pid,), name=f"ffmpeg-wait-{pid}", daemon=True).start()
+        threading.Thread(
+            target=self._reap, args=(pid,), name=f"ffmpeg-wait-{pid}", daemon=True
+        ).start()
 
     def _reap(self, pid: int) -> None:
         _, raw, self.rusage = os.wait4(pid, 0)

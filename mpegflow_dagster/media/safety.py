@@ -14,7 +14,11 @@ from typing import Optional
 SOURCE_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mpegts,mxf,avi,flv,mpeg,mpegvideo,h264,hevc,wav,ogg,mp3,aac"
 # Decoders refuse pictures above this before allocating them (a tiny file can declare 60000x60000).
 MAX_PIXELS = 8192 * 8192
-SAFE_INPUT: dict[str, object] = {"protocol_whitelist": "file", "format_whitelist": SOURCE_FORMATS, "max_pixels": MAX_PIXELS}
+SAFE_INPUT: dict[str, object] = {
+    "protocol_whitelist": "file",
+    "format_whitelist": SOURCE_FORMATS,
+    "max_pixels": MAX_PIXELS,
+}
 
 _LIST_SIGNATURES = (b"#EXTM3U", b"ffconcat", b"#EXTINF", b"<MPD", b"<?xml")
 
@@ -62,23 +66,41 @@ def open_in_directory(path: Path, what: str = "source") -> int:
         name = path.name
         for _ in range(_MAX_LINKS):
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+                fd = os.open(
+                    name,
+                    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                    dir_fd=directory,
+                )
             except OSError as exc:
                 if exc.errno != errno.ELOOP:
                     raise
                 target = os.readlink(name, dir_fd=directory)
                 if "/" in target or target in (".", ".."):
-                    raise RefusedFile(f"{what} {path} is a symbolic link to {target}, outside {path.parent}: refused",
-                                      "security.symlink_outside", "security") from None
+                    raise RefusedFile(
+                        f"{what} {path} is a symbolic link to {target}, outside {path.parent}: refused",
+                        "security.symlink_outside",
+                        "security",
+                    ) from None
                 name = target
                 continue
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
                 os.close(fd)
-                kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-                raise RefusedFile(f"{what} {path} is {kind}: refused", "input.not_a_regular_file", "permanent")
+                kind = (
+                    "a directory"
+                    if stat.S_ISDIR(mode)
+                    else "a FIFO"
+                    if stat.S_ISFIFO(mode)
+                    else "not a regular file"
+                )
+                raise RefusedFile(
+                    f"{what} {path} is {kind}: refused", "input.not_a_regular_file", "permanent"
+                )
             return fd
-        raise RefusedFile(f"{what} {path}: more than {_MAX_LINKS} symbolic links: refused",
-                          "security.symlink_outside", "security")
+        raise RefusedFile(
+            f"{what} {path}: more than {_MAX_LINKS} symbolic links: refused",
+            "security.symlink_outside",
+            "security",
+        )
     finally:
         os.close(directory)

@@ -25,21 +25,36 @@ def make_clip(
     `fps` may be a rational such as "30000/1001"."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    video = ffmpeg.input(f"testsrc2=size={width}x{height}:rate={fps}:duration={duration_s:g}", f="lavfi")["v"]
+    video = ffmpeg.input(
+        f"testsrc2=size={width}x{height}:rate={fps}:duration={duration_s:g}", f="lavfi"
+    )["v"]
     if noisy:
         video = video.filter("noise", alls=40, allf="t+u")
     streams = [video]
     if audio:
-        streams.append(ffmpeg.input(f"sine=frequency=440:sample_rate=48000:duration={duration_s:g}", f="lavfi")["a"])
+        streams.append(
+            ffmpeg.input(
+                f"sine=frequency=440:sample_rate=48000:duration={duration_s:g}", f="lavfi"
+            )["a"]
+        )
     args = ffmpeg.output(
-        *streams, str(out), **{"c:v": "libx264", "preset": "ultrafast", "pix_fmt": "yuv420p", "g": round(Fraction(fps))},
+        *streams,
+        str(out),
+        **{
+            "c:v": "libx264",
+            "preset": "ultrafast",
+            "pix_fmt": "yuv420p",
+            "g": round(Fraction(fps)),
+        },
         **({"c:a": "aac", "b:a": "128k"} if audio else {}),
     ).get_args()
     run_ffmpeg(args, ffmpeg=ffmpeg_bin, duration_s=duration_s)
     return out
 
 
-def write_srt(out: Path, duration_s: float, text: str = "MPEGFLOW CAPTION", every_s: float = 2.0) -> Path:
+def write_srt(
+    out: Path, duration_s: float, text: str = "MPEGFLOW CAPTION", every_s: float = 2.0
+) -> Path:
     """A sidecar .srt with one cue every `every_s` seconds (numbered, so frames differ)."""
 
     def ts(t: float) -> str:
@@ -56,9 +71,13 @@ def write_srt(out: Path, duration_s: float, text: str = "MPEGFLOW CAPTION", ever
     return Path(out)
 
 
-def sample_with_captions(directory: Path, name: str = "sample", duration_s: float = 12.0, height: int = 1080) -> Path:
+def sample_with_captions(
+    directory: Path, name: str = "sample", duration_s: float = 12.0, height: int = 1080
+) -> Path:
     """The demo's source: a 16:9 clip with audio and a `.srt` beside it."""
     width = (height * 16 // 9) // 2 * 2
-    clip = make_clip(Path(directory) / f"{name}.mp4", duration_s=duration_s, width=width, height=height)
+    clip = make_clip(
+        Path(directory) / f"{name}.mp4", duration_s=duration_s, width=width, height=height
+    )
     write_srt(clip.with_suffix(".srt"), duration_s)
     return clip

@@ -34,7 +34,10 @@ STDERR_SIGNATURES: tuple[tuple[re.Pattern[str], bool], ...] = tuple(
 
 # Allowed |output - source| duration difference: the larger of an absolute and a relative
 # bound, so short clips are not failed on one frame of rounding.
-_DURATION_TOLERANCE: dict[str, tuple[float, float]] = {"strict": (0.5, 0.02), "tolerant": (0.5, 0.10)}
+_DURATION_TOLERANCE: dict[str, tuple[float, float]] = {
+    "strict": (0.5, 0.02),
+    "tolerant": (0.5, 0.10),
+}
 
 
 class OutputRejected(Exception):

@@ -13,7 +13,10 @@ from pydantic import Field
 from ..resources import DeliveryResource
 from .store import DeliveryHeaders, S3ArtifactStore, download_source, parse_s3_uri
 
-S3_CONNECTION = "dagster-aws S3Resource: region, endpoint and credentials of the S3 (or S3-compatible) service."
+S3_CONNECTION = (
+    "dagster-aws S3Resource: region, endpoint and credentials of the S3 (or S3-compatible) service."
+)
+
 
 def s3_client(s3: S3Resource) -> Any:
     """One boto3 client per S3 configuration in this process (clients are thread-safe); making
@@ -69,14 +72,19 @@ class S3DeliveryResource(DeliveryResource):
     bucket: str = Field(description="Bucket of the delivery tree (the CDN origin).")
     prefix: str = Field("", description="Key prefix of the delivery tree inside the bucket.")
     playlist_cache_control: str = Field(
-        "public, max-age=10", description="Cache-Control of playlists and manifests (.m3u8, .json, .vtt, other)."
+        "public, max-age=10",
+        description="Cache-Control of playlists and manifests (.m3u8, .json, .vtt, other).",
     )
     segment_cache_control: str = Field(
         "public, max-age=31536000, immutable",
         description="Cache-Control of segments and images (.ts, .m4s, .mp4, .jpg). Keep their names unique per content.",
     )
-    cache_dir: str = Field(".mpegflow/delivery-cache", description="Local directory for `local_path` downloads.")
+    cache_dir: str = Field(
+        ".mpegflow/delivery-cache", description="Local directory for `local_path` downloads."
+    )
 
     def store(self) -> S3ArtifactStore:
         headers = DeliveryHeaders(self.playlist_cache_control, self.segment_cache_control)
-        return S3ArtifactStore(s3_client(self.s3), self.bucket, self.prefix, Path(self.cache_dir), headers=headers)
+        return S3ArtifactStore(
+            s3_client(self.s3), self.bucket, self.prefix, Path(self.cache_dir), headers=headers
+        )

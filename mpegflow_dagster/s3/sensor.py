@@ -37,7 +37,11 @@ def partition_key_for(object_key: str, prefix: str = "") -> str:
     are the same video: each upload is its own run of that partition.
     """
     watched = prefix.strip("/")
-    relative = object_key[len(watched) + 1 :] if watched and object_key.startswith(watched + "/") else object_key
+    relative = (
+        object_key[len(watched) + 1 :]
+        if watched and object_key.startswith(watched + "/")
+        else object_key
+    )
     base = video_key(object_key.rsplit("/", 1)[-1])
     if "/" not in relative:
         return base
@@ -74,7 +78,9 @@ class UploadCursor:
             return cls()
         data = json.loads(raw)
         seen = {fp: float(t) for t, fps in data["seen"].items() for fp in fps}
-        return cls(newest=float("-inf") if data["newest"] is None else float(data["newest"]), seen=seen)
+        return cls(
+            newest=float("-inf") if data["newest"] is None else float(data["newest"]), seen=seen
+        )
 
     def dump(self) -> str:
         """JSON `{"newest": t, "seen": {"<t>": [fingerprint, ...]}}`: about 20 bytes per object."""
@@ -128,7 +134,9 @@ def build_s3_upload_sensor(
             defs = Definitions(assets=assets, sensors=[uploads], resources={"s3": S3Resource()})
     """
     if not partitions_def.name:
-        raise ValueError("partitions_def must be a named DynamicPartitionsDefinition, e.g. video_partitions(pipeline_name)")
+        raise ValueError(
+            "partitions_def must be a named DynamicPartitionsDefinition, e.g. video_partitions(pipeline_name)"
+        )
     watched = prefix.strip("/")
     list_prefix = f"{watched}/" if watched else ""
     config_for = run_config or ingest_run_config(spec_name)
@@ -148,7 +156,10 @@ def build_s3_upload_sensor(
         new: list[tuple[float, str, str]] = []
         for obj in iter_objects(s3_client(s3), bucket, list_prefix):
             key = obj["Key"]
-            if obj["Size"] == 0 or PurePosixPath(key.rsplit("/", 1)[-1]).suffix.lower() not in MEDIA_EXTENSIONS:
+            if (
+                obj["Size"] == 0
+                or PurePosixPath(key.rsplit("/", 1)[-1]).suffix.lower() not in MEDIA_EXTENSIONS
+            ):
                 continue
             modified = obj["LastModified"].timestamp()
             newest = max(newest, modified)
@@ -162,23 +173,29 @@ def build_s3_upload_sensor(
         kept = {fp: t for fp, t in seen.items() if t >= newest - lookback_seconds}
         next_cursor = UploadCursor(newest, kept).dump()
         if not new:
-            return SensorResult(skip_reason=SkipReason(f"no new video under s3://{bucket}/{list_prefix}"),
-                                cursor=next_cursor)
+            return SensorResult(
+                skip_reason=SkipReason(f"no new video under s3://{bucket}/{list_prefix}"),
+                cursor=next_cursor,
+            )
         requests = []
         for _, key, etag in sorted(new):
             uri = f"s3://{bucket}/{key}"
-            requests.append(RunRequest(
-                run_key=f"{key}:{etag}",
-                partition_key=partition_key_for(key, watched),
-                run_config=config_for(uri),
-                tags={SOURCE_TAG: uri},
-            ))
+            requests.append(
+                RunRequest(
+                    run_key=f"{key}:{etag}",
+                    partition_key=partition_key_for(key, watched),
+                    run_config=config_for(uri),
+                    tags={SOURCE_TAG: uri},
+                )
+            )
         partition_keys = list(dict.fromkeys(r.partition_key for r in requests))
         existing = set(context.instance.get_dynamic_partitions(partitions_def.name))
         missing = [k for k in partition_keys if k not in existing]
         return SensorResult(
             run_requests=requests,
-            dynamic_partitions_requests=[partitions_def.build_add_request(missing)] if missing else [],
+            dynamic_partitions_requests=[partitions_def.build_add_request(missing)]
+            if missing
+            else [],
             cursor=next_cursor,
         )
 

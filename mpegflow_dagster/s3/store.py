@@ -46,7 +46,9 @@ CONTENT_TYPES = {
 # Segments and images never change under one URL; playlists and manifests may.
 IMMUTABLE_SUFFIXES = frozenset({".ts", ".m4s", ".mp4", ".jpg", ".jpeg"})
 CACHE_INDEX = ".mpegflow-etags"  # in cache_dir: one small file per cached object, "<etag> <size>"
-DEFAULT_TRANSFER = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
+DEFAULT_TRANSFER = TransferConfig(
+    multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8
+)
 
 Headers = Callable[[str], dict[str, str]]
 
@@ -62,7 +64,9 @@ class DeliveryHeaders:
         suffix = PurePosixPath(name).suffix.lower()
         return {
             "ContentType": CONTENT_TYPES.get(suffix, "application/octet-stream"),
-            "CacheControl": self.segment_cache_control if suffix in IMMUTABLE_SUFFIXES else self.playlist_cache_control,
+            "CacheControl": self.segment_cache_control
+            if suffix in IMMUTABLE_SUFFIXES
+            else self.playlist_cache_control,
         }
 
 
@@ -123,8 +127,14 @@ class S3ArtifactStore:
 
     def _object_key(self, key: PurePosixPath) -> str:
         parts = PurePosixPath(key).parts
-        if not parts or PurePosixPath(key).is_absolute() or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"artifact key {str(key)!r} must be a relative path without '.' or '..' parts")
+        if (
+            not parts
+            or PurePosixPath(key).is_absolute()
+            or any(p in ("", ".", "..") for p in parts)
+        ):
+            raise ValueError(
+                f"artifact key {str(key)!r} must be a relative path without '.' or '..' parts"
+            )
         return "/".join([self.prefix, *parts]) if self.prefix else "/".join(parts)
 
     def _artifact_objects(self, final: str) -> dict[str, dict[str, Any]]:
@@ -146,7 +156,9 @@ class S3ArtifactStore:
         keys = list(keys)
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
-            response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
             if response.get("Errors"):
                 first = response["Errors"][0]
                 raise RuntimeError(
@@ -176,31 +188,52 @@ class S3ArtifactStore:
             raise
         return True
 
-    def publish(self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None) -> ArtifactRecord:
+    def publish(
+        self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None
+    ) -> ArtifactRecord:
         src = Path(src)
         final = self._object_key(key)
         if src.is_file():
             files = [(final, src)]
         elif src.is_dir():
-            files = [(f"{final}/{p.relative_to(src).as_posix()}", p) for p in sorted(src.rglob("*")) if p.is_file()]
+            files = [
+                (f"{final}/{p.relative_to(src).as_posix()}", p)
+                for p in sorted(src.rglob("*"))
+                if p.is_file()
+            ]
             if not files:
-                raise ValueError(f"{src} is an empty directory: S3 cannot hold it, write at least one file")
+                raise ValueError(
+                    f"{src} is an empty directory: S3 cannot hold it, write at least one file"
+                )
         else:
-            raise FileNotFoundError(f"nothing to publish at {src}: the asset must return an existing file or directory")
+            raise FileNotFoundError(
+                f"nothing to publish at {src}: the asset must return an existing file or directory"
+            )
         sha, size, count = digest or describe(src)
         previous = set(self._artifact_objects(final))
         staging_root = "/".join(p for p in (self.prefix, ".staging", uuid.uuid4().hex) if p)
-        staged = {dest: f"{staging_root}/{dest[len(final):].lstrip('/') or PurePosixPath(final).name}" for dest, _ in files}
-        started: list[str] = []  # final keys a copy was started to (the failure path removes new ones)
+        staged = {
+            dest: f"{staging_root}/{dest[len(final) :].lstrip('/') or PurePosixPath(final).name}"
+            for dest, _ in files
+        }
+        started: list[
+            str
+        ] = []  # final keys a copy was started to (the failure path removes new ones)
         try:
             with create_transfer_manager(self.client, self.transfer) as transfers:
                 for future in [
-                    transfers.upload(str(path), self.bucket, staged[dest], extra_args=self.headers(dest))
+                    transfers.upload(
+                        str(path), self.bucket, staged[dest], extra_args=self.headers(dest)
+                    )
                     for dest, path in files
                 ]:
                     future.result()
                 for group in (
-                    [d for d, _ in files if PurePosixPath(d).suffix.lower() not in MANIFEST_SUFFIXES],
+                    [
+                        d
+                        for d, _ in files
+                        if PurePosixPath(d).suffix.lower() not in MANIFEST_SUFFIXES
+                    ],
                     [d for d, _ in files if PurePosixPath(d).suffix.lower() in MANIFEST_SUFFIXES],
                 ):
                     started.extend(group)
@@ -214,13 +247,20 @@ class S3ArtifactStore:
             self._delete_quietly([*staged.values(), *(k for k in started if k not in previous)])
             raise
         self._delete(staged.values())
-        return ArtifactRecord(uri=f"s3://{self.bucket}/{final}", sha256=sha, size_bytes=size, files=count,
-                              is_dir=src.is_dir())
+        return ArtifactRecord(
+            uri=f"s3://{self.bucket}/{final}",
+            sha256=sha,
+            size_bytes=size,
+            files=count,
+            is_dir=src.is_dir(),
+        )
 
     def _copy(self, transfers: Any, source: str, dest: str) -> Any:
         headers = self.headers(dest)
         extra = {**headers, "MetadataDirective": "REPLACE"} if headers else {}
-        return transfers.copy({"Bucket": self.bucket, "Key": source}, self.bucket, dest, extra_args=extra)
+        return transfers.copy(
+            {"Bucket": self.bucket, "Key": source}, self.bucket, dest, extra_args=extra
+        )
 
     def stat(self, key: PurePosixPath) -> Optional[ArtifactRecord]:
         """Hashes the (cached) local copy: S3 ETags are not content hashes for multipart uploads."""
@@ -229,8 +269,13 @@ class S3ArtifactStore:
         except FileNotFoundError:
             return None
         sha, size, count = describe(path)
-        return ArtifactRecord(uri=f"s3://{self.bucket}/{self._object_key(key)}", sha256=sha, size_bytes=size,
-                              files=count, is_dir=path.is_dir())
+        return ArtifactRecord(
+            uri=f"s3://{self.bucket}/{self._object_key(key)}",
+            sha256=sha,
+            size_bytes=size,
+            files=count,
+            is_dir=path.is_dir(),
+        )
 
     def local_path(self, key: PurePosixPath) -> Path:
         final = self._object_key(key)
@@ -259,7 +304,11 @@ class S3ArtifactStore:
         return dest
 
     def _index_file(self, object_key: str) -> Path:
-        return self.cache_dir / CACHE_INDEX / hashlib.sha256(f"{self.bucket}/{object_key}".encode()).hexdigest()
+        return (
+            self.cache_dir
+            / CACHE_INDEX
+            / hashlib.sha256(f"{self.bucket}/{object_key}".encode()).hexdigest()
+        )
 
     def _download(self, items: Sequence[tuple[dict[str, Any], Path]]) -> None:
         todo = []
@@ -277,7 +326,9 @@ class S3ArtifactStore:
             for obj, path, index, stamp in todo:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 index.unlink(missing_ok=True)
-                futures.append((transfers.download(self.bucket, obj["Key"], str(path)), index, stamp))
+                futures.append(
+                    (transfers.download(self.bucket, obj["Key"], str(path)), index, stamp)
+                )
             for future, index, stamp in futures:
                 future.result()
                 index.write_text(stamp)
@@ -302,12 +353,16 @@ def download_source(
         s3_client.download_file(bucket, key, str(dest))
     except ClientError as exc:
         if _is_missing(exc):
-            raise FileNotFoundError(f"no object at {uri}: check the bucket and key (was it deleted?)") from exc
+            raise FileNotFoundError(
+                f"no object at {uri}: check the bucket and key (was it deleted?)"
+            ) from exc
         raise
     stem_key = key[: len(key) - len(suffix)] if suffix else key
     for caption_ext in caption_extensions:
         try:
-            s3_client.download_file(bucket, stem_key + caption_ext, str(dest.with_suffix(caption_ext)))
+            s3_client.download_file(
+                bucket, stem_key + caption_ext, str(dest.with_suffix(caption_ext))
+            )
         except ClientError as exc:
             if _is_missing(exc):
                 continue
@@ -318,12 +373,18 @@ def download_source(
 
 def classify_s3_error(exc: BaseException) -> Optional[Classification]:
     """S3 failures a retry can heal (endpoint unreachable, throttling, 5xx) and those it cannot."""
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)):
+    if isinstance(
+        exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError)
+    ):
         return Classification("transient", "network.unreachable", f"S3 endpoint unreachable: {exc}")
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = exc.response.get("Error", {}).get("Code", "")
         if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout"):
-            return Classification("transient", "network.http_error", f"S3 answered {status} {code}: retry later")
-        return Classification("permanent", "storage.rejected", f"S3 refused the request ({status} {code}): {exc}")
+            return Classification(
+                "transient", "network.http_error", f"S3 answered {status} {code}: retry later"
+            )
+        return Classification(
+            "permanent", "storage.rejected", f"S3 refused the request ({status} {code}): {exc}"
+        )
     return None

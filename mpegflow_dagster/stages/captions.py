@@ -15,8 +15,14 @@ from .ingest import captions_file, load_probe
 from .toolkit import MediaRejected, StageOutput, Tools
 
 
-def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: Tools, work: Path,
-                  sidecar_name: str) -> Optional[StageOutput]:
+def burn_captions(
+    ingest_dir: Path,
+    info: MediaInfo,
+    spec: PipelineSpec,
+    tools: Tools,
+    work: Path,
+    sidecar_name: str,
+) -> Optional[StageOutput]:
     """The captioned rendition, or None when the source has no caption sidecar. `sidecar_name`
     (where the sidecar was ingested from) is what a message about it names."""
     sidecar = captions_file(ingest_dir)
@@ -25,10 +31,14 @@ def burn_captions(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, tools: 
     try:
         probe(sidecar, tools.ffprobe, formats="srt,webvtt")
     except ProbeError as exc:
-        raise MediaRejected(f"caption sidecar {sidecar_name} is not a valid SRT or WebVTT file ({exc})",
-                            reason="input.invalid_captions") from exc
+        raise MediaRejected(
+            f"caption sidecar {sidecar_name} is not a valid SRT or WebVTT file ({exc})",
+            reason="input.invalid_captions",
+        ) from exc
     rung = spec.rendition(spec.captions.rendition)
-    return encode_rendition(ingest_dir, info, spec, rung, tools, work, subtitles=sidecar, label="captioned")
+    return encode_rendition(
+        ingest_dir, info, spec, rung, tools, work, subtitles=sidecar, label="captioned"
+    )
 
 
 def _sidecar_origin(context: Any, key: AssetKey) -> str:
@@ -42,23 +52,39 @@ def _sidecar_origin(context: Any, key: AssetKey) -> str:
 ORDER = 30  # after ingest
 
 
-def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
+def assets(
+    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+) -> list[AssetsDefinition]:
     """The captions asset, unless `captions.enabled` is false (then `captions.rendition` need not be a rung)."""
     if not spec.captions.enabled:
         return []
     rung = spec.rendition(spec.captions.rendition)
     ingest_key = pipeline_key(spec, "ingest")
 
-    @video_asset(key=pipeline_key(spec, "captions"), ins={"ingest": ingest_key, "probe": pipeline_key(spec, "probe")},
-                 code_version=version(spec.captions, rung, spec.preset_for(rung), spec.encode_settings()),
-                 rendition="captioned", optional=True, retry=spec.failures.retry_for("captions"),
-                 preset=spec.preset_for(rung).ref, publish_as="captioned.mp4",
-                 description="A rendition with the sidecar captions burned in; skipped when there is no sidecar.")
+    @video_asset(
+        key=pipeline_key(spec, "captions"),
+        ins={"ingest": ingest_key, "probe": pipeline_key(spec, "probe")},
+        code_version=version(spec.captions, rung, spec.preset_for(rung), spec.encode_settings()),
+        rendition="captioned",
+        optional=True,
+        retry=spec.failures.retry_for("captions"),
+        preset=spec.preset_for(rung).ref,
+        publish_as="captioned.mp4",
+        description="A rendition with the sidecar captions burned in; skipped when there is no sidecar.",
+    )
     def captions(context: StageContext, ingest: Path, probe: Path) -> Optional[StageOutput]:
         if captions_file(ingest) is None:
-            context.log.info(f"no caption sidecar ({', '.join(spec.captions.sidecar_extensions)}) beside the source: skipped")
+            context.log.info(
+                f"no caption sidecar ({', '.join(spec.captions.sidecar_extensions)}) beside the source: skipped"
+            )
             return None
-        return burn_captions(ingest, load_probe(probe), spec, context.ffmpeg, context.work,
-                             sidecar_name=_sidecar_origin(context.dagster, ingest_key))
+        return burn_captions(
+            ingest,
+            load_probe(probe),
+            spec,
+            context.ffmpeg,
+            context.work,
+            sidecar_name=_sidecar_origin(context.dagster, ingest_key),
+        )
 
     return [captions]

@@ -17,8 +17,13 @@ from ..storage import ArtifactStore, copy_tree_hashing, describe
 from .toolkit import StageOutput
 
 
-def emit(video: str, parts: dict[str, Path], delivery: ArtifactStore, work: Path,
-         entries: Optional[dict[str, str]] = None) -> StageOutput:
+def emit(
+    video: str,
+    parts: dict[str, Path],
+    delivery: ArtifactStore,
+    work: Path,
+    entries: Optional[dict[str, str]] = None,
+) -> StageOutput:
     """Publish each part to `<delivery>/<video>/<part>` (atomically, one part at a time, playlists
     inside a part appear together with their segments) and write a manifest of what went where;
     `entries` names the file of a tree that a viewer opens (`<part>_entry` in the facts; a file
@@ -26,9 +31,16 @@ def emit(video: str, parts: dict[str, Path], delivery: ArtifactStore, work: Path
     manifest: dict[str, dict[str, object]] = {}
     for part, path in parts.items():
         staged = work / part
-        known = copy_tree_hashing(Path(path), staged)  # hashed while copied, not read again to publish
+        known = copy_tree_hashing(
+            Path(path), staged
+        )  # hashed while copied, not read again to publish
         record = delivery.publish(staged, PurePosixPath(video) / part, describe(staged, known))
-        manifest[part] = {"uri": record.uri, "sha256": record.sha256, "size_bytes": record.size_bytes, "files": record.files}
+        manifest[part] = {
+            "uri": record.uri,
+            "sha256": record.sha256,
+            "size_bytes": record.size_bytes,
+            "files": record.files,
+        }
         if entries and part in entries:
             manifest[part]["entry"] = f"{record.uri}/{entries[part]}"
         elif not record.is_dir:
@@ -43,40 +55,71 @@ def emit(video: str, parts: dict[str, Path], delivery: ArtifactStore, work: Path
     return StageOutput(out, facts)
 
 
-def _published(built: Sequence[AssetsDefinition]) -> list[tuple[AssetKey, str, Optional[str], bool]]:
+def _published(
+    built: Sequence[AssetsDefinition],
+) -> list[tuple[AssetKey, str, Optional[str], bool]]:
     """(key, part, entry, optional) of every output the stages declared for publishing."""
     found = []
     for assets_def in built:
         for spec in assets_def.specs:
             meta = spec.metadata or {}
             if PUBLISH_TAG in meta:
-                found.append((spec.key, str(meta[PUBLISH_TAG]), meta.get(ENTRY_TAG), bool(meta.get(OPTIONAL_TAG))))
+                found.append(
+                    (
+                        spec.key,
+                        str(meta[PUBLISH_TAG]),
+                        meta.get(ENTRY_TAG),
+                        bool(meta.get(OPTIONAL_TAG)),
+                    )
+                )
     return found
 
 
 ORDER = 90  # last: it publishes what the others declare
 
 
-def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
+def assets(
+    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+) -> list[AssetsDefinition]:
     """`emit` for the parts of required stages, `emit_<stage>` for each optional one's."""
     published = _published(built)
     groups = [("emit", [p for p in published if not p[3]])]
-    groups += [(f"emit_{key.path[-1]}", [(key, part, entry, True)]) for key, part, entry, optional in published if optional]
+    groups += [
+        (f"emit_{key.path[-1]}", [(key, part, entry, True)])
+        for key, part, entry, optional in published
+        if optional
+    ]
     return [_emit_asset(spec, version, name, parts) for name, parts in groups if parts]
 
 
-def _emit_asset(spec: PipelineSpec, version: Callable[..., str], name: str,
-                parts: list[tuple[AssetKey, str, Optional[str], bool]]) -> AssetsDefinition:
+def _emit_asset(
+    spec: PipelineSpec,
+    version: Callable[..., str],
+    name: str,
+    parts: list[tuple[AssetKey, str, Optional[str], bool]],
+) -> AssetsDefinition:
     ins = {key.path[-1]: key for key, _, _, _ in parts}
     part_of = {key.path[-1]: part for key, part, _, _ in parts}
     entries = {part: entry for _, part, entry, _ in parts if entry}
 
-    @video_asset(key=pipeline_key(spec, name), ins=ins, code_version=version(spec.emit, sorted(ins)), reusable=False,
-                 announces="video.published", retry=spec.failures.retry_for("emit"), kinds=(),
-                 required_resource_keys=["delivery"],
-                 description=f"Publishes {' and '.join(part_of.values())} to the delivery location.")
+    @video_asset(
+        key=pipeline_key(spec, name),
+        ins=ins,
+        code_version=version(spec.emit, sorted(ins)),
+        reusable=False,
+        announces="video.published",
+        retry=spec.failures.retry_for("emit"),
+        kinds=(),
+        required_resource_keys=["delivery"],
+        description=f"Publishes {' and '.join(part_of.values())} to the delivery location.",
+    )
     def emit_parts(context: StageContext, **paths: Path) -> StageOutput:
-        return emit(context.video, {part_of[name]: path for name, path in paths.items()},
-                    context.dagster.resources.delivery.store(), context.work, entries)
+        return emit(
+            context.video,
+            {part_of[name]: path for name, path in paths.items()},
+            context.dagster.resources.delivery.store(),
+            context.work,
+            entries,
+        )
 
     return emit_parts

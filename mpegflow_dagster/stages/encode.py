@@ -4,8 +4,8 @@ of the source (time chunks or lanes of renditions); each output is still its own
 from __future__ import annotations
 
 import functools
-import shutil
 import math
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,31 +38,62 @@ def h264_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> co
     assert video is not None and video.height  # probe_source guarantees it
     return commands.H264Output(
         height=commands.rendition_height(rendition.height, video.height, spec.upscale),
-        video_bitrate_kbps=rendition.video_bitrate_kbps, maxrate_factor=rendition.maxrate_factor,
-        profile=rendition.profile, level=rendition.level, audio_bitrate_kbps=rendition.audio_bitrate_kbps,
-        speed=preset.speed, tune=preset.tune, pix_fmt=preset.pix_fmt, x264_params=tuple(sorted(preset.x264_params.items())),
-        audio_sample_rate=preset.audio_sample_rate, audio_channels=preset.audio_channels,
-        gop_s=spec.gop_s, frame_rate=video.frame_rate or 30.0, has_audio=info.audio is not None,
+        video_bitrate_kbps=rendition.video_bitrate_kbps,
+        maxrate_factor=rendition.maxrate_factor,
+        profile=rendition.profile,
+        level=rendition.level,
+        audio_bitrate_kbps=rendition.audio_bitrate_kbps,
+        speed=preset.speed,
+        tune=preset.tune,
+        pix_fmt=preset.pix_fmt,
+        x264_params=tuple(sorted(preset.x264_params.items())),
+        audio_sample_rate=preset.audio_sample_rate,
+        audio_channels=preset.audio_channels,
+        gop_s=spec.gop_s,
+        frame_rate=video.frame_rate or 30.0,
+        has_audio=info.audio is not None,
     )
 
 
-def _checked_rendition(out: Path, info: MediaInfo, spec: PipelineSpec, rendition: Rendition, runs: list[RunResult],
-                       tools: Tools) -> StageOutput:
+def _checked_rendition(
+    out: Path,
+    info: MediaInfo,
+    spec: PipelineSpec,
+    rendition: Rendition,
+    runs: list[RunResult],
+    tools: Tools,
+) -> StageOutput:
     """Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output."""
     result = probe(out, tools.ffprobe)
-    problems = verify_output(result, info, expect_audio=True, policy=spec.failures.verification,
-                             messages="\n".join(r.messages for r in runs))
+    problems = verify_output(
+        result,
+        info,
+        expect_audio=True,
+        policy=spec.failures.verification,
+        messages="\n".join(r.messages for r in runs),
+    )
     if problems:
         raise OutputRejected(problems)
     wall = max(r.started_at + r.wall_s for r in runs) - min(r.started_at for r in runs)
-    facts = {**result.summary(), "preset": spec.preset_for(rendition).ref, "target_kbps": rendition.video_bitrate_kbps,
-             "encode_speed_x": round(info.duration / wall, 2) if wall else None}
+    facts = {
+        **result.summary(),
+        "preset": spec.preset_for(rendition).ref,
+        "target_kbps": rendition.video_bitrate_kbps,
+        "encode_speed_x": round(info.duration / wall, 2) if wall else None,
+    }
     return StageOutput(out, facts, runs)
 
 
 def encode_rendition(
-    ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rendition: Rendition, tools: Tools, work: Path,
-    *, subtitles: Optional[Path] = None, label: Optional[str] = None,
+    ingest_dir: Path,
+    info: MediaInfo,
+    spec: PipelineSpec,
+    rendition: Rendition,
+    tools: Tools,
+    work: Path,
+    *,
+    subtitles: Optional[Path] = None,
+    label: Optional[str] = None,
 ) -> StageOutput:
     """One rendition by its own FFmpeg run (optionally with captions burned in)."""
     cwd = None
@@ -74,8 +105,12 @@ def encode_rendition(
         cwd = work
     out = work / f"{label or rendition.name}.mp4"
     args = commands.encode_rendition_args(
-        source_file(ingest_dir), out, h264_output(spec, rendition, info), threads=tools.threads,
-        subtitles=subtitle_name, subtitle_font_size=spec.captions.font_size,
+        source_file(ingest_dir),
+        out,
+        h264_output(spec, rendition, info),
+        threads=tools.threads,
+        subtitles=subtitle_name,
+        subtitle_font_size=spec.captions.font_size,
     )
     run = tools.run(label or rendition.name, args, duration_s=info.duration, cwd=cwd)
     return _checked_rendition(out, info, spec, rendition, [run], tools)
@@ -85,12 +120,19 @@ def encode_spans(info: MediaInfo, spec: PipelineSpec) -> list[Span]:
     """The time chunks a shared encode of this source is cut into (one: the whole source)."""
     video = info.video
     step = boundary_step(spec.gop_s, spec.thumbnails.interval_s)
-    return plan_spans(info.duration, video.constant_frame_rate if video else None, spec.chunk_s, step)
+    return plan_spans(
+        info.duration, video.constant_frame_rate if video else None, spec.chunk_s, step
+    )
 
 
 def encode_ladder(
-    ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, rungs: list[Rendition], with_thumbnails: bool,
-    tools: Tools, work: dict[str, Path],
+    ingest_dir: Path,
+    info: MediaInfo,
+    spec: PipelineSpec,
+    rungs: list[Rendition],
+    with_thumbnails: bool,
+    tools: Tools,
+    work: dict[str, Path],
 ) -> dict[str, StageOutput]:
     """Several renditions (and the thumbnails), up to `tools.lanes` FFmpeg processes at once.
     FFmpeg 5.1 runs the encoders of one process one after another, and x264 must run one thread
@@ -112,16 +154,23 @@ def encode_ladder(
     if frames is not None:
         frames.mkdir(parents=True)
     cfg = spec.thumbnails
-    thumbs = (frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality)) if frames is not None else None
+    thumbs = (
+        (frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality))
+        if frames is not None
+        else None
+    )
     outputs = {r.name: h264_output(spec, r, info) for r in rungs}
     spans = encode_spans(info, spec)
     chunked = len(spans) > 1
 
     def finish(runs: dict[str, list[RunResult]]) -> dict[str, StageOutput]:
         """Verified and hashed outputs; for a lane, while the other lanes still encode."""
+
         def one(name: str, cancel: threading.Event) -> tuple[str, StageOutput]:
             if name != "thumbnails":
-                out = _checked_rendition(work[name] / f"{name}.mp4", info, spec, spec.rendition(name), runs[name], tools)
+                out = _checked_rendition(
+                    work[name] / f"{name}.mp4", info, spec, spec.rendition(name), runs[name], tools
+                )
             else:
                 assert frames is not None  # thumbnails are only run when frames are extracted
                 out = _finish_thumbnails(frames.parent, info, cfg, tools, runs[name])
@@ -131,61 +180,116 @@ def encode_ladder(
         # the ffprobe, sprite and hashes of a lane's outputs, all at once
         return dict(_together([functools.partial(one, name) for name in runs], at_once=len(runs)))
 
-    def encode(names: list[str], span: Span, into: Callable[[str], Path], with_thumbs: bool, cancel: threading.Event) -> RunResult:
+    def encode(
+        names: list[str],
+        span: Span,
+        into: Callable[[str], Path],
+        with_thumbs: bool,
+        cancel: threading.Event,
+    ) -> RunResult:
         label = "encode " + ",".join([*names, *(["thumbnails"] if with_thumbs else [])])
         if not span.whole:
             label += f" {float(span.start_s):g}s+"
-        args = commands.encode_ladder_args(source, {into(n): outputs[n] for n in names}, threads=tools.threads,
-                                           thumbnails=thumbs if with_thumbs else None, span=span)
-        duration = float(span.duration_s) if span.duration_s is not None else info.duration - float(span.start_s)
+        args = commands.encode_ladder_args(
+            source,
+            {into(n): outputs[n] for n in names},
+            threads=tools.threads,
+            thumbnails=thumbs if with_thumbs else None,
+            span=span,
+        )
+        duration = (
+            float(span.duration_s)
+            if span.duration_s is not None
+            else info.duration - float(span.start_s)
+        )
         return tools.run(label, args, duration_s=duration, cancel=cancel)
 
     if not chunked:
         lanes = _lanes(rungs, max(1, tools.lanes))
 
         def lane(i: int, cancel: threading.Event) -> dict[str, StageOutput]:
-            names, with_thumbs = [r.name for r in lanes[i]], thumbs is not None and i == len(lanes) - 1
+            names, with_thumbs = (
+                [r.name for r in lanes[i]],
+                thumbs is not None and i == len(lanes) - 1,
+            )
             run = encode(names, WHOLE, lambda n: work[n] / f"{n}.mp4", with_thumbs, cancel)
             return finish({n: [run] for n in [*names, *(["thumbnails"] if with_thumbs else [])]})
 
-        finished = _together([lambda cancel, i=i: lane(i, cancel) for i in range(len(lanes))], at_once=len(lanes))
+        finished = _together(
+            [lambda cancel, i=i: lane(i, cancel) for i in range(len(lanes))], at_once=len(lanes)
+        )
         results = {name: out for done in finished for name, out in done.items()}
     else:
         with scratch_dir(next(iter(work.values())).parent, "chunks", temporary=True) as parts:
-            audio = {name: parts / f"audio-{name}.m4a" for name in outputs} if info.audio is not None else {}
+            audio = (
+                {name: parts / f"audio-{name}.m4a" for name in outputs}
+                if info.audio is not None
+                else {}
+            )
             names = list(outputs)
 
             def chunk(i: int, cancel: threading.Event) -> RunResult:
-                return encode(names, spans[i], lambda n: parts / f"{n}-{i:04d}.mp4", thumbs is not None, cancel)
+                return encode(
+                    names,
+                    spans[i],
+                    lambda n: parts / f"{n}-{i:04d}.mp4",
+                    thumbs is not None,
+                    cancel,
+                )
 
             def encode_audio(cancel: threading.Event) -> RunResult:
-                return tools.run("encode audio", commands.audio_args(source, {audio[n]: outputs[n] for n in audio}),
-                                 duration_s=info.duration, cancel=cancel)
+                return tools.run(
+                    "encode audio",
+                    commands.audio_args(source, {audio[n]: outputs[n] for n in audio}),
+                    duration_s=info.duration,
+                    cancel=cancel,
+                )
 
             def chunks(cancel: threading.Event) -> list[RunResult]:
-                return _together([lambda cancel, i=i: chunk(i, cancel) for i in range(len(spans))],
-                                 at_once=max(1, tools.lanes), cancel=cancel)
+                return _together(
+                    [lambda cancel, i=i: chunk(i, cancel) for i in range(len(spans))],
+                    at_once=max(1, tools.lanes),
+                    cancel=cancel,
+                )
 
             # The audio (a few percent of the work) runs beside the lanes, not after them.
-            chunk_runs, *audio_runs = _together([chunks, *([encode_audio] if audio else [])], at_once=2)
+            chunk_runs, *audio_runs = _together(
+                [chunks, *([encode_audio] if audio else [])], at_once=2
+            )
 
             def join(name: str, cancel: threading.Event) -> dict[str, StageOutput]:
                 listing = parts / f"{name}.ffconcat"
-                listing.write_text(commands.concat_listing([parts / f"{name}-{i:04d}.mp4" for i in range(len(spans))]))
-                joined = tools.run(f"join {name}", commands.join_args(listing, audio.get(name), work[name] / f"{name}.mp4"),
-                                   duration_s=info.duration, cancel=cancel)
+                listing.write_text(
+                    commands.concat_listing(
+                        [parts / f"{name}-{i:04d}.mp4" for i in range(len(spans))]
+                    )
+                )
+                joined = tools.run(
+                    f"join {name}",
+                    commands.join_args(listing, audio.get(name), work[name] / f"{name}.mp4"),
+                    duration_s=info.duration,
+                    cancel=cancel,
+                )
                 return finish({name: [*chunk_runs, *audio_runs, joined]})
 
             joins = [lambda cancel, n=n: join(n, cancel) for n in names]
             if thumbs is not None:
                 joins.append(lambda cancel: finish({"thumbnails": list(chunk_runs)}))
-            finished = _together(joins, at_once=len(joins))  # stream copies and checks: light, all at once
+            finished = _together(
+                joins, at_once=len(joins)
+            )  # stream copies and checks: light, all at once
         results = {name: out for done in finished for name, out in done.items()}
-    return {name: results[name] for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]}
+    return {
+        name: results[name]
+        for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]
+    }
 
 
-def _together(jobs: list[Callable[[threading.Event], Any]], at_once: int,
-              cancel: Optional[threading.Event] = None) -> list[Any]:
+def _together(
+    jobs: list[Callable[[threading.Event], Any]],
+    at_once: int,
+    cancel: Optional[threading.Event] = None,
+) -> list[Any]:
     """Run `jobs`, `at_once` at a time, each given an event (`cancel`, when nested) that is set
     when any of them fails: running FFmpeg processes stop, jobs not yet started are skipped.
     Raises the failure that happened first; the later ones are its consequences."""
@@ -221,29 +325,63 @@ def _lanes(rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:
     return sorted(groups, key=lambda g: -sum(r.height**2 for r in g))
 
 
-def _finish_thumbnails(out: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Tools, runs: list[RunResult]) -> StageOutput:
+def _finish_thumbnails(
+    out: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Tools, runs: list[RunResult]
+) -> StageOutput:
     """Sprite sheet and storyboard over the JPEGs extracted into `out/frames`."""
     frames = out / "frames"
     count = len(list(frames.glob("*.jpg")))
     if count == 0:
-        raise MediaRejected("no thumbnail could be extracted: the video stream has no decodable frames")
+        raise MediaRejected(
+            "no thumbnail could be extracted: the video stream has no decodable frames"
+        )
     columns = min(cfg.sprite_columns, count)
     rows = math.ceil(count / columns)
-    runs = [*runs, tools.run("sprite", commands.sprite_args(
-        frames, out / "sprite.jpg", columns=columns, rows=rows, tile_width=cfg.sprite_tile_width, quality=cfg.quality))]
+    runs = [
+        *runs,
+        tools.run(
+            "sprite",
+            commands.sprite_args(
+                frames,
+                out / "sprite.jpg",
+                columns=columns,
+                rows=rows,
+                tile_width=cfg.sprite_tile_width,
+                quality=cfg.quality,
+            ),
+        ),
+    ]
     video = info.video
     assert video is not None and video.width and video.height
     tile_height = commands.even(cfg.sprite_tile_width * video.height / video.width)
-    (out / "storyboard.vtt").write_text(storyboard_vtt(
-        count=count, interval_s=cfg.interval_s, duration_s=info.duration, sprite_uri="sprite.jpg",
-        tile_width=cfg.sprite_tile_width, tile_height=tile_height, columns=columns))
-    facts = {"count": count, "interval_s": cfg.interval_s, "thumbnail_width": cfg.width,
-             "sprite_grid": f"{columns}x{rows}", "sprite_tile": f"{cfg.sprite_tile_width}x{tile_height}"}
+    (out / "storyboard.vtt").write_text(
+        storyboard_vtt(
+            count=count,
+            interval_s=cfg.interval_s,
+            duration_s=info.duration,
+            sprite_uri="sprite.jpg",
+            tile_width=cfg.sprite_tile_width,
+            tile_height=tile_height,
+            columns=columns,
+        )
+    )
+    facts = {
+        "count": count,
+        "interval_s": cfg.interval_s,
+        "thumbnail_width": cfg.width,
+        "sprite_grid": f"{columns}x{rows}",
+        "sprite_tile": f"{cfg.sprite_tile_width}x{tile_height}",
+    }
     return StageOutput(out, facts, runs)
 
 
-def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, StageRun],
-                   ingest: Path, probe: Path) -> Iterator[Output]:
+def _encode_shared(
+    context: AssetExecutionContext,
+    spec: PipelineSpec,
+    runs: dict[str, StageRun],
+    ingest: Path,
+    probe: Path,
+) -> Iterator[Output]:
     """The selected renditions and thumbnails of one video, encoded together (`stages.encode_ladder`:
     time chunks that each decode their part once, or lanes of renditions for a short source).
 
@@ -267,8 +405,14 @@ def _encode_shared(context: AssetExecutionContext, spec: PipelineSpec, runs: dic
     _settle(context, spec, failed, renditions_done=_renditions(runs, exclude=failed))
 
 
-def _encode_todo(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, StageRun], todo: list[str],
-                 ingest: Path, probe: Path) -> Generator[Output, None, dict[str, Exception]]:
+def _encode_todo(
+    context: AssetExecutionContext,
+    spec: PipelineSpec,
+    runs: dict[str, StageRun],
+    todo: list[str],
+    ingest: Path,
+    probe: Path,
+) -> Generator[Output, None, dict[str, Exception]]:
     """Encode the outputs `todo` together, or one by one after a permanent failure of the shared
     run; yields what was made, returns the failures by output."""
     info = load_probe(probe)
@@ -276,9 +420,15 @@ def _encode_todo(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[
     started = time.time()
     try:
         with ExitStack() as scratches:
-            work = {n.removeprefix("rendition_"): scratches.enter_context(runs[n].ffmpeg.scratch(n, context.partition_key))
-                    for n in todo}
-            tools = runs[todo[0]].tools(threads=min(runs[n].threads for n in todo), lanes=min(runs[n].lanes for n in todo))
+            work = {
+                n.removeprefix("rendition_"): scratches.enter_context(
+                    runs[n].ffmpeg.scratch(n, context.partition_key)
+                )
+                for n in todo
+            }
+            tools = runs[todo[0]].tools(
+                threads=min(runs[n].threads for n in todo), lanes=min(runs[n].lanes for n in todo)
+            )
             outs = encode_ladder(ingest, info, spec, rungs, "thumbnails" in todo, tools, work)
             finished = [runs[n].finish(outs[n.removeprefix("rendition_")], started) for n in todo]
     except Exception as exc:
@@ -288,14 +438,20 @@ def _encode_todo(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[
             if isinstance(verdicts[todo[0]], Retryable):
                 raise verdicts[todo[0]] from exc
             return verdicts
-        context.log.warning(f"shared encode of {', '.join(todo)} failed ({exc}); encoding each alone to isolate it")
+        context.log.warning(
+            f"shared encode of {', '.join(todo)} failed ({exc}); encoding each alone to isolate it"
+        )
         return (yield from _encode_each(spec, {n: runs[n] for n in todo}, ingest, info))
     yield from finished
     return {}
 
 
-def _settle(context: AssetExecutionContext, spec: PipelineSpec, failures: dict[str, Exception],
-            renditions_done: int) -> None:
+def _settle(
+    context: AssetExecutionContext,
+    spec: PipelineSpec,
+    failures: dict[str, Exception],
+    renditions_done: int,
+) -> None:
     """After some outputs failed for good: fail the step, unless only renditions failed, the spec
     packages a partial ladder (hls.min_renditions) and enough renditions are done; then the failed
     ones are simply not produced (their failure is recorded and announced) and packaging goes on."""
@@ -307,24 +463,36 @@ def _settle(context: AssetExecutionContext, spec: PipelineSpec, failures: dict[s
         return
     partial_ok = spec.hls.min_renditions is not None and renditions_done >= spec.hls.min_renditions
     if partial_ok and all(n.startswith("rendition_") for n in final):
-        context.log.warning(f"{', '.join(final)} failed; packaging goes on without them (hls.min_renditions)")
+        context.log.warning(
+            f"{', '.join(final)} failed; packaging goes on without them (hls.min_renditions)"
+        )
         return
     first = next(iter(final.values()))
-    raise Failure(description="; ".join(f.description or "" for f in final.values()), metadata=first.metadata,
-                  allow_retries=False)
+    raise Failure(
+        description="; ".join(f.description or "" for f in final.values()),
+        metadata=first.metadata,
+        allow_retries=False,
+    )
 
 
 def _renditions(names: Iterable[str], exclude: Iterable[str] = ()) -> int:
     return sum(1 for n in names if n.startswith("rendition_") and n not in set(exclude))
 
 
-def _encode_each(spec: PipelineSpec, runs: dict[str, StageRun], ingest: Path,
-                 info: MediaInfo) -> Generator[Output, None, dict[str, Exception]]:
+def _encode_each(
+    spec: PipelineSpec, runs: dict[str, StageRun], ingest: Path, info: MediaInfo
+) -> Generator[Output, None, dict[str, Exception]]:
     failures: dict[str, Exception] = {}
     for name, run in runs.items():
+
         def produce(sc: StageContext, key: str = name.removeprefix("rendition_")) -> StageOutput:
-            rungs = [] if key == "thumbnails" else [spec.rendition(key)]  # the same chunks and bytes as shared
-            return encode_ladder(ingest, info, spec, rungs, key == "thumbnails", sc.ffmpeg, {key: sc.work})[key]
+            rungs = (
+                [] if key == "thumbnails" else [spec.rendition(key)]
+            )  # the same chunks and bytes as shared
+            return encode_ladder(
+                ingest, info, spec, rungs, key == "thumbnails", sc.ffmpeg, {key: sc.work}
+            )[key]
+
         try:
             output = run.run(produce)
         except (Failure, Retryable) as exc:
@@ -338,25 +506,47 @@ def _encode_each(spec: PipelineSpec, runs: dict[str, StageRun], ingest: Path,
 ORDER = 20  # after ingest
 
 
-def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
+def assets(
+    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+) -> list[AssetsDefinition]:
     """The encode step: rendition_<rung> per ladder rung, and thumbnails."""
     retry = spec.failures.retry_for("encode")
     source = {"ingest": pipeline_key(spec, "ingest"), "probe": pipeline_key(spec, "probe")}
     stages = [
-        VideoStage(pipeline_key(spec, rendition_asset_name(r.name)), version(r, spec.preset_for(r), spec.encode_settings()),
-                   inputs=source, description=f"{r.name}: H.264 {r.profile} {r.video_bitrate_kbps} kb/s, keyframes "
-                   f"every {spec.gop_s:g}s.", rendition=r.name, announces="rendition.ready", optional=True, retry=retry,
-                   preset=spec.preset_for(r).ref)
+        VideoStage(
+            pipeline_key(spec, rendition_asset_name(r.name)),
+            version(r, spec.preset_for(r), spec.encode_settings()),
+            inputs=source,
+            description=f"{r.name}: H.264 {r.profile} {r.video_bitrate_kbps} kb/s, keyframes "
+            f"every {spec.gop_s:g}s.",
+            rendition=r.name,
+            announces="rendition.ready",
+            optional=True,
+            retry=retry,
+            preset=spec.preset_for(r).ref,
+        )
         for r in spec.ladder
     ]
     if spec.thumbnails.enabled:
-        stages.append(VideoStage(pipeline_key(spec, "thumbnails"), version(spec.thumbnails), inputs=source,
-                                 description="JPEG thumbnails, a sprite sheet and a WebVTT storyboard.", retry=retry,
-                                 publish_as="thumbnails" if spec.emit.thumbnails else None, entry="storyboard.vtt"))
+        stages.append(
+            VideoStage(
+                pipeline_key(spec, "thumbnails"),
+                version(spec.thumbnails),
+                inputs=source,
+                description="JPEG thumbnails, a sprite sheet and a WebVTT storyboard.",
+                retry=retry,
+                publish_as="thumbnails" if spec.emit.thumbnails else None,
+                entry="storyboard.vtt",
+            )
+        )
 
     # Each decode of the source feeds every encoder; any subset can be materialized on demand.
-    @video_multi_asset(name=f"{spec.name}__encode", stages=stages, ins=source, can_subset=True, retry=retry)
-    def encode(context: AssetExecutionContext, runs: dict[str, StageRun], ingest: Path, probe: Path) -> Iterator[Output]:
+    @video_multi_asset(
+        name=f"{spec.name}__encode", stages=stages, ins=source, can_subset=True, retry=retry
+    )
+    def encode(
+        context: AssetExecutionContext, runs: dict[str, StageRun], ingest: Path, probe: Path
+    ) -> Iterator[Output]:
         yield from _encode_shared(context, spec, runs, ingest, probe)
 
     return [encode]

@@ -12,10 +12,18 @@ from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, F
 from pydantic import Field
 
 from ..media.probe import MediaInfo, ProbeError, probe
-from ..provenance import code_version
 from ..media.safety import MAX_PIXELS, open_in_directory, playlist_signature
+from ..provenance import code_version
 from ..spec import PipelineSpec
-from ..stage import Retryable, StageContext, StageRun, VideoStage, latest_metadata, pipeline_key, video_multi_asset
+from ..stage import (
+    Retryable,
+    StageContext,
+    StageRun,
+    VideoStage,
+    latest_metadata,
+    pipeline_key,
+    video_multi_asset,
+)
 from ..storage import copy_hashing, release_scratch, sha256_file
 from .toolkit import MediaRejected, StageOutput, Tools
 
@@ -34,9 +42,7 @@ def find_sidecar(source: Path, extensions: tuple[str, ...]) -> Optional[Path]:
     return None
 
 
-
 FINGERPRINT_BYTES = 1 << 20
-
 
 
 def source_fingerprint(source: Path) -> dict[str, object]:
@@ -53,9 +59,14 @@ def source_fingerprint(source: Path) -> dict[str, object]:
         ends.update(os.pread(fd, FINGERPRINT_BYTES, max(0, st.st_size - FINGERPRINT_BYTES)))
     finally:
         os.close(fd)
-    return {"source": str(source), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-            "inode": st.st_ino, "ends_sha256": ends.hexdigest()}
-
+    return {
+        "source": str(source),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+        "ends_sha256": ends.hexdigest(),
+    }
 
 
 def _open_source(path: Path, what: str, allow_empty: bool = False) -> int:
@@ -71,8 +82,9 @@ def _open_source(path: Path, what: str, allow_empty: bool = False) -> int:
     return fd
 
 
-
-def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin: Optional[str] = None) -> StageOutput:
+def ingest(
+    source: Path, work: Path, caption_extensions: tuple[str, ...], origin: Optional[str] = None
+) -> StageOutput:
     """Copy the source (and a caption sidecar beside it, if any) into one artifact directory, so
     later stages read a stored copy that cannot change under them. Both are opened without
     following a link out of their directory (`safety.open_in_directory`), so nothing but the
@@ -98,20 +110,24 @@ def ingest(source: Path, work: Path, caption_extensions: tuple[str, ...], origin
         else:
             os.replace(path, dest)
             hashed[dest] = sha256_file(dest)
-    return StageOutput(out, {"original_path": origin or str(source), "original_name": source.name,
-                             "source_sha256": hashed[stored], "caption_sidecar": sidecar.name if sidecar else "none"},
-                       hashed=hashed)
-
+    return StageOutput(
+        out,
+        {
+            "original_path": origin or str(source),
+            "original_name": source.name,
+            "source_sha256": hashed[stored],
+            "caption_sidecar": sidecar.name if sidecar else "none",
+        },
+        hashed=hashed,
+    )
 
 
 def source_file(ingest_dir: Path) -> Path:
     return next(p for p in Path(ingest_dir).iterdir() if p.stem == SOURCE_STEM)
 
 
-
 def captions_file(ingest_dir: Path) -> Optional[Path]:
     return next((p for p in Path(ingest_dir).iterdir() if p.stem == CAPTIONS_STEM), None)
-
 
 
 def probe_source(ingest_dir: Path, work: Path, tools: Tools, name: str) -> StageOutput:
@@ -123,7 +139,8 @@ def probe_source(ingest_dir: Path, work: Path, tools: Tools, name: str) -> Stage
     if signature:
         raise MediaRejected(
             f"{label} is a playlist or file list ({signature!r}), not media: refused, it would make FFmpeg read other files",
-            reason="security.playlist_input", failure_class="security",
+            reason="security.playlist_input",
+            failure_class="security",
         )
     try:
         info = probe(source, tools.ffprobe)
@@ -131,21 +148,25 @@ def probe_source(ingest_dir: Path, work: Path, tools: Tools, name: str) -> Stage
         raise ProbeError(f"{label}: {exc}") from exc
     video = info.video
     if video is None or not video.width or not video.height:
-        raise MediaRejected(f"{label} has no video stream: nothing to encode", reason="input.no_video_stream")
+        raise MediaRejected(
+            f"{label} has no video stream: nothing to encode", reason="input.no_video_stream"
+        )
     if video.width * video.height > MAX_PIXELS:
-        raise MediaRejected(f"{label} declares {video.width}x{video.height} pixels, above the {MAX_PIXELS} limit",
-                            reason="input.too_large")
+        raise MediaRejected(
+            f"{label} declares {video.width}x{video.height} pixels, above the {MAX_PIXELS} limit",
+            reason="input.too_large",
+        )
     if info.duration <= 0:
-        raise MediaRejected(f"{label} has no duration: it is empty or unreadable", reason="input.invalid_data")
+        raise MediaRejected(
+            f"{label} has no duration: it is empty or unreadable", reason="input.invalid_data"
+        )
     out = work / "probe.json"
     out.write_text(info.model_dump_json(indent=2))
     return StageOutput(out, info.summary())
 
 
-
 def load_probe(path: Path) -> MediaInfo:
     return MediaInfo.model_validate_json(Path(path).read_text())
-
 
 
 class IngestConfig(Config):
@@ -155,8 +176,9 @@ class IngestConfig(Config):
     )
 
 
-def _ingest_and_probe(context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, StageRun],
-                      source: str) -> Iterator[Output]:
+def _ingest_and_probe(
+    context: AssetExecutionContext, spec: PipelineSpec, runs: dict[str, StageRun], source: str
+) -> Iterator[Output]:
     """Ingest and probe share one step: the probe reads the stored copy before it is published,
     and a video pays for one step instead of two. Each is still its own asset."""
     ingest_run, probe_run = runs["ingest"], runs["probe"]
@@ -165,10 +187,16 @@ def _ingest_and_probe(context: AssetExecutionContext, spec: PipelineSpec, runs: 
     try:
         if source.startswith("s3://"):
             head = sources.head(source)
-            identity: dict[str, Any] = {"source": source, "etag": head["ETag"], "size": head["ContentLength"]}
+            identity: dict[str, Any] = {
+                "source": source,
+                "etag": head["ETag"],
+                "size": head["ContentLength"],
+            }
         else:
             identity = source_fingerprint(Path(source))
-    except Exception as exc:  # a missing source, a link out of its directory: classified like any failure
+    except (
+        Exception
+    ) as exc:  # a missing source, a link out of its directory: classified like any failure
         raise ingest_run.failure(exc) from exc
 
     def produce(sc: StageContext) -> StageOutput:
@@ -179,7 +207,9 @@ def _ingest_and_probe(context: AssetExecutionContext, spec: PipelineSpec, runs: 
 
     ingested = ingest_run.prepare(identity)
     if ingested is not None:
-        probe_run.upstream_versions["ingest"] = ingested.data_version.value if ingested.data_version else None
+        probe_run.upstream_versions["ingest"] = (
+            ingested.data_version.value if ingested.data_version else None
+        )
         probed = probe_run.prepare()
         if probed is not None:
             yield from (ingested, probed)
@@ -189,7 +219,9 @@ def _ingest_and_probe(context: AssetExecutionContext, spec: PipelineSpec, runs: 
     assert ingested is not None and ingested.data_version is not None  # ingest always has an output
     probe_run.upstream_versions["ingest"] = ingested.data_version.value
     try:
-        probed = probe_run.run(lambda sc: probe_source(ingested.value, sc.work, sc.ffmpeg, name=source))
+        probed = probe_run.run(
+            lambda sc: probe_source(ingested.value, sc.work, sc.ffmpeg, name=source)
+        )
     except (Failure, Retryable):
         release_scratch(ingested.value)  # a copy that is not valid media is not kept
         raise
@@ -214,19 +246,40 @@ def _last_source(context: AssetExecutionContext, key: AssetKey) -> str:
 ORDER = 10  # where build_video_assets calls `assets` among the stage modules
 
 
-def assets(spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]) -> list[AssetsDefinition]:
+def assets(
+    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+) -> list[AssetsDefinition]:
     """The ingest + probe step (its code versions do not name the encoder build: it encodes nothing)."""
     retry = spec.failures.retry_for("ingest")
     stages = [
-        VideoStage(pipeline_key(spec, "ingest"), code_version("ingest"), description="Stored copy of the source video and "
-                   "its caption sidecar.", announces="video.received", retry=retry, kinds=frozenset()),
-        VideoStage(pipeline_key(spec, "probe"), code_version("probe"), inputs={"ingest": pipeline_key(spec, "ingest")},
-                   description="ffprobe facts of the source (JSON).", retry=retry, kinds=frozenset()),
+        VideoStage(
+            pipeline_key(spec, "ingest"),
+            code_version("ingest"),
+            description="Stored copy of the source video and its caption sidecar.",
+            announces="video.received",
+            retry=retry,
+            kinds=frozenset(),
+        ),
+        VideoStage(
+            pipeline_key(spec, "probe"),
+            code_version("probe"),
+            inputs={"ingest": pipeline_key(spec, "ingest")},
+            description="ffprobe facts of the source (JSON).",
+            retry=retry,
+            kinds=frozenset(),
+        ),
     ]
 
-    @video_multi_asset(name=f"{spec.name}__ingest", stages=stages, config=IngestConfig, retry=retry,
-                       required_resource_keys=["sources"])
-    def ingest(context: AssetExecutionContext, runs: dict[str, StageRun], config: IngestConfig) -> Iterator[Output]:
+    @video_multi_asset(
+        name=f"{spec.name}__ingest",
+        stages=stages,
+        config=IngestConfig,
+        retry=retry,
+        required_resource_keys=["sources"],
+    )
+    def ingest(
+        context: AssetExecutionContext, runs: dict[str, StageRun], config: IngestConfig
+    ) -> Iterator[Output]:
         source = config.source_path or _last_source(context, pipeline_key(spec, "ingest"))
         yield from _ingest_and_probe(context, spec, runs, source)
 

@@ -15,7 +15,9 @@ from ..media.runner import RunLimits, RunResult, run_ffmpeg
 class MediaRejected(ValueError):
     """The input is not something this pipeline can process; retrying will not help."""
 
-    def __init__(self, message: str, *, reason: str = "input.rejected", failure_class: str = "permanent") -> None:
+    def __init__(
+        self, message: str, *, reason: str = "input.rejected", failure_class: str = "permanent"
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.failure_class = failure_class
@@ -33,11 +35,25 @@ class Tools:
     on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
     runs: list[RunResult] = field(default_factory=list)  # every run so far, for provenance
 
-    def run(self, label: str, args: list[str], *, duration_s: Optional[float] = None, cwd: Optional[Path] = None,
-            cancel: Optional[threading.Event] = None) -> RunResult:
+    def run(
+        self,
+        label: str,
+        args: list[str],
+        *,
+        duration_s: Optional[float] = None,
+        cwd: Optional[Path] = None,
+        cancel: Optional[threading.Event] = None,
+    ) -> RunResult:
         callback = (lambda p: self.on_progress(label, p)) if self.on_progress else None
-        result = run_ffmpeg(args, ffmpeg=self.ffmpeg, cwd=cwd, duration_s=duration_s, limits=self.limits,
-                            on_progress=callback, cancel=cancel)
+        result = run_ffmpeg(
+            args,
+            ffmpeg=self.ffmpeg,
+            cwd=cwd,
+            duration_s=duration_s,
+            limits=self.limits,
+            on_progress=callback,
+            cancel=cancel,
+        )
         self.runs.append(result)
         return result
 

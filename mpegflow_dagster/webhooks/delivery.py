@@ -48,7 +48,9 @@ class DeliveryResult:
 
 
 class _Transient(Exception):
-    def __init__(self, message: str, http_status: Optional[int] = None, retry_after_s: Optional[float] = None):
+    def __init__(
+        self, message: str, http_status: Optional[int] = None, retry_after_s: Optional[float] = None
+    ):
         super().__init__(message)
         self.http_status = http_status
         self.retry_after_s = retry_after_s
@@ -119,7 +121,12 @@ class WebhookDelivery:
         return results
 
     def _attempt(self, row: dict[str, Any]) -> DeliveryResult:
-        event_id, event_type, body, attempts = row["event_id"], row["type"], row["body"], row["attempts"] + 1
+        event_id, event_type, body, attempts = (
+            row["event_id"],
+            row["type"],
+            row["body"],
+            row["attempts"] + 1,
+        )
         try:
             status = self._post(event_id, event_type, body)
         except _Permanent as exc:
@@ -129,8 +136,10 @@ class WebhookDelivery:
         except _Transient as exc:
             delay = self._backoff(attempts, exc.retry_after_s)
             self.outbox.retry_later(event_id, str(exc), delay)
-            log.info(f"Webhook delivery of {event_type} {event_id} failed ({exc}); attempt {attempts + 1} "
-                     f"in {delay:.1f} s")
+            log.info(
+                f"Webhook delivery of {event_type} {event_id} failed ({exc}); attempt {attempts + 1} "
+                f"in {delay:.1f} s"
+            )
             return DeliveryResult(event_id, "deferred", attempts, exc.http_status, str(exc))
         self.outbox.mark_delivered(event_id)
         return DeliveryResult(event_id, "delivered", attempts, status)
@@ -163,11 +172,19 @@ class WebhookDelivery:
             code = exc.code
             detail = f"HTTP {code} from {self.url}: {_excerpt(exc)}"
             if code >= 500 or code in (408, 429):
-                raise _Transient(detail, code, _retry_after(exc.headers.get("Retry-After"))) from exc
+                raise _Transient(
+                    detail, code, _retry_after(exc.headers.get("Retry-After"))
+                ) from exc
             if 300 <= code < 400:
-                detail += f" (redirect to {exc.headers.get('Location')!r}; configure that url instead)"
+                detail += (
+                    f" (redirect to {exc.headers.get('Location')!r}; configure that url instead)"
+                )
             raise _Permanent(detail, code) from exc
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, DNS, TLS, timeout, reset
+        except (
+            urllib.error.URLError,
+            OSError,
+            http.client.HTTPException,
+        ) as exc:  # refused, DNS, TLS, timeout, reset
             reason = getattr(exc, "reason", exc)
             raise _Transient(f"{type(reason).__name__} posting to {self.url}: {reason}") from exc
 
@@ -205,7 +222,9 @@ class BackgroundDrain:
         self.delivery = delivery
         self._deadline: Optional[float] = None  # set by finish (time.monotonic())
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mpegflow-webhook-delivery", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="mpegflow-webhook-delivery", daemon=True
+        )
 
     def __enter__(self) -> "BackgroundDrain":
         self._thread.start()
@@ -220,7 +239,9 @@ class BackgroundDrain:
         if self._deadline is None:
             self._deadline = time.monotonic() + wait_s
             self._wake.set()
-            self._thread.join(wait_s + self.delivery.timeout_s + 1)  # the last attempt may start just before the deadline
+            self._thread.join(
+                wait_s + self.delivery.timeout_s + 1
+            )  # the last attempt may start just before the deadline
         return self.delivery.outbox.pending()
 
     def _run(self) -> None:
@@ -232,7 +253,9 @@ class BackgroundDrain:
                 if self._wake.wait(self.POLL_S):
                     self._wake.clear()
         except Exception:  # the outbox is unusable (disk, permissions): say so once and stop
-            log.exception(f"Webhook delivery stopped; events stay queued in {self.delivery.outbox.path}")
+            log.exception(
+                f"Webhook delivery stopped; events stay queued in {self.delivery.outbox.path}"
+            )
 
     def _finished(self, deadline: float) -> bool:
         """Nothing queued, time is up, or the next attempt would start after the deadline."""

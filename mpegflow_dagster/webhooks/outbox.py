@@ -55,7 +55,10 @@ class WebhookOutbox:
 
     def is_delivered(self, event_id: str) -> bool:
         with self._tx() as db:
-            return db.execute("SELECT 1 FROM delivered WHERE event_id = ?", (event_id,)).fetchone() is not None
+            return (
+                db.execute("SELECT 1 FROM delivered WHERE event_id = ?", (event_id,)).fetchone()
+                is not None
+            )
 
     def mark_delivered(self, event_id: str) -> None:
         with self._tx() as db:
@@ -71,7 +74,8 @@ class WebhookOutbox:
         with self._tx() as db:
             db.execute("DELETE FROM pending WHERE event_id = ?", (event_id,))
             db.execute(
-                "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?)", (event_id, body, http_status, error, time.time())
+                "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?)",
+                (event_id, body, http_status, error, time.time()),
             )
 
     def send(self, event: Event) -> None:

@@ -41,13 +41,19 @@ class WebhookResource(ConfigurableResource):
             # in an asset: context.resources.events.sink().send(event)
     """
 
-    url: Optional[str] = Field(None, description="Endpoint that receives POSTed events. None disables webhooks.")
-    secret: str = Field(
-        "", description="HMAC key for X-Mpegflow-Signature; required with `url`. Use an EnvVar, not a literal."
+    url: Optional[str] = Field(
+        None, description="Endpoint that receives POSTed events. None disables webhooks."
     )
-    timeout_s: float = Field(10.0, gt=0, description="Seconds to wait for the endpoint on one attempt.")
+    secret: str = Field(
+        "",
+        description="HMAC key for X-Mpegflow-Signature; required with `url`. Use an EnvVar, not a literal.",
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for the endpoint on one attempt."
+    )
     backoff_s: float = Field(
-        1.0, ge=0,
+        1.0,
+        ge=0,
         description="Wait before an event's second attempt; doubles on each later one (with jitter, max 30 s), "
         "never shorter than the endpoint's Retry-After.",
     )
@@ -55,7 +61,9 @@ class WebhookResource(ConfigurableResource):
         ".mpegflow/webhooks",
         description="Holds the outbox (queued events, delivered and rejected ids). One endpoint per directory.",
     )
-    events_path: str = Field(".mpegflow/events.jsonl", description="JSON Lines file that records every event.")
+    events_path: str = Field(
+        ".mpegflow/events.jsonl", description="JSON Lines file that records every event."
+    )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         if self.url:  # a bad url or missing secret fails the run at start, not at delivery
@@ -63,7 +71,9 @@ class WebhookResource(ConfigurableResource):
 
     def sink(self) -> EventSink:
         """The JSONL file (written at once), then the outbox if a url is set."""
-        return FanoutSink([JsonlEventSink(Path(self.events_path)), *([self.outbox()] if self.url else [])])
+        return FanoutSink(
+            [JsonlEventSink(Path(self.events_path)), *([self.outbox()] if self.url else [])]
+        )
 
     def outbox(self) -> WebhookOutbox:
         return WebhookOutbox(self.outbox_dir)
@@ -72,7 +82,9 @@ class WebhookResource(ConfigurableResource):
         """What POSTs the outbox's events; None without `url`."""
         if not self.url:
             return None
-        return WebhookDelivery(self.url, self.secret, self.outbox(), timeout_s=self.timeout_s, backoff_s=self.backoff_s)
+        return WebhookDelivery(
+            self.url, self.secret, self.outbox(), timeout_s=self.timeout_s, backoff_s=self.backoff_s
+        )
 
     def drain(self, budget_s: Optional[float] = None) -> list[DeliveryResult]:
         """Deliver queued events now, starting no attempt after `budget_s` (see
