@@ -116,6 +116,7 @@ def test_readme_code_location_example_loads(monkeypatch):
     assert scope["defs"].executor is in_process_executor
 
 
+@pytest.mark.pipeline
 def test_run_delivers_webhooks_outside_the_steps_and_says_what_is_left(tmp_path):
     """`mpegflow run`: the steps queue their events, a thread POSTs them while the run goes and
     for at most --webhook-wait after it; what is still queued is reported."""
@@ -186,6 +187,7 @@ def test_code_location_delivers_webhooks_by_sensor_when_a_url_is_set(monkeypatch
     )  # the daemon runs it without a click
 
 
+@pytest.mark.slow
 def test_dg_lists_what_the_components_build(tmp_path):
     """`dg list defs` reads the project's defs folder: each pipeline's assets and sensors come
     from its VideoPipelineComponent, the resources from the VideoDeploymentComponent."""
