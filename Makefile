@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # medians of three alternating rounds (about 40 min here); `make bench BENCH_ARGS=` for one round
 BENCH_ARGS ?= --repeats 3
 
-.PHONY: demo test test-fast dev bench ffmpeg install clean
+.PHONY: demo test test-fast lint dev bench ffmpeg install clean
 
 ffmpeg:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! fc-list 2>/dev/null | grep -q .; then \
@@ -36,8 +36,14 @@ demo: install
 	$(BIN)/mpegflow sample build/demo --name sample --duration 12
 	$(BIN)/mpegflow run build/demo/sample.mp4 --out build/demo/delivery
 
-test: install
+test: lint
 	$(BIN)/pytest -q
+
+# ruff (lint and format, line length 100) and pyright, as configured in pyproject.toml
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright
 
 # no pipeline runs and nothing slow (markers in pyproject.toml): under a minute here
 test-fast: install

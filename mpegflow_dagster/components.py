@@ -58,7 +58,7 @@ class VideoPipelineComponent(Component, Resolvable, Model):
         ),
     ] = None
     settings: str = Field(
-        SETTINGS_FILE, description="The deployment settings, relative to the project root."
+        default=SETTINGS_FILE, description="The deployment settings, relative to the project root."
     )
 
     def load_spec(self) -> PipelineSpec:
@@ -75,7 +75,7 @@ class VideoDeploymentComponent(Component, Resolvable, Model):
     sensor and the in-process executor, from the deployment settings."""
 
     settings: str = Field(
-        SETTINGS_FILE, description="The deployment settings, relative to the project root."
+        default=SETTINGS_FILE, description="The deployment settings, relative to the project root."
     )
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:

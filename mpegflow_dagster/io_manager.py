@@ -159,7 +159,7 @@ class BinaryIOManager(ArtifactIOManager):
     """
 
     root: str = Field(
-        ".mpegflow/storage", description="Directory that holds every published artifact."
+        default=".mpegflow/storage", description="Directory that holds every published artifact."
     )
 
     def store(self) -> ArtifactStore:

@@ -18,7 +18,7 @@ class Preset(BaseModel):
     version: int = Field(ge=1)
     description: str = ""
     video_codec: Literal["libx264"] = "libx264"
-    speed: str = Field("veryfast", description="x264 preset (ultrafast ... veryslow).")
+    speed: str = Field(default="veryfast", description="x264 preset (ultrafast ... veryslow).")
     tune: Optional[str] = None
     pix_fmt: str = "yuv420p"
     x264_params: dict[str, str] = Field(

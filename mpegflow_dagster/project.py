@@ -56,19 +56,19 @@ class S3Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     endpoint_url: Optional[str] = Field(
-        None, description="For S3-compatible stores (MinIO, moto...)."
+        default=None, description="For S3-compatible stores (MinIO, moto...)."
     )
     region: Optional[str] = None
     storage_bucket: Optional[str] = Field(
-        None, description="Artifacts (the IO manager) go here instead of storage_dir."
+        default=None, description="Artifacts (the IO manager) go here instead of storage_dir."
     )
     storage_prefix: str = "mpegflow/storage"
     delivery_bucket: Optional[str] = Field(
-        None, description="emit publishes here (the CDN origin) instead of delivery_dir."
+        default=None, description="emit publishes here (the CDN origin) instead of delivery_dir."
     )
     delivery_prefix: str = ""
     upload_bucket: Optional[str] = Field(
-        None, description="Watched by the upload sensor: <upload_prefix>/<pipeline>/..."
+        default=None, description="Watched by the upload sensor: <upload_prefix>/<pipeline>/..."
     )
     upload_prefix: str = "uploads"
 
@@ -92,19 +92,20 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     storage_dir: str = Field(
-        ".mpegflow/storage", description="Published artifacts (the IO manager root)."
+        default=".mpegflow/storage", description="Published artifacts (the IO manager root)."
     )
     work_dir: str = Field(
-        ".mpegflow/work", description="Scratch space; same filesystem as storage_dir."
+        default=".mpegflow/work", description="Scratch space; same filesystem as storage_dir."
     )
     delivery_dir: str = Field(
-        ".mpegflow/delivery", description="Delivery tree: <delivery_dir>/<video>/..."
+        default=".mpegflow/delivery", description="Delivery tree: <delivery_dir>/<video>/..."
     )
     events_path: str = Field(
-        ".mpegflow/events.jsonl", description="Every pipeline event, one JSON object a line."
+        default=".mpegflow/events.jsonl",
+        description="Every pipeline event, one JSON object a line.",
     )
     webhook_url: Optional[str] = Field(
-        None, description="POST signed events here (secret: $MPEGFLOW_WEBHOOK_SECRET)."
+        default=None, description="POST signed events here (secret: $MPEGFLOW_WEBHOOK_SECRET)."
     )
     ffmpeg: FFmpegSettings = FFmpegSettings()
     s3: S3Settings = S3Settings()

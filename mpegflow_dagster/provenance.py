@@ -27,7 +27,7 @@ class EncoderBuild(BaseModel):
     ffmpeg_path: str
     libraries: dict[str, str]
     pinned: Optional[str] = Field(
-        None, description="The deployment's pin (version prefix or build hash), if any."
+        default=None, description="The deployment's pin (version prefix or build hash), if any."
     )
 
     @classmethod

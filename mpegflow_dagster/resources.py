@@ -31,43 +31,43 @@ class FFmpegResource(ConfigurableResource):
     """
 
     ffmpeg_path: Optional[str] = Field(
-        None,
+        default=None,
         description="ffmpeg binary (name on PATH or path). Default: $MPEGFLOW_FFMPEG, else `ffmpeg`.",
     )
     ffprobe_path: Optional[str] = Field(
-        None,
+        default=None,
         description="ffprobe binary (name on PATH or path). Default: $MPEGFLOW_FFPROBE, else `ffprobe`.",
     )
     threads: int = Field(
-        1,
+        default=1,
         ge=0,
         description="-threads of every encoder. 1 gives the same bytes on every run; more (or 0, FFmpeg decides) "
         "speeds up a lone encode, but x264's output then varies from run to run when maxrate binds.",
     )
     encode_lanes: int = Field(
-        2,
+        default=2,
         ge=1,
         description="FFmpeg processes the shared rendition encode runs at once: time chunks of a long source "
         "(see the spec's chunk_s), else groups of renditions. About the number of cores; it never changes the bytes.",
     )
     required_version: Optional[str] = Field(
-        None,
+        default=None,
         description="Fail the run at start unless `ffmpeg -version` starts with this (e.g. `5.1`).",
     )
     required_build_hash: Optional[str] = Field(
-        None,
+        default=None,
         description="Fail the run at start unless the build hash (version line + configuration) is this.",
     )
     timeout_s: Optional[float] = Field(
-        None, gt=0, description="Stop one FFmpeg run after this many seconds."
+        default=None, gt=0, description="Stop one FFmpeg run after this many seconds."
     )
     stall_s: Optional[float] = Field(
-        300.0,
+        default=300.0,
         gt=0,
         description="Stop one FFmpeg run that reports no progress for this many seconds.",
     )
     work_dir: str = Field(
-        ".mpegflow/work",
+        default=".mpegflow/work",
         description="Scratch space for stages; keep it on the storage root's filesystem.",
     )
 
@@ -146,6 +146,7 @@ class FFmpegResource(ConfigurableResource):
             since = last.get(label) or first.setdefault(label, now)
             if (progress.done and label in last) or (not progress.done and now - since >= every_s):
                 last[label] = now
+                assert log is not None  # `report` is only used with a log
                 log.info(f"{label}: {progress.describe()}")
 
         return Tools(
@@ -183,7 +184,8 @@ class LocalDeliveryResource(DeliveryResource):
     """
 
     root: str = Field(
-        ".mpegflow/delivery", description="Local directory of the delivery tree (the CDN origin)."
+        default=".mpegflow/delivery",
+        description="Local directory of the delivery tree (the CDN origin).",
     )
 
     def store(self) -> ArtifactStore:

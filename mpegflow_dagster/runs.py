@@ -23,7 +23,7 @@ from . import liveness
 from .assets import build_video_assets
 from .events import Event
 from .spec import PipelineSpec
-from .stage import FORCE_TAG, step_keys, video_partitions
+from .stage import FORCE_TAG, step_keys, videos_partitions_name
 from .stages.ingest import IngestConfig
 
 PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
@@ -52,7 +52,7 @@ def materialize_video(
     With `source`, the video is (re-)ingested from that file; `force` re-runs unchanged stages."""
     assets = [*project.assets(spec), *own_stages]
     fail_abandoned_runs(instance)
-    instance.add_dynamic_partitions(video_partitions(spec.name).name, [video])
+    instance.add_dynamic_partitions(videos_partitions_name(spec.name), [video])
     # Assets that share a step and cannot run apart (ingest and probe) are selected together.
     keys = [
         AssetKey.from_user_string(n) if "/" in n else AssetKey([spec.name, n]) for n in stages or ()

@@ -29,50 +29,55 @@ class Rendition(_Strict):
     )
     video_bitrate_kbps: int = Field(gt=0, description="Target video bitrate.")
     maxrate_factor: float = Field(
-        1.5, ge=1.0, description="VBV maxrate = bitrate x this; bufsize = 2 x maxrate."
+        default=1.5, ge=1.0, description="VBV maxrate = bitrate x this; bufsize = 2 x maxrate."
     )
     profile: Literal["baseline", "main", "high"] = "high"
-    level: str = Field("4.0", pattern=r"^\d(\.\d)?$")
-    audio_bitrate_kbps: int = Field(128, gt=0)
-    preset: str = Field("x264-vod", description="Name of a preset in resources/presets/.")
+    level: str = Field(default="4.0", pattern=r"^\d(\.\d)?$")
+    audio_bitrate_kbps: int = Field(default=128, gt=0)
+    preset: str = Field(default="x264-vod", description="Name of a preset in resources/presets/.")
 
 
 class ThumbnailSpec(_Strict):
     enabled: bool = Field(
-        True, description="False: no thumbnails asset (and nothing of it to publish)."
+        default=True, description="False: no thumbnails asset (and nothing of it to publish)."
     )
-    interval_s: float = Field(5.0, gt=0, description="One JPEG every this many seconds, from t=0.")
+    interval_s: float = Field(
+        default=5.0, gt=0, description="One JPEG every this many seconds, from t=0."
+    )
     width: int = Field(
-        320, ge=16, description="Thumbnail width in pixels (height keeps the aspect ratio)."
+        default=320, ge=16, description="Thumbnail width in pixels (height keeps the aspect ratio)."
     )
-    sprite_tile_width: int = Field(160, ge=16, description="Width of one tile in the sprite sheet.")
-    sprite_columns: int = Field(10, ge=1, le=100)
-    quality: int = Field(4, ge=2, le=31, description="JPEG qscale (2 best, 31 worst).")
+    sprite_tile_width: int = Field(
+        default=160, ge=16, description="Width of one tile in the sprite sheet."
+    )
+    sprite_columns: int = Field(default=10, ge=1, le=100)
+    quality: int = Field(default=4, ge=2, le=31, description="JPEG qscale (2 best, 31 worst).")
 
 
 class CaptionSpec(_Strict):
     enabled: bool = Field(
-        True, description="False: no captions or emit_captions asset; `rendition` is not checked."
+        default=True,
+        description="False: no captions or emit_captions asset; `rendition` is not checked.",
     )
     rendition: str = Field(
-        "720p", description="Ladder rung whose settings the captioned encode uses."
+        default="720p", description="Ladder rung whose settings the captioned encode uses."
     )
     sidecar_extensions: tuple[str, ...] = (".srt", ".vtt")
-    font_size: int = Field(24, ge=6, le=120)
+    font_size: int = Field(default=24, ge=6, le=120)
 
 
 class HlsSpec(_Strict):
     segment_s: int = Field(
-        4, ge=1, le=30, description="Target segment length; a multiple of gop_s."
+        default=4, ge=1, le=30, description="Target segment length; a multiple of gop_s."
     )
     segment_type: Literal["mpegts", "fmp4"] = "mpegts"
     min_renditions: Optional[int] = Field(
-        None,
+        default=None,
         ge=1,
         description="Package when at least this many renditions succeed (None: all are required).",
     )
     include: tuple[str, ...] = Field(
-        (),
+        default=(),
         description="Further rendition assets of this pipeline (made by your own stages, H.264 MP4 with keyframes "
         "every gop_s) packaged beside the ladder's rungs, by asset name.",
     )
@@ -87,15 +92,15 @@ class RetrySpec(_Strict):
     jitter `plus_minus` adds up to +-`delay_s`, `full` scales by a random [0, 1)). Permanent and
     security failures never retry."""
 
-    max_retries: int = Field(3, ge=0, le=20)
-    delay_s: float = Field(2.0, ge=0, description="Base wait before a retry.")
+    max_retries: int = Field(default=3, ge=0, le=20)
+    delay_s: float = Field(default=2.0, ge=0, description="Base wait before a retry.")
     backoff: Literal["exponential", "linear", "constant"] = "exponential"
     jitter: Literal["plus_minus", "full", "none"] = "plus_minus"
 
 
 class FailureSpec(_Strict):
     verification: Literal["strict", "tolerant"] = Field(
-        "strict",
+        default="strict",
         description="strict: duration within 0.5 s/2% and no corruption in stderr; tolerant: 10%, warnings ignored.",
     )
     retry: RetrySpec = RetrySpec()
@@ -113,7 +118,7 @@ class EmitSpec(_Strict):
     """What is published to the delivery location (configured per deployment, not per spec)."""
 
     thumbnails: bool = Field(
-        True, description="Publish thumbnails, sprite and storyboard beside the HLS tree."
+        default=True, description="Publish thumbnails, sprite and storyboard beside the HLS tree."
     )
 
 
@@ -123,17 +128,17 @@ class PipelineSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Asset key prefix and group name.")
     description: str = ""
     gop_s: float = Field(
-        2.0, gt=0, le=10, description="Keyframe interval, identical in every rendition."
+        default=2.0, gt=0, le=10, description="Keyframe interval, identical in every rendition."
     )
     chunk_s: float = Field(
-        30.0,
+        default=30.0,
         ge=0,
         description="Renditions of a source at least 1.5x this long are encoded in time chunks of about "
         "this length, side by side, cut at keyframes and joined without re-encoding; 0 = never.",
     )
     ladder: tuple[Rendition, ...] = Field(min_length=1)
     upscale: bool = Field(
-        False, description="Encode rungs taller than the source at their own height."
+        default=False, description="Encode rungs taller than the source at their own height."
     )
     thumbnails: ThumbnailSpec = ThumbnailSpec()
     captions: CaptionSpec = CaptionSpec()

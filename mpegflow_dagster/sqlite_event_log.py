@@ -184,13 +184,12 @@ class CachedEngineSqliteEventLogStorage(SqliteEventLogStorage):
                     self._initdb(engine)  # an existing file: Dagster checks its schema revision
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn:
-                changes = conn.connection.dbapi_connection.total_changes
+                raw = conn.connection.dbapi_connection
+                assert raw is not None  # a checked-out pool connection
+                changes = raw.total_changes
                 with conn.begin():
                     yield conn
-                if (
-                    shard != INDEX_SHARD_NAME
-                    and conn.connection.dbapi_connection.total_changes != changes
-                ):
+                if shard != INDEX_SHARD_NAME and raw.total_changes != changes:
                     os.utime(
                         self.path_for_shard(shard)
                     )  # what the UI's watcher of this run's .db file waits for

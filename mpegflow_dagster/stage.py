@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union, cast
 
 from dagster import (
     AssetExecutionContext,
@@ -86,9 +86,13 @@ KeyLike = Union[AssetKey, str, Sequence[str]]
 Context = Union[AssetExecutionContext, OpExecutionContext]
 
 
+def videos_partitions_name(pipeline: str) -> str:
+    return f"{pipeline}_videos"
+
+
 def video_partitions(pipeline: str) -> DynamicPartitionsDefinition:
     """The partitions of a pipeline: one per source video, named by `videos.video_key`."""
-    return DynamicPartitionsDefinition(name=f"{pipeline}_videos")
+    return DynamicPartitionsDefinition(name=videos_partitions_name(pipeline))
 
 
 def retry_policy(spec: RetrySpec) -> RetryPolicy:
@@ -367,7 +371,8 @@ class StageRun:
             record.asset_materialization.metadata if record and record.asset_materialization else {}
         )
         if (
-            "recipe" not in meta
+            record is None
+            or "recipe" not in meta
             or meta["recipe"].value != self.recipe
             or PROVENANCE_KEY not in meta
         ):
@@ -377,7 +382,7 @@ class StageRun:
         if not isinstance(io_manager, ArtifactIOManager):
             return None  # a store we cannot check: make it again
         stored = io_manager.stored(
-            self.stage.key, self.video, Path(meta["path"].value).name, prov.output_sha256
+            self.stage.key, self.video, Path(str(meta["path"].value)).name, prov.output_sha256
         )
         prov = prov.model_copy(
             update={
@@ -506,28 +511,34 @@ class StageRun:
 # -- decorators -------------------------------------------------------------------------------
 
 
-def _fans_in(key: Union[KeyLike, list[AssetKey]]) -> bool:
-    """A list of AssetKeys is one input fed by all of them (a list of strings is one key's path)."""
-    return isinstance(key, list) and bool(key) and all(isinstance(k, AssetKey) for k in key)
-
-
-def _asset_ins(ins: Mapping[str, Union[KeyLike, list[AssetKey]]]) -> dict[str, AssetIn]:
-    """Dagster inputs: a fan-in gets one input per upstream asset (`<name>_<i>`)."""
-    found: dict[str, AssetIn] = {}
-    for name, key in ins.items():
-        if _fans_in(key):
-            found.update({f"{name}_{i}": AssetIn(_key(k)) for i, k in enumerate(key)})
+def _split_ins(
+    ins: Optional[Mapping[str, Union[KeyLike, list[AssetKey]]]],
+) -> tuple[dict[str, AssetKey], dict[str, list[AssetKey]]]:
+    """Inputs of one upstream asset, and fan-ins: a list of AssetKeys is one input fed by all of
+    them (a list of strings is one key's path)."""
+    single: dict[str, AssetKey] = {}
+    fans: dict[str, list[AssetKey]] = {}
+    for name, key in (ins or {}).items():
+        if isinstance(key, list) and key and all(isinstance(k, AssetKey) for k in key):
+            fans[name] = [k for k in key if isinstance(k, AssetKey)]
         else:
-            found[name] = AssetIn(_key(key))
+            single[name] = _key(cast(KeyLike, key))
+    return single, fans
+
+
+def _asset_ins(single: dict[str, AssetKey], fans: dict[str, list[AssetKey]]) -> dict[str, AssetIn]:
+    """Dagster inputs: a fan-in gets one input per upstream asset (`<name>_<i>`)."""
+    found = {name: AssetIn(key) for name, key in single.items()}
+    for name, keys in fans.items():
+        found.update({f"{name}_{i}": AssetIn(k) for i, k in enumerate(keys)})
     return found
 
 
-def _recipe_inputs(ins: Mapping[str, Union[KeyLike, list[AssetKey]]]) -> dict[str, AssetKey]:
+def _recipe_inputs(
+    single: dict[str, AssetKey], fans: dict[str, list[AssetKey]]
+) -> dict[str, AssetKey]:
     """Upstream assets by the name provenance gives them: the input's, or each fanned-in asset's."""
-    found: dict[str, AssetKey] = {}
-    for name, key in ins.items():
-        found.update({k.path[-1]: k for k in key} if _fans_in(key) else {name: _key(key)})
-    return found
+    return {**single, **{k.path[-1]: k for keys in fans.values() for k in keys}}
 
 
 def video_asset(
@@ -570,11 +581,12 @@ def video_asset(
             with its inputs: Dagster cannot load a fan-in from storage alone.
     """
     asset_key = _key(key)
-    ins = dict(ins or {})
+    plain_ins, fans = _split_ins(ins)
+    names = [*plain_ins, *fans]
     stage = VideoStage(
         key=asset_key,
         code_version=code_version,
-        inputs=_recipe_inputs(ins),
+        inputs=_recipe_inputs(plain_ins, fans),
         description=description,
         rendition=rendition,
         announces=announces,
@@ -601,7 +613,7 @@ def video_asset(
 
             @asset(
                 key=asset_key,
-                ins=_asset_ins(ins),
+                ins=_asset_ins(plain_ins, fans),
                 code_version=code_version,
                 description=doc,
                 partitions_def=partitions,
@@ -617,8 +629,10 @@ def video_asset(
                 yield from body(
                     context,
                     {
-                        n: [loaded[f"{n}_{i}"] for i in range(len(k))] if _fans_in(k) else loaded[n]
-                        for n, k in ins.items()
+                        n: [loaded[f"{n}_{i}"] for i in range(len(fans[n]))]
+                        if n in fans
+                        else loaded[n]
+                        for n in names
                     },
                 )
 
@@ -628,11 +642,11 @@ def video_asset(
         # upstream outputs that exist (a plain input from a missing one would skip the step); a
         # single-key input is then its path or None.
         name = asset_key.to_python_identifier()
-        graph_ins = _asset_ins(ins)
+        graph_ins = _asset_ins(plain_ins, fans)
 
         @op(
             name=f"{name}_stage",
-            ins={n: In() for n in ins},
+            ins={n: In() for n in names},
             out=Out(io_manager_key=IO_MANAGER_KEY, is_required=not optional),
             retry_policy=retry_policy(retry),
             required_resource_keys=resources,
@@ -640,10 +654,7 @@ def video_asset(
         def stage_op(context: OpExecutionContext, **loaded: list[Any]) -> Iterator[Output]:
             yield from body(
                 context,
-                {
-                    n: loaded[n] if _fans_in(k) else next(iter(loaded[n]), None)
-                    for n, k in ins.items()
-                },
+                {n: loaded[n] if n in fans else next(iter(loaded[n]), None) for n in names},
             )
 
         @graph_multi_asset(
@@ -666,10 +677,10 @@ def video_asset(
         def fanned(**upstream: Any) -> Any:
             return stage_op(
                 **{
-                    n: [upstream[f"{n}_{i}"] for i in range(len(k))]
-                    if _fans_in(k)
+                    n: [upstream[f"{n}_{i}"] for i in range(len(fans[n]))]
+                    if n in fans
                     else [upstream[n]]
-                    for n, k in ins.items()
+                    for n in names
                 }
             )
 
@@ -741,8 +752,10 @@ def video_multi_asset(
 
         @multi_asset(**common)
         def configured(
-            context: AssetExecutionContext, config: config_class, **inputs: Any
-        ) -> Iterator[Output]:  # type: ignore[valid-type]
+            context: AssetExecutionContext,
+            config: config_class,  # pyright: ignore[reportInvalidTypeForm] (Dagster reads it at run time)
+            **inputs: Any,
+        ) -> Iterator[Output]:
             yield from fn(context, runs_for(context), config=config, **inputs)
 
         return configured

@@ -178,9 +178,11 @@ class ArtifactStore(Protocol):
     ) -> ArtifactRecord:
         """Move `src` (file or directory) to `key`, atomically replacing what was there. `digest`
         is `describe(src)` when the caller already has it (saves reading every byte again)."""
+        ...
 
     def local_path(self, key: PurePosixPath) -> Path:
         """A local path holding the artifact at `key` (a cached download for remote stores)."""
+        ...
 
     def exists(self, key: PurePosixPath) -> bool: ...
 

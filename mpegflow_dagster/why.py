@@ -43,7 +43,7 @@ def explain(
         for record in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE):
             event = record.dagster_event
             data = event.step_failure_data if event else None
-            if event and data and data.user_failure_data:
+            if event and event.step_key and data and data.user_failure_data:
                 meta = {
                     k: v.value
                     for k, v in data.user_failure_data.metadata.items()
@@ -89,10 +89,10 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[video]), limit=1
     ).records
-    if not records or records[0].asset_materialization is None:
+    record = records[0] if records else None
+    mat = record.asset_materialization if record else None
+    if record is None or mat is None:
         return {}
-    record = records[0]
-    mat = record.asset_materialization
     meta = mat.metadata
     provenance = data_provenance(record)
     upstream = {}

@@ -201,7 +201,7 @@ def encode_ladder_args(
     without audio (see `audio_args`, `join_args`) and the thumbnails numbered on from the marks
     before the chunk. Keyframes and thumbnail marks are placed by source time (the chunk's start
     plus time inside it), so they fall on the frames a whole-source run picks."""
-    options: dict[str, object] = {}
+    options: dict[str, str] = {}
     if not span.whole:
         options["ss"] = _seconds(span.start_s)
         if span.duration_s is not None:

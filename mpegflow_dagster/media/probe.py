@@ -6,7 +6,7 @@ import json
 import subprocess
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel
 
@@ -72,7 +72,7 @@ class MediaInfo(BaseModel):
         return facts
 
 
-def _num(value: object, cast: type = int) -> Optional[object]:
+def _num(value: object, cast: type = int) -> Any:  # an int or float (as `cast`), or None
     try:
         return cast(value) if value not in (None, "N/A", "") else None
     except (TypeError, ValueError):

@@ -33,10 +33,10 @@ class S3BinaryIOManager(ArtifactIOManager):
     s3: ResourceDependency[S3Resource] = Field(description=S3_CONNECTION)
     bucket: str = Field(description="Bucket that holds every published artifact.")
     prefix: str = Field(
-        "mpegflow/storage", description="Key prefix of the artifacts inside the bucket."
+        default="mpegflow/storage", description="Key prefix of the artifacts inside the bucket."
     )
     cache_dir: str = Field(
-        ".mpegflow/s3-cache",
+        default=".mpegflow/s3-cache",
         description="Local directory where inputs are downloaded; safe to delete.",
     )
 

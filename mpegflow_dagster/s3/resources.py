@@ -70,17 +70,20 @@ class S3DeliveryResource(DeliveryResource):
 
     s3: ResourceDependency[S3Resource] = Field(description=S3_CONNECTION)
     bucket: str = Field(description="Bucket of the delivery tree (the CDN origin).")
-    prefix: str = Field("", description="Key prefix of the delivery tree inside the bucket.")
+    prefix: str = Field(
+        default="", description="Key prefix of the delivery tree inside the bucket."
+    )
     playlist_cache_control: str = Field(
-        "public, max-age=10",
+        default="public, max-age=10",
         description="Cache-Control of playlists and manifests (.m3u8, .json, .vtt, other).",
     )
     segment_cache_control: str = Field(
-        "public, max-age=31536000, immutable",
+        default="public, max-age=31536000, immutable",
         description="Cache-Control of segments and images (.ts, .m4s, .mp4, .jpg). Keep their names unique per content.",
     )
     cache_dir: str = Field(
-        ".mpegflow/delivery-cache", description="Local directory for `local_path` downloads."
+        default=".mpegflow/delivery-cache",
+        description="Local directory for `local_path` downloads.",
     )
 
     def store(self) -> S3ArtifactStore:

@@ -133,7 +133,8 @@ def build_s3_upload_sensor(
             )
             defs = Definitions(assets=assets, sensors=[uploads], resources={"s3": S3Resource()})
     """
-    if not partitions_def.name:
+    partitions_name = partitions_def.name
+    if not partitions_name:
         raise ValueError(
             "partitions_def must be a named DynamicPartitionsDefinition, e.g. video_partitions(pipeline_name)"
         )
@@ -189,7 +190,7 @@ def build_s3_upload_sensor(
                 )
             )
         partition_keys = list(dict.fromkeys(r.partition_key for r in requests))
-        existing = set(context.instance.get_dynamic_partitions(partitions_def.name))
+        existing = set(context.instance.get_dynamic_partitions(partitions_name))
         missing = [k for k in partition_keys if k not in existing]
         return SensorResult(
             run_requests=requests,

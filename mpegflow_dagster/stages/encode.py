@@ -272,7 +272,9 @@ def encode_ladder(
                 )
                 return finish({name: [*chunk_runs, *audio_runs, joined]})
 
-            joins = [lambda cancel, n=n: join(n, cancel) for n in names]
+            joins: list[Callable[[threading.Event], dict[str, StageOutput]]] = [
+                functools.partial(join, n) for n in names
+            ]
             if thumbs is not None:
                 joins.append(lambda cancel: finish({"thumbnails": list(chunk_runs)}))
             finished = _together(

@@ -171,7 +171,7 @@ def load_probe(path: Path) -> MediaInfo:
 
 class IngestConfig(Config):
     source_path: Optional[str] = Field(
-        None,
+        default=None,
         description="Local path or s3:// URI of the source video. Default: where this video was last ingested from.",
     )
 

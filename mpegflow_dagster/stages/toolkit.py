@@ -44,7 +44,8 @@ class Tools:
         cwd: Optional[Path] = None,
         cancel: Optional[threading.Event] = None,
     ) -> RunResult:
-        callback = (lambda p: self.on_progress(label, p)) if self.on_progress else None
+        on_progress = self.on_progress
+        callback = (lambda p: on_progress(label, p)) if on_progress else None
         result = run_ffmpeg(
             args,
             ffmpeg=self.ffmpeg,

@@ -42,27 +42,27 @@ class WebhookResource(ConfigurableResource):
     """
 
     url: Optional[str] = Field(
-        None, description="Endpoint that receives POSTed events. None disables webhooks."
+        default=None, description="Endpoint that receives POSTed events. None disables webhooks."
     )
     secret: str = Field(
-        "",
+        default="",
         description="HMAC key for X-Mpegflow-Signature; required with `url`. Use an EnvVar, not a literal.",
     )
     timeout_s: float = Field(
-        10.0, gt=0, description="Seconds to wait for the endpoint on one attempt."
+        default=10.0, gt=0, description="Seconds to wait for the endpoint on one attempt."
     )
     backoff_s: float = Field(
-        1.0,
+        default=1.0,
         ge=0,
         description="Wait before an event's second attempt; doubles on each later one (with jitter, max 30 s), "
         "never shorter than the endpoint's Retry-After.",
     )
     outbox_dir: str = Field(
-        ".mpegflow/webhooks",
+        default=".mpegflow/webhooks",
         description="Holds the outbox (queued events, delivered and rejected ids). One endpoint per directory.",
     )
     events_path: str = Field(
-        ".mpegflow/events.jsonl", description="JSON Lines file that records every event."
+        default=".mpegflow/events.jsonl", description="JSON Lines file that records every event."
     )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
