@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,14 +17,12 @@ class Preset(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     version: int = Field(ge=1)
     description: str = ""
-    video_codec: Literal["libx264"] = "libx264"
     speed: str = Field(default="veryfast", description="x264 preset (ultrafast ... veryslow).")
     tune: Optional[str] = None
     pix_fmt: str = "yuv420p"
     x264_params: dict[str, str] = Field(
         default_factory=dict, description="Extra -x264-params key=value pairs."
     )
-    audio_codec: Literal["aac"] = "aac"
     audio_sample_rate: int = 48000
     audio_channels: int = 2
 

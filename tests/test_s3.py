@@ -12,7 +12,12 @@ from s3_server import bucket, list_keys, moto_endpoint, s3  # noqa: F401  (fixtu
 
 from mpegflow_dagster.s3.io_manager import S3BinaryIOManager
 from mpegflow_dagster.s3.resources import S3DeliveryResource
-from mpegflow_dagster.s3.store import S3ArtifactStore, download_source, parse_s3_uri
+from mpegflow_dagster.s3.store import (
+    DeliveryHeaders,
+    S3ArtifactStore,
+    download_source,
+    parse_s3_uri,
+)
 from mpegflow_dagster.storage import describe, sha256_file
 
 SMALL_PARTS = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
@@ -212,3 +217,16 @@ def test_download_source_streams_the_video_and_its_sidecar(s3, bucket, tmp_path)
         download_source(client, f"s3://{bucket}/in/gone.mp4", tmp_path / "dl")
     with pytest.raises(ValueError, match="s3://<bucket>/<key>"):
         parse_s3_uri("/local/file.mp4")
+
+
+def test_a_new_kind_of_output_gets_its_content_type_without_a_table_entry():
+    """A stage of a new kind (e.g. DASH) needs no change here: Python's registry names its types,
+    and whatever is not media is cached briefly and uploaded after the media it lists."""
+    headers = DeliveryHeaders()
+    assert headers("v/dash/manifest.mpd") == {
+        "ContentType": "application/dash+xml",
+        "CacheControl": headers.playlist_cache_control,
+    }
+    assert headers("v/dash/audio/seg-1.m4s")["CacheControl"] == headers.segment_cache_control
+    assert headers("v/hls/720p/seg-1.ts")["ContentType"] == "video/mp2t"  # not Qt Linguist's .ts
+    assert headers("v/thing.unknownext")["ContentType"] == "application/octet-stream"

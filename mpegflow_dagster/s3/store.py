@@ -10,6 +10,7 @@ streamed by boto3's transfer manager (multipart above `multipart_threshold`).
 """
 
 import hashlib
+import mimetypes
 import re
 import shutil
 import uuid
@@ -31,20 +32,25 @@ from ..media.classify import Classification
 from ..storage import ArtifactRecord, Digest, describe
 from ..videos import video_key
 
-# Uploaded to their final keys after everything else: a reader that finds one finds what it lists.
-MANIFEST_SUFFIXES = frozenset({".m3u8", ".json", ".vtt"})
+# Where Python's registry (`mimetypes`) is wrong or missing; it knows .mpd, .m4s, .m4a, .webm, ...
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
-    ".ts": "video/mp2t",
-    ".m4s": "video/iso.segment",
-    ".mp4": "video/mp4",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
+    ".ts": "video/mp2t",  # not Qt Linguist
     ".vtt": "text/vtt",
-    ".json": "application/json",
 }
-# Segments and images never change under one URL; playlists and manifests may.
-IMMUTABLE_SUFFIXES = frozenset({".ts", ".m4s", ".mp4", ".jpg", ".jpeg"})
+# Media never changes under one URL: cached for good and uploaded first. Everything else
+# (playlists, manifests, storyboards) may change, is cached briefly and reaches its final key
+# after the media, so a reader that finds a manifest finds what it lists, whatever its format.
+IMMUTABLE_SUFFIXES = frozenset(
+    {".ts", ".m4s", ".mp4", ".m4a", ".m4v", ".webm", ".jpg", ".jpeg", ".png"}
+)
+
+
+def content_type(name: str) -> str:
+    suffix = PurePosixPath(name).suffix.lower()
+    return CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
 CACHE_INDEX = ".mpegflow-etags"  # in cache_dir: one small file per cached object, "<etag> <size>"
 DEFAULT_TRANSFER = TransferConfig(
     multipart_threshold=64 << 20, multipart_chunksize=16 << 20, max_concurrency=8
@@ -63,7 +69,7 @@ class DeliveryHeaders:
     def __call__(self, name: str) -> dict[str, str]:
         suffix = PurePosixPath(name).suffix.lower()
         return {
-            "ContentType": CONTENT_TYPES.get(suffix, "application/octet-stream"),
+            "ContentType": content_type(name),
             "CacheControl": self.segment_cache_control
             if suffix in IMMUTABLE_SUFFIXES
             else self.playlist_cache_control,
@@ -229,12 +235,12 @@ class S3ArtifactStore:
                 ]:
                     future.result()
                 for group in (
+                    [d for d, _ in files if PurePosixPath(d).suffix.lower() in IMMUTABLE_SUFFIXES],
                     [
                         d
                         for d, _ in files
-                        if PurePosixPath(d).suffix.lower() not in MANIFEST_SUFFIXES
+                        if PurePosixPath(d).suffix.lower() not in IMMUTABLE_SUFFIXES
                     ],
-                    [d for d, _ in files if PurePosixPath(d).suffix.lower() in MANIFEST_SUFFIXES],
                 ):
                     started.extend(group)
                     for future in [self._copy(transfers, staged[dest], dest) for dest in group]:
