@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 from dagster import (
     AssetsDefinition,
     AssetSelection,
+    BetaWarning,
     ComponentTree,
     Definitions,
     EnvVar,
@@ -244,18 +246,21 @@ class Project(BaseModel):
             return cls(root=root, specs=specs, settings=load_settings(root / SETTINGS_FILE, root))
         if str(root) not in sys.path:  # the defs folder is a module of the project (resources.defs)
             sys.path.insert(0, str(root))
-        tree = ComponentTree.for_project(root)
-        pipelines = tree.get_all_components(VideoPipelineComponent)
+        with warnings.catch_warnings():  # Dagster's own loader uses its beta code references
+            warnings.simplefilter("ignore", BetaWarning)
+            tree = ComponentTree.for_project(root)
+            pipelines = tree.get_all_components(VideoPipelineComponent)
+            deployments = tree.get_all_components(VideoDeploymentComponent)
+            loaded = tree.build_defs()
         if not pipelines:
             raise SpecError(
                 f"no VideoPipelineComponent in the defs folder of {root}: add one (see docs/configuration.md)"
             )
-        deployments = tree.get_all_components(VideoDeploymentComponent)
         settings_file = deployments[0].settings if deployments else SETTINGS_FILE
         return cls(
             root=root,
             specs=[p.load_spec() for p in pipelines],
-            loaded=tree.build_defs(),
+            loaded=loaded,
             settings=load_settings(root / settings_file, root),
         )
 
