@@ -126,7 +126,9 @@ class PipelineSpec(_Strict):
     """A whole video pipeline. `name` prefixes every asset key, so specs compose in one Definitions."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Asset key prefix and group name.")
-    description: str = ""
+    description: str = Field(
+        default="", description="What the pipeline is for (shown by `mpegflow why`)."
+    )
     gop_s: float = Field(
         default=2.0, gt=0, le=10, description="Keyframe interval, identical in every rendition."
     )

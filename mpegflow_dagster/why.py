@@ -77,6 +77,7 @@ def explain(
     return {
         "video": video,
         "pipeline": spec.name,
+        "pipeline_description": spec.description,
         "runs": len(runs),
         "latest_run": {"run_id": latest.run_id, "status": latest.status.value.lower()}
         if latest
@@ -130,7 +131,8 @@ def render(report: dict[str, Any]) -> str:
     """A terminal view: one block per stage."""
     lines = [
         f"{report['pipeline']} / {report['video']}: {report['runs']} run(s); latest "
-        f"{(report['latest_run'] or {}).get('run_id', '-')} {(report['latest_run'] or {}).get('status', '')}"
+        f"{(report['latest_run'] or {}).get('run_id', '-')} {(report['latest_run'] or {}).get('status', '')}",
+        *([f"({report['pipeline_description']})"] if report.get("pipeline_description") else []),
     ]
     for name, s in report["stages"].items():
         lines.append(
