@@ -242,4 +242,4 @@ def published_entries(events: Sequence[DagsterEvent]) -> dict[str, str]:
             for name, value in event.step_materialization_data.materialization.metadata.items():
                 if name.endswith("_entry"):
                     found[name.removesuffix("_entry")] = str(value.value)
-    return found
+    return dict(sorted(found.items()))

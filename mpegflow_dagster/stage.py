@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union, cast
@@ -42,6 +43,7 @@ from dagster import (
     AssetsDefinition,
     AssetSpec,
     Backoff,
+    BetaWarning,
     Config,
     DataVersion,
     DynamicPartitionsDefinition,
@@ -331,12 +333,19 @@ class StageRun:
             bit_exact=self.threads == 1,
         )
         self._announce_success(out, sha)
-        return Output(
-            out.path,
-            output_name=self.output_name,
-            data_version=DataVersion(sha),
-            metadata=self._metadata(provenance, out.facts),
-        )
+        return self._output(out.path, sha, self._metadata(provenance, out.facts))
+
+    def _output(self, value: Union[Path, Reused], sha: str, metadata: dict[str, Any]) -> Output:
+        """The Output whose data version is the artifact's sha256 (Dagster marks `data_version`
+        beta and warns on every use; the warning says nothing to a user of this API)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BetaWarning)
+            return Output(
+                value,
+                output_name=self.output_name,
+                data_version=DataVersion(sha),
+                metadata=metadata,
+            )
 
     def _metadata(self, prov: Provenance, facts: Mapping[str, Any]) -> dict[str, Any]:
         metadata: dict[str, Any] = {k: v for k, v in facts.items() if v is not None}
@@ -399,12 +408,7 @@ class StageRun:
             f"reusing the output of run {prov.reused_from_run}"
         )
         facts = {k: v.value for k, v in meta.items() if k in prov.media}
-        return Output(
-            Reused(stored),
-            output_name=self.output_name,
-            data_version=DataVersion(prov.output_sha256),
-            metadata=self._metadata(prov, facts),
-        )
+        return self._output(Reused(stored), prov.output_sha256, self._metadata(prov, facts))
 
     # -- failures -----------------------------------------------------------------------------
 
