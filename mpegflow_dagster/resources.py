@@ -15,7 +15,13 @@ from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_bina
 from .media.progress import Progress
 from .media.runner import RunLimits
 from .stages.toolkit import Tools
-from .storage import ArtifactStore, LocalArtifactStore, collect_abandoned_scratch, scratch_dir
+from .storage import (
+    ArtifactStore,
+    LocalArtifactStore,
+    collect_abandoned_scratch,
+    collect_stale_chunks,
+    scratch_dir,
+)
 
 
 class FFmpegResource(ConfigurableResource):
@@ -88,6 +94,11 @@ class FFmpegResource(ConfigurableResource):
             context.log.warning(
                 f"removed {removed} scratch directories ({size / 1e6:.1f} MB) left in "
                 f"{self.work_dir} by processes that are gone (killed mid-stage)"
+            )
+        stale = collect_stale_chunks(Path(self.work_dir))
+        if stale and context.log is not None:
+            context.log.info(
+                f"removed {stale} finished time chunks no retry came back for in a day"
             )
 
     def check(self) -> FFmpegBuild:

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -291,6 +292,22 @@ def scratch_dir(root: Path, *parts: str, temporary: bool = False) -> Iterator[Pa
         raise
     if temporary:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# Finished time chunks of an encode (under the scratch root), kept by what decides their bytes
+# until every output made from them is done, so that a retry or a re-run of a failed run encodes
+# only the chunks that did not finish (stages/encode.py).
+CHUNK_CACHE = "chunk-cache"
+
+
+def collect_stale_chunks(work_dir: Path, max_age_s: float = 86400.0) -> int:
+    """Remove finished chunks no retry came back for within `max_age_s`; returns how many."""
+    removed = 0
+    for entry in (Path(work_dir) / CHUNK_CACHE).glob("*"):
+        if time.time() - entry.stat().st_mtime > max_age_s:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def collect_abandoned_scratch(root: Path) -> tuple[int, int]:

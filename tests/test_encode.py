@@ -11,7 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import ROOT
+from pipeline_helpers import ROOT, ffmpeg_wrapper
 
 from mpegflow_dagster.media.chunking import WHOLE, Span, boundary_step, marks_before, plan_spans
 from mpegflow_dagster.media.probe import probe
@@ -20,7 +20,7 @@ from mpegflow_dagster.project import Project
 from mpegflow_dagster.stages.encode import encode_ladder, encode_rendition, encode_spans
 from mpegflow_dagster.stages.ingest import SOURCE_STEM
 from mpegflow_dagster.stages.toolkit import Tools
-from mpegflow_dagster.storage import sha256_file, sha256_files
+from mpegflow_dagster.storage import CHUNK_CACHE, describe, sha256_file, sha256_files
 
 RUNGS = ("240p", "480p", "720p")
 # 30000/1001: the 2 s cut falls between frames (on frame 60, 2.002 s). 61/3: the cut is on frame
@@ -219,3 +219,40 @@ def test_a_failing_process_stops_the_others_and_is_the_error_raised(ladder_input
     assert not list(base.glob("mpegflow-chunks-*")) and not list(
         (base / f"failing-{which}").glob("mpegflow-chunks-*")
     )
+
+
+@pytest.mark.slow  # a chunked ladder of a 4 s 720p source, encoded about twice
+def test_a_retry_encodes_only_the_chunks_that_did_not_finish(ladder_input, tmp_path):
+    """The second chunk's FFmpeg is SIGKILLed (as the OOM killer would) after the first chunk
+    finished: the retry takes the first chunk as it was and encodes the second alone, and the
+    outputs are byte for byte those of an encode that never failed."""
+    base, ingest, info, chunked, _ = ladder_input
+    calls, killed = tmp_path / "chunk-runs", tmp_path / "killed-once"
+    wrapper = ffmpeg_wrapper(
+        tmp_path,
+        f"""
+if [[ "$*" == *" -ss "* ]]; then echo "$*" | grep -o -- " -ss [0-9.]* " >> {calls}; fi
+if [[ "$*" == *" -ss 2 "* && ! -e {killed} ]]; then
+  touch {killed}; ffmpeg "$@" & sleep 0.3; kill -9 $!; wait $!; kill -9 $$
+fi""",
+    )
+
+    def attempt() -> dict:
+        work = {n: scratch(base / "retried", n) for n in [*RUNGS, "thumbnails"]}
+        rungs = [chunked.rendition(n) for n in RUNGS]
+        # one lane: the chunks run one after the other, so the first is done when the second dies
+        return encode_ladder(
+            ingest, info, chunked, rungs, True, Tools(ffmpeg=str(wrapper), lanes=1), work
+        )
+
+    with pytest.raises(FFmpegFailed) as caught:
+        attempt()
+    assert caught.value.result.signal == 9
+    outs = attempt()
+    assert sorted(calls.read_text().split("\n")) == ["", " -ss 0 ", " -ss 2 ", " -ss 2 "]
+    reference = encode(ladder_input, chunked, "never-failed", lanes=1)
+    for name, out in outs.items():
+        assert describe(out.path)[0] == describe(reference[name].path)[0], name
+    starts = [r.argv[r.argv.index("-ss") + 1] for r in outs["240p"].runs if "-ss" in r.argv]
+    assert starts == ["0", "2"]  # provenance lists both chunk runs, the one reused too
+    assert not list((base / "retried" / CHUNK_CACHE).iterdir())  # done: nothing kept

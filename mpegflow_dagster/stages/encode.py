@@ -3,11 +3,16 @@ of the source (time chunks or lanes of renditions); each output is still its own
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import math
+import os
 import shutil
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,9 +28,11 @@ from ..media.storyboard import storyboard_vtt
 from ..media.verify import OutputRejected, verify_output
 from ..spec import PipelineSpec, Rendition, ThumbnailSpec
 from ..stage import Retryable, StageContext, StageRun, VideoStage, pipeline_key, video_multi_asset
-from ..storage import scratch_dir, sha256_files
+from ..storage import CHUNK_CACHE, scratch_dir, sha256_files
 from .ingest import CAPTIONS_STEM, load_probe, source_file
 from .toolkit import MediaRejected, StageOutput, Tools
+
+CHUNK_RECORD = "run.json"  # in a finished chunk's directory: the run that made it
 
 
 def rendition_asset_name(name: str) -> str:
@@ -184,17 +191,19 @@ def encode_ladder(
         names: list[str],
         span: Span,
         into: Callable[[str], Path],
-        with_thumbs: bool,
+        thumbs_dir: Optional[Path],
         cancel: threading.Event,
     ) -> RunResult:
-        label = "encode " + ",".join([*names, *(["thumbnails"] if with_thumbs else [])])
+        label = "encode " + ",".join([*names, *(["thumbnails"] if thumbs_dir else [])])
         if not span.whole:
             label += f" {float(span.start_s):g}s+"
+        if thumbs_dir is not None:
+            thumbs_dir.mkdir(parents=True, exist_ok=True)
         args = commands.encode_ladder_args(
             source,
             {into(n): outputs[n] for n in names},
             threads=tools.threads,
-            thumbnails=thumbs if with_thumbs else None,
+            thumbnails=(thumbs_dir, thumbs[1]) if thumbs and thumbs_dir else None,
             span=span,
         )
         duration = (
@@ -212,7 +221,13 @@ def encode_ladder(
                 [r.name for r in lanes[i]],
                 thumbs is not None and i == len(lanes) - 1,
             )
-            run = encode(names, WHOLE, lambda n: work[n] / f"{n}.mp4", with_thumbs, cancel)
+            run = encode(
+                names,
+                WHOLE,
+                lambda n: work[n] / f"{n}.mp4",
+                frames if with_thumbs else None,
+                cancel,
+            )
             return finish({n: [run] for n in [*names, *(["thumbnails"] if with_thumbs else [])]})
 
         finished = _together(
@@ -220,6 +235,7 @@ def encode_ladder(
         )
         results = {name: out for done in finished for name, out in done.items()}
     else:
+        cache = next(iter(work.values())).parent / CHUNK_CACHE
         with scratch_dir(next(iter(work.values())).parent, "chunks", temporary=True) as parts:
             audio = (
                 {name: parts / f"audio-{name}.m4a" for name in outputs}
@@ -228,13 +244,18 @@ def encode_ladder(
             )
             names = list(outputs)
 
-            def chunk(i: int, cancel: threading.Event) -> RunResult:
-                return encode(
-                    names,
-                    spans[i],
-                    lambda n: parts / f"{n}-{i:04d}.mp4",
-                    thumbs is not None,
-                    cancel,
+            def chunk(i: int, cancel: threading.Event) -> tuple[Path, RunResult]:
+                key = _chunk_key(source, spans[i], outputs, thumbs[1] if thumbs else None, tools)
+                return _finished_chunk(
+                    cache,
+                    key,
+                    lambda into: encode(
+                        names,
+                        spans[i],
+                        lambda n: into / f"{n}.mp4",
+                        thumbs and into / "frames",
+                        cancel,
+                    ),
                 )
 
             def encode_audio(cancel: threading.Event) -> RunResult:
@@ -245,7 +266,7 @@ def encode_ladder(
                     cancel=cancel,
                 )
 
-            def chunks(cancel: threading.Event) -> list[RunResult]:
+            def chunks(cancel: threading.Event) -> list[tuple[Path, RunResult]]:
                 return _together(
                     [lambda cancel, i=i: chunk(i, cancel) for i in range(len(spans))],
                     at_once=max(1, tools.lanes),
@@ -253,16 +274,19 @@ def encode_ladder(
                 )
 
             # The audio (a few percent of the work) runs beside the lanes, not after them.
-            chunk_runs, *audio_runs = _together(
+            chunk_done, *audio_runs = _together(
                 [chunks, *([encode_audio] if audio else [])], at_once=2
             )
+            entries, chunk_runs = [e for e, _ in chunk_done], [r for _, r in chunk_done]
+            if frames is not None:
+                for entry in entries:
+                    for jpg in (entry / "frames").iterdir():
+                        os.link(jpg, frames / jpg.name)
 
             def join(name: str, cancel: threading.Event) -> dict[str, StageOutput]:
                 listing = parts / f"{name}.ffconcat"
                 listing.write_text(
-                    commands.concat_listing(
-                        [parts / f"{name}-{i:04d}.mp4" for i in range(len(spans))]
-                    )
+                    commands.concat_listing([entry / f"{name}.mp4" for entry in entries])
                 )
                 joined = tools.run(
                     f"join {name}",
@@ -280,11 +304,62 @@ def encode_ladder(
             finished = _together(
                 joins, at_once=len(joins)
             )  # stream copies and checks: light, all at once
+            for entry in entries:  # everything made from them is done: a retry needs them no more
+                shutil.rmtree(entry, ignore_errors=True)
         results = {name: out for done in finished for name, out in done.items()}
     return {
         name: results[name]
         for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]
     }
+
+
+def _chunk_key(
+    source: Path,
+    span: Span,
+    outputs: dict[str, commands.H264Output],
+    thumbs: Optional[commands.ThumbnailOutput],
+    tools: Tools,
+) -> str:
+    """What decides a chunk run's bytes: the source file, the span, every output's settings, the
+    threads and the FFmpeg binary."""
+    binary = Path(shutil.which(tools.ffmpeg) or tools.ffmpeg).resolve()
+    src, exe = source.stat(), binary.stat()
+    blob = {
+        "source": [str(source.resolve()), src.st_size, src.st_mtime_ns],
+        "span": [str(span.start_s), str(span.duration_s)],
+        "outputs": {n: dataclasses.asdict(o) for n, o in sorted(outputs.items())},
+        "thumbs": dataclasses.asdict(thumbs) if thumbs else None,
+        "threads": tools.threads,
+        "ffmpeg": [str(binary), exe.st_size, exe.st_mtime_ns],
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _finished_chunk(
+    cache: Path, key: str, run: Callable[[Path], RunResult]
+) -> tuple[Path, RunResult]:
+    """The directory holding one chunk run's outputs, and that run. A chunk an earlier attempt
+    finished (a retry of the step, a re-run of a failed run) is taken from `cache/key` as it is,
+    with the record of the run that made it; otherwise `run(into)` writes a fresh directory that
+    is renamed to `cache/key` only once FFmpeg succeeded, so a half-made chunk is never taken."""
+    entry = cache / key
+    record = entry / CHUNK_RECORD
+    if record.exists():
+        return entry, RunResult(**json.loads(record.read_text()))
+    making = cache / f".{key}.{uuid.uuid4().hex[:8]}"
+    making.mkdir(parents=True)
+    try:
+        result = run(making)
+        fields = ("argv", "returncode", "stderr_tail", "wall_s", "cpu_s", "started_at")
+        (making / CHUNK_RECORD).write_text(json.dumps({f: getattr(result, f) for f in fields}))
+    except BaseException:
+        shutil.rmtree(making, ignore_errors=True)
+        raise
+    try:
+        making.rename(entry)
+    except OSError:  # another attempt finished the same chunk first: the same bytes, keep those
+        shutil.rmtree(making, ignore_errors=True)
+    return entry, result
 
 
 def _together(
