@@ -74,12 +74,13 @@ class S3DeliveryResource(DeliveryResource):
         default="", description="Key prefix of the delivery tree inside the bucket."
     )
     playlist_cache_control: str = Field(
-        default="public, max-age=10",
-        description="Cache-Control of playlists and manifests (.m3u8, .json, .vtt, other).",
+        default=DeliveryHeaders.playlist_cache_control,
+        description="Cache-Control of everything that is not media: playlists, manifests, storyboards.",
     )
     segment_cache_control: str = Field(
-        default="public, max-age=31536000, immutable",
-        description="Cache-Control of segments and images (.ts, .m4s, .mp4, .jpg). Keep their names unique per content.",
+        default=DeliveryHeaders.segment_cache_control,
+        description="Cache-Control of media (segments, MP4, images; `s3.store.IMMUTABLE_SUFFIXES`). "
+        "Keep their names unique per content.",
     )
     cache_dir: str = Field(
         default=".mpegflow/delivery-cache",
