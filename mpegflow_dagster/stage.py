@@ -231,12 +231,9 @@ class StageRun:
         self.earlier: list[dict[str, Any]] = []  # failed attempts of this output in this run
 
     def run(
-        self,
-        produce: Callable[[StageContext], Union[Path, StageOutput, None]],
-        *,
-        recipe_extra: Optional[dict] = None,
+        self, produce: Callable[[StageContext], Union[Path, StageOutput, None]]
     ) -> Optional[Output]:
-        reused = self.prepare(recipe_extra)
+        reused = self.prepare()
         return reused if reused is not None else self.make(produce)
 
     def tools(self, *, threads: Optional[int] = None, lanes: Optional[int] = None) -> Tools:
