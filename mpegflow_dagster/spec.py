@@ -81,6 +81,12 @@ class HlsSpec(_Strict):
         description="Further rendition assets of this pipeline (made by your own stages, H.264 MP4 with keyframes "
         "every gop_s) packaged beside the ladder's rungs, by asset name.",
     )
+    above_source: Optional[Literal["drop", "keep"]] = Field(
+        default=None,
+        description="Rungs taller than the source: drop (left out of the package, named in the hls "
+        "asset's `dropped`) or keep (packaged: at their own height with upscale: true, else at the "
+        "source's). Unset: keep with upscale: true, else drop. Never two variants of one resolution.",
+    )
 
 
 StepKind = Literal["ingest", "encode", "captions", "package", "emit"]
@@ -140,7 +146,9 @@ class PipelineSpec(_Strict):
     )
     ladder: tuple[Rendition, ...] = Field(min_length=1)
     upscale: bool = Field(
-        default=False, description="Encode rungs taller than the source at their own height."
+        default=False,
+        description="Encode rungs taller than the source at their own height (else at the "
+        "source's); whether they are packaged: hls.above_source.",
     )
     thumbnails: ThumbnailSpec = ThumbnailSpec()
     captions: CaptionSpec = CaptionSpec()
@@ -199,6 +207,13 @@ class PipelineSpec(_Strict):
             "chunk_plan": PLAN_VERSION,
             "upscale": self.upscale,
         }
+
+    @property
+    def packages_above_source(self) -> bool:
+        """Whether rungs taller than the source go into the HLS package (hls.above_source)."""
+        if self.hls.above_source is None:
+            return self.upscale
+        return self.hls.above_source == "keep"
 
     @property
     def renditions_required(self) -> int:

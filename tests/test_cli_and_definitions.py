@@ -20,7 +20,7 @@ from mpegflow_dagster.webhooks.signing import verify_signature
 
 @pytest.mark.pipeline
 def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_path):
-    source = make_source("My Clip", duration_s=2.0, captions=True)
+    source = make_source("My Clip", duration_s=2.0, width=1280, height=720, captions=True)
     proc = run_cli(["run", str(source), "--out", str(tmp_path / "out"), "--json"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
@@ -33,7 +33,8 @@ def test_run_json_reports_each_stage_and_the_master_playlist(make_source, tmp_pa
         "thumbnails": str(delivered / "thumbnails" / "storyboard.vtt"),
         "captioned.mp4": str(delivered / "captioned.mp4"),
     }
-    assert Path(report["published"]["hls"]).read_text().count("#EXT-X-STREAM-INF") == 4
+    master = Path(report["published"]["hls"]).read_text()
+    assert master.count("#EXT-X-STREAM-INF") == 3 and "1080p/" not in master  # above the source
     assert report["stages"]["rendition_1080p"]["status"] == "materialized"
     # The CLI's kept event-log connections were closed at exit: each write-ahead log was folded
     # into its .db file, so a copy of a run's .db alone has every event.

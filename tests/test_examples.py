@@ -54,7 +54,7 @@ def loud_source(tmp_path_factory) -> Path:
             "-f",
             "lavfi",
             "-i",
-            "testsrc2=size=640x360:rate=25:duration=6",
+            "testsrc2=size=854x480:rate=25:duration=6",  # 480p is at its own height
             "-f",
             "lavfi",
             "-i",
@@ -130,6 +130,7 @@ def test_the_three_examples_compose_with_the_built_in_pipeline(tmp_path, loud_so
             "rendition_240p",
             "rendition_480p",
             "watermarked",
+            "probe",  # the source's height: which rungs are above it
         }
 
         # (3) pipeline B's stage on pipeline A's output, same video partition

@@ -72,9 +72,10 @@ def test_permanent_failure_isolates_one_rendition(tmp_path, make_source):
 def test_min_renditions_packages_what_succeeded(tmp_path, make_source):
     project = project_with_broken(tmp_path, {"480p"}, hls={"segment_s": 4, "min_renditions": 3})
     spec = project.spec()
+    source = {"duration_s": 2.0, "width": 1280, "height": 720}  # 480p would be packaged
     with instance_for_test() as instance:
         result = materialize_video(
-            project, spec, "clip", instance=instance, source=make_source(duration_s=2.0)
+            project, spec, "clip", instance=instance, source=make_source(**source)
         )
     report = stage_report(result.all_events, spec)
     assert (
@@ -83,15 +84,14 @@ def test_min_renditions_packages_what_succeeded(tmp_path, make_source):
     )
     assert report["hls"]["status"] == "materialized" and report["emit"]["status"] == "materialized"
     master = (tmp_path / "delivery" / "clip" / "hls" / "master.m3u8").read_text()
-    assert master.count("#EXT-X-STREAM-INF") == 3 and "480p/" not in master
+    # 240p and 720p: 480p failed, 1080p is above the source
+    assert master.count("#EXT-X-STREAM-INF") == 2 and "480p/" not in master
     assert [e["subject"] for e in events_of(project) if e["type"] == "rendition.failed"] == ["480p"]
     outcome = outcome_event(spec, "clip", result.run_id, report)
     assert outcome.type == "video.succeeded" and outcome.data["degraded"] == ["rendition_480p"]
     # On demand, a partial ladder is re-packaged together with its renditions (reused, not re-encoded).
     with instance_for_test() as instance:
-        materialize_video(
-            project, spec, "clip", instance=instance, source=make_source(duration_s=2.0)
-        )
+        materialize_video(project, spec, "clip", instance=instance, source=make_source(**source))
         alone = materialize_video(project, spec, "clip", instance=instance, stages=["hls"])
         [packaged] = (
             alone.get_asset_materialization_events()

@@ -50,6 +50,7 @@ def test_default_spec_loads_with_its_presets():
         ),
         ({"thumbnails": {"interval": 5}}, "thumbnails.interval: Extra inputs are not permitted"),
         ({"name": "Bad Name"}, "name: String should match pattern"),
+        ({"hls": {"above_source": "skip"}}, "hls.above_source: Input should be 'drop' or 'keep'"),
     ],
 )
 def test_invalid_specs_name_the_file_and_field(tmp_path, changes, message):
@@ -92,3 +93,15 @@ def test_code_version_changes_with_what_shapes_the_output():
     assert code_version(r720, bumped) != base
     assert code_version(r720, spec.preset_for(r720)) == base
     assert code_version(r720, spec.preset_for(r720), encoder_build="abc") == f"{base}+abc"
+
+
+@pytest.mark.parametrize(
+    "upscale, above_source, packaged",
+    [(False, None, False), (True, None, True), (True, "drop", False), (False, "keep", True)],
+)
+def test_rungs_above_the_source_are_packaged_only_when_kept(
+    tmp_path, upscale, above_source, packaged
+):
+    hls = {"segment_s": 4, **({"above_source": above_source} if above_source else {})}
+    spec = load_spec(write_spec(tmp_path, upscale=upscale, hls=hls), PRESETS)
+    assert spec.packages_above_source is packaged

@@ -1,10 +1,10 @@
-"""HLS packaging: one variant per rendition (stream copy) and a master playlist over all of them."""
+"""HLS packaging: one variant per packaged rendition (stream copy) and a master playlist over them."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from dagster import AssetsDefinition, Failure
 
@@ -12,16 +12,47 @@ from ..media import commands
 from ..media.hls import VariantStream, master_playlist, measure_variant
 from ..media.mp4 import read_mp4
 from ..media.runner import RunResult
+from ..media.variants import Candidate, choose_variants, dropped_text
 from ..spec import HlsSpec, PipelineSpec
 from ..stage import StageContext, pipeline_key, video_asset
 from ..storage import sha256_files
 from .encode import rendition_asset_name
+from .ingest import load_probe
 from .toolkit import StageOutput, Tools
 
 
-def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: Path) -> StageOutput:
+def packaged_renditions(
+    renditions: dict[str, Path], spec: PipelineSpec, source_height: int
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """The renditions that become variants, and why each other one was left out (see
+    `media.variants.choose_variants`: rungs above the source, several of one resolution)."""
+    rungs = {r.name: r.height for r in spec.ladder}
+    candidates = []
+    for name, mp4 in renditions.items():
+        header = read_mp4(mp4)
+        bits = mp4.stat().st_size * 8
+        candidates.append(
+            Candidate(
+                name,
+                header.video.width,
+                header.video.height,
+                round(bits / header.duration_s),
+                rungs.get(name),
+            )
+        )
+    kept, dropped = choose_variants(candidates, source_height, spec.packages_above_source)
+    return {c.name: renditions[c.name] for c in kept}, dropped
+
+
+def package_hls(
+    renditions: dict[str, Path],
+    cfg: HlsSpec,
+    tools: Tools,
+    work: Path,
+    dropped: Mapping[str, str],
+) -> StageOutput:
     """One HLS variant per rendition (stream copy, all at once: each is a short I/O-bound run)
-    and a master playlist over all of them."""
+    and a master playlist over all of them; `dropped` (left out, and why) goes into the facts."""
     out = work / "hls"
 
     def variant(name: str, mp4: Path) -> tuple[VariantStream, RunResult, dict[Path, str]]:
@@ -60,6 +91,7 @@ def package_hls(renditions: dict[str, Path], cfg: HlsSpec, tools: Tools, work: P
         "variants": len(variants),
         "segment_s": cfg.segment_s,
         "segment_type": cfg.segment_type,
+        "dropped": dropped_text(dropped),
         "ladder": ", ".join(
             f"{v.height}p@{v.peak_bps // 1000}k" for v in sorted(variants, key=lambda v: v.peak_bps)
         ),
@@ -84,16 +116,17 @@ def assets(
 
     @video_asset(
         key=pipeline_key(spec, "hls"),
-        ins={"renditions": packaged},
+        ins={"renditions": packaged, "probe": pipeline_key(spec, "probe")},
         code_version=version(spec.hls),
         announces="package.ready",
         retry=spec.failures.retry_for("package"),
         publish_as="hls",
         entry="master.m3u8",
         run_with_missing=spec.hls.min_renditions is not None,
-        description="HLS VOD: one variant per rendition and a master playlist.",
+        description="HLS VOD: one variant per rendition (none above the source unless "
+        "hls.above_source: keep, one per resolution) and a master playlist.",
     )
-    def hls(context: StageContext, renditions: list[Path]) -> StageOutput:
+    def hls(context: StageContext, renditions: list[Path], probe: Path) -> StageOutput:
         by_name = {path.stem: path for path in renditions}
         if len(by_name) < len(renditions):
             raise Failure(
@@ -107,6 +140,11 @@ def assets(
                 f"needs {spec.renditions_required} (hls.min_renditions)",
                 allow_retries=False,
             )
-        return package_hls(by_name, spec.hls, context.ffmpeg, context.work)
+        video = load_probe(probe).video
+        assert video is not None and video.height  # the probe refuses a source without video
+        kept, dropped = packaged_renditions(by_name, spec, video.height)
+        if dropped:
+            context.log.info(f"left out of the package: {dropped_text(dropped)}")
+        return package_hls(kept, spec.hls, context.ffmpeg, context.work, dropped)
 
     return [hls]
