@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import mmap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,25 +54,20 @@ class JsonlEventSink:
     """Appends events to a JSON Lines file, once per event id (safe across processes).
 
     An id names a fact, not a run, so a repeat can come weeks later (the same failure again, a
-    forced re-encode that made the same bytes): the whole file is searched, in 1 MiB chunks (about
-    30 ms per 100 MB here)."""
-
-    CHUNK = 1 << 20
+    forced re-encode that made the same bytes): the whole file is searched, mapped into memory
+    (about 30 ms per 100 MB of events here, read from the page cache)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
     def send(self, event: Event) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        needle = f'"id": "{event.id}"'.encode()
         with open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            fh.seek(0)
-            tail = b""
-            while chunk := fh.read(self.CHUNK):
-                if needle in tail + chunk:
-                    return
-                tail = chunk[-len(needle) :]  # a match across two chunks
+            if fh.seek(0, 2):  # mmap refuses an empty file
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as written:
+                    if written.find(f'"id": "{event.id}"'.encode()) != -1:
+                        return
             fh.write((json.dumps(event.to_dict(), sort_keys=True) + "\n").encode())
 
     def read(self) -> list[dict[str, Any]]:
