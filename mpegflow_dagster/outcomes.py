@@ -81,9 +81,10 @@ def failed_in_run(instance: DagsterInstance, run_id: str, keys: Iterable[AssetKe
 
 
 def video_succeeded(
-    pipeline: str, video: str, run_id: str, sha256: str, degraded: Sequence[str], facts: dict
+    pipeline: str, video: str, run_id: str, sha256: str, missing: Sequence[str], facts: dict
 ) -> Event:
-    """The video's new publication (`sha256` of its manifest) as `video.succeeded`."""
+    """The video's new publication (`sha256` of its manifest) as `video.succeeded`; `missing`:
+    what it goes without (`degraded`)."""
     published = {k.removesuffix("_entry"): v for k, v in facts.items() if k.endswith("_entry")}
     return Event(
         type="video.succeeded",
@@ -91,13 +92,13 @@ def video_succeeded(
         video=video,
         run_id=run_id,
         version=sha256,
-        message=f"video {video} published without: {', '.join(degraded)}"
-        if degraded
+        message=f"video {video} published without: {', '.join(missing)}"
+        if missing
         else f"video {video} succeeded",
         data={
             "sha256": sha256,
             "published": published,
-            **({"degraded": list(degraded)} if degraded else {}),
+            **({"degraded": list(missing)} if missing else {}),
         },
     )
 

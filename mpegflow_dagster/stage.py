@@ -78,9 +78,8 @@ from .storage import describe
 from .webhooks.resources import WebhookResource
 
 IO_MANAGER_KEY = "media_io_manager"
-FORCE_TAG = (
-    "mpegflow/force"  # run tag: "true" re-runs stages even when nothing changed (as ffmpeg.force)
-)
+# Run tag: "true" re-runs stages even when nothing changed, as the ffmpeg resource's `force`.
+FORCE_TAG = "mpegflow/force"
 # Asset metadata by which a stage tells emit what to publish (see stages/emit.py).
 PUBLISH_TAG = "mpegflow/publish_as"
 ENTRY_TAG = "mpegflow/entry"
@@ -89,6 +88,8 @@ STAGE_RESOURCES = frozenset({"ffmpeg", "events"})  # FFmpegResource, WebhookReso
 
 KeyLike = Union[AssetKey, str, Sequence[str]]
 Context = Union[AssetExecutionContext, OpExecutionContext]
+# (context, the stored output's metadata values, the inputs' data versions) -> may it be reused?
+ReuseCheck = Callable[[Context, Mapping[str, Any], Mapping[str, Optional[str]]], bool]
 
 
 def videos_partitions_name(pipeline: str) -> str:
@@ -134,9 +135,9 @@ class VideoStage:
     )
     announces: Optional[str] = None  # event type sent on success, e.g. "rendition.ready"
     reusable: bool = True  # False: always run
-    # Whether a stored output whose recipe is unchanged may be reused, given the Dagster context,
-    # its metadata values and the inputs' data versions (emit: the delivery still holds it).
-    reuse_if: Optional[Callable[[Any, Mapping[str, Any], Mapping[str, Optional[str]]], bool]] = None
+    # Whether a stored output whose recipe is unchanged may be reused (emit: the delivery still
+    # holds it); None: always.
+    reuse_if: Optional[ReuseCheck] = None
     concludes: bool = False  # a new output of it is the video's publication: `video.succeeded`
     optional: bool = False  # the function may return None: no output, downstream stages skip
     retry: RetrySpec = RetrySpec()
@@ -469,8 +470,8 @@ class StageRun:
             "exit_code": c.exit_code,
             "signal": c.signal,
             "attempt": attempt + 1,
-            "recipe": self.recipe
-            or None,  # what failed: the same recipe failing the same way is one event
+            # What failed: the same recipe failing the same way again is the same event.
+            "recipe": self.recipe or None,
         }
         meta = {
             **{k: v for k, v in details.items() if v is not None},
@@ -579,9 +580,7 @@ def video_asset(
     rendition: Optional[str] = None,
     announces: Optional[str] = None,
     reusable: bool = True,
-    reuse_if: Optional[
-        Callable[[Any, Mapping[str, Any], Mapping[str, Optional[str]]], bool]
-    ] = None,
+    reuse_if: Optional[ReuseCheck] = None,
     concludes: bool = False,
     optional: bool = False,
     retry: RetrySpec = RetrySpec(),

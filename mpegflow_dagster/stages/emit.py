@@ -18,7 +18,15 @@ from dagster import AssetKey, AssetsDefinition
 
 from ..outcomes import CONCLUDING_ASSET
 from ..spec import PipelineSpec
-from ..stage import ENTRY_TAG, OPTIONAL_TAG, PUBLISH_TAG, StageContext, pipeline_key, video_asset
+from ..stage import (
+    ENTRY_TAG,
+    OPTIONAL_TAG,
+    PUBLISH_TAG,
+    Context,
+    StageContext,
+    pipeline_key,
+    video_asset,
+)
 from ..storage import ArtifactStore, copy_tree_hashing, describe
 from .toolkit import StageOutput
 
@@ -109,7 +117,7 @@ def _emit_asset(
     entries = {part: entry for _, part, entry, _ in parts if entry}
 
     def still_published(
-        context: Any, stored: Mapping[str, Any], inputs: Mapping[str, Optional[str]]
+        context: Context, stored: Mapping[str, Any], inputs: Mapping[str, Optional[str]]
     ) -> bool:
         """Each part is still at the delivery where the manifest says, with its input's bytes."""
         delivery = context.resources.delivery.store()
