@@ -16,6 +16,7 @@ from dagster import (
     AssetRecordsFilter,
     DagsterInstance,
     instance_for_test,
+    validate_run_config,
 )
 from http_receiver import Receiver
 from pipeline_helpers import BIN, ROOT, cli_env, project_with, run_cli, temp_project
@@ -371,3 +372,18 @@ def test_cli_redo_of_an_unknown_stage_or_video_is_an_error(cli, tmp_path) -> Non
     assert "no stage vod/rendition_999p in pipeline vod; known: " in cli["bad_stage"].stderr
     proc = run_cli(["redo", "nosuch", "rendition_720p"], tmp_path)
     assert proc.returncode == 2 and "no video 'nosuch'" in proc.stderr
+
+
+def test_force_is_a_launch_option_of_the_pipeline_job_and_the_asset_job(monkeypatch) -> None:
+    """What the launchpad validates (the asset's Materialize and the `vod_video` job alike)."""
+    monkeypatch.delenv("MPEGFLOW_WEBHOOK_URL", raising=False)
+    defs = Project.load(ROOT).definitions()
+    force = {"resources": {"ffmpeg": {"config": {"force": True}}}}
+    job = defs.resolve_job_def("vod_video")
+    assert job.partitions_def is not None and job.partitions_def.name == "vod_videos"
+    for launched in (job, defs.resolve_implicit_global_asset_job_def()):
+        assert validate_run_config(launched, force)["resources"]["ffmpeg"]["config"]["force"]
+    described = job.run_config_schema.config_type.fields["resources"].config_type.fields["ffmpeg"]
+    assert "launchpad" in str(
+        described.config_type.fields["config"].config_type.fields["force"].description
+    )
