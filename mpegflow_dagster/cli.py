@@ -1,4 +1,5 @@
-"""`mpegflow`: run the whole graph for one video through Dagster, or make a sample clip."""
+"""`mpegflow`: run the whole graph for one video through Dagster, redo chosen outputs of a video,
+ask why, or make a sample clip."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from .project import Project
 from .runs import (
     fail_abandoned_runs,
     materialize_video,
-    outcome_event,
     published_entries,
+    run_status,
     stage_report,
 )
+from .spec import PipelineSpec
+from .stage import videos_partitions_name
 from .stages.toolkit import MediaRejected
 from .survivor import watch_this_process
 from .videos import video_key
@@ -60,12 +63,37 @@ def _source(name: str) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     source = _source(args.source)
+    return _run(args, video=args.video or video_key(source.name), source=source, force=args.force)
+
+
+def cmd_redo(args: argparse.Namespace) -> int:
+    """The chosen outputs made again even when unchanged (from the source last ingested);
+    everything else they read is reused."""
+    return _run(args, video=args.video, stages=args.stages, force=True)
+
+
+def _run(
+    args: argparse.Namespace,
+    *,
+    video: str,
+    force: bool,
+    source: Optional[Path] = None,
+    stages: Optional[Sequence[str]] = None,
+) -> int:
+    """One run of the pipeline's job for `video`, its webhooks delivered meanwhile, and the summary."""
     root = Path(args.project).resolve()
     project = Project.load(root, [Path(args.spec)] if args.spec else None)
     spec = project.spec(args.pipeline)
     out_dir = str(Path(args.out).resolve()) if args.out else project.settings.delivery_dir
-    video = args.video or video_key(source.name)
     instance = _instance(root)
+    if source is None and video not in instance.get_dynamic_partitions(
+        videos_partitions_name(spec.name)
+    ):
+        raise MediaRejected(
+            f"no video {video!r} in pipeline {spec.name} ({os.environ['DAGSTER_HOME']}): "
+            "run `mpegflow run FILE` first",
+            reason="input.unknown_video",
+        )
     with project.events() as events:
         # Steps only queue webhook events; this thread POSTs them while the run goes.
         delivery = events.delivery()
@@ -79,16 +107,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                     instance=instance,
                     source=source,
                     delivery_dir=out_dir,
-                    force=args.force,
+                    stages=stages,
+                    force=force,
                     log_level=args.log_level,
                 )
             finally:
                 release()
-            stages = stage_report(
-                result.all_events, spec, selected=[k for a in project.assets(spec) for k in a.keys]
+            run = instance.get_run_by_id(result.run_id)
+            selected = run.asset_selection if run and run.asset_selection else None
+            report_stages = stage_report(
+                result.all_events,
+                spec,
+                selected=list(selected or (k for a in project.assets(spec) for k in a.keys)),
             )
-            outcome = outcome_event(spec, video, result.run_id, stages)
-            events.sink().send(outcome)
             queued = drain.finish(args.webhook_wait) if drain else []
             if queued:
                 print(
@@ -100,31 +131,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = {
         "video": video,
         "pipeline": spec.name,
-        "status": "failed"
-        if outcome.type == "video.failed"
-        else "partial"
-        if "degraded" in outcome.data
-        else "succeeded",
+        "status": run_status(report_stages),
         "run_id": result.run_id,
         "dagster_home": os.environ["DAGSTER_HOME"],
         "published": published_entries(result.all_events),
         "delivery_dir": str(Path(out_dir) / video),
-        "stages": stages,
+        "stages": report_stages,
         "webhooks_queued": len(queued),
     }
-    if args.json:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        print(f"\n{spec.name} / {video}: {report['status']} (run {result.run_id})")
-        for name, s in stages.items():
-            detail = s.get("path") or s.get("reason") or ""
-            print(f"  {name:<18} {s['status']:<13} {detail}")
-        for part, uri in report["published"].items():
-            print(f"published {part}: {uri}")
-        print(
-            f"Dagster UI: `make dev`, then http://127.0.0.1:3000 (instance {report['dagster_home']})"
-        )
+    _print_report(spec, report, as_json=args.json)
     return 0 if report["status"] == "succeeded" else 1
+
+
+def _print_report(spec: PipelineSpec, report: dict, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    print(f"\n{spec.name} / {report['video']}: {report['status']} (run {report['run_id']})")
+    for name, s in report["stages"].items():
+        detail = s.get("path") or s.get("reason") or ""
+        print(f"  {name:<18} {s['status']:<13} {detail}")
+    for part, uri in report["published"].items():
+        print(f"published {part}: {uri}")
+    print(f"Dagster UI: `make dev`, then http://127.0.0.1:3000 (instance {report['dagster_home']})")
 
 
 def cmd_why(args: argparse.Namespace) -> int:
@@ -171,6 +200,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The options `run` and `redo` share."""
+    parser.add_argument(
+        "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
+    )
+    parser.add_argument("--pipeline", help="pipeline name, when the project has several specs")
+    parser.add_argument(
+        "--out", help="delivery directory (default: delivery_dir in resources/settings.yaml)"
+    )
+    parser.add_argument(
+        "--project", default=".", help="project directory holding resources/ (default: .)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--webhook-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="after the run, keep delivering queued webhook events this long at most (default: 10)",
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mpegflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,28 +233,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "run", help="register a video and materialize its whole graph through Dagster"
     )
     run.add_argument("source", help="source video file (a .srt/.vtt beside it is burned in)")
-    run.add_argument(
-        "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
-    )
-    run.add_argument("--pipeline", help="pipeline name, when the project has several specs")
-    run.add_argument(
-        "--out", help="delivery directory (default: delivery_dir in resources/settings.yaml)"
-    )
     run.add_argument("--video", help="video id (partition key); default derived from the file name")
     run.add_argument(
-        "--project", default=".", help="project directory holding resources/ (default: .)"
+        "--force",
+        action="store_true",
+        help="make every output again even when nothing changed (ffmpeg config force: true)",
     )
-    run.add_argument("--json", action="store_true", help="print a JSON report on stdout")
-    run.add_argument("--force", action="store_true", help="re-run stages even when nothing changed")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    run.add_argument(
-        "--webhook-wait",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="after the run, keep delivering queued webhook events this long at most (default: 10)",
-    )
+    _run_options(run)
     run.set_defaults(func=cmd_run)
+
+    redo = sub.add_parser(
+        "redo",
+        help="make chosen outputs of a video again even when unchanged, reusing everything else",
+    )
+    redo.add_argument("video", help="video id (partition key) of a video run before")
+    redo.add_argument(
+        "stages", nargs="+", metavar="STAGE", help="asset names, e.g. rendition_720p thumbnails"
+    )
+    _run_options(redo)
+    redo.set_defaults(func=cmd_redo)
 
     why = sub.add_parser(
         "why", help="what happened to a video: each stage's status, attempts, provenance"

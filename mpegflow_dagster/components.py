@@ -45,7 +45,7 @@ def _relative(description: str) -> Resolver:
 
 class VideoPipelineComponent(Component, Resolvable, Model):
     """One video pipeline from its typed spec: the assets of its graph (partitioned by video),
-    its run-outcome sensors and, when the deployment names an upload bucket, its S3 upload sensor."""
+    its job `<pipeline>_video` and, when the deployment names an upload bucket, its S3 upload sensor."""
 
     spec: Annotated[
         Path, _relative("The pipeline spec (YAML), relative to this component's folder.")

@@ -5,16 +5,29 @@ At each Dagster upgrade, check that these names still exist and mean the same:
   records its data version and its DataProvenance (code version, input data versions);
 - `SqliteEventLogStorage`, `INDEX_SHARD_NAME`, `SQLITE_BUSY_TIMEOUT_SECONDS`,
   `ConfigurableClassData`: what `sqlite_event_log.py` subclasses (see its docstring);
-- `StaleStatus` and the stale-status resolver used by tests.
+- `StaleStatus` and the stale-status resolver used by tests;
+- `UnresolvedAssetJobDefinition`: what `define_asset_job` returns (for type hints);
+- `ExecutionPlanSnapshot` (what `instance.get_execution_plan_snapshot` returns): a run's steps,
+  the asset keys of their outputs and the steps their inputs come from.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
-from dagster import DataProvenance, DataVersion, EventLogRecord
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    DagsterRun,
+    DataProvenance,
+    DataVersion,
+    EventLogRecord,
+)
 from dagster._core.definitions.data_version import (
     StaleStatus,
     extract_data_provenance_from_entry,
     extract_data_version_from_entry,
+)
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
 )
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
@@ -28,9 +41,12 @@ __all__ = [
     "ConfigurableClassData",
     "SqliteEventLogStorage",
     "StaleStatus",
+    "UnresolvedAssetJobDefinition",
     "data_provenance",
     "data_version",
     "get_stale_status_resolver",
+    "planned_steps",
+    "step_key",
 ]
 
 
@@ -45,3 +61,31 @@ def data_version(record: Optional[EventLogRecord]) -> Optional[str]:
 def data_provenance(record: Optional[EventLogRecord]) -> Optional[DataProvenance]:
     """The code version and input data versions a materialization record carries, if any."""
     return extract_data_provenance_from_entry(record.event_log_entry) if record else None
+
+
+def step_key(context: Any) -> str:
+    """The key of the step an asset or op context executes (Dagster marks the accessor private)."""
+    return context.get_step_execution_context().step.key
+
+
+def planned_steps(
+    instance: DagsterInstance, run: DagsterRun
+) -> dict[str, tuple[frozenset[AssetKey], frozenset[str]]]:
+    """The steps `run` planned to execute: for each, the asset keys of its outputs and the steps
+    its inputs read from (Dagster's public API has no asset graph in a hook's context)."""
+    if run.execution_plan_snapshot_id is None:
+        return {}
+    snap = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    to_run = set(snap.step_keys_to_execute or [s.key for s in snap.steps])
+    return {
+        step.key: (
+            frozenset(
+                o.properties.asset_key
+                for o in step.outputs
+                if o.properties is not None and o.properties.asset_key is not None
+            ),
+            frozenset(h.step_key for i in step.inputs for h in i.upstream_output_handles),
+        )
+        for step in snap.steps
+        if step.key in to_run
+    }

@@ -77,7 +77,7 @@ class ArtifactIOManager(ConfigurableIOManager):
             found = "is missing" if record is None else f"has sha256 {record.sha256[:12]}..."
             raise StoredArtifactChanged(
                 f"{asset_key.to_user_string()}: the stored artifact {record.uri if record else key} {found}, but "
-                f"{sha256[:12]}... was recorded; re-run with the run tag `mpegflow/force=true` (CLI --force) to make it again."
+                f"{sha256[:12]}... was recorded; re-run with the ffmpeg resource's `force: true` (CLI --force, `mpegflow redo`) to make it again."
             )
         return record
 

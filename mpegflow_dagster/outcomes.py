@@ -1,82 +1,168 @@
-"""`video.succeeded` / `video.failed` for runs launched from the UI, a schedule or a sensor.
+"""`video.succeeded` / `video.failed`, announced from inside the run that decides them.
 
-The CLI announces its own runs; these run-status sensors do the same for every other run, from
-the run's event log. Both paths build the event with `runs.outcome_event`, whose id is stable per
-run, so a run announced twice is delivered once.
+A video succeeds when its concluding asset (`<pipeline>/emit`, the publication) makes a new output:
+its stage sends `video.succeeded` (see `StageRun`), with `degraded` naming the renditions a partial
+ladder went without. A video fails when a step fails for good in a run that was to publish it and
+now cannot: the `video_failed` failure hook, which every stage asset carries, sends `video.failed`.
+Dagster runs hooks in the step's own process after its last attempt (never on an attempt that is
+retried), so neither depends on the daemon, on a sensor, or on who launched the run. A maintenance
+run that does not publish (one rendition redone) announces only what it made or what failed.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from dagster import (
+    AssetKey,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
-    DagsterRunStatus,
-    DefaultSensorStatus,
-    RunStatusSensorContext,
-    SensorDefinition,
-    run_status_sensor,
+    Failure,
+    HookContext,
+    failure_hook,
 )
 
+from .dagster_private import planned_steps
 from .events import Event
-from .runs import PARTITION_TAG, outcome_event, stage_report
-from .spec import PipelineSpec
-from .webhooks.resources import WebhookResource
+from .media.classify import classify_exception
+
+PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
+CONCLUDING_ASSET = "emit"  # `<pipeline>/emit` publishes the video: its new output is the success
 
 
-def run_outcomes(
-    instance: DagsterInstance, run: DagsterRun, specs: Sequence[PipelineSpec]
-) -> Iterator[Event]:
-    """One outcome event per pipeline the run touched (runs outside any pipeline give none)."""
-    video = run.tags.get(PARTITION_TAG)
-    if not video:
+def concluding_key(pipeline: str) -> AssetKey:
+    return AssetKey([pipeline, CONCLUDING_ASSET])
+
+
+def _reached(
+    steps: dict[str, tuple[frozenset[AssetKey], frozenset[str]]], start: str, upstream: bool
+) -> set[AssetKey]:
+    """The assets of the planned steps that `start` reads from (`upstream`) or that read from it,
+    directly or not."""
+    edges = {s: set(reads) for s, (_, reads) in steps.items()}
+    if not upstream:
+        edges = {s: {t for t, reads in edges.items() if s in reads} for s in edges}
+    reached: set[str] = set()
+    todo = [start]
+    while todo:
+        for step in edges.get(todo.pop(), set()) - reached:
+            if step in steps:
+                reached.add(step)
+                todo.append(step)
+    return {k for s in reached for k in steps[s][0]}
+
+
+def degraded(instance: DagsterInstance, run: DagsterRun, step_key: str) -> list[str]:
+    """What the publication made by `step_key` goes without: the outputs upstream of it in this
+    run that failed for good (renditions a partial ladder left out)."""
+    upstream = _reached(planned_steps(instance, run), step_key, upstream=True)
+    return failed_in_run(instance, run.run_id, upstream)
+
+
+def failed_in_run(instance: DagsterInstance, run_id: str, keys: Iterable[AssetKey]) -> list[str]:
+    """Names of `keys` whose attempts failed in this run and that it did not materialize (an
+    output that failed once and was made by a retry is not failed)."""
+    wanted = set(keys)
+    failed: set[AssetKey] = set()
+    made: set[AssetKey] = set()
+    for entry in instance.all_logs(
+        run_id,
+        of_type={DagsterEventType.ASSET_OBSERVATION, DagsterEventType.ASSET_MATERIALIZATION},
+    ):
+        event = entry.dagster_event
+        if event is None or event.asset_key not in wanted:
+            continue
+        if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            made.add(event.asset_key)
+        elif "failure_class" in event.asset_observation_data.asset_observation.metadata:
+            failed.add(event.asset_key)
+    return sorted(k.path[-1] for k in failed - made)
+
+
+def video_succeeded(
+    pipeline: str, video: str, run_id: str, sha256: str, missing: Sequence[str], facts: dict
+) -> Event:
+    """The video's new publication (`sha256` of its manifest) as `video.succeeded`; `missing`:
+    what it goes without (`degraded`)."""
+    published = {k.removesuffix("_entry"): v for k, v in facts.items() if k.endswith("_entry")}
+    return Event(
+        type="video.succeeded",
+        pipeline=pipeline,
+        video=video,
+        run_id=run_id,
+        version=sha256,
+        message=f"video {video} published without: {', '.join(missing)}"
+        if missing
+        else f"video {video} succeeded",
+        data={
+            "sha256": sha256,
+            "published": published,
+            **({"degraded": list(missing)} if missing else {}),
+        },
+    )
+
+
+def _cause(exc: Optional[BaseException]) -> dict[str, Any]:
+    """Class, reason, message and recipe of what a step raised: a stage's Failure carries them
+    (StageRun.failure); anything else is classified here."""
+    if isinstance(exc, Failure) and "failure_class" in exc.metadata:
+        meta = {k: v.value for k, v in exc.metadata.items()}
+        return {
+            "failure_class": meta["failure_class"],
+            "reason": meta["reason"],
+            "message": meta.get("message") or exc.description or "failed",
+            "recipe": meta.get("recipe") or "",
+        }
+    c = classify_exception(exc or RuntimeError("failed"))
+    message = exc.description if isinstance(exc, Failure) else str(exc) if exc else ""
+    return {
+        "failure_class": c.failure_class,
+        "reason": c.reason,
+        "message": message or c.message,
+        "recipe": "",
+    }
+
+
+@failure_hook(name="mpegflow_video_failed", required_resource_keys={"events"})
+def video_failed(context: HookContext) -> None:
+    """`video.failed` when this step failed for good and the run's publication of the video
+    (planned in this run, downstream of the step or the step itself) can no longer happen."""
+    run = context.instance.get_run_by_id(context.run_id)
+    video = run.tags.get(PARTITION_TAG) if run else None
+    if run is None or not video:
         return
-    events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
-    # A whole-job run (materialize(), a launched asset job) records no asset_selection: what it
-    # planned to materialize is what it was about.
-    selected = list(
-        run.asset_selection
-        or dict.fromkeys(
-            e.asset_key
-            for e in events
-            if e.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED
-            and e.asset_key is not None
+    steps = planned_steps(context.instance, run)
+    mine = steps.get(context.step_key, (frozenset(), frozenset()))[0]
+    downstream = _reached(steps, context.step_key, upstream=False)
+    cause = _cause(context.op_exception)
+    for pipeline in sorted({k.path[0] for k in mine}):
+        if concluding_key(pipeline) not in mine | downstream:
+            continue  # e.g. a failed caption burn: the video is still published without it
+        own = [k for k in mine if k.path[0] == pipeline]
+        failed = failed_in_run(context.instance, context.run_id, own) or sorted(
+            k.path[-1] for k in own
         )
-    )
-    if not selected:
-        return
-    for spec in specs:
-        mine = [k for k in selected if k.path[0] == spec.name]
-        if mine:
-            yield outcome_event(spec, video, run.run_id, stage_report(events, spec, selected=mine))
-
-
-def outcome_sensors(spec: PipelineSpec) -> tuple[SensorDefinition, SensorDefinition]:
-    """`video.succeeded` / `video.failed` for the runs that touched `spec`'s assets."""
-
-    def announce(context: RunStatusSensorContext, events: WebhookResource) -> None:
-        sink = events.sink()
-        for event in run_outcomes(context.instance, context.dagster_run, [spec]):
-            sink.send(event)
-
-    @run_status_sensor(
-        run_status=DagsterRunStatus.SUCCESS,
-        name=f"{spec.name}_video_succeeded",
-        default_status=DefaultSensorStatus.RUNNING,
-        monitor_all_code_locations=False,
-    )
-    def succeeded(context: RunStatusSensorContext, events: WebhookResource) -> None:
-        announce(context, events)
-
-    @run_status_sensor(
-        run_status=DagsterRunStatus.FAILURE,
-        name=f"{spec.name}_video_failed",
-        default_status=DefaultSensorStatus.RUNNING,
-        monitor_all_code_locations=False,
-    )
-    def failed(context: RunStatusSensorContext, events: WebhookResource) -> None:
-        announce(context, events)
-
-    return succeeded, failed
+        # The recipe that failed names the inputs and parameters; without one (a source that
+        # cannot be read) the message, which names the source, tells failures apart.
+        version = (
+            f"{cause['recipe'] or cause['message']}:{cause['failure_class']}:{cause['reason']}"
+        )
+        context.resources.events.sink().send(
+            Event(
+                type="video.failed",
+                pipeline=pipeline,
+                video=video,
+                run_id=context.run_id,
+                version=version,
+                message=f"video {video} failed: {', '.join(failed)} "
+                f"({cause['failure_class']}: {cause['reason']})",
+                data={
+                    "failed": failed,
+                    "not_run": sorted(k.path[-1] for k in downstream if k.path[0] == pipeline),
+                    "failure_class": cause["failure_class"],
+                    "reason": cause["reason"],
+                    "message": cause["message"],
+                },
+            )
+        )

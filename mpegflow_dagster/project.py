@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .assets import build_video_assets
 from .io_manager import BinaryIOManager
 from .media.build import FFmpegNotFound, detect_build
-from .outcomes import outcome_sensors
 from .resources import FFmpegResource, LocalDeliveryResource
+from .runs import video_job
 from .s3.io_manager import S3BinaryIOManager
 from .s3.resources import S3DeliveryResource, S3SourceResource
 from .s3.sensor import build_s3_upload_sensor
@@ -193,8 +193,9 @@ def _detected_build(work_dir: str) -> Optional[str]:
 
 
 def pipeline_definitions(spec: PipelineSpec, settings: Settings) -> Definitions:
-    """One pipeline: its assets, its run-outcome sensors and, with an upload bucket, its upload sensor."""
-    sensors = list(outcome_sensors(spec))
+    """One pipeline: its assets, its job (`<pipeline>_video`: one video a run) and, with an
+    upload bucket, its upload sensor. Outcome events come from the runs themselves (outcomes.py)."""
+    sensors = []
     b = settings.s3
     if b.upload_bucket:
         sensors.append(
@@ -207,7 +208,9 @@ def pipeline_definitions(spec: PipelineSpec, settings: Settings) -> Definitions:
             )
         )
     return Definitions(
-        assets=build_video_assets(spec, encoder_build=encoder_build(settings)), sensors=sensors
+        assets=build_video_assets(spec, encoder_build=encoder_build(settings)),
+        jobs=[video_job(spec)],
+        sensors=sensors,
     )
 
 

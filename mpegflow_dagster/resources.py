@@ -76,6 +76,13 @@ class FFmpegResource(ConfigurableResource):
         default=".mpegflow/work",
         description="Scratch space for stages; keep it on the storage root's filesystem.",
     )
+    force: bool = Field(
+        default=False,
+        description="Make every output of this run again, even those whose inputs, parameters and "
+        "encoder build are unchanged (a deliberate re-encode; unchanged bytes announce nothing new). "
+        "A launch option: in the launchpad `resources: {ffmpeg: {config: {force: true}}}`, the same in "
+        "a file for `dagster asset materialize -c`; `mpegflow run --force`, `mpegflow redo`.",
+    )
 
     _build: Optional[FFmpegBuild] = PrivateAttr(None)
 

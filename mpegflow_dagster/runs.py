@@ -13,24 +13,44 @@ from dagster import (
     DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
+    Definitions,
     ExecuteInProcessResult,
     RunConfig,
     RunsFilter,
-    materialize,
+    define_asset_job,
 )
 
 from . import liveness
 from .assets import build_video_assets
-from .events import Event
-from .spec import PipelineSpec
-from .stage import FORCE_TAG, step_keys, videos_partitions_name
+from .dagster_private import UnresolvedAssetJobDefinition
+from .spec import PipelineSpec, SpecError
+from .stage import step_keys, video_partitions, videos_partitions_name
 from .stages.ingest import IngestConfig
 
-PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
 OWNER_TAG = "mpegflow/owner"  # the process executing a run in process (host/boot/pid/start)
+VIDEO_TAG = "mpegflow/video"
 
 if TYPE_CHECKING:  # project.py builds sensors from this module
     from .project import Project
+
+
+def video_job_name(pipeline: str) -> str:
+    return f"{pipeline}_video"
+
+
+def video_job(
+    spec: PipelineSpec, selection: Optional[AssetSelection] = None
+) -> UnresolvedAssetJobDefinition:
+    """The job that runs one video (a partition) of a pipeline: its group's assets, or `selection`.
+    `mpegflow run`, `mpegflow redo` and the UI's Jobs page launch it, so runs are named after it."""
+    return define_asset_job(
+        video_job_name(spec.name),
+        selection=selection or AssetSelection.groups(spec.name),
+        partitions_def=video_partitions(spec.name),
+        description=f"One video through the {spec.name} pipeline; pick the video as the partition. "
+        "Outputs whose inputs, parameters and encoder build are unchanged are reused; to make "
+        "them again set `resources: {ffmpeg: {config: {force: true}}}` in the launchpad.",
+    )
 
 
 def materialize_video(
@@ -49,28 +69,53 @@ def materialize_video(
     """Register `video` as a partition and materialize its graph (or only `stages`, by asset name
     in the spec's pipeline or by full key `pipeline/name`, with what shares their step: ingest and probe go together), with `own_stages` (assets made
     with `video_asset`) beside the built-in ones.
-    With `source`, the video is (re-)ingested from that file; `force` re-runs unchanged stages."""
+    With `source`, the video is (re-)ingested from that file; `force` makes the selected outputs
+    again even when unchanged (the `force` config of the ffmpeg resource, as in the launchpad).
+    The run is one of the pipeline's job (`<pipeline>_video`), executed in this process."""
     assets = [*project.assets(spec), *own_stages]
     fail_abandoned_runs(instance)
     instance.add_dynamic_partitions(videos_partitions_name(spec.name), [video])
+    job_name = video_job_name(spec.name)
+    defs = Definitions(
+        assets=assets,
+        jobs=[video_job(spec, AssetSelection.assets(*(k for a in assets for k in a.keys)))],
+        resources=project.resources(delivery_dir=delivery_dir),
+    )
     # Assets that share a step and cannot run apart (ingest and probe) are selected together.
     keys = [
         AssetKey.from_user_string(n) if "/" in n else AssetKey([spec.name, n]) for n in stages or ()
     ]
-    selection = AssetSelection.assets(*keys).required_multi_asset_neighbors() if keys else None
+    known = {k for a in assets for k in a.keys}
+    unknown = [k.to_user_string() for k in keys if k not in known]
+    if unknown:
+        raise SpecError(
+            f"no stage {', '.join(unknown)} in pipeline {spec.name}; known: "
+            f"{', '.join(sorted(k.path[-1] if k.path[0] == spec.name else k.to_user_string() for k in known))}"
+        )
+    selected = (
+        sorted(
+            AssetSelection.assets(*keys)
+            .required_multi_asset_neighbors()
+            .resolve(defs.resolve_asset_graph())
+        )
+        if keys
+        else None
+    )
     ops = {f"{spec.name}__ingest": IngestConfig(source_path=str(source))} if source else {}
-    return materialize(
-        assets,
+    run_config = RunConfig(
+        ops=ops,
+        resources={"ffmpeg": {"config": {"force": True}}} if force else {},
+        loggers={"console": {"config": {"log_level": log_level}}},
+    )
+    return defs.resolve_job_def(job_name).execute_in_process(
+        run_config=run_config,
         instance=instance,
         partition_key=video,
-        selection=selection,
-        resources=project.resources(delivery_dir=delivery_dir),
-        run_config=RunConfig(ops=ops, loggers={"console": {"config": {"log_level": log_level}}}),
+        asset_selection=selected,
         tags={
-            "mpegflow/video": video,
+            VIDEO_TAG: video,
             OWNER_TAG: liveness.current(),
             **({"mpegflow/source": str(source)} if source else {}),
-            **({FORCE_TAG: "true"} if force else {}),
         },
         raise_on_error=False,
     )
@@ -188,49 +233,14 @@ def _failure(event: DagsterEvent) -> dict[str, Any]:
     return {"status": "failed", "reason": message.splitlines()[0] if message else "failed"}
 
 
-def outcome_event(
-    spec: PipelineSpec, video: str, run_id: str, report: dict[str, dict[str, Any]]
-) -> Event:
-    """`video.succeeded` when every stage materialized or had nothing to do, else `video.failed`
-    naming the failed stages with their class and reason."""
-    failed = {name: s for name, s in report.items() if s["status"] in ("failed", "not_run")}
+def run_status(report: dict[str, dict[str, Any]]) -> str:
+    """`succeeded` when every stage the run was about materialized or had nothing to do,
+    `partial` when the video was published without some (a partial ladder, failed captions),
+    else `failed`. The customer hears it from the run itself (`outcomes.py`)."""
+    failed = [s for s in report.values() if s["status"] in ("failed", "not_run")]
     if not failed:
-        return Event(
-            type="video.succeeded",
-            pipeline=spec.name,
-            video=video,
-            run_id=run_id,
-            message=f"video {video} succeeded",
-        )
-    causes = {
-        n: f"{s['failure_class']}: {s['reason_code']}"
-        for n, s in failed.items()
-        if "reason_code" in s
-    }
-    headline = ", ".join(f"{n} ({c})" for n, c in sorted(causes.items())) or ", ".join(
-        sorted(failed)
-    )
-    if report.get("emit", {}).get("status") == "materialized":  # published without some renditions
-        return Event(
-            type="video.succeeded",
-            pipeline=spec.name,
-            video=video,
-            run_id=run_id,
-            message=f"video {video} published without: {headline}",
-            data={"degraded": sorted(failed), "causes": causes},
-        )
-    return Event(
-        type="video.failed",
-        pipeline=spec.name,
-        video=video,
-        run_id=run_id,
-        message=f"video {video} failed: {headline}",
-        data={
-            "failed": sorted(n for n, s in failed.items() if s["status"] == "failed"),
-            "not_run": sorted(n for n, s in failed.items() if s["status"] == "not_run"),
-            "causes": causes,
-        },
-    )
+        return "succeeded"
+    return "partial" if report.get("emit", {}).get("status") == "materialized" else "failed"
 
 
 def published_entries(events: Sequence[DagsterEvent]) -> dict[str, str]:

@@ -63,11 +63,12 @@ from dagster import (
     op,
 )
 
-from .dagster_private import data_version
+from .dagster_private import data_version, step_key
 from .events import Event
 from .io_manager import PROVENANCE_KEY, ArtifactIOManager, Reused
 from .media.classify import Classification, classify_exception
 from .media.probe import MediaInfo, probe
+from .outcomes import degraded, video_failed, video_succeeded
 from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
 from .resources import FFmpegResource
 from .s3.store import classify_s3_error
@@ -77,7 +78,8 @@ from .storage import describe
 from .webhooks.resources import WebhookResource
 
 IO_MANAGER_KEY = "media_io_manager"
-FORCE_TAG = "mpegflow/force"  # run tag: "true" re-runs stages even when nothing changed
+# Run tag: "true" re-runs stages even when nothing changed, as the ffmpeg resource's `force`.
+FORCE_TAG = "mpegflow/force"
 # Asset metadata by which a stage tells emit what to publish (see stages/emit.py).
 PUBLISH_TAG = "mpegflow/publish_as"
 ENTRY_TAG = "mpegflow/entry"
@@ -86,6 +88,8 @@ STAGE_RESOURCES = frozenset({"ffmpeg", "events"})  # FFmpegResource, WebhookReso
 
 KeyLike = Union[AssetKey, str, Sequence[str]]
 Context = Union[AssetExecutionContext, OpExecutionContext]
+# (context, the stored output's metadata values, the inputs' data versions) -> may it be reused?
+ReuseCheck = Callable[[Context, Mapping[str, Any], Mapping[str, Optional[str]]], bool]
 
 
 def videos_partitions_name(pipeline: str) -> str:
@@ -130,7 +134,11 @@ class VideoStage:
         None  # failures are announced as `rendition.failed` of this rendition
     )
     announces: Optional[str] = None  # event type sent on success, e.g. "rendition.ready"
-    reusable: bool = True  # False: always run (e.g. publishing to the outside world)
+    reusable: bool = True  # False: always run
+    # Whether a stored output whose recipe is unchanged may be reused (emit: the delivery still
+    # holds it); None: always.
+    reuse_if: Optional[ReuseCheck] = None
+    concludes: bool = False  # a new output of it is the video's publication: `video.succeeded`
     optional: bool = False  # the function may return None: no output, downstream stages skip
     retry: RetrySpec = RetrySpec()
     preset: Optional[str] = None  # recorded in provenance
@@ -370,7 +378,8 @@ class StageRun:
 
     def _reuse(self) -> Optional[Output]:
         context = self.context
-        if not self.stage.reusable or context.run.tags.get(FORCE_TAG, "").lower() == "true":
+        forced = self.ffmpeg.force or context.run.tags.get(FORCE_TAG, "").lower() == "true"
+        if not self.stage.reusable or forced:
             return None
         record = _latest(context, self.stage.key)
         meta = (
@@ -390,6 +399,11 @@ class StageRun:
         stored = io_manager.stored(
             self.stage.key, self.video, Path(str(meta["path"].value)).name, prov.output_sha256
         )
+        values = {k: v.value for k, v in meta.items()}
+        if self.stage.reuse_if is not None and not self.stage.reuse_if(
+            context, values, self.inputs
+        ):
+            return None
         prov = prov.model_copy(
             update={
                 "run_id": context.run_id,
@@ -456,6 +470,8 @@ class StageRun:
             "exit_code": c.exit_code,
             "signal": c.signal,
             "attempt": attempt + 1,
+            # What failed: the same recipe failing the same way again is the same event.
+            "recipe": self.recipe or None,
         }
         meta = {
             **{k: v for k, v in details.items() if v is not None},
@@ -484,6 +500,7 @@ class StageRun:
                     video=self.video,
                     run_id=self.context.run_id,
                     subject=self.stage.rendition,
+                    version=f"{self.recipe or c.message}:{c.failure_class}:{c.reason}",
                     message=headline,
                     data=details,
                 )
@@ -495,16 +512,28 @@ class StageRun:
         )
 
     def _announce_success(self, out: StageOutput, sha: str) -> None:
+        """What a new output announces; its id derives from `sha`, so the same bytes made again
+        (a forced re-encode) are the same event, which the sinks drop."""
+        facts = json.loads(json.dumps(out.facts, default=str))
+        sink = self.events.sink()
         if self.stage.announces:
-            self.events.sink().send(
+            sink.send(
                 Event(
                     type=self.stage.announces,
                     pipeline=self.stage.pipeline,
                     video=self.video,
                     run_id=self.context.run_id,
                     subject=self.stage.rendition or self.stage.name,
+                    version=sha,
                     message=f"{self.stage.name} ready",
-                    data={"sha256": sha, **json.loads(json.dumps(out.facts, default=str))},
+                    data={"sha256": sha, **facts},
+                )
+            )
+        if self.stage.concludes:
+            missing = degraded(self.context.instance, self.context.run, step_key(self.context))
+            sink.send(
+                video_succeeded(
+                    self.stage.pipeline, self.video, self.context.run_id, sha, missing, facts
                 )
             )
 
@@ -551,6 +580,8 @@ def video_asset(
     rendition: Optional[str] = None,
     announces: Optional[str] = None,
     reusable: bool = True,
+    reuse_if: Optional[ReuseCheck] = None,
+    concludes: bool = False,
     optional: bool = False,
     retry: RetrySpec = RetrySpec(),
     preset: Optional[str] = None,
@@ -569,7 +600,10 @@ def video_asset(
         ins: Input name -> upstream asset key, or a list of AssetKeys: one input, a list of paths.
         rendition: The rendition this stage makes: its final failure sends `rendition.failed`.
         announces: Event type sent on success, e.g. `rendition.ready` (default: none).
-        reusable: False to run even when nothing changed (e.g. publishing outside).
+        reusable: False to run even when nothing changed.
+        reuse_if: `(dagster_context, stored_metadata, input_versions) -> bool`: whether an output
+            with an unchanged recipe may be reused (e.g. emit: the delivery still holds it).
+        concludes: A new output of this stage is the video's publication (`video.succeeded`).
         optional: The function may return None to produce nothing; downstream stages then skip.
         retry: Retries of transient and resource failures (Dagster's RetryPolicy).
         preset: Preset name recorded in provenance.
@@ -592,6 +626,8 @@ def video_asset(
         rendition=rendition,
         announces=announces,
         reusable=reusable,
+        reuse_if=reuse_if,
+        concludes=concludes,
         optional=optional,
         retry=retry,
         preset=preset,
@@ -625,6 +661,7 @@ def video_asset(
                 kinds=set(kinds),
                 output_required=not optional,
                 metadata=stage.metadata,
+                hooks={video_failed},
             )
             def single(context: AssetExecutionContext, **loaded: Any) -> Iterator[Output]:
                 yield from body(
@@ -662,6 +699,7 @@ def video_asset(
             name=name,
             ins=graph_ins,
             partitions_def=partitions,
+            hooks={video_failed},
             outs={
                 "result": AssetOut(
                     key=asset_key,
@@ -740,6 +778,7 @@ def video_multi_asset(
             can_subset=can_subset,
             retry_policy=retry_policy(retry),
             required_resource_keys=resources,
+            hooks={video_failed},
         )
         if config is None:
 

@@ -15,7 +15,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInsta
 
 from .assets import build_video_assets
 from .dagster_private import data_provenance, data_version
-from .runs import PARTITION_TAG
+from .outcomes import PARTITION_TAG
 from .spec import PipelineSpec, SpecError
 from .stage import step_keys
 

@@ -190,7 +190,7 @@ def test_code_location_delivers_webhooks_by_sensor_when_a_url_is_set(monkeypatch
 
 @pytest.mark.slow
 def test_dg_lists_what_the_components_build(tmp_path):
-    """`dg list defs` reads the project's defs folder: each pipeline's assets and sensors come
+    """`dg list defs` reads the project's defs folder: each pipeline's assets and job come
     from its VideoPipelineComponent, the resources from the VideoDeploymentComponent."""
     env = {
         **os.environ,
@@ -210,7 +210,8 @@ def test_dg_lists_what_the_components_build(tmp_path):
     listed = json.loads(out.stdout)
     sources = {a["asset_key"]: a["source"] for a in listed["assets"]}
     assert sources["vod/rendition_720p"].startswith("resources/defs/vod/defs.yaml")
-    assert {s["name"] for s in listed["sensors"]} >= {"vod_video_succeeded", "vod_video_failed"}
+    assert [j["name"] for j in listed["jobs"]] == ["vod_video"]  # one video a run, by pipeline
+    assert not {s["name"] for s in listed["sensors"]} & {"vod_video_succeeded", "vod_video_failed"}
     assert {r["name"] for r in listed["resources"]} >= {
         "ffmpeg",
         "media_io_manager",

@@ -31,7 +31,7 @@ from moto.server import ThreadedMotoServer
 from pipeline_helpers import ROOT, decode_errors
 from s3_server import bucket, free_port, list_keys, moto_endpoint, s3, s3_resource  # noqa: F401  (fixtures)
 
-from mpegflow_dagster.outcomes import run_outcomes
+from mpegflow_dagster.events import Event
 from mpegflow_dagster.project import Project, S3Settings, Settings
 from mpegflow_dagster.runs import materialize_video
 from mpegflow_dagster.webhooks.sensor import DELIVERY_SENSOR
@@ -339,29 +339,17 @@ def test_pipeline_webhooks_are_signed_and_each_event_arrives_once(deployment):
     assert "rendition.failed" not in types
 
 
-def _finished_run(deployment):
-    return deployment["instance"].get_run_by_id(deployment["results"][0].run_id)
-
-
-def _as_launched_by_the_daemon(deployment):
-    """The finished run as the sensor daemon records it: a run of the sensor's target
-    (AssetSelection.groups("vod")) carries those keys as its asset_selection."""
-    keys = frozenset(k for a in deployment["project"].assets(deployment["spec"]) for k in a.keys)
-    return _finished_run(deployment)._replace(asset_selection=keys)
-
-
-def _outcome_events(deployment) -> list:
-    events = list(
-        run_outcomes(
-            deployment["instance"],
-            _as_launched_by_the_daemon(deployment),
-            deployment["project"].specs,
-        )
-    )
-    assert [(e.type, e.video, e.run_id) for e in events] == [
-        ("video.succeeded", "launch", deployment["results"][0].run_id)
+def _run_outcome(deployment) -> Event:
+    """The `video.succeeded` the run sent itself (its steps queued it; no sensor, no daemon)."""
+    [body] = [
+        json.loads(r.body)
+        for r in deployment["pipeline_requests"]
+        if r.headers.get("X-Mpegflow-Event") == "video.succeeded"
     ]
-    return events
+    assert (body["video"], body["run_id"]) == ("launch", deployment["results"][0].run_id)
+    event = Event(**{k: v for k, v in body.items() if k != "id"})
+    assert event.id == body["id"]
+    return event
 
 
 def _outcomes_since(receiver: Receiver, mark: int) -> list:
@@ -372,31 +360,26 @@ def _outcomes_since(receiver: Receiver, mark: int) -> list:
     ]
 
 
-def test_run_outcomes_announce_the_finished_run_as_recorded(deployment):
-    run = _finished_run(deployment)
-    events = list(run_outcomes(deployment["instance"], run, deployment["project"].specs))
-    assert [(e.type, e.video) for e in events] == [("video.succeeded", "launch")]
+def test_the_run_announces_its_own_success(deployment):
+    event = _run_outcome(deployment)
+    assert event.version == event.data["sha256"]  # the id names the publication, not the run
+    assert event.data["published"]["hls"].endswith("launch/hls/master.m3u8")
 
 
-def test_run_outcome_sent_twice_is_delivered_once_signed(deployment):
-    """Through the events resource as Dagster initializes it (what the run-status sensors get)."""
-    receiver, events = deployment["receiver"], _outcome_events(deployment)
+def test_run_outcome_sent_again_is_not_delivered_again(deployment):
+    """Through the events resource as Dagster initializes it: the id was delivered already."""
+    receiver, event = deployment["receiver"], _run_outcome(deployment)
     mark = len(receiver.requests)
     with build_resources({"events": deployment["project"].resources()["events"]}) as resources:
         for _ in range(2):
-            for event in events:
-                resources.events.sink().send(event)
+            resources.events.sink().send(event)
             resources.events.drain()
-    [got] = _outcomes_since(receiver, mark)
-    assert json.loads(got.body)["id"] == events[0].id == got.headers["X-Mpegflow-Event-Id"]
-    assert verify_signature(
-        SECRET, got.headers["X-Mpegflow-Timestamp"], got.body, got.headers["X-Mpegflow-Signature"]
-    )
+    assert _outcomes_since(receiver, mark) == []
 
 
 def test_run_outcome_sent_from_project_resources_is_signed_with_the_secret(deployment, tmp_path):
-    """The CLI's path (`Project.events()`), on its own outbox."""
-    receiver, events = deployment["receiver"], _outcome_events(deployment)
+    """`Project.events()` (outside a run), on an outbox of its own: delivered once, signed."""
+    receiver, event = deployment["receiver"], _run_outcome(deployment)
     project = deployment["project"]
     settings = project.settings.model_copy(
         update={"events_path": str(tmp_path / "cli-events.jsonl")}
@@ -404,14 +387,11 @@ def test_run_outcome_sent_from_project_resources_is_signed_with_the_secret(deplo
     cli_project = Project(root=project.root, specs=project.specs, settings=settings)
     mark = len(receiver.requests)
     for _ in range(2):
-        for event in events:
-            with cli_project.events() as resource:
-                resource.sink().send(event)
-                resource.drain()
-    [got] = _outcomes_since(
-        receiver, mark
-    )  # delivered once: the outbox dedup works on this path too
-    assert json.loads(got.body)["id"] == events[0].id
+        with cli_project.events() as resource:
+            resource.sink().send(event)
+            resource.drain()
+    [got] = _outcomes_since(receiver, mark)  # the outbox's dedup works on this path too
+    assert json.loads(got.body)["id"] == event.id
     assert verify_signature(
         SECRET, got.headers["X-Mpegflow-Timestamp"], got.body, got.headers["X-Mpegflow-Signature"]
     )

@@ -1,18 +1,32 @@
 """Emit: publish what the stages declare (`publish_as`) to the delivery location, atomically,
 with a manifest of what went where and each part's entry point (`entry`, e.g. the master playlist).
 A part from an optional stage (one that may produce nothing, like captions) gets its own
-`emit_<stage>` step, so that its absence holds nothing else back."""
+`emit_<stage>` step, so that its absence holds nothing else back. `emit` itself concludes the
+video: its new publication is `video.succeeded`.
+
+An emit whose inputs are unchanged is reused, not published again, while the delivery location
+still holds each part as the stored manifest recorded it (same place, same sha256): a re-run that
+changed nothing publishes nothing and announces nothing."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from dagster import AssetKey, AssetsDefinition
 
+from ..outcomes import CONCLUDING_ASSET
 from ..spec import PipelineSpec
-from ..stage import ENTRY_TAG, OPTIONAL_TAG, PUBLISH_TAG, StageContext, pipeline_key, video_asset
+from ..stage import (
+    ENTRY_TAG,
+    OPTIONAL_TAG,
+    PUBLISH_TAG,
+    Context,
+    StageContext,
+    pipeline_key,
+    video_asset,
+)
 from ..storage import ArtifactStore, copy_tree_hashing, describe
 from .toolkit import StageOutput
 
@@ -83,7 +97,7 @@ def assets(
 ) -> list[AssetsDefinition]:
     """`emit` for the parts of required stages, `emit_<stage>` for each optional one's."""
     published = _published(built)
-    groups = [("emit", [p for p in published if not p[3]])]
+    groups = [(CONCLUDING_ASSET, [p for p in published if not p[3]])]
     groups += [
         (f"emit_{key.path[-1]}", [(key, part, entry, True)])
         for key, part, entry, optional in published
@@ -102,11 +116,29 @@ def _emit_asset(
     part_of = {key.path[-1]: part for key, part, _, _ in parts}
     entries = {part: entry for _, part, entry, _ in parts if entry}
 
+    def still_published(
+        context: Context, stored: Mapping[str, Any], inputs: Mapping[str, Optional[str]]
+    ) -> bool:
+        """Each part is still at the delivery where the manifest says, with its input's bytes."""
+        delivery = context.resources.delivery.store()
+        for input_name, part in part_of.items():
+            found = delivery.stat(PurePosixPath(context.partition_key) / part)
+            if found is None or (found.uri, found.sha256) != (
+                stored.get(f"{part}_uri"),
+                inputs.get(input_name),
+            ):
+                context.log.info(
+                    f"{name}: {part} is not at the delivery as published: publishing again"
+                )
+                return False
+        return True
+
     @video_asset(
         key=pipeline_key(spec, name),
         ins=ins,
         code_version=version(spec.emit, sorted(ins)),
-        reusable=False,
+        reuse_if=still_published,
+        concludes=name == CONCLUDING_ASSET,
         announces="video.published",
         retry=spec.failures.retry_for("emit"),
         kinds=(),
