@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+from urllib.parse import urlsplit
 
 from dagster import DagsterInstance
 
@@ -170,9 +171,10 @@ def cmd_previews(args: argparse.Namespace) -> int:
     settings = Project.load(Path(args.project).resolve()).settings.previews
     directory = Path(settings.dir)
     directory.mkdir(parents=True, exist_ok=True)
-    with server(directory, args.host, args.port) as httpd:
+    port = args.port or urlsplit(settings.url).port or 3001
+    with server(directory, args.host, port) as httpd:
         print(
-            f"mpegflow: serving previews of {directory} on http://{args.host}:{args.port} "
+            f"mpegflow: serving previews of {directory} on http://{args.host}:{port} "
             f"(the UI links them as {settings.url})",
             flush=True,
         )
@@ -242,9 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="serve the previews directory (the pictures in the Dagster UI) read-only over HTTP",
     )
     previews.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
-    previews.add_argument(
-        "--port", type=int, default=3001, help="port (default: 3001, as previews.url)"
-    )
+    previews.add_argument("--port", type=int, help="port (default: the port of previews.url, 3001)")
     previews.add_argument(
         "--project", default=".", help="project directory holding resources/ (default: .)"
     )
