@@ -1,7 +1,7 @@
 """The Dagster UI in a real browser: `dagster dev` and `mpegflow previews` as a user starts them,
 Debian's headless Chromium driven by playwright-core (tests/ui, installed by `make browser`).
-A video that went through shows its poster on its thumbnails asset; a video whose probe failed
-shows that failure on its probe asset."""
+A video that went through shows its poster on its thumbnails asset, a frame on a rendition and
+its ladder on hls; a video whose probe failed shows that failure on its probe asset."""
 
 from __future__ import annotations
 
@@ -137,6 +137,7 @@ def test_ui_shows_the_poster_and_a_failed_probe(tmp_path, make_source):
                     "path": "/assets/vod/rendition_240p?view=partitions&partition=clip",
                     "picture": True,
                 },
+                {"name": "hls", "path": "/assets/vod/hls?view=partitions&partition=clip"},
                 {"name": "probe", "path": "/assets/vod/probe?view=partitions&partition=noise"},
             ],
         )
@@ -148,11 +149,14 @@ def test_ui_shows_the_poster_and_a_failed_probe(tmp_path, make_source):
     [frame] = [i for i in seen["rendition_240p"]["images"] if i["alt"] == "frame"]
     assert frame["naturalWidth"] == 320 and frame["src"].startswith(f"{previews}/"), frame
     assert not seen["thumbnails"]["failedRequests"]
+    # The packaged ladder is a table: a header and one row per variant.
+    hls = seen["hls"]["text"]
+    assert "peak_kbps" in hls and "426x240" in hls and "avc1.42" in hls, hls[-2000:]
 
     # The failed video's probe: its run named as failed (Dagster: "Run <id> failed, and did not
     # materialize this asset"), and the partition counted among the failed ones.
     probe, run = seen["probe"]["text"], failed_report["run_id"][:8]
     assert re.search(rf"{run}.{{0,80}}failed|failed.{{0,80}}{run}", probe, re.I | re.S), probe
     assert "Failed (1)" in probe
-    for name in ("thumbnails", "rendition_240p", "probe"):
+    for name in ("thumbnails", "rendition_240p", "hls", "probe"):
         assert (shots / f"{name}.png").stat().st_size > 10_000

@@ -8,8 +8,7 @@
 //
 // A page with "picture" waits until an <img> served from the previews URL has loaded; every page
 // reports its status words (Materialized / Failed ...), its visible text and its pictures.
-import { readFileSync } from "node:fs";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
