@@ -1,14 +1,16 @@
-# Everything installs into .venv/ in this directory; FFmpeg comes from Debian's package if missing.
+# Everything installs into .venv/ in this directory; FFmpeg comes from Debian's package if missing,
+# and so do Chromium and Node for the browser test (tests/ui: playwright-core, never a browser download).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UI_STAMP := tests/ui/node_modules/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # medians of three alternating rounds (about 40 min here); `make bench BENCH_ARGS=` for one round
 BENCH_ARGS ?= --repeats 3
 
-.PHONY: demo test test-fast lint dev bench ffmpeg install clean
+.PHONY: demo test test-fast lint dev bench ffmpeg browser install clean
 
 ffmpeg:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! fc-list 2>/dev/null | grep -q .; then \
@@ -16,6 +18,17 @@ ffmpeg:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg fonts-dejavu-core fontconfig >/dev/null; \
 	fi
 	@ffmpeg -hide_banner -version | head -1
+
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v npm >/dev/null; then \
+		echo "Installing Chromium and Node (Debian packages) for the browser test..."; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium nodejs npm >/dev/null; \
+	fi
+	@$(MAKE) --no-print-directory $(UI_STAMP)
+
+$(UI_STAMP): tests/ui/package.json tests/ui/package-lock.json
+	cd tests/ui && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +49,7 @@ demo: install
 	$(BIN)/mpegflow sample build/demo --name sample --duration 12
 	$(BIN)/mpegflow run build/demo/sample.mp4 --out build/demo/delivery
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -q
 
 # ruff (lint and format, line length 100) and pyright, as configured in pyproject.toml
@@ -49,7 +62,12 @@ lint: install
 test-fast: install
 	$(BIN)/pytest -q -m "not pipeline and not slow"
 
+# The UI, and beside it the server of the pictures it shows (previews.url); Ctrl-C stops both.
+# `dagster dev` stays in the foreground: started in the background by a shell it ignores SIGINT,
+# and then SIGTERM too, and outlives `make dev`.
 dev: install
+	@$(BIN)/mpegflow previews & previews=$$!; \
+	trap 'kill $$previews 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dagster dev -w workspace.yaml
 
 bench: install

@@ -25,6 +25,7 @@ _EXPORTS = {
     "DeliveryResource": "resources",
     "FFmpegResource": "resources",
     "LocalDeliveryResource": "resources",
+    "PreviewsResource": "resources",
     "S3BinaryIOManager": "s3.io_manager",
     "S3DeliveryResource": "s3.resources",
     "S3SourceResource": "s3.resources",

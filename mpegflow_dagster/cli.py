@@ -1,5 +1,5 @@
 """`mpegflow`: run the whole graph for one video through Dagster, redo chosen outputs of a video,
-ask why, or make a sample clip."""
+say why, serve the UI's previews, or make a sample clip."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+from urllib.parse import urlsplit
 
 from dagster import DagsterInstance
 
 from .media.classify import classify_exception
 from .media.synth import sample_with_captions
+from .previews import server
 from .project import Project
 from .runs import (
     fail_abandoned_runs,
@@ -192,6 +194,25 @@ def _error(args: argparse.Namespace, exc: Exception) -> int:
     return 2
 
 
+def cmd_previews(args: argparse.Namespace) -> int:
+    """Serve the previews directory until stopped (Ctrl-C or SIGTERM)."""
+    settings = Project.load(Path(args.project).resolve()).settings.previews
+    directory = Path(settings.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    port = args.port or urlsplit(settings.url).port or 3001
+    with server(directory, args.host, port) as httpd:
+        print(
+            f"mpegflow: serving previews of {directory} on http://{args.host}:{port} "
+            f"(the UI links them as {settings.url})",
+            flush=True,
+        )
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     clip = sample_with_captions(
         Path(args.directory), name=args.name, duration_s=args.duration, height=args.height
@@ -267,6 +288,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     why.add_argument("--json", action="store_true", help="print JSON")
     why.set_defaults(func=cmd_why)
+
+    previews = sub.add_parser(
+        "previews",
+        help="serve the previews directory (the pictures in the Dagster UI) read-only over HTTP",
+    )
+    previews.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    previews.add_argument("--port", type=int, help="port (default: the port of previews.url, 3001)")
+    previews.add_argument(
+        "--project", default=".", help="project directory holding resources/ (default: .)"
+    )
+    previews.set_defaults(func=cmd_previews)
 
     sample = sub.add_parser(
         "sample", help="generate a test clip with a caption sidecar (FFmpeg lavfi)"

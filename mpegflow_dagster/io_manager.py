@@ -128,6 +128,9 @@ def _digest(metadata: Mapping[str, Any]) -> Optional[Digest]:
     return None
 
 
+RECORD_METADATA = frozenset({"path", "sha256", "size_bytes", "size_mb", "files"})  # written here
+
+
 def _record_metadata(record: ArtifactRecord) -> dict[str, MetadataValue]:
     return {
         "path": MetadataValue.path(record.uri),

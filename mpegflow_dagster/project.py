@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .assets import build_video_assets
 from .io_manager import BinaryIOManager
 from .media.build import FFmpegNotFound, detect_build
-from .resources import FFmpegResource, LocalDeliveryResource
+from .resources import FFmpegResource, LocalDeliveryResource, PreviewsResource
 from .runs import video_job
 from .s3.io_manager import S3BinaryIOManager
 from .s3.resources import S3DeliveryResource, S3SourceResource
@@ -75,6 +75,22 @@ class S3Settings(BaseModel):
     upload_prefix: str = "uploads"
 
 
+class PreviewSettings(BaseModel):
+    """Small JPEG previews the Dagster UI shows (display only; see `mpegflow_dagster.previews`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: str = Field(
+        default=".mpegflow/previews",
+        description="Where stages write them, as <dir>/<sha256>.jpg ($MPEGFLOW_PREVIEWS_DIR).",
+    )
+    url: str = Field(
+        default="http://127.0.0.1:3001",
+        description="Where the browser showing the UI finds dir: `mpegflow previews` serves it "
+        "($MPEGFLOW_PREVIEWS_URL).",
+    )
+
+
 _S3_ENV = {
     "endpoint_url": "MPEGFLOW_S3_ENDPOINT_URL",
     "region": "MPEGFLOW_S3_REGION",
@@ -89,7 +105,8 @@ _S3_ENV = {
 
 class Settings(BaseModel):
     """resources/settings.yaml. Relative directories are resolved against the project directory;
-    MPEGFLOW_STORAGE_DIR / MPEGFLOW_WORK_DIR / MPEGFLOW_DELIVERY_DIR override them."""
+    MPEGFLOW_STORAGE_DIR / MPEGFLOW_WORK_DIR / MPEGFLOW_DELIVERY_DIR / MPEGFLOW_PREVIEWS_DIR
+    override them."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -111,10 +128,11 @@ class Settings(BaseModel):
     )
     ffmpeg: FFmpegSettings = FFmpegSettings()
     s3: S3Settings = S3Settings()
+    previews: PreviewSettings = PreviewSettings()
 
     def resolved(self, base: Path) -> "Settings":
-        def pick(name: str, env: str) -> str:
-            value = os.environ.get(env) or getattr(self, name)
+        def pick(name: str, env: str, within: BaseModel = self) -> str:
+            value = os.environ.get(env) or getattr(within, name)
             return str((base / value).resolve()) if not Path(value).is_absolute() else value
 
         return self.model_copy(
@@ -126,6 +144,12 @@ class Settings(BaseModel):
                 "webhook_url": os.environ.get("MPEGFLOW_WEBHOOK_URL") or self.webhook_url,
                 "s3": self.s3.model_copy(
                     update={f: os.environ[e] for f, e in _S3_ENV.items() if os.environ.get(e)}
+                ),
+                "previews": self.previews.model_copy(
+                    update={
+                        "dir": pick("dir", "MPEGFLOW_PREVIEWS_DIR", self.previews),
+                        "url": os.environ.get("MPEGFLOW_PREVIEWS_URL") or self.previews.url,
+                    }
                 ),
             }
         )
@@ -166,6 +190,7 @@ def deployment_resources(
         "delivery": delivery,
         "s3": s3,
         "sources": S3SourceResource(s3=s3),
+        "previews": PreviewsResource(dir=s.previews.dir, url=s.previews.url),
         "events": WebhookResource(
             events_path=s.events_path,
             outbox_dir=str(Path(s.events_path).parent / "webhooks"),

@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr
 from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_binary
 from .media.progress import Progress
 from .media.runner import RunLimits
+from .previews import PreviewStore
 from .stages.toolkit import Tools
 from .storage import (
     ArtifactStore,
@@ -208,3 +209,28 @@ class LocalDeliveryResource(DeliveryResource):
 
     def store(self) -> ArtifactStore:
         return LocalArtifactStore(Path(self.root))
+
+
+class PreviewsResource(ConfigurableResource):
+    """Where stages put the small JPEG previews the Dagster UI shows in asset metadata (a poster,
+    the sprite, a frame of each rendition): `<dir>/<sha256>.jpg`, shown from `<url>/<sha256>.jpg`.
+    `mpegflow previews` serves `dir` at `url`. Display only: no artifact, recipe or provenance
+    depends on it.
+
+    Examples:
+        .. code-block:: python
+
+            from mpegflow_dagster import PreviewsResource
+
+            previews = PreviewsResource(dir="/data/mpegflow/previews", url="http://127.0.0.1:3001")
+    """
+
+    dir: str = Field(
+        description="Local directory of the previews (on the machine the steps run on)."
+    )
+    url: str = Field(
+        description="The URL a browser showing the Dagster UI reaches `dir` at (`mpegflow previews`)."
+    )
+
+    def store(self) -> PreviewStore:
+        return PreviewStore(Path(self.dir), self.url)

@@ -24,6 +24,7 @@ Example:
             return out
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -65,12 +66,12 @@ from dagster import (
 
 from .dagster_private import data_version, step_key
 from .events import Event
-from .io_manager import PROVENANCE_KEY, ArtifactIOManager, Reused
+from .io_manager import PROVENANCE_KEY, RECORD_METADATA, ArtifactIOManager, Reused
 from .media.classify import Classification, classify_exception
 from .media.probe import MediaInfo, probe
 from .outcomes import degraded, video_failed, video_succeeded
 from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
-from .resources import FFmpegResource
+from .resources import FFmpegResource, PreviewsResource
 from .s3.store import classify_s3_error
 from .spec import PipelineSpec, RetrySpec
 from .stages.toolkit import StageOutput, Tools
@@ -84,7 +85,7 @@ FORCE_TAG = "mpegflow/force"
 PUBLISH_TAG = "mpegflow/publish_as"
 ENTRY_TAG = "mpegflow/entry"
 OPTIONAL_TAG = "mpegflow/optional"
-STAGE_RESOURCES = frozenset({"ffmpeg", "events"})  # FFmpegResource, WebhookResource
+STAGE_RESOURCES = frozenset({"ffmpeg", "events", "previews"})  # FFmpeg-, Webhook-, PreviewsResource
 
 KeyLike = Union[AssetKey, str, Sequence[str]]
 Context = Union[AssetExecutionContext, OpExecutionContext]
@@ -229,6 +230,7 @@ class StageRun:
         self.context, self.stage, self.output_name = context, stage, output_name
         self.ffmpeg: FFmpegResource = context.resources.ffmpeg
         self.events: WebhookResource = context.resources.events
+        self.previews: PreviewsResource = context.resources.previews
         self.video = context.partition_key
         # Data versions of upstream assets; outputs of one step share the dict (one query each).
         self.upstream_versions = {} if upstream_versions is None else upstream_versions
@@ -289,7 +291,7 @@ class StageRun:
                 f"{self.stage.name} returned {out.path}: return a file or directory it wrote "
                 f"inside context.work ({work}), which the IO manager publishes"
             )
-        return out if out.runs else StageOutput(out.path, out.facts, list(tools.runs), out.hashed)
+        return out if out.runs else dataclasses.replace(out, runs=list(tools.runs))
 
     def prepare(self, recipe_extra: Optional[dict] = None) -> Optional[Output]:
         """Work out the recipe; an Output reusing the stored artifact when nothing changed."""
@@ -338,7 +340,18 @@ class StageRun:
             bit_exact=self.threads == 1,
         )
         self._announce_success(out, sha)
-        return self._output(out.path, sha, self._metadata(provenance, out.facts))
+        return self._output(
+            out.path, sha, {**self._display(out), **self._metadata(provenance, out.facts)}
+        )
+
+    def _display(self, out: StageOutput) -> dict[str, Any]:
+        """What the UI shows of the output (never in provenance): pictures stored as previews and
+        shown as Markdown images, other values as they are."""
+        store = self.previews.store()
+        return {
+            k: MetadataValue.md(store.markdown(k, v)) if isinstance(v, Path) else v
+            for k, v in out.display.items()
+        }
 
     def _output(self, value: Union[Path, Reused], sha: str, metadata: dict[str, Any]) -> Output:
         """The Output whose data version is the artifact's sha256 (Dagster marks `data_version`
@@ -418,8 +431,12 @@ class StageRun:
             f"{self.stage.name}: inputs, parameters and encoder build unchanged: "
             f"reusing the output of run {prov.reused_from_run}"
         )
-        facts = {k: v.value for k, v in meta.items() if k in prov.media}
-        return self._output(Reused(stored), prov.output_sha256, self._metadata(prov, facts))
+        # The same artifact, described as before (its facts and what the UI shows of it, e.g.
+        # previews), with this run's bookkeeping; the IO manager writes its record anew.
+        described = {k: v for k, v in meta.items() if k not in RECORD_METADATA}
+        return self._output(
+            Reused(stored), prov.output_sha256, {**described, **self._metadata(prov, {})}
+        )
 
     # -- failures -----------------------------------------------------------------------------
 

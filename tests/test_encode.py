@@ -228,9 +228,11 @@ def test_a_retry_encodes_only_the_chunks_that_did_not_finish(ladder_input, tmp_p
     outputs are byte for byte those of an encode that never failed."""
     base, ingest, info, chunked, _ = ladder_input
     calls, killed = tmp_path / "chunk-runs", tmp_path / "killed-once"
+    # Chunk runs are the encodes with -ss (preview pictures seek too, but encode nothing).
     wrapper = ffmpeg_wrapper(
         tmp_path,
         f"""
+[[ "$*" == *libx264* ]] || exec ffmpeg "$@"
 if [[ "$*" == *" -ss "* ]]; then echo "$*" | grep -o -- " -ss [0-9.]* " >> {calls}; fi
 if [[ "$*" == *" -ss 2 "* && ! -e {killed} ]]; then
   touch {killed}; ffmpeg "$@" & sleep 0.3; kill -9 $!; wait $!; kill -9 $$

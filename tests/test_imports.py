@@ -10,6 +10,8 @@ import mpegflow_dagster
 
 DAGSTER_FREE = (
     "mpegflow_dagster.media",
+    "mpegflow_dagster.media.stills",
+    "mpegflow_dagster.previews",
     "mpegflow_dagster.s3.store",
     "mpegflow_dagster.webhooks.outbox",
     "mpegflow_dagster.webhooks.signing",

@@ -288,3 +288,21 @@ def hls_variant_args(src: Path, out_dir: Path, *, segment_s: int, segment_type: 
         hls_segment_filename=str(out_dir / f"seg_%05d.{ext}"),
         **_BITEXACT,
     ).get_args()
+
+
+def still_args(
+    src: Path, out: Path, *, at_s: float, width: int, quality: int, formats: str
+) -> list[str]:
+    """One frame of `src` at `at_s` (the first at or after it) scaled to `width`, as a JPEG: a
+    preview picture (see `stills`). Seeking on the input decodes from the keyframe before `at_s`,
+    so a frame late in a long file costs about one GOP of decoding."""
+    inp = _input(src, formats=formats, **({"ss": _seconds(Fraction(at_s))} if at_s > 0 else {}))
+    return ffmpeg.output(
+        inp["v:0"].filter("scale", width, -2),
+        _output_name(out),
+        vframes=1,
+        f="image2",
+        update=1,
+        **{"q:v": quality},
+        **_BITEXACT,
+    ).get_args()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Seque
 
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, Output
 
-from ..media import commands
+from ..media import commands, stills
 from ..media.chunking import WHOLE, Span, boundary_step, plan_spans
 from ..media.probe import MediaInfo, probe
 from ..media.runner import RunResult
@@ -69,8 +69,11 @@ def _checked_rendition(
     rendition: Rendition,
     runs: list[RunResult],
     tools: Tools,
+    *,
+    preview_at_s: Optional[float] = None,
 ) -> StageOutput:
-    """Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output."""
+    """Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output.
+    The UI shows a frame decoded from the rendition itself (at `preview_at_s`, else its middle)."""
     result = probe(out, tools.ffprobe)
     problems = verify_output(
         result,
@@ -88,7 +91,13 @@ def _checked_rendition(
         "target_kbps": rendition.video_bitrate_kbps,
         "encode_speed_x": round(info.duration / wall, 2) if wall else None,
     }
-    return StageOutput(out, facts, runs)
+    frame = out.with_name("preview-frame.jpg")
+    at_s = stills.middle(result.duration) if preview_at_s is None else preview_at_s
+    video = result.video
+    args = stills.frame_args(
+        out, frame, at_s=at_s, video_width=video.width if video else None, formats="mov,mp4"
+    )
+    return StageOutput(out, facts, runs, display={"frame": tools.picture("frame", args, frame)})
 
 
 def encode_rendition(
@@ -120,7 +129,13 @@ def encode_rendition(
         subtitle_font_size=spec.captions.font_size,
     )
     run = tools.run(label or rendition.name, args, duration_s=info.duration, cwd=cwd)
-    return _checked_rendition(out, info, spec, rendition, [run], tools)
+    # A captioned rendition shows a frame with a caption on it.
+    at_s = (
+        stills.caption_moment(subtitles.read_text(errors="replace"), info.duration)
+        if subtitles is not None
+        else None
+    )
+    return _checked_rendition(out, info, spec, rendition, [run], tools, preview_at_s=at_s)
 
 
 def encode_spans(info: MediaInfo, spec: PipelineSpec) -> list[Span]:
@@ -180,7 +195,7 @@ def encode_ladder(
                 )
             else:
                 assert frames is not None  # thumbnails are only run when frames are extracted
-                out = _finish_thumbnails(frames.parent, info, cfg, tools, runs[name])
+                out = _finish_thumbnails(frames.parent, source, info, cfg, tools, runs[name])
             out.hashed.update(sha256_files(out.path))
             return name, out
 
@@ -403,9 +418,15 @@ def _lanes(rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:
 
 
 def _finish_thumbnails(
-    out: Path, info: MediaInfo, cfg: ThumbnailSpec, tools: Tools, runs: list[RunResult]
+    out: Path,
+    source: Path,
+    info: MediaInfo,
+    cfg: ThumbnailSpec,
+    tools: Tools,
+    runs: list[RunResult],
 ) -> StageOutput:
-    """Sprite sheet and storyboard over the JPEGs extracted into `out/frames`."""
+    """Sprite sheet and storyboard over the JPEGs extracted into `out/frames`; for the UI, a
+    poster (the source's middle frame) and the sprite scaled small, beside `out`."""
     frames = out / "frames"
     count = len(list(frames.glob("*.jpg")))
     if count == 0:
@@ -449,7 +470,21 @@ def _finish_thumbnails(
         "sprite_grid": f"{columns}x{rows}",
         "sprite_tile": f"{cfg.sprite_tile_width}x{tile_height}",
     }
-    return StageOutput(out, facts, runs)
+    poster, sprite = out.with_name("preview-poster.jpg"), out.with_name("preview-sprite.jpg")
+    at_s = stills.middle(info.duration)
+    display: dict[str, object] = {
+        "poster": tools.picture(
+            "poster", stills.frame_args(source, poster, at_s=at_s, video_width=video.width), poster
+        ),
+        "sprite": tools.picture(
+            "sprite",
+            stills.shrunk_args(
+                out / "sprite.jpg", sprite, image_width=columns * cfg.sprite_tile_width
+            ),
+            sprite,
+        ),
+    }
+    return StageOutput(out, facts, runs, display=display)
 
 
 def _encode_shared(

@@ -6,7 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from dagster import AssetsDefinition, Failure
+from dagster import (
+    AssetsDefinition,
+    Failure,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+)
 
 from ..media import commands
 from ..media.hls import VariantStream, master_playlist, measure_variant
@@ -92,15 +99,43 @@ def package_hls(
         "segment_s": cfg.segment_s,
         "segment_type": cfg.segment_type,
         "dropped": dropped_text(dropped),
-        "ladder": ", ".join(
-            f"{v.height}p@{v.peak_bps // 1000}k" for v in sorted(variants, key=lambda v: v.peak_bps)
-        ),
     }
     return StageOutput(
         out,
         facts,
         [run for _, run, _ in made],
         hashed={f: h for _, _, known in made for f, h in known.items()},
+        display={"ladder": ladder_table(variants)},
+    )
+
+
+LADDER_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("rendition", "string"),
+        TableColumn("resolution", "string"),
+        TableColumn("peak_kbps", "int", description="BANDWIDTH: the highest segment's bitrate"),
+        TableColumn("average_kbps", "int", description="AVERAGE-BANDWIDTH"),
+        TableColumn("codecs", "string"),
+    ]
+)
+
+
+def ladder_table(variants: list[VariantStream]) -> MetadataValue:
+    """The packaged ladder, lowest bitrate first (as in the master playlist), for the UI."""
+    return MetadataValue.table(
+        records=[
+            TableRecord(
+                {
+                    "rendition": v.uri.split("/")[0],
+                    "resolution": f"{v.width}x{v.height}",
+                    "peak_kbps": round(v.peak_bps / 1000),
+                    "average_kbps": round(v.average_bps / 1000),
+                    "codecs": v.codecs,
+                }
+            )
+            for v in sorted(variants, key=lambda v: (v.peak_bps, v.height))
+        ],
+        schema=LADDER_SCHEMA,
     )
 
 

@@ -58,13 +58,27 @@ class Tools:
         self.runs.append(result)
         return result
 
+    def picture(self, label: str, args: list[str], out: Path) -> Path:
+        """A display-only FFmpeg run writing the preview picture `out` (see `media.stills`). It is
+        not added to `runs`: a preview is no part of the artifact, so its argv (naming a scratch
+        file gone after the attempt) stays out of the artifact's provenance and its cost out of
+        the FFmpeg time. It fails like any FFmpeg run of the stage."""
+        run_ffmpeg(args, ffmpeg=self.ffmpeg, limits=self.limits)
+        if not out.is_file():
+            raise MediaRejected(f"{label}: FFmpeg wrote no picture (no frame decoded at that time)")
+        return out
+
 
 @dataclass
 class StageOutput:
     """What a stage made: the file or directory `path` (inside its scratch directory), facts for
-    the metadata, the FFmpeg runs that made it (provenance) and hashes already computed."""
+    the metadata (and provenance), the FFmpeg runs that made it (provenance), hashes already
+    computed, and what the UI shows of it (`display`: metadata key -> a small JPEG written beside
+    `path`, not inside it, stored as a preview and shown as a picture; or a Dagster metadata value,
+    e.g. a table, shown as it is). Display entries are no part of the artifact or its provenance."""
 
     path: Path
     facts: dict[str, object] = field(default_factory=dict)
     runs: list[RunResult] = field(default_factory=list)
     hashed: dict[Path, str] = field(default_factory=dict)  # sha256 of files hashed while written
+    display: dict[str, object] = field(default_factory=dict)
