@@ -24,6 +24,8 @@ from .runs import (
     stage_report,
 )
 from .stages.toolkit import MediaRejected
+from .status import render as render_status
+from .status import video_status
 from .survivor import watch_this_process
 from .videos import video_key
 from .webhooks.delivery import BackgroundDrain
@@ -142,6 +144,21 @@ def cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    root = Path(args.project).resolve()
+    project = Project.load(root, [Path(args.spec)] if args.spec else None)
+    instance = _instance(root)
+    fail_abandoned_runs(instance)
+    status = video_status(instance, project.spec(args.pipeline), args.video)
+    if status["runs"] == 0 and all(s["status"] == "never_run" for s in status["stages"].values()):
+        raise MediaRejected(
+            f"no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}",
+            reason="input.unknown_video",
+        )
+    print(json.dumps(status, indent=2, default=str) if args.json else render_status(status))
+    return 0 if all(s["status"] != "failed" for s in status["stages"].values()) else 1
+
+
 def _error(args: argparse.Namespace, exc: Exception) -> int:
     """Any error of a command, classified like a stage's failure: one line on stderr and, under
     --json, a JSON report on stdout too. Exit status 2."""
@@ -216,6 +233,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     why.add_argument("--json", action="store_true", help="print JSON")
     why.set_defaults(func=cmd_why)
+
+    status = sub.add_parser(
+        "status",
+        help="one video at a glance: every stage's status, attempts, failures, delivery URLs",
+    )
+    status.add_argument("video", help="video id (partition key)")
+    status.add_argument(
+        "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
+    )
+    status.add_argument("--pipeline", help="pipeline name, when the project has several specs")
+    status.add_argument(
+        "--project", default=".", help="project directory holding resources/ (default: .)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
 
     sample = sub.add_parser(
         "sample", help="generate a test clip with a caption sidecar (FFmpeg lavfi)"

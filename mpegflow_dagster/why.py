@@ -15,7 +15,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInsta
 
 from .assets import build_video_assets
 from .dagster_private import data_provenance, data_version
-from .runs import PARTITION_TAG
+from .runs import PARTITION_TAG, entries, latest_reports
 from .spec import PipelineSpec, SpecError
 from .stage import step_keys
 
@@ -54,10 +54,15 @@ def explain(
                     "description": data.user_failure_data.description,
                     **meta,
                 }
+    outcomes = latest_reports(instance, spec, runs)
     stages: dict[str, Any] = {}
     for key in keys:
         step_key = steps_of[key]
-        entry: dict[str, Any] = {"asset_key": key.to_user_string()}
+        entry: dict[str, Any] = {
+            "asset_key": key.to_user_string(),
+            # the asset's own part of its step: outputs of one step fail or succeed apart
+            "outcome": outcomes.get(key.path[-1], {"status": "never_run"}),
+        }
         if step_key in steps:
             run_id, stat = steps[step_key]
             entry.update(
@@ -113,11 +118,14 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
             if up and up.asset_materialization and "sha256" in up.asset_materialization.metadata
             else None,
         }
+    found = {k: v.value for k, v in meta.items()}
     return {
         "materialized": {
             "run_id": record.run_id,
             "at": _when(record.timestamp),
             "path": meta["path"].value if "path" in meta else None,
+            "published": entries(found),  # what an emit stage published, by part
+            **({"poster": found["poster"]} if "poster" in found else {}),
             "sha256": meta["sha256"].value if "sha256" in meta else None,
             "data_version": data_version(record),
             "code_version": provenance.code_version if provenance else None,
@@ -135,18 +143,23 @@ def render(report: dict[str, Any]) -> str:
         *([f"({report['pipeline_description']})"] if report.get("pipeline_description") else []),
     ]
     for name, s in report["stages"].items():
+        outcome = s["outcome"]
         lines.append(
-            f"\n{name}: {s['status']}"
+            f"\n{name}: {outcome['status']}"
             + (
-                f"  {s.get('start')} -> {s.get('end')}, attempts {s.get('attempts')}"
+                f"  step {s['status']} {s.get('start')} -> {s.get('end')}, attempts {s.get('attempts')}"
                 if s.get("start")
                 else ""
             )
         )
-        if "failure" in s:
-            f = s["failure"]
+        if outcome["status"] == "failed":
             lines.append(
-                f"  failed: {f.get('failure_class')}: {f.get('reason')} (exit {f.get('exit_code')}): {f.get('message')}"
+                f"  failed: {outcome['reason']}"
+                + (
+                    f" (exit {outcome['exit_code']})"
+                    if outcome.get("exit_code") is not None
+                    else ""
+                )
             )
         m = s.get("materialized")
         if m:

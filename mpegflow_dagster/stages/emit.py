@@ -13,6 +13,7 @@ from dagster import AssetKey, AssetsDefinition
 
 from ..spec import PipelineSpec
 from ..stage import ENTRY_TAG, OPTIONAL_TAG, PUBLISH_TAG, StageContext, pipeline_key, video_asset
+from ..status import summary_metadata
 from ..storage import ArtifactStore, copy_tree_hashing, describe
 from .toolkit import StageOutput
 
@@ -114,12 +115,15 @@ def _emit_asset(
         description=f"Publishes {' and '.join(part_of.values())} to the delivery location.",
     )
     def emit_parts(context: StageContext, **paths: Path) -> StageOutput:
-        return emit(
+        out = emit(
             context.video,
             {part_of[name]: path for name, path in paths.items()},
             context.dagster.resources.delivery.store(),
             context.work,
             entries,
         )
+        if name == "emit":  # the final asset: the whole video at a glance
+            context.dagster.add_output_metadata(summary_metadata(context, spec, out.facts))
+        return out
 
     return emit_parts
