@@ -134,7 +134,13 @@ def cmd_why(args: argparse.Namespace) -> int:
     project = Project.load(root, [Path(args.spec)] if args.spec else None)
     instance = _instance(root)
     fail_abandoned_runs(instance)  # a run killed a moment ago shows as failed, not as running
-    report = explain(instance, project.spec(args.pipeline), args.video, args.asset)
+    report = explain(
+        instance,
+        project.spec(args.pipeline),
+        args.video,
+        args.asset,
+        work_dir=Path(project.settings.work_dir),
+    )
     if report["runs"] == 0 and not any("materialized" in s for s in report["stages"].values()):
         raise MediaRejected(
             f"no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}",

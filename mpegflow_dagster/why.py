@@ -9,12 +9,15 @@ reason and exit code.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Optional
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Optional
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, RunsFilter
 
 from .assets import build_video_assets
 from .dagster_private import data_provenance, data_version
+from .media.commands import output_part, split_outputs
 from .runs import PARTITION_TAG, entries, latest_reports
 from .spec import PipelineSpec, SpecError
 from .stage import step_keys
@@ -27,9 +30,14 @@ def _when(ts: Optional[float]) -> Optional[str]:
 
 
 def explain(
-    instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Optional[str] = None
+    instance: DagsterInstance,
+    spec: PipelineSpec,
+    video: str,
+    asset: Optional[str] = None,
+    work_dir: Optional[Path] = None,
 ) -> dict[str, Any]:
-    """Everything known about `video` in pipeline `spec` (or one `asset` of it)."""
+    """Everything known about `video` in pipeline `spec` (or one `asset` of it). With the
+    scratch root `work_dir`, each output's own part of its FFmpeg runs (`output_commands`)."""
     steps_of = step_keys(build_video_assets(spec))
     keys = [k for k in steps_of if asset is None or k.path[-1] == asset]
     if not keys:
@@ -76,7 +84,7 @@ def explain(
                 entry["failure"] = failures[step_key]
         else:
             entry["status"] = "never_run"
-        entry.update(_materialization(instance, key, video))
+        entry.update(_materialization(instance, key, video, work_dir))
         stages[key.path[-1]] = entry
     latest = runs[0] if runs else None
     return {
@@ -91,7 +99,9 @@ def explain(
     }
 
 
-def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> dict[str, Any]:
+def _materialization(
+    instance: DagsterInstance, key: AssetKey, video: str, work_dir: Optional[Path]
+) -> dict[str, Any]:
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[video]), limit=1
     ).records
@@ -130,9 +140,62 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
             "data_version": data_version(record),
             "code_version": provenance.code_version if provenance else None,
             "provenance": meta["provenance"].value if "provenance" in meta else None,
+            "commands": output_commands(found.get("provenance") or {}, found.get("path"), work_dir),
             "consumed": upstream,
         }
     }
+
+
+def output_commands(
+    provenance: Mapping[str, Any], stored: Optional[str], work_dir: Optional[Path]
+) -> list[list[str]]:
+    """Each FFmpeg run of an output (its provenance `argv`) cut to the output's own part: one run
+    of the encode step makes every rendition, so its argv holds every output. The scratch paths
+    in it, deleted after the run, are shown as the stored artifact (`stored`, its metadata
+    `path`) or, for intermediate files, `<scratch>/<name>`. The full argv stays in provenance.
+
+    Which outputs of a run are this one's: those written into its own scratch directory
+    (`<work_dir>/<asset>.<video>.<id>`), and in shared scratch (time chunks, their audio) those
+    named after it (`240p.mp4` and `240p.m4a` for `240p.mp4`, `thumbnails/` for `thumbnails`);
+    a run of one output is all its own."""
+    asset = str(provenance.get("asset", ""))
+    name = PurePosixPath(str(stored)).name if stored else None
+    root = str(work_dir.resolve()) + "/" if work_dir else None
+
+    def scratch(token: str) -> Optional[PurePosixPath]:
+        path = token.removeprefix("file:")
+        return PurePosixPath(path[len(root) :]) if root and path.startswith(root) else None
+
+    def mine(rel: PurePosixPath) -> bool:
+        return rel.parts[0].startswith(f"{asset}.")
+
+    def shown(token: str) -> str:
+        rel = scratch(token)
+        if rel is None:
+            return token
+        prefix = "file:" if token.startswith("file:") else ""
+        if mine(rel) and len(rel.parts) > 1:
+            rest = "/".join(rel.parts[1:])
+            return prefix + (
+                f"{str(stored).rsplit('/', 1)[0]}/{rest}" if stored else f"<output>/{rest}"
+            )
+        return f"{prefix}<scratch>/{rel.name}"
+
+    stem = PurePosixPath(name).stem if name else None
+
+    def own(output: str) -> bool:
+        rel = scratch(output)
+        return rel is not None and (
+            mine(rel) or any(PurePosixPath(part).stem == stem for part in rel.parts[1:])
+        )
+
+    found = []
+    for argv in provenance.get("argv", []):
+        # a run of one output, in this output's record, is all its own
+        part = argv if len(split_outputs(argv)[1]) == 1 else output_part(argv, own)
+        if part is not None:
+            found.append([shown(token) for token in part])
+    return found
 
 
 def render(report: dict[str, Any]) -> str:
@@ -166,7 +229,7 @@ def render(report: dict[str, Any]) -> str:
             prov = m.get("provenance") or {}
             enc = prov.get("encoder", {})
             lines.append(
-                f"  output   {m['path']}  sha256 {str(m['sha256'])[:16]}...  (run {m['run_id'][:8]}, {m['at']})"
+                f"  stored   {m['path']}  sha256 {str(m['sha256'])[:16]}...  (run {m['run_id'][:8]}, {m['at']})"
             )
             if enc:
                 lines.append(
@@ -186,6 +249,6 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(
                     f"  consumed {upstream} sha256 {str(u['sha256'])[:16]}... (run {str(u['run_id'])[:8]})"
                 )
-            for argv in prov.get("argv", []):
-                lines.append("  argv     " + " ".join(argv))
+            for argv in m["commands"]:  # this output's part of each run (provenance: all)
+                lines.append("  argv     " + shlex.join(argv))
     return "\n".join(lines)
