@@ -128,7 +128,7 @@ def _materialization(
             if up and up.asset_materialization and "sha256" in up.asset_materialization.metadata
             else None,
         }
-    found = {k: v.value for k, v in meta.items()}
+    found: dict[str, Any] = {k: v.value for k, v in meta.items()}
     return {
         "materialized": {
             "run_id": record.run_id,
