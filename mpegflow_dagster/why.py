@@ -128,19 +128,21 @@ def _materialization(
             if up and up.asset_materialization and "sha256" in up.asset_materialization.metadata
             else None,
         }
-    found: dict[str, Any] = {k: v.value for k, v in meta.items()}
+    values: dict[str, Any] = {k: v.value for k, v in meta.items()}
     return {
         "materialized": {
             "run_id": record.run_id,
             "at": _when(record.timestamp),
             "path": meta["path"].value if "path" in meta else None,
-            "published": entries(found),  # what an emit stage published, by part
-            **({"poster": found["poster"]} if "poster" in found else {}),
+            "published": entries(values),  # what an emit stage published, by part
+            **({"poster": values["poster"]} if "poster" in values else {}),
             "sha256": meta["sha256"].value if "sha256" in meta else None,
             "data_version": data_version(record),
             "code_version": provenance.code_version if provenance else None,
             "provenance": meta["provenance"].value if "provenance" in meta else None,
-            "commands": output_commands(found.get("provenance") or {}, found.get("path"), work_dir),
+            "commands": output_commands(
+                values.get("provenance") or {}, values.get("path"), work_dir
+            ),
             "consumed": upstream,
         }
     }
