@@ -1,9 +1,10 @@
 """`mpegflow why`: the resolved graph of one video, read back from the Dagster instance.
 
-For each stage: its status in the latest run of the video, start/end, attempts, and from its
-latest materialization the provenance record (encoder build, argv, preset, input and output
-hashes) and the upstream materializations it consumed; for a failed stage, the failure class,
-reason and exit code.
+For each stage: its outcome in the newest run that selected it (`runs.latest_reports`), its
+step's status in the latest run of the video, start/end, attempts, and from its latest
+materialization the provenance record (encoder build, argv, preset, input and output hashes),
+each FFmpeg command cut to this output's own part, and the upstream materializations it
+consumed; for a failed stage, the failure class, reason and exit code.
 """
 
 from __future__ import annotations
