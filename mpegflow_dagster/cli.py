@@ -29,6 +29,8 @@ from .runs import (
 from .spec import PipelineSpec
 from .stage import videos_partitions_name
 from .stages.toolkit import MediaRejected
+from .status import render as render_status
+from .status import video_status
 from .survivor import watch_this_process
 from .videos import video_key
 from .webhooks.delivery import BackgroundDrain
@@ -163,7 +165,13 @@ def cmd_why(args: argparse.Namespace) -> int:
     project = Project.load(root, [Path(args.spec)] if args.spec else None)
     instance = _instance(root)
     fail_abandoned_runs(instance)  # a run killed a moment ago shows as failed, not as running
-    report = explain(instance, project.spec(args.pipeline), args.video, args.asset)
+    report = explain(
+        instance,
+        project.spec(args.pipeline),
+        args.video,
+        args.asset,
+        work_dir=Path(project.settings.work_dir),
+    )
     if report["runs"] == 0 and not any("materialized" in s for s in report["stages"].values()):
         raise MediaRejected(
             f"no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}",
@@ -171,6 +179,21 @@ def cmd_why(args: argparse.Namespace) -> int:
         )
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    root = Path(args.project).resolve()
+    project = Project.load(root, [Path(args.spec)] if args.spec else None)
+    instance = _instance(root)
+    fail_abandoned_runs(instance)
+    status = video_status(instance, project.spec(args.pipeline), args.video)
+    if status["runs"] == 0 and all(s["status"] == "never_run" for s in status["stages"].values()):
+        raise MediaRejected(
+            f"no run of video {args.video!r} in {os.environ['DAGSTER_HOME']}",
+            reason="input.unknown_video",
+        )
+    print(json.dumps(status, indent=2, default=str) if args.json else render_status(status))
+    return 0 if all(s["status"] != "failed" for s in status["stages"].values()) else 1
 
 
 def _error(args: argparse.Namespace, exc: Exception) -> int:
@@ -289,6 +312,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     why.add_argument("--json", action="store_true", help="print JSON")
     why.set_defaults(func=cmd_why)
 
+    status = sub.add_parser(
+        "status",
+        help="one video at a glance: every stage's status, attempts, failures, delivery URLs",
+    )
+    status.add_argument("video", help="video id (partition key)")
+    status.add_argument(
+        "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
+    )
+    status.add_argument("--pipeline", help="pipeline name, when the project has several specs")
+    status.add_argument(
+        "--project", default=".", help="project directory holding resources/ (default: .)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(func=cmd_status)
     previews = sub.add_parser(
         "previews",
         help="serve the previews directory (the pictures in the Dagster UI) read-only over HTTP",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -12,7 +11,7 @@ from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_binary
-from .media.progress import Progress
+from .media.progress import ProgressBoard
 from .media.runner import RunLimits
 from .previews import PreviewStore
 from .stages.toolkit import Tools
@@ -153,28 +152,17 @@ class FFmpegResource(ConfigurableResource):
         *,
         threads: Optional[int] = None,
         lanes: Optional[int] = None,
-        every_s: float = 5.0,
+        every_s: float = 3.0,
     ) -> Tools:
-        """Stage tools whose progress goes to `log` (a Dagster logger) every `every_s`, plus a last
-        line when done; runs shorter than `every_s` log nothing (each line is an event-log write)."""
-        first: dict[str, float] = {}
-        last: dict[str, float] = {}
-
-        def report(label: str, progress: Progress) -> None:
-            now = time.monotonic()
-            since = last.get(label) or first.setdefault(label, now)
-            if (progress.done and label in last) or (not progress.done and now - since >= every_s):
-                last[label] = now
-                assert log is not None  # `report` is only used with a log
-                log.info(f"{label}: {progress.describe()}")
-
+        """Stage tools whose progress goes to `log` (a Dagster logger), per output: a first line
+        after a second, then one every `every_s`, and a last one when done (`ProgressBoard`)."""
         return Tools(
             ffmpeg=self.build.path,
             ffprobe=resolve_binary(self.ffprobe),
             threads=self.threads if threads is None else threads,
             lanes=self.encode_lanes if lanes is None else lanes,
             limits=RunLimits(timeout_s=self.timeout_s, stall_s=self.stall_s),
-            on_progress=report if log is not None else None,
+            progress=ProgressBoard(log.info, every_s=every_s) if log is not None else None,
         )
 
     @contextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Optional, Sequence
 
 from dagster import (
     AssetKey,
@@ -12,6 +12,7 @@ from dagster import (
     DagsterEvent,
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     Definitions,
     ExecuteInProcessResult,
@@ -143,11 +144,13 @@ def fail_abandoned_runs(instance: DagsterInstance) -> list[str]:
 def stage_report(
     events: Sequence[DagsterEvent],
     spec: PipelineSpec,
-    selected: Optional[Sequence[AssetKey]] = None,
+    selected: Optional[Collection[AssetKey]] = None,
+    finished: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Per asset of the spec, from one run's events: materialized / skipped (nothing to do) /
-    failed (with class and reason) / not_run (an upstream stage failed) / not_selected (outside
-    the run's `selected` assets, when given)."""
+    failed (with class, reason and stderr tail) / not_run (an upstream stage, or a stage sharing
+    its step, failed) / not_selected (outside the run's `selected` assets, when given) /
+    running (its step has not ended yet, in a run not `finished`)."""
     materialized = {
         e.asset_key: e.step_materialization_data.materialization.metadata
         for e in events
@@ -165,7 +168,8 @@ def stage_report(
                     "failure_class": meta["failure_class"].value,
                     "reason_code": meta["reason"].value,
                     "reason": f"{meta['failure_class'].value}: {meta['reason'].value}: {meta['message'].value}",
-                    **({"exit_code": meta["exit_code"].value} if "exit_code" in meta else {}),
+                    **{k: meta[k].value for k in ("exit_code", "attempt") if k in meta},
+                    **({"stderr_tail": tail} if (tail := _stderr_tail(meta)) else {}),
                 }
     steps: dict[str, dict[str, Any]] = {}
     for event in events:
@@ -180,8 +184,10 @@ def stage_report(
             }
         elif event.event_type == DagsterEventType.STEP_FAILURE:
             steps[event.step_key] = _failure(event)
+    step_of = step_keys(build_video_assets(spec))
+    failed_in_step = {step_of[k]: k for k in observed if k in step_of}
     report: dict[str, dict[str, Any]] = {}
-    for key, step_key in step_keys(build_video_assets(spec)).items():
+    for key, step_key in step_of.items():
         entry: dict[str, Any] = {"asset_key": key.to_user_string()}
         if key in materialized:
             meta = materialized[key]
@@ -202,8 +208,14 @@ def stage_report(
             entry["status"] = "not_selected"
         elif key in observed:
             entry.update(observed[key])
+        elif step_key in failed_in_step and steps.get(step_key, {}).get("status") == "failed":
+            sibling = failed_in_step[step_key].path[-1]
+            entry.update(status="not_run", reason=f"{sibling} failed (they share a step)")
         else:
-            step = steps.get(step_key, {"status": "not_run", "reason": "an upstream stage failed"})
+            pending = {"status": "not_run", "reason": "an upstream stage failed"}
+            if not finished:
+                pending = {"status": "running", "reason": "its step has not ended yet"}
+            step = steps.get(step_key, pending)
             entry.update(step)
             if step["status"] == "succeeded":
                 entry.update(status="skipped", reason="nothing to do (no output produced)")
@@ -249,7 +261,56 @@ def published_entries(events: Sequence[DagsterEvent]) -> dict[str, str]:
     found: dict[str, str] = {}
     for event in events:
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-            for name, value in event.step_materialization_data.materialization.metadata.items():
-                if name.endswith("_entry"):
-                    found[name.removesuffix("_entry")] = str(value.value)
+            meta = event.step_materialization_data.materialization.metadata
+            found.update(entries({k: v.value for k, v in meta.items()}))
     return dict(sorted(found.items()))
+
+
+def entries(facts: Mapping[str, Any]) -> dict[str, str]:
+    """The `<part>_entry` facts of an emit stage, by part."""
+    return {k.removesuffix("_entry"): str(v) for k, v in facts.items() if k.endswith("_entry")}
+
+
+def _stderr_tail(meta: Mapping[str, Any]) -> str:
+    """A failure's stderr tail, stored as a Markdown code block."""
+    text = str(meta["stderr_tail"].value) if "stderr_tail" in meta else ""
+    return text.strip().removeprefix("```").removesuffix("```").strip("\n")
+
+
+# What `stage_report` reads of a run, and what says which assets the run selected.
+REPORT_EVENTS = {
+    DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+    DagsterEventType.ASSET_MATERIALIZATION,
+    DagsterEventType.ASSET_OBSERVATION,
+    DagsterEventType.STEP_SUCCESS,
+    DagsterEventType.STEP_SKIPPED,
+    DagsterEventType.STEP_FAILURE,
+}
+
+
+def latest_reports(
+    instance: DagsterInstance, spec: PipelineSpec, runs: Sequence[DagsterRun]
+) -> dict[str, dict[str, Any]]:
+    """Per asset of the spec, its `stage_report` entry in the newest of `runs` (newest first)
+    that selected it, with that run's `run_id`: a maintenance run of one rendition tells about
+    that rendition, the earlier full run about the rest. An asset no run selected is absent."""
+    found: dict[str, dict[str, Any]] = {}
+    wanted = {k.path[-1] for k in step_keys(build_video_assets(spec))}
+    for run in runs:
+        if wanted <= found.keys():
+            break
+        events = [
+            r.dagster_event
+            for r in instance.all_logs(run.run_id, of_type=REPORT_EVENTS)
+            if r.dagster_event is not None
+        ]
+        planned = {
+            e.asset_key
+            for e in events
+            if e.event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED and e.asset_key
+        }
+        report = stage_report(events, spec, selected=planned, finished=run.is_finished)
+        for name, entry in report.items():
+            if name not in found and entry["status"] != "not_selected":
+                found[name] = {**entry, "run_id": run.run_id}
+    return found

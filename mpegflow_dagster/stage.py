@@ -479,7 +479,9 @@ class StageRun:
         failed rendition once)."""
         c = self.classification(exc)
         attempt = self.context.retry_number
-        stderr = getattr(getattr(exc, "result", None), "stderr_tail", "") or ""
+        stderr = getattr(getattr(exc, "result", None), "stderr_tail", "") or getattr(
+            exc, "stderr_tail", ""
+        )  # FFmpegFailed's run, or ProbeError's
         details = {
             "failure_class": c.failure_class,
             "reason": c.reason,
@@ -494,10 +496,19 @@ class StageRun:
             **{k: v for k, v in details.items() if v is not None},
             "stderr_tail": MetadataValue.md(f"```\n{stderr[-4000:]}\n```"),
         }
+        # Named after the stage's asset, so the asset's own event list says what failed and why.
+        stage_failed = f"{self.stage.name} failed: {c.failure_class}: {c.reason}"
+        retry = self.retryable(c)
         self.context.log_event(
-            AssetObservation(asset_key=self.stage.key, partition=self.video, metadata=meta)
+            AssetObservation(
+                asset_key=self.stage.key,
+                partition=self.video,
+                description=f"{stage_failed}: {c.message}"
+                + (f" (attempt {attempt + 1}; retried)" if retry else ""),
+                metadata=meta,
+            )
         )
-        if self.retryable(c):
+        if retry:
             self.context.log.warning(
                 f"{self.stage.name} attempt {attempt + 1} failed ({c.failure_class}: {c.reason}: "
                 f"{c.message}); the step's retry policy runs it again"
@@ -523,7 +534,7 @@ class StageRun:
                 )
             )
         return Failure(
-            description=f"video {self.video!r}: {headline} ({c.message})",
+            description=f"{stage_failed}: {c.message} (video {self.video!r})",
             metadata=meta,
             allow_retries=False,
         )

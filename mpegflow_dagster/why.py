@@ -1,21 +1,26 @@
 """`mpegflow why`: the resolved graph of one video, read back from the Dagster instance.
 
-For each stage: its status in the latest run of the video, start/end, attempts, and from its
-latest materialization the provenance record (encoder build, argv, preset, input and output
-hashes) and the upstream materializations it consumed; for a failed stage, the failure class,
-reason and exit code.
+For each stage: its outcome in the newest run that selected it (`runs.latest_reports`), its
+step's status in the latest run of the video, start/end, attempts, and from its latest
+materialization the provenance record (encoder build, argv, preset, input and output hashes),
+each FFmpeg command cut to this output's own part, and the upstream materializations it
+consumed; for a failed stage, the failure class, reason and exit code.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Optional
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Optional
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, RunsFilter
 
 from .assets import build_video_assets
 from .dagster_private import data_provenance, data_version
+from .media.commands import output_part, split_outputs
 from .outcomes import PARTITION_TAG
+from .runs import entries, latest_reports
 from .spec import PipelineSpec, SpecError
 from .stage import step_keys
 
@@ -27,9 +32,14 @@ def _when(ts: Optional[float]) -> Optional[str]:
 
 
 def explain(
-    instance: DagsterInstance, spec: PipelineSpec, video: str, asset: Optional[str] = None
+    instance: DagsterInstance,
+    spec: PipelineSpec,
+    video: str,
+    asset: Optional[str] = None,
+    work_dir: Optional[Path] = None,
 ) -> dict[str, Any]:
-    """Everything known about `video` in pipeline `spec` (or one `asset` of it)."""
+    """Everything known about `video` in pipeline `spec` (or one `asset` of it). With the
+    scratch root `work_dir`, each output's own part of its FFmpeg runs (`output_commands`)."""
     steps_of = step_keys(build_video_assets(spec))
     keys = [k for k in steps_of if asset is None or k.path[-1] == asset]
     if not keys:
@@ -54,10 +64,15 @@ def explain(
                     "description": data.user_failure_data.description,
                     **meta,
                 }
+    outcomes = latest_reports(instance, spec, runs)
     stages: dict[str, Any] = {}
     for key in keys:
         step_key = steps_of[key]
-        entry: dict[str, Any] = {"asset_key": key.to_user_string()}
+        entry: dict[str, Any] = {
+            "asset_key": key.to_user_string(),
+            # the asset's own part of its step: outputs of one step fail or succeed apart
+            "outcome": outcomes.get(key.path[-1], {"status": "never_run"}),
+        }
         if step_key in steps:
             run_id, stat = steps[step_key]
             entry.update(
@@ -71,7 +86,7 @@ def explain(
                 entry["failure"] = failures[step_key]
         else:
             entry["status"] = "never_run"
-        entry.update(_materialization(instance, key, video))
+        entry.update(_materialization(instance, key, video, work_dir))
         stages[key.path[-1]] = entry
     latest = runs[0] if runs else None
     return {
@@ -86,7 +101,9 @@ def explain(
     }
 
 
-def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> dict[str, Any]:
+def _materialization(
+    instance: DagsterInstance, key: AssetKey, video: str, work_dir: Optional[Path]
+) -> dict[str, Any]:
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[video]), limit=1
     ).records
@@ -113,18 +130,76 @@ def _materialization(instance: DagsterInstance, key: AssetKey, video: str) -> di
             if up and up.asset_materialization and "sha256" in up.asset_materialization.metadata
             else None,
         }
+    values: dict[str, Any] = {k: v.value for k, v in meta.items()}
     return {
         "materialized": {
             "run_id": record.run_id,
             "at": _when(record.timestamp),
             "path": meta["path"].value if "path" in meta else None,
+            "published": entries(values),  # what an emit stage published, by part
+            **({"poster": values["poster"]} if "poster" in values else {}),
             "sha256": meta["sha256"].value if "sha256" in meta else None,
             "data_version": data_version(record),
             "code_version": provenance.code_version if provenance else None,
             "provenance": meta["provenance"].value if "provenance" in meta else None,
+            "commands": output_commands(
+                values.get("provenance") or {}, values.get("path"), work_dir
+            ),
             "consumed": upstream,
         }
     }
+
+
+def output_commands(
+    provenance: Mapping[str, Any], stored: Optional[str], work_dir: Optional[Path]
+) -> list[list[str]]:
+    """Each FFmpeg run of an output (its provenance `argv`) cut to the output's own part: one run
+    of the encode step makes every rendition, so its argv holds every output. The scratch paths
+    in it, deleted after the run, are shown as the stored artifact (`stored`, its metadata
+    `path`) or, for intermediate files, `<scratch>/<name>`. The full argv stays in provenance.
+
+    Which outputs of a run are this one's: those written into its own scratch directory
+    (`<work_dir>/<asset>.<video>.<id>`), and in shared scratch (time chunks, their audio) those
+    named after it (`240p.mp4` and `240p.m4a` for `240p.mp4`, `thumbnails/` for `thumbnails`);
+    a run of one output is all its own."""
+    asset = str(provenance.get("asset", ""))
+    name = PurePosixPath(str(stored)).name if stored else None
+    root = str(work_dir.resolve()) + "/" if work_dir else None
+
+    def scratch(token: str) -> Optional[PurePosixPath]:
+        path = token.removeprefix("file:")
+        return PurePosixPath(path[len(root) :]) if root and path.startswith(root) else None
+
+    def mine(rel: PurePosixPath) -> bool:
+        return rel.parts[0].startswith(f"{asset}.")
+
+    def shown(token: str) -> str:
+        rel = scratch(token)
+        if rel is None:
+            return token
+        prefix = "file:" if token.startswith("file:") else ""
+        if mine(rel) and len(rel.parts) > 1:
+            rest = "/".join(rel.parts[1:])
+            return prefix + (
+                f"{str(stored).rsplit('/', 1)[0]}/{rest}" if stored else f"<output>/{rest}"
+            )
+        return f"{prefix}<scratch>/{rel.name}"
+
+    stem = PurePosixPath(name).stem if name else None
+
+    def own(output: str) -> bool:
+        rel = scratch(output)
+        return rel is not None and (
+            mine(rel) or any(PurePosixPath(part).stem == stem for part in rel.parts[1:])
+        )
+
+    found = []
+    for argv in provenance.get("argv", []):
+        # a run of one output, in this output's record, is all its own
+        part = argv if len(split_outputs(argv)[1]) == 1 else output_part(argv, own)
+        if part is not None:
+            found.append([shown(token) for token in part])
+    return found
 
 
 def render(report: dict[str, Any]) -> str:
@@ -135,25 +210,30 @@ def render(report: dict[str, Any]) -> str:
         *([f"({report['pipeline_description']})"] if report.get("pipeline_description") else []),
     ]
     for name, s in report["stages"].items():
+        outcome = s["outcome"]
         lines.append(
-            f"\n{name}: {s['status']}"
+            f"\n{name}: {outcome['status']}"
             + (
-                f"  {s.get('start')} -> {s.get('end')}, attempts {s.get('attempts')}"
+                f"  step {s['status']} {s.get('start')} -> {s.get('end')}, attempts {s.get('attempts')}"
                 if s.get("start")
                 else ""
             )
         )
-        if "failure" in s:
-            f = s["failure"]
+        if outcome["status"] == "failed":
             lines.append(
-                f"  failed: {f.get('failure_class')}: {f.get('reason')} (exit {f.get('exit_code')}): {f.get('message')}"
+                f"  failed: {outcome['reason']}"
+                + (
+                    f" (exit {outcome['exit_code']})"
+                    if outcome.get("exit_code") is not None
+                    else ""
+                )
             )
         m = s.get("materialized")
         if m:
             prov = m.get("provenance") or {}
             enc = prov.get("encoder", {})
             lines.append(
-                f"  output   {m['path']}  sha256 {str(m['sha256'])[:16]}...  (run {m['run_id'][:8]}, {m['at']})"
+                f"  stored   {m['path']}  sha256 {str(m['sha256'])[:16]}...  (run {m['run_id'][:8]}, {m['at']})"
             )
             if enc:
                 lines.append(
@@ -173,6 +253,6 @@ def render(report: dict[str, Any]) -> str:
                 lines.append(
                     f"  consumed {upstream} sha256 {str(u['sha256'])[:16]}... (run {str(u['run_id'])[:8]})"
                 )
-            for argv in prov.get("argv", []):
-                lines.append("  argv     " + " ".join(argv))
+            for argv in m["commands"]:  # this output's part of each run (provenance: all)
+                lines.append("  argv     " + shlex.join(argv))
     return "\n".join(lines)

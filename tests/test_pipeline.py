@@ -202,12 +202,10 @@ def test_bad_input_fails_clearly_and_publishes_nothing(instance, tmp_path):
     report = stage_report(result.all_events, spec)
     assert not result.success
     assert report["probe"]["status"] == "failed" and "junk" in report["probe"]["reason"]
-    # A copy that is not valid media is not kept: the ingest fails with the probe's reason.
-    assert (
-        report["ingest"]["status"] == "failed"
-        and report["ingest"]["reason_code"] == report["probe"]["reason_code"]
-    )
-    assert not (tmp_path / "storage" / "vod" / "ingest").exists()
+    # The probe, not its step-sibling ingest, failed: the stored copy stands, nothing uses it.
+    assert report["ingest"]["status"] == "materialized"
+    assert (tmp_path / "storage" / "vod" / "ingest" / "junk" / "ingest").is_dir()
+    assert not (tmp_path / "storage" / "vod" / "probe").exists()
     assert report["rendition_720p"]["status"] == "not_run"
     assert not (tmp_path / "delivery" / "junk").exists()
     assert list((tmp_path / "work").iterdir()) == []  # no scratch left behind
@@ -215,7 +213,7 @@ def test_bad_input_fails_clearly_and_publishes_nothing(instance, tmp_path):
     again = stage_report(
         materialize_video(project, spec, "junk", instance=instance, source=junk).all_events, spec
     )
-    assert again["ingest"]["status"] == "failed"
+    assert again["ingest"]["status"] == "materialized"
     assert (
         again["probe"]["status"] == "failed"
         and again["probe"]["reason_code"] == report["probe"]["reason_code"]

@@ -1,6 +1,7 @@
 """FFmpegResource checks the build when the run starts, before any stage does work."""
 
 import logging
+import re
 import time
 
 import pytest
@@ -53,9 +54,10 @@ def test_wrong_or_missing_ffmpeg_fails_the_run_at_start(
     )
 
 
-def test_progress_is_logged_only_for_runs_longer_than_the_interval(tmp_path):
-    """Each log line is an event-log write: a short FFmpeg run logs nothing, a long one a line per
-    interval and a last one when done."""
+def test_progress_is_said_per_output_adding_up_its_chunks(tmp_path):
+    """Each line is an event-log write: an output done within the first second says nothing; a
+    longer one says a first line after a second, then at most one every interval, and a last
+    one when done. A rendition made in two time chunks is out of the whole source."""
     lines: list[str] = []
 
     class Recorder(logging.Handler):
@@ -65,19 +67,33 @@ def test_progress_is_logged_only_for_runs_longer_than_the_interval(tmp_path):
     log = logging.getLogger("mpegflow-test-progress")
     log.addHandler(Recorder())
     log.setLevel(logging.INFO)
-    tools = FFmpegResource(work_dir=str(tmp_path)).tools(log, every_s=0.2)
+    board = FFmpegResource(work_dir=str(tmp_path)).tools(log, every_s=0.3).progress
+    assert board is not None
 
-    def report(label: str, at_s: float, done: bool = False) -> None:
-        tools.on_progress(
-            label, Progress(out_time_s=at_s, speed=1.0, frame=None, duration_s=10.0, done=done)
-        )
+    def at(s: float, duration: float, done: bool = False) -> Progress:
+        return Progress(out_time_s=s, speed=1.0, frame=None, duration_s=duration, done=done)
 
-    report("short", 0.0)
-    report("short", 10.0, done=True)
+    short = board.run(["sprite"], 1.0)
+    short(at(0.5, 1.0))
+    short(at(1.0, 1.0, done=True))
     assert lines == []
-    report("long", 0.0)
-    time.sleep(0.25)
-    report("long", 5.0)
-    report("long", 6.0)  # within the interval: not logged
-    report("long", 10.0, done=True)
-    assert [line.split(":")[0] for line in lines] == ["long", "long"] and "100.0%" in lines[-1]
+    board.expect(["rendition_240p"], 10.0)
+    first, second = board.run(["rendition_240p"], 5.0), board.run(["rendition_240p"], 5.0)
+    first(at(0.5, 5.0))
+    assert lines == []  # not a second yet
+    time.sleep(1.0)
+    first(at(1.0, 5.0))
+    second(at(1.5, 5.0))  # within the interval: not said
+    time.sleep(0.3)
+    second(at(2.0, 5.0))
+    first(at(5.0, 5.0, done=True))  # the other chunk is not done: no last line yet
+    assert [line.split()[:3] for line in lines] == [
+        ["progress", "rendition_240p", "10%"],  # 1.0 of 10 s
+        ["progress", "rendition_240p", "30%"],  # 1.0 + 2.0
+    ]
+    assert re.fullmatch(
+        r"progress rendition_240p +10% \(1\.0/10\.0 s, \d+\.\dx realtime, eta \d+ s\)", lines[0]
+    ), lines[0]
+    second(at(5.0, 5.0, done=True))
+    assert lines[-1].split()[:4] == ["progress", "rendition_240p", "100%", "(10.0/10.0"]
+    assert "done in" in lines[-1] and len(lines) == 3

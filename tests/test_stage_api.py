@@ -130,7 +130,7 @@ def test_a_permanent_failure_fails_fast_and_publishes_nothing(tmp_path, make_sou
         assert not result.success and retries == []
         [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
         assert (
-            "stage broken failed: permanent: config.invalid_option"
+            "broken failed: permanent: config.invalid_option"
             in failure.step_failure_data.error.message
         )
         assert records(instance, "broken") == []

@@ -9,10 +9,11 @@ bytes twice.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import ffmpeg
 
@@ -306,3 +307,67 @@ def still_args(
         **{"q:v": quality},
         **_BITEXACT,
     ).get_args()
+
+
+def split_outputs(argv: list[str]) -> tuple[list[str], list[list[str]]]:
+    """A command as these functions build it (every option one `-key value` pair): the part its
+    outputs share (binary, global and input options, the filtergraph) and each output's own
+    options ending in its name. One FFmpeg run can make several outputs (`encode_ladder_args`)."""
+    inputs = [i for i, token in enumerate(argv) if token == "-i"]
+    end = inputs[-1] + 2 if inputs else 1
+    if argv[end : end + 1] == ["-filter_complex"]:
+        end += 2
+    head, groups, group = argv[:end], [], []
+    i = end
+    while i < len(argv):
+        if argv[i].startswith("-") and i + 1 < len(argv):
+            group += argv[i : i + 2]
+            i += 2
+        else:
+            groups.append([*group, argv[i]])
+            group, i = [], i + 1
+    return head, groups
+
+
+_LABEL = re.compile(r"\[([^\]]*)\]")
+_LEAD = re.compile(r"\s*(?:\[[^\]]*\])+")
+_TRAIL = re.compile(r"(?:\[[^\]]*\])+\s*$")
+
+
+def _filter_links(chain: str) -> tuple[set[str], set[str]]:
+    """The input and output labels of one filter chain, `[a][b]filter=args[c]`."""
+    lead = _LEAD.match(chain)
+    rest = chain[lead.end() :] if lead else chain
+    trail = _TRAIL.search(rest)
+    return (
+        set(_LABEL.findall(lead.group(0))) if lead else set(),
+        set(_LABEL.findall(trail.group(0))) if trail else set(),
+    )
+
+
+def own_filtergraph(graph: str, labels: set[str]) -> str:
+    """The chains of a filtergraph (`a;b;...`, ffmpeg-python writes one filter per chain) that
+    feed the streams `labels`: one output's branch of a shared decode."""
+    chains = re.split(r"(?<!\\);", graph)
+    needed, kept = set(labels), []
+    for chain in reversed(chains):
+        ins, outs = _filter_links(chain)
+        if outs & needed:
+            kept.append(chain)
+            needed |= ins
+    return ";".join(reversed(kept))
+
+
+def output_part(argv: list[str], own: Callable[[str], bool]) -> Optional[list[str]]:
+    """The part of a command that makes the outputs `own(name)` picks: the shared head, its
+    filtergraph cut to what feeds them, and their options; None if the command makes none."""
+    head, groups = split_outputs(argv)
+    mine = [g for g in groups if own(g[-1])]
+    if not mine:
+        return None
+    head = list(head)
+    if "-filter_complex" in head:
+        at = head.index("-filter_complex") + 1
+        maps = {g[i + 1] for g in mine for i, t in enumerate(g[:-1]) if t == "-map"}
+        head[at] = own_filtergraph(head[at], {m.strip("[]") for m in maps if m.startswith("[")})
+    return [*head, *(token for g in mine for token in g)]

@@ -16,7 +16,11 @@ from .safety import SOURCE_FORMATS, safe_input_args
 
 
 class ProbeError(RuntimeError):
-    """ffprobe could not read the file as media."""
+    """ffprobe could not read the file as media; `stderr_tail` is what it said."""
+
+    def __init__(self, message: str, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
 
 
 class StreamInfo(BaseModel):
@@ -157,7 +161,8 @@ def probe(
         raise ProbeError(f"ffprobe did not finish within {timeout_s:.0f}s on {path}") from exc
     if proc.returncode != 0:
         raise ProbeError(
-            f"ffprobe cannot read {Path(path).name}: {proc.stderr.strip()[-500:] or 'no output'}"
+            f"ffprobe cannot read {Path(path).name}: {proc.stderr.strip()[-500:] or 'no output'}",
+            stderr_tail=proc.stderr[-4000:],
         )
     return parse_probe(json.loads(proc.stdout or "{}"))
 

@@ -27,6 +27,7 @@ from ..stage import (
     pipeline_key,
     video_asset,
 )
+from ..status import summary_metadata
 from ..storage import ArtifactStore, copy_tree_hashing, describe
 from .toolkit import StageOutput
 
@@ -146,12 +147,15 @@ def _emit_asset(
         description=f"Publishes {' and '.join(part_of.values())} to the delivery location.",
     )
     def emit_parts(context: StageContext, **paths: Path) -> StageOutput:
-        return emit(
+        out = emit(
             context.video,
             {part_of[name]: path for name, path in paths.items()},
             context.dagster.resources.delivery.store(),
             context.work,
             entries,
         )
+        if name == "emit":  # the final asset: the whole video at a glance
+            context.dagster.add_output_metadata(summary_metadata(context, spec, out.facts))
+        return out
 
     return emit_parts

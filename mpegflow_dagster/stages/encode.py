@@ -184,6 +184,11 @@ def encode_ladder(
     outputs = {r.name: h264_output(spec, r, info) for r in rungs}
     spans = encode_spans(info, spec)
     chunked = len(spans) > 1
+    # each output's progress is out of the whole source, however many chunks make it
+    tools.expect(
+        [rendition_asset_name(n) for n in outputs] + (["thumbnails"] if thumbs else []),
+        info.duration,
+    )
 
     def finish(runs: dict[str, list[RunResult]]) -> dict[str, StageOutput]:
         """Verified and hashed outputs; for a lane, while the other lanes still encode."""
@@ -226,7 +231,8 @@ def encode_ladder(
             if span.duration_s is not None
             else info.duration - float(span.start_s)
         )
-        return tools.run(label, args, duration_s=duration, cancel=cancel)
+        made = [rendition_asset_name(n) for n in names] + (["thumbnails"] if thumbs_dir else [])
+        return tools.run(label, args, duration_s=duration, outputs=made, cancel=cancel)
 
     if not chunked:
         lanes = _lanes(rungs, max(1, tools.lanes))
@@ -253,9 +259,7 @@ def encode_ladder(
         cache = next(iter(work.values())).parent / CHUNK_CACHE
         with scratch_dir(next(iter(work.values())).parent, "chunks", temporary=True) as parts:
             audio = (
-                {name: parts / f"audio-{name}.m4a" for name in outputs}
-                if info.audio is not None
-                else {}
+                {name: parts / f"{name}.m4a" for name in outputs} if info.audio is not None else {}
             )
             names = list(outputs)
 
@@ -268,7 +272,7 @@ def encode_ladder(
                         names,
                         spans[i],
                         lambda n: into / f"{n}.mp4",
-                        thumbs and into / "frames",
+                        thumbs and into / "thumbnails",
                         cancel,
                     ),
                 )
@@ -295,7 +299,7 @@ def encode_ladder(
             entries, chunk_runs = [e for e, _ in chunk_done], [r for _, r in chunk_done]
             if frames is not None:
                 for entry in entries:
-                    for jpg in (entry / "frames").iterdir():
+                    for jpg in (entry / "thumbnails").iterdir():
                         os.link(jpg, frames / jpg.name)
 
             def join(name: str, cancel: threading.Event) -> dict[str, StageOutput]:
@@ -346,6 +350,7 @@ def _chunk_key(
         "thumbs": dataclasses.asdict(thumbs) if thumbs else None,
         "threads": tools.threads,
         "ffmpeg": [str(binary), exe.st_size, exe.st_mtime_ns],
+        "layout": 2,  # 2: frames in `thumbnails/` (each output's files are named after it)
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -24,7 +24,7 @@ from ..stage import (
     pipeline_key,
     video_multi_asset,
 )
-from ..storage import copy_hashing, release_scratch, sha256_file
+from ..storage import copy_hashing, sha256_file
 from .toolkit import MediaRejected, StageOutput, Tools
 
 SOURCE_STEM = "source"
@@ -145,7 +145,7 @@ def probe_source(ingest_dir: Path, work: Path, tools: Tools, name: str) -> Stage
     try:
         info = probe(source, tools.ffprobe)
     except ProbeError as exc:
-        raise ProbeError(f"{label}: {exc}") from exc
+        raise ProbeError(f"{label}: {exc}", exc.stderr_tail) from exc
     video = info.video
     if video is None or not video.width or not video.height:
         raise MediaRejected(
@@ -223,7 +223,9 @@ def _ingest_and_probe(
             lambda sc: probe_source(ingested.value, sc.work, sc.ffmpeg, name=source)
         )
     except (Failure, Retryable):
-        release_scratch(ingested.value)  # a copy that is not valid media is not kept
+        # The copy stands (ingest did its part): the run then shows probe, not ingest, as the
+        # failed asset. Nothing downstream can use it without a probe.
+        yield ingested
         raise
     assert probed is not None
     yield from (ingested, probed)

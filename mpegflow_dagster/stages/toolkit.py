@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Iterable, Optional, Sequence
 
-from ..media.progress import Progress
+from ..media.progress import ProgressBoard
 from ..media.runner import RunLimits, RunResult, run_ffmpeg
 
 
@@ -32,8 +32,13 @@ class Tools:
     threads: int = 1  # per encoder; 1 = reproducible x264 bytes, 0 = let FFmpeg choose
     lanes: int = 1  # FFmpeg processes a shared encode may run at once
     limits: RunLimits = field(default_factory=RunLimits)
-    on_progress: Optional[Callable[[str, Progress], None]] = None  # (label, progress)
+    progress: Optional[ProgressBoard] = None  # where each output's progress is said
     runs: list[RunResult] = field(default_factory=list)  # every run so far, for provenance
+
+    def expect(self, outputs: Iterable[str], total_s: float) -> None:
+        """Progress of `outputs` is out of `total_s` each (for outputs made in several runs)."""
+        if self.progress is not None:
+            self.progress.expect(outputs, total_s)
 
     def run(
         self,
@@ -41,11 +46,14 @@ class Tools:
         args: list[str],
         *,
         duration_s: Optional[float] = None,
+        outputs: Sequence[str] = (),
         cwd: Optional[Path] = None,
         cancel: Optional[threading.Event] = None,
     ) -> RunResult:
-        on_progress = self.on_progress
-        callback = (lambda p: on_progress(label, p)) if on_progress else None
+        """Run FFmpeg; its progress counts towards each of `outputs` (default: one named `label`)."""
+        callback = (
+            self.progress.run(outputs or [label], duration_s) if self.progress is not None else None
+        )
         result = run_ffmpeg(
             args,
             ffmpeg=self.ffmpeg,
