@@ -91,6 +91,9 @@ KeyLike = Union[AssetKey, str, Sequence[str]]
 Context = Union[AssetExecutionContext, OpExecutionContext]
 # (context, the stored output's metadata values, the inputs' data versions) -> may it be reused?
 ReuseCheck = Callable[[Context, Mapping[str, Any], Mapping[str, Optional[str]]], bool]
+# Metadata made afresh each time an output is recorded, made or reused (emit's summary of the
+# video): `(dagster_context, metadata values, reused) -> metadata`.
+Annotate = Callable[[Context, Mapping[str, Any], bool], Mapping[str, Any]]
 
 
 def videos_partitions_name(pipeline: str) -> str:
@@ -140,6 +143,7 @@ class VideoStage:
     # holds it); None: always.
     reuse_if: Optional[ReuseCheck] = None
     concludes: bool = False  # a new output of it is the video's publication: `video.succeeded`
+    annotate: Optional[Annotate] = None
     optional: bool = False  # the function may return None: no output, downstream stages skip
     retry: RetrySpec = RetrySpec()
     preset: Optional[str] = None  # recorded in provenance
@@ -356,6 +360,10 @@ class StageRun:
     def _output(self, value: Union[Path, Reused], sha: str, metadata: dict[str, Any]) -> Output:
         """The Output whose data version is the artifact's sha256 (Dagster marks `data_version`
         beta and warns on every use; the warning says nothing to a user of this API)."""
+        if self.stage.annotate is not None:
+            values = {k: getattr(v, "value", v) for k, v in metadata.items()}
+            reused = isinstance(value, Reused)
+            metadata = {**metadata, **self.stage.annotate(self.context, values, reused)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BetaWarning)
             return Output(
@@ -610,6 +618,7 @@ def video_asset(
     reusable: bool = True,
     reuse_if: Optional[ReuseCheck] = None,
     concludes: bool = False,
+    annotate: Optional[Annotate] = None,
     optional: bool = False,
     retry: RetrySpec = RetrySpec(),
     preset: Optional[str] = None,
@@ -632,6 +641,8 @@ def video_asset(
         reuse_if: `(dagster_context, stored_metadata, input_versions) -> bool`: whether an output
             with an unchanged recipe may be reused (e.g. emit: the delivery still holds it).
         concludes: A new output of this stage is the video's publication (`video.succeeded`).
+        annotate: `(dagster_context, metadata_values, reused) -> metadata` added each time the
+            output is recorded, made or reused (e.g. emit's summary of the whole video).
         optional: The function may return None to produce nothing; downstream stages then skip.
         retry: Retries of transient and resource failures (Dagster's RetryPolicy).
         preset: Preset name recorded in provenance.
@@ -656,6 +667,7 @@ def video_asset(
         reusable=reusable,
         reuse_if=reuse_if,
         concludes=concludes,
+        annotate=annotate,
         optional=optional,
         retry=retry,
         preset=preset,

@@ -12,7 +12,7 @@ from dagster import DagsterInstance, MetadataValue
 
 from .runs import entries
 from .spec import PipelineSpec
-from .stage import StageContext
+from .stage import Context
 from .why import explain
 
 SUMMARY_KEY = "summary"  # metadata of `emit`: this summary as Markdown
@@ -52,17 +52,21 @@ def video_status(instance: DagsterInstance, spec: PipelineSpec, video: str) -> d
 
 
 def summary_metadata(
-    context: StageContext, spec: PipelineSpec, facts: Mapping[str, Any]
+    context: Context,
+    facts: Mapping[str, Any],
+    reused: bool,
+    *,
+    spec: PipelineSpec,
+    stage: str,
 ) -> dict[str, MetadataValue]:
-    """The `summary` of an emit stage while it publishes (its step has not ended): the current
-    run's events so far and earlier materializations, with the stage itself materialized in this
-    run and what it published (`facts`) among the delivery URLs."""
-    run = context.dagster
-    status = video_status(run.instance, spec, context.video)
-    status["stages"][run.asset_key.path[-1]] = {
-        "status": "materialized",
-        "run_id": run.run_id,
-        "attempts": run.retry_number + 1,
+    """The `summary` of an emit stage while it records its output (its step has not ended): the
+    current run's events so far and earlier materializations, with the stage itself materialized
+    (or reused) in this run and what it published (`facts`) among the delivery URLs."""
+    status = video_status(context.instance, spec, context.partition_key)
+    status["stages"][stage] = {
+        "status": "reused" if reused else "materialized",
+        "run_id": context.run_id,
+        "attempts": context.retry_number + 1,
     }
     status["published"] = dict(sorted({**status["published"], **entries(facts)}.items()))
     return {SUMMARY_KEY: MetadataValue.md(markdown(status))}

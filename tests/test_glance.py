@@ -88,7 +88,8 @@ def test_status_why_and_summary_of_a_published_video(tmp_path, make_source):
     status = _status("clip", tmp_path)
     stages = status["stages"]
     assert stages["rendition_240p"]["status"] == "reused"  # the second run encoded nothing
-    assert stages["emit"]["status"] == "materialized" and stages["emit"]["attempts"] == 1
+    # and published nothing again: the delivery still holds what emit published
+    assert stages["emit"]["status"] == "reused" and stages["emit"]["attempts"] == 1
     assert {s["run_id"] for s in stages.values()} == {status["latest_run"]["run_id"]}
     delivery = tmp_path / "out" / "clip"
     assert status["published"] == {
@@ -122,7 +123,7 @@ def test_status_why_and_summary_of_a_published_video(tmp_path, make_source):
     for name in stages:
         assert f"| {name} |" in summary, name
     assert "| rendition_240p | reused | 1 |" in summary
-    assert "| emit | materialized | 1 |" in summary
+    assert "| emit | reused | 1 |" in summary  # as of the second run, not the first
     assert f"- hls: {delivery / 'hls' / 'master.m3u8'}" in summary
 
 

@@ -11,6 +11,7 @@ changed nothing publishes nothing and announces nothing."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -140,6 +141,10 @@ def _emit_asset(
         code_version=version(spec.emit, sorted(ins)),
         reuse_if=still_published,
         concludes=name == CONCLUDING_ASSET,
+        # the final asset shows the whole video at a glance, as of this run
+        annotate=partial(summary_metadata, spec=spec, stage=name)
+        if name == CONCLUDING_ASSET
+        else None,
         announces="video.published",
         retry=spec.failures.retry_for("emit"),
         kinds=(),
@@ -147,15 +152,12 @@ def _emit_asset(
         description=f"Publishes {' and '.join(part_of.values())} to the delivery location.",
     )
     def emit_parts(context: StageContext, **paths: Path) -> StageOutput:
-        out = emit(
+        return emit(
             context.video,
             {part_of[name]: path for name, path in paths.items()},
             context.dagster.resources.delivery.store(),
             context.work,
             entries,
         )
-        if name == "emit":  # the final asset: the whole video at a glance
-            context.dagster.add_output_metadata(summary_metadata(context, spec, out.facts))
-        return out
 
     return emit_parts
