@@ -100,25 +100,28 @@ def test_scratch_is_removed_on_failure_and_released_after_publish(tmp_path):
 
 
 def test_jsonl_events_are_written_once_per_id(tmp_path):
+    """An id names the fact (type, pipeline, video, subject, version), not the run that found it:
+    a re-send from another run is dropped, a new version of the fact is written."""
     from mpegflow_dagster.events import Event, JsonlEventSink
 
     sink = JsonlEventSink(tmp_path / "events.jsonl")
-    first = Event(
-        type="rendition.failed", pipeline="vod", video="v", run_id="r1", subject="480p", message="m"
-    )
-    for _ in range(3):
-        sink.send(first)
-    sink.send(
-        Event(
+
+    def failed(run_id: str, version: str) -> Event:
+        return Event(
             type="rendition.failed",
             pipeline="vod",
             video="v",
-            run_id="r2",
+            run_id=run_id,
             subject="480p",
             message="m",
+            version=version,
         )
-    )
-    assert [e["run_id"] for e in sink.read()] == ["r1", "r2"]
+
+    first = failed("r1", "recipe-a:permanent:input.invalid_data")
+    for run_id in ("r1", "r1", "r2"):
+        sink.send(failed(run_id, first.version))
+    sink.send(failed("r3", "recipe-b:permanent:input.invalid_data"))
+    assert [e["run_id"] for e in sink.read()] == ["r1", "r3"]
     assert sink.read()[0]["id"] == first.id
 
 
