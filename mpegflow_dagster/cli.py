@@ -244,19 +244,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_options(parser: argparse.ArgumentParser) -> None:
-    """The options `run` and `redo` share."""
+def _location_options(parser: argparse.ArgumentParser) -> None:
+    """Which code location and pipeline a command reads, and its JSON output."""
     parser.add_argument(
         "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
     )
     parser.add_argument("--pipeline", help="pipeline name, when the project has several specs")
     parser.add_argument(
-        "--out", help="delivery directory (default: delivery_dir in resources/settings.yaml)"
-    )
-    parser.add_argument(
         "--project", default=".", help="project directory holding resources/ (default: .)"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The options `run` and `redo` share."""
+    _location_options(parser)
+    parser.add_argument(
+        "--out", help="delivery directory (default: delivery_dir in resources/settings.yaml)"
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -302,14 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     why.add_argument("video", help="video id (partition key)")
     why.add_argument("asset", nargs="?", help="one asset name (e.g. rendition_720p); default: all")
-    why.add_argument(
-        "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
-    )
-    why.add_argument("--pipeline", help="pipeline name, when the project has several specs")
-    why.add_argument(
-        "--project", default=".", help="project directory holding resources/ (default: .)"
-    )
-    why.add_argument("--json", action="store_true", help="print JSON")
+    _location_options(why)
     why.set_defaults(func=cmd_why)
 
     status = sub.add_parser(
@@ -317,15 +315,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="one video at a glance: every stage's status, attempts, failures, delivery URLs",
     )
     status.add_argument("video", help="video id (partition key)")
-    status.add_argument(
-        "--spec", help="pipeline spec YAML (default: the first in resources/pipelines/)"
-    )
-    status.add_argument("--pipeline", help="pipeline name, when the project has several specs")
-    status.add_argument(
-        "--project", default=".", help="project directory holding resources/ (default: .)"
-    )
-    status.add_argument("--json", action="store_true", help="print JSON")
+    _location_options(status)
     status.set_defaults(func=cmd_status)
+
     previews = sub.add_parser(
         "previews",
         help="serve the previews directory (the pictures in the Dagster UI) read-only over HTTP",

@@ -159,3 +159,19 @@ def gray_crop(path: Path, at_s: float, crop: str) -> bytes:
 def mean_abs_diff(a: bytes, b: bytes) -> float:
     assert len(a) == len(b) and a
     return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
+
+
+FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "jitter": "none"}}
+
+
+def project_with_broken(tmp_path: Path, rungs: set[str], **spec_changes) -> Project:
+    """The default spec whose `rungs` use a preset x264 refuses (an unknown tune): a permanent config error."""
+    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
+    for rung in raw["ladder"]:
+        if rung["name"] in rungs:
+            rung["preset"] = "broken-tune"
+    return project_with(
+        tmp_path,
+        {"ladder": raw["ladder"], "failures": FAST_RETRY, **spec_changes},
+        {"broken.yaml": "name: broken-tune\nversion: 1\ntune: no-such-tune\n"},
+    )

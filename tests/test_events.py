@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -19,7 +18,14 @@ from dagster import (
     validate_run_config,
 )
 from http_receiver import Receiver
-from pipeline_helpers import BIN, ROOT, cli_env, project_with, run_cli, temp_project
+from pipeline_helpers import (
+    BIN,
+    ROOT,
+    cli_env,
+    project_with_broken,
+    run_cli,
+    temp_project,
+)
 
 from mpegflow_dagster.events import Event, JsonlEventSink
 from mpegflow_dagster.project import Project
@@ -203,23 +209,11 @@ def test_emit_publishes_again_when_the_delivery_lost_a_part(first_run, tmp_path)
     assert {e["id"] for e in sent} <= before
 
 
-def broken_project(tmp_path: Path, rungs: set[str], **spec_changes) -> Project:
-    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
-    for rung in raw["ladder"]:
-        if rung["name"] in rungs:
-            rung["preset"] = "broken-tune"
-    return project_with(
-        tmp_path,
-        {"ladder": raw["ladder"], **spec_changes},
-        {"broken.yaml": "name: broken-tune\nversion: 1\ntune: no-such-tune\n"},
-    )
-
-
 def test_a_failed_stage_sends_video_failed_from_the_run_and_a_redo_does_not(
     tmp_path, make_source
 ) -> None:
     """No daemon, no sensor: the stage's failure hook sends it, once per distinct failure."""
-    project = broken_project(tmp_path, {"480p"})
+    project = project_with_broken(tmp_path, {"480p"})
     spec = project.spec()
     source = make_source("clip", duration_s=2.0, width=320, height=180)
     with instance_for_test() as instance:
@@ -244,7 +238,7 @@ def test_a_failed_stage_sends_video_failed_from_the_run_and_a_redo_does_not(
 
 
 def test_a_partial_ladder_succeeds_degraded(tmp_path, make_source) -> None:
-    project = broken_project(tmp_path, {"480p"}, hls={"segment_s": 4, "min_renditions": 3})
+    project = project_with_broken(tmp_path, {"480p"}, hls={"segment_s": 4, "min_renditions": 3})
     with instance_for_test() as instance:
         result = materialize_video(
             project,

@@ -4,9 +4,15 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for_test
-from pipeline_helpers import ROOT, ffmpeg_wrapper, project_with, run_cli, temp_project
+from pipeline_helpers import (
+    FAST_RETRY,
+    ffmpeg_wrapper,
+    project_with,
+    project_with_broken,
+    run_cli,
+    temp_project,
+)
 
 from mpegflow_dagster.events import JsonlEventSink
 from mpegflow_dagster.project import Project
@@ -14,24 +20,9 @@ from mpegflow_dagster.runs import materialize_video, stage_report
 
 pytestmark = pytest.mark.pipeline  # every test materializes the pipeline or runs `mpegflow run`
 
-FAST_RETRY = {"retry": {"max_retries": 2, "delay_s": 0.1, "jitter": "none"}}
-
 
 def events_of(project: Project) -> list[dict]:
     return JsonlEventSink(Path(project.settings.events_path)).read()
-
-
-def project_with_broken(tmp_path: Path, rungs: set[str], **spec_changes) -> Project:
-    """The default spec whose `rungs` use a preset x264 refuses (an unknown tune): a permanent config error."""
-    raw = yaml.safe_load((ROOT / "resources" / "pipelines" / "vod.yaml").read_text())
-    for rung in raw["ladder"]:
-        if rung["name"] in rungs:
-            rung["preset"] = "broken-tune"
-    return project_with(
-        tmp_path,
-        {"ladder": raw["ladder"], "failures": FAST_RETRY, **spec_changes},
-        {"broken.yaml": "name: broken-tune\nversion: 1\ntune: no-such-tune\n"},
-    )
 
 
 def test_permanent_failure_isolates_one_rendition(tmp_path, make_source):
