@@ -45,6 +45,13 @@ class Event:
         return {"id": self.id, **asdict(self)}
 
 
+def failure_version(recipe: Optional[str], message: str, failure_class: str, reason: str) -> str:
+    """The `version` of a failure event: the recipe that failed names the inputs and parameters;
+    without one (a source that cannot be read) the message, which names the source, tells
+    failures apart."""
+    return f"{recipe or message}:{failure_class}:{reason}"
+
+
 class EventSink(Protocol):
     def send(self, event: Event) -> None:
         """Deliver one event; implementations drop an id they have already delivered."""

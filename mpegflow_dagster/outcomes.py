@@ -24,7 +24,7 @@ from dagster import (
 )
 
 from .dagster_private import planned_steps
-from .events import Event
+from .events import Event, failure_version
 from .media.classify import classify_exception
 
 PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
@@ -143,10 +143,8 @@ def video_failed(context: HookContext) -> None:
         failed = failed_in_run(context.instance, context.run_id, own) or sorted(
             k.path[-1] for k in own
         )
-        # The recipe that failed names the inputs and parameters; without one (a source that
-        # cannot be read) the message, which names the source, tells failures apart.
-        version = (
-            f"{cause['recipe'] or cause['message']}:{cause['failure_class']}:{cause['reason']}"
+        version = failure_version(
+            cause["recipe"], cause["message"], cause["failure_class"], cause["reason"]
         )
         context.resources.events.sink().send(
             Event(

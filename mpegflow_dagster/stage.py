@@ -65,7 +65,7 @@ from dagster import (
 )
 
 from .dagster_private import data_version, step_key
-from .events import Event
+from .events import Event, failure_version
 from .io_manager import PROVENANCE_KEY, RECORD_METADATA, ArtifactIOManager, Reused
 from .media.classify import Classification, classify_exception
 from .media.probe import MediaInfo, probe
@@ -536,7 +536,7 @@ class StageRun:
                     video=self.video,
                     run_id=self.context.run_id,
                     subject=self.stage.rendition,
-                    version=f"{self.recipe or c.message}:{c.failure_class}:{c.reason}",
+                    version=failure_version(self.recipe, c.message, c.failure_class, c.reason),
                     message=headline,
                     data=details,
                 )
