@@ -154,7 +154,8 @@ def _print_report(spec: PipelineSpec, report: dict, *, as_json: bool) -> None:
     print(f"\n{spec.name} / {report['video']}: {report['status']} (run {report['run_id']})")
     for name, s in report["stages"].items():
         detail = s.get("path") or s.get("reason") or ""
-        print(f"  {name:<18} {s['status']:<13} {detail}")
+        status = "reused" if s.get("reused") else s["status"]  # materialized without running
+        print(f"  {name:<18} {status:<13} {detail}")
     for part, uri in report["published"].items():
         print(f"published {part}: {uri}")
     print(f"Dagster UI: `make dev`, then http://127.0.0.1:3000 (instance {report['dagster_home']})")
