@@ -16,7 +16,7 @@ import mmap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, **asdict(self)}
+
+
+def entries(facts: Mapping[str, Any]) -> dict[str, str]:
+    """What an emit stage published, by part: the file a viewer opens (its `<part>_entry` facts)."""
+    return {k.removesuffix("_entry"): str(v) for k, v in facts.items() if k.endswith("_entry")}
 
 
 def failure_version(recipe: Optional[str], message: str, failure_class: str, reason: str) -> str:

@@ -24,7 +24,7 @@ from dagster import (
 )
 
 from .dagster_private import planned_steps
-from .events import Event, failure_version
+from .events import Event, entries, failure_version
 from .media.classify import classify_exception
 
 PARTITION_TAG = "dagster/partition"  # Dagster's tag naming a run's partition (the video)
@@ -85,7 +85,6 @@ def video_succeeded(
 ) -> Event:
     """The video's new publication (`sha256` of its manifest) as `video.succeeded`; `missing`:
     what it goes without (`degraded`)."""
-    published = {k.removesuffix("_entry"): v for k, v in facts.items() if k.endswith("_entry")}
     return Event(
         type="video.succeeded",
         pipeline=pipeline,
@@ -97,7 +96,7 @@ def video_succeeded(
         else f"video {video} succeeded",
         data={
             "sha256": sha256,
-            "published": published,
+            "published": entries(facts),
             **({"degraded": list(missing)} if missing else {}),
         },
     )

@@ -24,6 +24,7 @@ from dagster import (
 from . import liveness
 from .assets import build_video_assets
 from .dagster_private import UnresolvedAssetJobDefinition
+from .events import entries
 from .spec import PipelineSpec, SpecError
 from .stage import step_keys, video_partitions, videos_partitions_name
 from .stages.ingest import IngestConfig
@@ -264,11 +265,6 @@ def published_entries(events: Sequence[DagsterEvent]) -> dict[str, str]:
             meta = event.step_materialization_data.materialization.metadata
             found.update(entries({k: v.value for k, v in meta.items()}))
     return dict(sorted(found.items()))
-
-
-def entries(facts: Mapping[str, Any]) -> dict[str, str]:
-    """The `<part>_entry` facts of an emit stage, by part."""
-    return {k.removesuffix("_entry"): str(v) for k, v in facts.items() if k.endswith("_entry")}
 
 
 def _stderr_tail(meta: Mapping[str, Any]) -> str:

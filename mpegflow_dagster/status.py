@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 
 from dagster import DagsterInstance, MetadataValue
 
-from .runs import entries
+from .events import entries
 from .spec import PipelineSpec
 from .stage import Context
 from .why import explain

@@ -18,9 +18,10 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInsta
 
 from .assets import build_video_assets
 from .dagster_private import data_provenance, data_version
+from .events import entries
 from .media.commands import output_part, split_outputs
 from .outcomes import PARTITION_TAG
-from .runs import entries, latest_reports
+from .runs import latest_reports
 from .spec import PipelineSpec, SpecError
 from .stage import step_keys
 
