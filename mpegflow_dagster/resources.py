@@ -163,6 +163,7 @@ class FFmpegResource(ConfigurableResource):
             lanes=self.encode_lanes if lanes is None else lanes,
             limits=RunLimits(timeout_s=self.timeout_s, stall_s=self.stall_s),
             progress=ProgressBoard(log.info, every_s=every_s) if log is not None else None,
+            build=self.build.build_hash,
         )
 
     @contextmanager

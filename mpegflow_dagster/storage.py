@@ -190,6 +190,9 @@ class ArtifactStore(Protocol):
     def stat(self, key: PurePosixPath) -> ArtifactRecord | None:
         """The record of what is stored at `key` now (re-hashed), or None if nothing is."""
 
+    def remove(self, key: PurePosixPath) -> None:
+        """Delete the artifact at `key` (file or tree), if any."""
+
 
 class LocalArtifactStore:
     """Artifacts under one root directory: `<root>/<key>`."""
@@ -222,6 +225,9 @@ class LocalArtifactStore:
         return ArtifactRecord(
             uri=str(path), sha256=sha, size_bytes=size, files=files, is_dir=path.is_dir()
         )
+
+    def remove(self, key: PurePosixPath) -> None:
+        _remove(self._path(key))
 
     def publish(
         self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None
@@ -305,7 +311,7 @@ def collect_stale_chunks(work_dir: Path, max_age_s: float = 86400.0) -> int:
     removed = 0
     for entry in (Path(work_dir) / CHUNK_CACHE).glob("*"):
         if time.time() - entry.stat().st_mtime > max_age_s:
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
             removed += 1
     return removed
 

@@ -194,6 +194,14 @@ class S3ArtifactStore:
             raise
         return True
 
+    def remove(self, key: PurePosixPath) -> None:
+        self._delete(self._artifact_objects(self._object_key(key)))
+        cached = self.cache_dir.joinpath(*PurePosixPath(key).parts)
+        if cached.is_dir():
+            shutil.rmtree(cached, ignore_errors=True)
+        else:
+            cached.unlink(missing_ok=True)
+
     def publish(
         self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None
     ) -> ArtifactRecord:

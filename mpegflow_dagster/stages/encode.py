@@ -12,7 +12,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,19 +19,19 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Seque
 
 from dagster import AssetExecutionContext, AssetsDefinition, Failure, Output
 
+from ..chunk_store import ChunkStore
 from ..media import commands, stills
 from ..media.chunking import WHOLE, Span, boundary_step, plan_spans
+from ..media.classify import classify_exception
 from ..media.probe import MediaInfo, probe
 from ..media.runner import RunResult
 from ..media.storyboard import storyboard_vtt
 from ..media.verify import OutputRejected, verify_output
 from ..spec import PipelineSpec, Rendition, ThumbnailSpec
 from ..stage import Retryable, StageContext, StageRun, VideoStage, pipeline_key, video_multi_asset
-from ..storage import CHUNK_CACHE, scratch_dir, sha256_files
+from ..storage import CHUNK_CACHE, LocalArtifactStore, scratch_dir, sha256_files
 from .ingest import CAPTIONS_STEM, load_probe, source_file
 from .toolkit import MediaRejected, StageOutput, Tools
-
-CHUNK_RECORD = "run.json"  # in a finished chunk's directory: the run that made it
 
 
 def rendition_asset_name(name: str) -> str:
@@ -147,6 +146,204 @@ def encode_spans(info: MediaInfo, spec: PipelineSpec) -> list[Span]:
     )
 
 
+class LadderEncode:
+    """One shared encode of a source: the outputs, how the source is cut, and each piece (a time
+    chunk encoding every output's part, the audio of every output) by the recipe that decides its
+    bytes. `encode_ladder` makes everything in one step; `encode_share` only the pieces of one
+    chunk-batch step, into the same `ChunkStore`, for the encode step to join."""
+
+    def __init__(
+        self,
+        ingest_dir: Path,
+        info: MediaInfo,
+        spec: PipelineSpec,
+        rungs: list[Rendition],
+        with_thumbnails: bool,
+        tools: Tools,
+        chunks: ChunkStore,
+        source_id: Optional[str] = None,
+    ) -> None:
+        self.source, self.info, self.tools, self.chunks = (
+            source_file(ingest_dir),
+            info,
+            tools,
+            chunks,
+        )
+        # what names the source in a piece's recipe: its content (the ingest's data version) when
+        # known, so a piece made on one machine is found from another; else this file as it is
+        self.source_id = source_id or _file_identity(self.source)
+        cfg = spec.thumbnails
+        self.thumbs = (
+            commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality)
+            if with_thumbnails
+            else None
+        )
+        self.outputs = {r.name: h264_output(spec, r, info) for r in rungs}
+        self.spans = encode_spans(info, spec)
+        self.has_audio = info.audio is not None
+
+    @property
+    def chunked(self) -> bool:
+        return len(self.spans) > 1
+
+    def run(
+        self,
+        names: list[str],
+        span: Span,
+        into: Callable[[str], Path],
+        thumbs_dir: Optional[Path],
+        cancel: threading.Event,
+    ) -> RunResult:
+        """One FFmpeg process: `span` of the source decoded once into the outputs `names` (and the
+        thumbnails into `thumbs_dir`)."""
+        label = "encode " + ",".join([*names, *(["thumbnails"] if thumbs_dir else [])])
+        if not span.whole:
+            label += f" {float(span.start_s):g}s+"
+        if thumbs_dir is not None:
+            thumbs_dir.mkdir(parents=True, exist_ok=True)
+        args = commands.encode_ladder_args(
+            self.source,
+            {into(n): self.outputs[n] for n in names},
+            threads=self.tools.threads,
+            thumbnails=(thumbs_dir, self.thumbs) if self.thumbs and thumbs_dir else None,
+            span=span,
+        )
+        duration = (
+            float(span.duration_s)
+            if span.duration_s is not None
+            else self.info.duration - float(span.start_s)
+        )
+        made = [rendition_asset_name(n) for n in names] + (["thumbnails"] if thumbs_dir else [])
+        return self.tools.run(label, args, duration_s=duration, outputs=made, cancel=cancel)
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _key(self, what: dict[str, Any]) -> str:
+        """What decides a piece's bytes: the source, the piece, every output's settings, the
+        threads and the FFmpeg build."""
+        blob = {
+            **what,
+            "source": self.source_id,
+            "outputs": {n: dataclasses.asdict(o) for n, o in sorted(self.outputs.items())},
+            "threads": self.tools.threads,
+            "ffmpeg": self.tools.build
+            or _file_identity(Path(shutil.which(self.tools.ffmpeg) or self.tools.ffmpeg)),
+            "layout": 3,  # 3: pieces in a ChunkStore; the audio is a piece
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[
+            :32
+        ]
+
+    def chunk_key(self, i: int) -> str:
+        span = self.spans[i]
+        thumbs = dataclasses.asdict(self.thumbs) if self.thumbs else None
+        return self._key({"span": [str(span.start_s), str(span.duration_s)], "thumbs": thumbs})
+
+    def audio_key(self) -> str:
+        return self._key({"audio": True})
+
+    def make_chunk(self, i: int, into: Path, cancel: threading.Event) -> RunResult:
+        return self.run(
+            list(self.outputs),
+            self.spans[i],
+            lambda n: into / f"{n}.mp4",
+            into / "thumbnails" if self.thumbs else None,
+            cancel,
+        )
+
+    def make_audio(self, into: Path, cancel: threading.Event) -> RunResult:
+        return self.tools.run(
+            "encode audio",
+            commands.audio_args(
+                self.source, {into / f"{n}.m4a": o for n, o in self.outputs.items()}
+            ),
+            duration_s=self.info.duration,
+            cancel=cancel,
+        )
+
+    def pieces(self) -> list[tuple[str, Callable[[Path, threading.Event], RunResult]]]:
+        """Every piece (key, make): the chunks in order, then the audio (if the source has any)."""
+        found: list[tuple[str, Callable[[Path, threading.Event], RunResult]]] = [
+            (self.chunk_key(i), functools.partial(self.make_chunk, i))
+            for i in range(len(self.spans))
+        ]
+        if self.has_audio:
+            found.append((self.audio_key(), self.make_audio))
+        return found
+
+    def share(self, step: int, steps: int) -> list[int]:
+        """Which pieces (indices into `pieces()`) chunk-batch step `step` of `steps` makes: the
+        chunks dealt round, and the audio (a few percent of the work) to a step holding one chunk
+        fewer when there is one."""
+        count = len(self.spans)
+        mine = list(range(step, count, steps))
+        if self.has_audio and step == count % steps:
+            mine.append(count)
+        return mine
+
+    def fetch_all(
+        self, cancel: threading.Event
+    ) -> tuple[list[tuple[Path, RunResult]], Optional[tuple[Path, RunResult]]]:
+        """Every chunk and the audio from the store, the missing ones made here (`tools.lanes`
+        chunks at a time, the audio beside them)."""
+        pieces = self.pieces()
+        chunk_jobs = [
+            functools.partial(self._fetched, key, make) for key, make in pieces[: len(self.spans)]
+        ]
+
+        def chunks(cancel: threading.Event) -> list[tuple[Path, RunResult]]:
+            return _together(
+                chunk_jobs, at_once=max(1, self.tools.lanes), cancel=cancel, finish_running=_heals
+            )
+
+        jobs: list[Callable[[threading.Event], Any]] = [chunks]
+        if self.has_audio:
+            jobs.append(functools.partial(self._fetched, *pieces[-1]))
+        done = _together(jobs, at_once=2, cancel=cancel, finish_running=_heals)
+        return done[0], (done[1] if self.has_audio else None)
+
+    def _fetched(
+        self, key: str, make: Callable[[Path, threading.Event], RunResult], cancel: threading.Event
+    ) -> tuple[Path, RunResult]:
+        return self.chunks.made(key, lambda into: make(into, cancel))
+
+    def forget(self) -> None:
+        """Remove every piece: all that was made from them is stored."""
+        for key, _ in self.pieces():
+            self.chunks.remove(key)
+
+
+def _file_identity(path: Path) -> list[object]:
+    st = path.resolve().stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _heals(exc: BaseException) -> bool:
+    """A failure a retry may heal: the pieces running beside it are finished and kept, so the
+    retry encodes only what failed."""
+    return classify_exception(exc).failure_class in ("transient", "resource")
+
+
+def local_chunks(work: Path) -> ChunkStore:
+    """Pieces of the shared encodes made on this machine, under the scratch root `work`."""
+    root = Path(work) / CHUNK_CACHE
+    return ChunkStore(LocalArtifactStore(root), root)
+
+
+def encode_share(encode: LadderEncode, step: int, steps: int) -> list[RunResult]:
+    """The pieces of chunk-batch step `step` (of `steps`) made into the store, `tools.lanes` at a
+    time; those already there are left as they are. Returns the runs it made."""
+    pieces = encode.pieces()
+
+    def made(i: int, cancel: threading.Event) -> Optional[RunResult]:
+        key, make = pieces[i]
+        return encode.chunks.ensure(key, lambda into: make(into, cancel))
+
+    jobs = [functools.partial(made, i) for i in encode.share(step, steps)]
+    runs = _together(jobs, at_once=max(1, encode.tools.lanes), finish_running=_heals)
+    return [r for r in runs if r is not None]
+
+
 def encode_ladder(
     ingest_dir: Path,
     info: MediaInfo,
@@ -155,6 +352,9 @@ def encode_ladder(
     with_thumbnails: bool,
     tools: Tools,
     work: dict[str, Path],
+    *,
+    chunks: Optional[ChunkStore] = None,
+    source_id: Optional[str] = None,
 ) -> dict[str, StageOutput]:
     """Several renditions (and the thumbnails), up to `tools.lanes` FFmpeg processes at once.
     FFmpeg 5.1 runs the encoders of one process one after another, and x264 must run one thread
@@ -162,31 +362,37 @@ def encode_ladder(
 
     - a source long enough for `spec.chunk_s` is cut in time (see `chunking`): each chunk is one
       process that decodes its part once and encodes every output from it; the audio is encoded
-      once, apart, and each rendition's chunks are joined with it without re-encoding;
+      once, apart, and each rendition's chunks are joined with it without re-encoding. Chunks and
+      audio are pieces in `chunks` (default: beside the scratch dirs), kept by their recipe until
+      every output is made: a retry, or the chunk-batch steps before this one, leave there what
+      they finished, and only what is missing is encoded here;
     - a shorter one is encoded whole, its renditions spread over lanes of similar cost, each lane
       decoding the source and encoding its renditions (byte for byte what one run per output makes).
 
     Either way an output's bytes depend only on the source, the spec and the build, not on the
-    number of lanes or which outputs are encoded together. `work` and the result are keyed by rung
-    name and "thumbnails" (one scratch dir per output, so each is published and cleaned up on its
-    own). Any failure fails the whole call (the other processes are stopped); callers isolate by
-    re-running the outputs one by one."""
-    source = source_file(ingest_dir)
+    number of lanes or steps or which outputs are encoded together. `work` and the result are keyed
+    by rung name and "thumbnails" (one scratch dir per output, so each is published and cleaned up
+    on its own). A failure fails the whole call: the other processes are stopped, unless a retry
+    may heal it (they finish, and their pieces are kept); callers isolate by re-running the
+    outputs one by one."""
+    root = next(iter(work.values())).parent
+    encode = LadderEncode(
+        ingest_dir,
+        info,
+        spec,
+        rungs,
+        with_thumbnails,
+        tools,
+        chunks or local_chunks(root),
+        source_id,
+    )
     frames = work["thumbnails"] / "thumbnails" / "frames" if with_thumbnails else None
     if frames is not None:
         frames.mkdir(parents=True)
-    cfg = spec.thumbnails
-    thumbs = (
-        (frames, commands.ThumbnailOutput(cfg.interval_s, cfg.width, cfg.quality))
-        if frames is not None
-        else None
-    )
-    outputs = {r.name: h264_output(spec, r, info) for r in rungs}
-    spans = encode_spans(info, spec)
-    chunked = len(spans) > 1
     # each output's progress is out of the whole source, however many chunks make it
     tools.expect(
-        [rendition_asset_name(n) for n in outputs] + (["thumbnails"] if thumbs else []),
+        [rendition_asset_name(n) for n in encode.outputs]
+        + (["thumbnails"] if with_thumbnails else []),
         info.duration,
     )
 
@@ -200,49 +406,21 @@ def encode_ladder(
                 )
             else:
                 assert frames is not None  # thumbnails are only run when frames are extracted
-                out = _finish_thumbnails(frames.parent, source, info, cfg, tools, runs[name])
+                cfg = spec.thumbnails
+                out = _finish_thumbnails(frames.parent, encode.source, info, cfg, tools, runs[name])
             out.hashed.update(sha256_files(out.path))
             return name, out
 
         # the ffprobe, sprite and hashes of a lane's outputs, all at once
         return dict(_together([functools.partial(one, name) for name in runs], at_once=len(runs)))
 
-    def encode(
-        names: list[str],
-        span: Span,
-        into: Callable[[str], Path],
-        thumbs_dir: Optional[Path],
-        cancel: threading.Event,
-    ) -> RunResult:
-        label = "encode " + ",".join([*names, *(["thumbnails"] if thumbs_dir else [])])
-        if not span.whole:
-            label += f" {float(span.start_s):g}s+"
-        if thumbs_dir is not None:
-            thumbs_dir.mkdir(parents=True, exist_ok=True)
-        args = commands.encode_ladder_args(
-            source,
-            {into(n): outputs[n] for n in names},
-            threads=tools.threads,
-            thumbnails=(thumbs_dir, thumbs[1]) if thumbs and thumbs_dir else None,
-            span=span,
-        )
-        duration = (
-            float(span.duration_s)
-            if span.duration_s is not None
-            else info.duration - float(span.start_s)
-        )
-        made = [rendition_asset_name(n) for n in names] + (["thumbnails"] if thumbs_dir else [])
-        return tools.run(label, args, duration_s=duration, outputs=made, cancel=cancel)
-
-    if not chunked:
+    if not encode.chunked:
         lanes = _lanes(rungs, max(1, tools.lanes))
 
         def lane(i: int, cancel: threading.Event) -> dict[str, StageOutput]:
-            names, with_thumbs = (
-                [r.name for r in lanes[i]],
-                thumbs is not None and i == len(lanes) - 1,
-            )
-            run = encode(
+            names = [r.name for r in lanes[i]]
+            with_thumbs = with_thumbnails and i == len(lanes) - 1
+            run = encode.run(
                 names,
                 WHOLE,
                 lambda n: work[n] / f"{n}.mp4",
@@ -254,153 +432,73 @@ def encode_ladder(
         finished = _together(
             [lambda cancel, i=i: lane(i, cancel) for i in range(len(lanes))], at_once=len(lanes)
         )
-        results = {name: out for done in finished for name, out in done.items()}
     else:
-        cache = next(iter(work.values())).parent / CHUNK_CACHE
-        with scratch_dir(next(iter(work.values())).parent, "chunks", temporary=True) as parts:
-            audio = (
-                {name: parts / f"{name}.m4a" for name in outputs} if info.audio is not None else {}
-            )
-            names = list(outputs)
-
-            def chunk(i: int, cancel: threading.Event) -> tuple[Path, RunResult]:
-                key = _chunk_key(source, spans[i], outputs, thumbs[1] if thumbs else None, tools)
-                return _finished_chunk(
-                    cache,
-                    key,
-                    lambda into: encode(
-                        names,
-                        spans[i],
-                        lambda n: into / f"{n}.mp4",
-                        thumbs and into / "thumbnails",
-                        cancel,
-                    ),
-                )
-
-            def encode_audio(cancel: threading.Event) -> RunResult:
-                return tools.run(
-                    "encode audio",
-                    commands.audio_args(source, {audio[n]: outputs[n] for n in audio}),
-                    duration_s=info.duration,
-                    cancel=cancel,
-                )
-
-            def chunks(cancel: threading.Event) -> list[tuple[Path, RunResult]]:
-                return _together(
-                    [lambda cancel, i=i: chunk(i, cancel) for i in range(len(spans))],
-                    at_once=max(1, tools.lanes),
-                    cancel=cancel,
-                )
-
-            # The audio (a few percent of the work) runs beside the lanes, not after them.
-            chunk_done, *audio_runs = _together(
-                [chunks, *([encode_audio] if audio else [])], at_once=2
-            )
-            entries, chunk_runs = [e for e, _ in chunk_done], [r for _, r in chunk_done]
-            if frames is not None:
-                for entry in entries:
-                    for jpg in (entry / "thumbnails").iterdir():
-                        os.link(jpg, frames / jpg.name)
+        fetched, audio = encode.fetch_all(threading.Event())
+        entries, chunk_runs = [e for e, _ in fetched], [r for _, r in fetched]
+        audio_runs = [audio[1]] if audio else []
+        if frames is not None:
+            for entry in entries:
+                for jpg in (entry / "thumbnails").iterdir():
+                    os.link(jpg, frames / jpg.name)  # the store is on the scratch filesystem
+        with scratch_dir(root, "joins", temporary=True) as listings:
 
             def join(name: str, cancel: threading.Event) -> dict[str, StageOutput]:
-                listing = parts / f"{name}.ffconcat"
+                listing = listings / f"{name}.ffconcat"
                 listing.write_text(
                     commands.concat_listing([entry / f"{name}.mp4" for entry in entries])
                 )
                 joined = tools.run(
                     f"join {name}",
-                    commands.join_args(listing, audio.get(name), work[name] / f"{name}.mp4"),
+                    commands.join_args(
+                        listing,
+                        audio[0] / f"{name}.m4a" if audio else None,
+                        work[name] / f"{name}.mp4",
+                    ),
                     duration_s=info.duration,
                     cancel=cancel,
                 )
                 return finish({name: [*chunk_runs, *audio_runs, joined]})
 
             joins: list[Callable[[threading.Event], dict[str, StageOutput]]] = [
-                functools.partial(join, n) for n in names
+                functools.partial(join, n) for n in encode.outputs
             ]
-            if thumbs is not None:
+            if frames is not None:
                 joins.append(lambda cancel: finish({"thumbnails": list(chunk_runs)}))
-            finished = _together(
-                joins, at_once=len(joins)
-            )  # stream copies and checks: light, all at once
-            for entry in entries:  # everything made from them is done: a retry needs them no more
-                shutil.rmtree(entry, ignore_errors=True)
-        results = {name: out for done in finished for name, out in done.items()}
+            # stream copies and checks: light, all at once
+            finished = _together(joins, at_once=len(joins))
+        encode.forget()  # everything made from them is done: a retry needs them no more
+    results = {name: out for done in finished for name, out in done.items()}
     return {
         name: results[name]
         for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]
     }
 
 
-def _chunk_key(
-    source: Path,
-    span: Span,
-    outputs: dict[str, commands.H264Output],
-    thumbs: Optional[commands.ThumbnailOutput],
-    tools: Tools,
-) -> str:
-    """What decides a chunk run's bytes: the source file, the span, every output's settings, the
-    threads and the FFmpeg binary."""
-    binary = Path(shutil.which(tools.ffmpeg) or tools.ffmpeg).resolve()
-    src, exe = source.stat(), binary.stat()
-    blob = {
-        "source": [str(source.resolve()), src.st_size, src.st_mtime_ns],
-        "span": [str(span.start_s), str(span.duration_s)],
-        "outputs": {n: dataclasses.asdict(o) for n, o in sorted(outputs.items())},
-        "thumbs": dataclasses.asdict(thumbs) if thumbs else None,
-        "threads": tools.threads,
-        "ffmpeg": [str(binary), exe.st_size, exe.st_mtime_ns],
-        "layout": 2,  # 2: frames in `thumbnails/` (each output's files are named after it)
-    }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def _finished_chunk(
-    cache: Path, key: str, run: Callable[[Path], RunResult]
-) -> tuple[Path, RunResult]:
-    """The directory holding one chunk run's outputs, and that run. A chunk an earlier attempt
-    finished (a retry of the step, a re-run of a failed run) is taken from `cache/key` as it is,
-    with the record of the run that made it; otherwise `run(into)` writes a fresh directory that
-    is renamed to `cache/key` only once FFmpeg succeeded, so a half-made chunk is never taken."""
-    entry = cache / key
-    record = entry / CHUNK_RECORD
-    if record.exists():
-        return entry, RunResult(**json.loads(record.read_text()))
-    making = cache / f".{key}.{uuid.uuid4().hex[:8]}"
-    making.mkdir(parents=True)
-    try:
-        result = run(making)
-        fields = ("argv", "returncode", "stderr_tail", "wall_s", "cpu_s", "started_at")
-        (making / CHUNK_RECORD).write_text(json.dumps({f: getattr(result, f) for f in fields}))
-    except BaseException:
-        shutil.rmtree(making, ignore_errors=True)
-        raise
-    try:
-        making.rename(entry)
-    except OSError:  # another attempt finished the same chunk first: the same bytes, keep those
-        shutil.rmtree(making, ignore_errors=True)
-    return entry, result
-
-
 def _together(
     jobs: list[Callable[[threading.Event], Any]],
     at_once: int,
     cancel: Optional[threading.Event] = None,
+    finish_running: Callable[[BaseException], bool] = lambda exc: False,
 ) -> list[Any]:
     """Run `jobs`, `at_once` at a time, each given an event (`cancel`, when nested) that is set
-    when any of them fails: running FFmpeg processes stop, jobs not yet started are skipped.
-    Raises the failure that happened first; the later ones are its consequences."""
+    when any of them fails: running FFmpeg processes stop, jobs not yet started are skipped. A
+    failure for which `finish_running(failure)` holds skips the jobs not yet started but lets the
+    running ones finish. Raises the failure that happened first; the later ones are its
+    consequences."""
     cancel = cancel or threading.Event()
+    no_more = threading.Event()
     failures: list[tuple[float, BaseException]] = []
 
     def guarded(job: Callable[[threading.Event], Any]) -> Any:
-        if cancel.is_set():
+        if cancel.is_set() or no_more.is_set():
             return None
         try:
             return job(cancel)
         except BaseException as exc:
             failures.append((time.monotonic(), exc))
-            cancel.set()
+            no_more.set()
+            if not finish_running(exc):
+                cancel.set()
             raise
 
     with ThreadPoolExecutor(max_workers=max(1, min(at_once, len(jobs)))) as pool:

@@ -32,6 +32,7 @@ class Tools:
     threads: int = 1  # per encoder; 1 = reproducible x264 bytes, 0 = let FFmpeg choose
     lanes: int = 1  # FFmpeg processes a shared encode may run at once
     limits: RunLimits = field(default_factory=RunLimits)
+    build: str = ""  # the FFmpeg build hash, when known: part of what names a reusable piece
     progress: Optional[ProgressBoard] = None  # where each output's progress is said
     runs: list[RunResult] = field(default_factory=list)  # every run so far, for provenance
 
