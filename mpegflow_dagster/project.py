@@ -126,6 +126,14 @@ class Settings(BaseModel):
     webhook_url: Optional[str] = Field(
         default=None, description="POST signed events here (secret: $MPEGFLOW_WEBHOOK_SECRET)."
     )
+    chunk_steps: int = Field(
+        default=0,
+        ge=0,
+        description="0: a video's time chunks are encoded inside its encode step (fastest on one "
+        "machine); N: in N chunk-batch steps before it, which a distributed executor places on "
+        "its workers (about the number of workers). Never changes the bytes "
+        "($MPEGFLOW_CHUNK_STEPS).",
+    )
     ffmpeg: FFmpegSettings = FFmpegSettings()
     s3: S3Settings = S3Settings()
     previews: PreviewSettings = PreviewSettings()
@@ -142,6 +150,7 @@ class Settings(BaseModel):
                 "delivery_dir": pick("delivery_dir", "MPEGFLOW_DELIVERY_DIR"),
                 "events_path": pick("events_path", "MPEGFLOW_EVENTS_PATH"),
                 "webhook_url": os.environ.get("MPEGFLOW_WEBHOOK_URL") or self.webhook_url,
+                "chunk_steps": int(os.environ.get("MPEGFLOW_CHUNK_STEPS") or self.chunk_steps),
                 "s3": self.s3.model_copy(
                     update={f: os.environ[e] for f, e in _S3_ENV.items() if os.environ.get(e)}
                 ),
@@ -233,7 +242,9 @@ def pipeline_definitions(spec: PipelineSpec, settings: Settings) -> Definitions:
             )
         )
     return Definitions(
-        assets=build_video_assets(spec, encoder_build=encoder_build(settings)),
+        assets=build_video_assets(
+            spec, encoder_build=encoder_build(settings), chunk_steps=settings.chunk_steps
+        ),
         jobs=[video_job(spec)],
         sensors=sensors,
     )
@@ -305,7 +316,11 @@ class Project(BaseModel):
         """The assets of a pipeline's videos: its own and, in a loaded location, every stage of
         yours on its partitions."""
         if self.loaded is None:
-            return build_video_assets(spec, encoder_build=encoder_build(self.settings))
+            return build_video_assets(
+                spec,
+                encoder_build=encoder_build(self.settings),
+                chunk_steps=self.settings.chunk_steps,
+            )
         partitions = video_partitions(spec.name)
         return [
             a

@@ -26,7 +26,7 @@ from .assets import build_video_assets
 from .dagster_private import UnresolvedAssetJobDefinition
 from .events import entries
 from .spec import PipelineSpec, SpecError
-from .stage import step_keys, video_partitions, videos_partitions_name
+from .stage import step_keys, step_node, video_partitions, videos_partitions_name
 from .stages.ingest import IngestConfig
 
 OWNER_TAG = "mpegflow/owner"  # the process executing a run in process (host/boot/pid/start)
@@ -172,19 +172,21 @@ def stage_report(
                     **{k: meta[k].value for k in ("exit_code", "attempt") if k in meta},
                     **({"stderr_tail": tail} if (tail := _stderr_tail(meta)) else {}),
                 }
+    # by node: the last step of a graph-backed asset (after its work steps) decides
     steps: dict[str, dict[str, Any]] = {}
     for event in events:
         if event.step_key is None:
             continue
+        node = step_node(event.step_key)
         if event.event_type == DagsterEventType.STEP_SUCCESS:
-            steps[event.step_key] = {"status": "succeeded"}
+            steps[node] = {"status": "succeeded"}
         elif event.event_type == DagsterEventType.STEP_SKIPPED:
-            steps[event.step_key] = {
+            steps[node] = {
                 "status": "skipped",
                 "reason": "an upstream output was not produced",
             }
         elif event.event_type == DagsterEventType.STEP_FAILURE:
-            steps[event.step_key] = _failure(event)
+            steps[node] = _failure(event)
     step_of = step_keys(build_video_assets(spec))
     failed_in_step = {step_of[k]: k for k in observed if k in step_of}
     report: dict[str, dict[str, Any]] = {}

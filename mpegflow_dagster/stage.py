@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union, cast
+from typing import AbstractSet, Any, Callable, Iterator, Mapping, Optional, Sequence, Union, cast
 
 from dagster import (
     AssetExecutionContext,
@@ -50,10 +50,10 @@ from dagster import (
     DynamicPartitionsDefinition,
     EventLogRecord,
     Failure,
-    GraphDefinition,
     In,
     Jitter,
     MetadataValue,
+    Nothing,
     OpExecutionContext,
     Out,
     Output,
@@ -122,6 +122,15 @@ def _key(key: KeyLike) -> AssetKey:
 def pipeline_key(spec: PipelineSpec, name: str) -> AssetKey:
     """The key of a pipeline's asset: `<pipeline>/<name>`."""
     return AssetKey([spec.name, name])
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """How a deployment lays a video's work out in Dagster steps; never what the bytes are."""
+
+    # 0: a shared encode's time chunks are made inside its step (fastest on one machine); N: in N
+    # chunk-batch steps before it, which a distributed executor places on its workers
+    chunk_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -297,7 +306,18 @@ class StageRun:
             )
         return out if out.runs else dataclasses.replace(out, runs=list(tools.runs))
 
-    def prepare(self, recipe_extra: Optional[dict] = None) -> Optional[Output]:
+    def pending(self) -> bool:
+        """Whether `prepare` would make the output (nothing to reuse), for a step working ahead
+        of the one that records it: nothing is logged, recorded or announced here (a stored
+        artifact that changed counts as not pending: the recording step reports it)."""
+        try:
+            return self.prepare(quiet=True) is None
+        except Exception:
+            return False
+
+    def prepare(
+        self, recipe_extra: Optional[dict] = None, *, quiet: bool = False
+    ) -> Optional[Output]:
         """Work out the recipe; an Output reusing the stored artifact when nothing changed."""
         for name, key in self.stage.inputs.items():
             if name not in self.upstream_versions:
@@ -313,8 +333,10 @@ class StageRun:
             threads=self.threads,
         )
         try:
-            return self._reuse()
+            return self._reuse(quiet)
         except Exception as exc:  # the stored artifact changed: a failure of this output alone
+            if quiet:
+                raise
             raise self.failure(exc) from exc
 
     def finish(self, out: StageOutput, started: float) -> Output:
@@ -397,7 +419,7 @@ class StageRun:
 
     # -- skip unchanged work ------------------------------------------------------------------
 
-    def _reuse(self) -> Optional[Output]:
+    def _reuse(self, quiet: bool = False) -> Optional[Output]:
         context = self.context
         forced = self.ffmpeg.force or context.run.tags.get(FORCE_TAG, "").lower() == "true"
         if not self.stage.reusable or forced:
@@ -435,10 +457,11 @@ class StageRun:
                 "ffmpeg_runs": [],
             }
         )
-        context.log.info(
-            f"{self.stage.name}: inputs, parameters and encoder build unchanged: "
-            f"reusing the output of run {prov.reused_from_run}"
-        )
+        if not quiet:
+            context.log.info(
+                f"{self.stage.name}: inputs, parameters and encoder build unchanged: "
+                f"reusing the output of run {prov.reused_from_run}"
+            )
         # The same artifact, described as before (its facts and what the UI shows of it, e.g.
         # previews), with this run's bookkeeping; the IO manager writes its record anew.
         described = {k: v for k, v in meta.items() if k not in RECORD_METADATA}
@@ -768,6 +791,11 @@ def video_asset(
     return decorator
 
 
+# A multi-asset's work ahead of its main step, in steps of its own:
+# `(dagster_context, runs, step, steps, **inputs) -> None`.
+WorkFunction = Callable[..., None]
+
+
 def video_multi_asset(
     *,
     name: str,
@@ -778,43 +806,61 @@ def video_multi_asset(
     retry: RetrySpec = RetrySpec(),
     partitions_def: Optional[DynamicPartitionsDefinition] = None,
     required_resource_keys: Sequence[str] = (),
+    work_steps: int = 0,
+    work: Optional[WorkFunction] = None,
 ) -> Callable[[Callable[..., Iterator[Output]]], AssetsDefinition]:
     """Several stage outputs from one step, for work that is cheaper done together (one decode
     feeding every rendition). The function is `fn(context, runs, **inputs)` (plus `config` when a
     Config class is given), where `runs` maps each selected output's asset name to its `StageRun`;
-    it yields the Outputs. Each output is its own asset: materialization, code version, provenance."""
+    it yields the Outputs. Each output is its own asset: materialization, code version, provenance.
+
+    With `work_steps` N >= 1 and `work`, the asset is a graph: N steps `<name>_work_<i>` run
+    `work(context, runs, i, N, **inputs)` first, each placed by the executor on its own (Celery
+    workers, processes) and retried alone by the RetryPolicy, then the main step
+    `<name>_outputs` runs `fn`. A work step leaves what it made where `fn` finds it (a content-addressed store), so the
+    main step only makes what is missing: a work step that fails for good (or runs out of retries)
+    logs why and ends, and the main step meets the same failure with its own handling (isolating
+    outputs, classifying, announcing)."""
     partitions = partitions_def or video_partitions(stages[0].pipeline)
     resources = STAGE_RESOURCES | set(required_resource_keys)
-    specs = [
-        AssetSpec(
-            s.key,
-            deps=list(s.inputs.values()),
-            code_version=s.code_version,
-            description=s.description,
-            skippable=s.optional,
-            kinds=set(s.kinds),
-            group_name=s.pipeline,
-            metadata=s.metadata,
-            partitions_def=partitions,
-        ).with_io_manager_key(IO_MANAGER_KEY)
-        for s in stages
-    ]
+    input_keys = {n: _key(k) for n, k in (ins or {}).items()}
+
+    def runs_for(context: Context) -> dict[str, StageRun]:
+        upstream: dict[str, Optional[str]] = {}
+        return {
+            s.name: StageRun(
+                context, s, output_name=s.key.to_python_identifier(), upstream_versions=upstream
+            )
+            for s in stages
+            if s.key in context.selected_asset_keys
+        }
 
     def decorator(fn: Callable[..., Iterator[Output]]) -> AssetsDefinition:
-        def runs_for(context: AssetExecutionContext) -> dict[str, StageRun]:
-            upstream: dict[str, Optional[str]] = {}
-            return {
-                s.name: StageRun(
-                    context, s, output_name=s.key.to_python_identifier(), upstream_versions=upstream
-                )
-                for s in stages
-                if s.key in context.selected_asset_keys
-            }
-
+        if work_steps and work is not None:
+            if config is not None:
+                raise ValueError(f"{name}: a multi-asset with work steps takes no config class")
+            return _with_work_steps(
+                name, stages, input_keys, can_subset, retry, partitions, resources, runs_for,
+                fn, work, work_steps,
+            )  # fmt: skip
+        specs = [
+            AssetSpec(
+                s.key,
+                deps=list(s.inputs.values()),
+                code_version=s.code_version,
+                description=s.description,
+                skippable=s.optional,
+                kinds=set(s.kinds),
+                group_name=s.pipeline,
+                metadata=s.metadata,
+                partitions_def=partitions,
+            ).with_io_manager_key(IO_MANAGER_KEY)
+            for s in stages
+        ]
         common: dict[str, Any] = dict(
             name=name,
             specs=specs,
-            ins={n: AssetIn(_key(k)) for n, k in (ins or {}).items()},
+            ins={n: AssetIn(k) for n, k in input_keys.items()},
             can_subset=can_subset,
             retry_policy=retry_policy(retry),
             required_resource_keys=resources,
@@ -843,14 +889,100 @@ def video_multi_asset(
     return decorator
 
 
+def _with_work_steps(
+    name: str,
+    stages: Sequence[VideoStage],
+    input_keys: dict[str, AssetKey],
+    can_subset: bool,
+    retry: RetrySpec,
+    partitions: DynamicPartitionsDefinition,
+    resources: AbstractSet[str],
+    runs_for: Callable[[Context], dict[str, StageRun]],
+    fn: Callable[..., Iterator[Output]],
+    work: WorkFunction,
+    steps: int,
+) -> AssetsDefinition:
+    """`video_multi_asset` as a graph: `steps` work steps, then the main step yielding the outputs."""
+    policy = retry_policy(retry)
+    op_resources = {*resources, IO_MANAGER_KEY}  # the work steps reach the artifact store
+
+    def work_op(step: int) -> Any:
+        @op(
+            name=f"{name}_work_{step}",
+            ins={n: In() for n in input_keys},
+            out=Out(Nothing),
+            retry_policy=policy,
+            required_resource_keys=op_resources,
+        )
+        def work_step(context: OpExecutionContext, **inputs: Any) -> None:
+            runs = runs_for(context)
+            try:
+                work(context, runs, step, steps, **inputs)
+            except Exception as exc:
+                first = next(iter(runs.values()), None)
+                c = first.classification(exc) if first else classify_exception(exc)
+                summary = f"{c.failure_class}: {c.reason}: {c.message}"
+                if first is not None and first.retryable(c):
+                    context.log.warning(f"work step {step} failed ({summary}); retried")
+                    raise Retryable(f"{name} work step {step}: {summary}") from exc
+                context.log.warning(
+                    f"work step {step} failed ({summary}); the {name} step makes what is "
+                    "missing and reports what fails for good"
+                )
+
+        return work_step
+
+    outs = {s.key.to_python_identifier(): s for s in stages}
+
+    @op(
+        name=f"{name}_outputs",
+        ins={**{n: In() for n in input_keys}, "after": In(Nothing)},
+        out={
+            n: Out(io_manager_key=IO_MANAGER_KEY, is_required=not s.optional)
+            for n, s in outs.items()
+        },
+        retry_policy=policy,
+        required_resource_keys=op_resources,
+    )
+    def main(context: OpExecutionContext, **inputs: Any) -> Iterator[Output]:
+        yield from fn(context, runs_for(context), **inputs)
+
+    workers = [work_op(i) for i in range(steps)]
+
+    @graph_multi_asset(
+        name=name,
+        ins={n: AssetIn(k) for n, k in input_keys.items()},
+        outs={
+            n: AssetOut(
+                key=s.key,
+                code_version=s.code_version,
+                description=s.description,
+                is_required=not s.optional,
+                kinds=set(s.kinds),
+                group_name=s.pipeline,
+                metadata=s.metadata,
+                io_manager_key=IO_MANAGER_KEY,
+            )
+            for n, s in outs.items()
+        },
+        partitions_def=partitions,
+        can_subset=can_subset,
+        hooks={video_failed},
+    )
+    def graph(**inputs: Any) -> Any:
+        made = main(after=[w(**inputs) for w in workers], **inputs)
+        return dict(zip(outs, made, strict=True)) if len(outs) > 1 else {next(iter(outs)): made}
+
+    return graph
+
+
 def step_keys(assets: Sequence[AssetsDefinition]) -> dict[AssetKey, str]:
-    """Which step materializes each asset (outputs of a multi-asset share one; a graph-backed
-    asset's step is named `<graph>.<op>`)."""
+    """The node that materializes each asset (outputs of a multi-asset share one). A graph-backed
+    asset's steps are `<node>.<op>` (see `step_node`), however many there are: a run's events
+    name the same node in every step layout."""
+    return {key: a.node_def.name for a in assets for key in a.keys}
 
-    def step(node: Any) -> str:
-        if isinstance(node, GraphDefinition):
-            [inner] = node.node_defs
-            return f"{node.name}.{inner.name}"
-        return node.name
 
-    return {key: step(a.node_def) for a in assets for key in a.keys_by_output_name.values()}
+def step_node(step: str) -> str:
+    """The node a step belongs to (`vod__encode.vod__encode_work_0` -> `vod__encode`)."""
+    return step.split(".", 1)[0]

@@ -23,7 +23,7 @@ from .media.commands import output_part, split_outputs
 from .outcomes import PARTITION_TAG
 from .runs import latest_reports
 from .spec import PipelineSpec, SpecError
-from .stage import step_keys
+from .stage import step_keys, step_node
 
 
 def _when(ts: Optional[float]) -> Optional[str]:
@@ -49,8 +49,10 @@ def explain(
     steps: dict[str, Any] = {}
     failures: dict[str, dict[str, Any]] = {}
     for run in reversed(runs):  # oldest first: newer runs overwrite what they touched
-        for stat in instance.get_run_step_stats(run.run_id):
-            steps[stat.step_key] = (run.run_id, stat)
+        # by node, the step that started last deciding (a graph's main step, after its work steps)
+        stats = instance.get_run_step_stats(run.run_id)
+        for stat in sorted(stats, key=lambda s: s.start_time or 0.0):
+            steps[step_node(stat.step_key)] = (run.run_id, stat)
         for record in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE):
             event = record.dagster_event
             data = event.step_failure_data if event else None
@@ -60,7 +62,7 @@ def explain(
                     for k, v in data.user_failure_data.metadata.items()
                     if k != "stderr_tail"
                 }
-                failures[event.step_key] = {
+                failures[step_node(event.step_key)] = {
                     "run_id": run.run_id,
                     "description": data.user_failure_data.description,
                     **meta,

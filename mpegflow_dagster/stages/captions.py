@@ -9,7 +9,7 @@ from dagster import AssetKey, AssetsDefinition
 
 from ..media.probe import MediaInfo, ProbeError, probe
 from ..spec import PipelineSpec
-from ..stage import StageContext, latest_metadata, pipeline_key, video_asset
+from ..stage import StageContext, StepLayout, latest_metadata, pipeline_key, video_asset
 from .encode import encode_rendition
 from .ingest import captions_file, load_probe
 from .toolkit import MediaRejected, StageOutput, Tools
@@ -53,7 +53,10 @@ ORDER = 30  # after ingest
 
 
 def assets(
-    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+    spec: PipelineSpec,
+    version: Callable[..., str],
+    built: Sequence[AssetsDefinition],
+    layout: StepLayout,
 ) -> list[AssetsDefinition]:
     """The captions asset, unless `captions.enabled` is false (then `captions.rendition` need not be a rung)."""
     if not spec.captions.enabled:

@@ -25,6 +25,7 @@ from ..stage import (
     PUBLISH_TAG,
     Context,
     StageContext,
+    StepLayout,
     pipeline_key,
     video_asset,
 )
@@ -95,7 +96,10 @@ ORDER = 90  # last: it publishes what the others declare
 
 
 def assets(
-    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+    spec: PipelineSpec,
+    version: Callable[..., str],
+    built: Sequence[AssetsDefinition],
+    layout: StepLayout,
 ) -> list[AssetsDefinition]:
     """`emit` for the parts of required stages, `emit_<stage>` for each optional one's."""
     published = _published(built)

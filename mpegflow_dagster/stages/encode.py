@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sequence
 
-from dagster import AssetExecutionContext, AssetsDefinition, Failure, Output
+from dagster import AssetsDefinition, Failure, Output
 
 from ..chunk_store import ChunkStore
 from ..media import commands, stills
@@ -28,7 +28,17 @@ from ..media.runner import RunResult
 from ..media.storyboard import storyboard_vtt
 from ..media.verify import OutputRejected, verify_output
 from ..spec import PipelineSpec, Rendition, ThumbnailSpec
-from ..stage import Retryable, StageContext, StageRun, VideoStage, pipeline_key, video_multi_asset
+from ..stage import (
+    IO_MANAGER_KEY,
+    Context,
+    Retryable,
+    StageContext,
+    StageRun,
+    StepLayout,
+    VideoStage,
+    pipeline_key,
+    video_multi_asset,
+)
 from ..storage import CHUNK_CACHE, LocalArtifactStore, scratch_dir, sha256_files
 from .ingest import CAPTIONS_STEM, load_probe, source_file
 from .toolkit import MediaRejected, StageOutput, Tools
@@ -180,7 +190,7 @@ class LadderEncode:
         )
         self.outputs = {r.name: h264_output(spec, r, info) for r in rungs}
         self.spans = encode_spans(info, spec)
-        self.has_audio = info.audio is not None
+        self.has_audio = info.audio is not None and bool(self.outputs)  # not for thumbnails alone
 
     @property
     def chunked(self) -> bool:
@@ -591,14 +601,16 @@ def _finish_thumbnails(
 
 
 def _encode_shared(
-    context: AssetExecutionContext,
+    context: Context,
     spec: PipelineSpec,
     runs: dict[str, StageRun],
     ingest: Path,
     probe: Path,
+    chunks: Optional[ChunkStore] = None,
 ) -> Iterator[Output]:
     """The selected renditions and thumbnails of one video, encoded together (`stages.encode_ladder`:
-    time chunks that each decode their part once, or lanes of renditions for a short source).
+    time chunks that each decode their part once, or lanes of renditions for a short source),
+    with pieces (chunks, audio) kept in `chunks` (default: on this machine).
 
     If the shared run fails and a retry can heal it, the step retries (what was already
     materialized is reused). Otherwise each output is encoded alone, so one bad rendition does not
@@ -616,22 +628,22 @@ def _encode_shared(
         else:
             todo.append(name)
     if todo:
-        failed.update((yield from _encode_todo(context, spec, runs, todo, ingest, probe)))
+        failed.update((yield from _encode_todo(context, spec, runs, todo, ingest, probe, chunks)))
     _settle(context, spec, failed, renditions_done=_renditions(runs, exclude=failed))
 
 
 def _encode_todo(
-    context: AssetExecutionContext,
+    context: Context,
     spec: PipelineSpec,
     runs: dict[str, StageRun],
     todo: list[str],
     ingest: Path,
     probe: Path,
+    chunks: Optional[ChunkStore],
 ) -> Generator[Output, None, dict[str, Exception]]:
     """Encode the outputs `todo` together, or one by one after a permanent failure of the shared
     run; yields what was made, returns the failures by output."""
     info = load_probe(probe)
-    rungs = [spec.rendition(n.removeprefix("rendition_")) for n in todo if n != "thumbnails"]
     started = time.time()
     try:
         with ExitStack() as scratches:
@@ -641,10 +653,17 @@ def _encode_todo(
                 )
                 for n in todo
             }
-            tools = runs[todo[0]].tools(
-                threads=min(runs[n].threads for n in todo), lanes=min(runs[n].lanes for n in todo)
+            outs = encode_ladder(
+                ingest,
+                info,
+                spec,
+                _rungs(spec, todo),
+                "thumbnails" in todo,
+                _tools(runs, todo),
+                work,
+                chunks=chunks,
+                source_id=runs[todo[0]].inputs.get("ingest"),
             )
-            outs = encode_ladder(ingest, info, spec, rungs, "thumbnails" in todo, tools, work)
             finished = [runs[n].finish(outs[n.removeprefix("rendition_")], started) for n in todo]
     except Exception as exc:
         first = runs[todo[0]]
@@ -662,7 +681,7 @@ def _encode_todo(
 
 
 def _settle(
-    context: AssetExecutionContext,
+    context: Context,
     spec: PipelineSpec,
     failures: dict[str, Exception],
     renditions_done: int,
@@ -718,11 +737,74 @@ def _encode_each(
     return failures
 
 
+def _rungs(spec: PipelineSpec, todo: Iterable[str]) -> list[Rendition]:
+    return [spec.rendition(n.removeprefix("rendition_")) for n in todo if n != "thumbnails"]
+
+
+def _tools(runs: dict[str, StageRun], todo: Sequence[str]) -> Tools:
+    """The tools of a shared encode: the fewest threads and lanes any of its outputs may use."""
+    return runs[todo[0]].tools(
+        threads=min(runs[n].threads for n in todo), lanes=min(runs[n].lanes for n in todo)
+    )
+
+
+# Where the chunk-batch steps leave pieces for the encode step, in the IO manager's store (local
+# disk or S3, which every worker reaches); no pipeline can be named so.
+SHARED_CHUNKS = ".chunks"
+
+
+def shared_chunks(context: Context, runs: dict[str, StageRun]) -> ChunkStore:
+    """The pieces store every step of a video's encode reaches: the artifact store."""
+    io_manager = getattr(context.resources, IO_MANAGER_KEY)
+    scratch = Path(next(iter(runs.values())).ffmpeg.work_dir) / CHUNK_CACHE
+    return ChunkStore(io_manager.store(), scratch, prefix=SHARED_CHUNKS)
+
+
+def _encode_ahead(
+    context: Context,
+    runs: dict[str, StageRun],
+    step: int,
+    steps: int,
+    ingest: Path,
+    probe: Path,
+    *,
+    spec: PipelineSpec,
+) -> None:
+    """Chunk-batch step `step` of `steps`: its share of the pieces of the outputs the encode step
+    will make, into the shared store; what is there already is left as it is."""
+    todo = [n for n, run in runs.items() if run.pending()]
+    if not todo:
+        context.log.info("every selected output is reused: nothing to encode")
+        return
+    encode = LadderEncode(
+        ingest,
+        load_probe(probe),
+        spec,
+        _rungs(spec, todo),
+        "thumbnails" in todo,
+        _tools(runs, todo),
+        shared_chunks(context, runs),
+        runs[todo[0]].inputs.get("ingest"),
+    )
+    if not encode.chunked:
+        context.log.info("the source is not cut in time chunks: the encode step encodes it whole")
+        return
+    share = encode.share(step, steps)
+    made = encode_share(encode, step, steps)
+    context.log.info(
+        f"chunk batch {step + 1}/{steps}: {len(made)} of its {len(share)} pieces made, "
+        f"{len(share) - len(made)} found finished"
+    )
+
+
 ORDER = 20  # after ingest
 
 
 def assets(
-    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+    spec: PipelineSpec,
+    version: Callable[..., str],
+    built: Sequence[AssetsDefinition],
+    layout: StepLayout,
 ) -> list[AssetsDefinition]:
     """The encode step: rendition_<rung> per ladder rung, and thumbnails."""
     retry = spec.failures.retry_for("encode")
@@ -755,13 +837,23 @@ def assets(
             )
         )
 
+    steps = layout.chunk_steps
+
     # Each decode of the source feeds every encoder; any subset can be materialized on demand.
+    # With chunk steps, each time chunk is made in one of them, then joined here.
     @video_multi_asset(
-        name=f"{spec.name}__encode", stages=stages, ins=source, can_subset=True, retry=retry
+        name=f"{spec.name}__encode",
+        stages=stages,
+        ins=source,
+        can_subset=True,
+        retry=retry,
+        work_steps=steps,
+        work=functools.partial(_encode_ahead, spec=spec) if steps else None,
     )
     def encode(
-        context: AssetExecutionContext, runs: dict[str, StageRun], ingest: Path, probe: Path
+        context: Context, runs: dict[str, StageRun], ingest: Path, probe: Path
     ) -> Iterator[Output]:
-        yield from _encode_shared(context, spec, runs, ingest, probe)
+        chunks = shared_chunks(context, runs) if steps and runs else None
+        yield from _encode_shared(context, spec, runs, ingest, probe, chunks)
 
     return [encode]

@@ -21,7 +21,7 @@ from ..media.mp4 import read_mp4
 from ..media.runner import RunResult
 from ..media.variants import Candidate, choose_variants, dropped_text
 from ..spec import HlsSpec, PipelineSpec
-from ..stage import StageContext, pipeline_key, video_asset
+from ..stage import StageContext, StepLayout, pipeline_key, video_asset
 from ..storage import sha256_files
 from .encode import rendition_asset_name
 from .ingest import load_probe
@@ -143,7 +143,10 @@ ORDER = 40  # after the renditions
 
 
 def assets(
-    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+    spec: PipelineSpec,
+    version: Callable[..., str],
+    built: Sequence[AssetsDefinition],
+    layout: StepLayout,
 ) -> list[AssetsDefinition]:
     """The hls asset over the ladder's renditions and the spec's `hls.include` (your own)."""
     packaged = [pipeline_key(spec, rendition_asset_name(r.name)) for r in spec.ladder]

@@ -19,6 +19,7 @@ from ..stage import (
     Retryable,
     StageContext,
     StageRun,
+    StepLayout,
     VideoStage,
     latest_metadata,
     pipeline_key,
@@ -249,7 +250,10 @@ ORDER = 10  # where build_video_assets calls `assets` among the stage modules
 
 
 def assets(
-    spec: PipelineSpec, version: Callable[..., str], built: Sequence[AssetsDefinition]
+    spec: PipelineSpec,
+    version: Callable[..., str],
+    built: Sequence[AssetsDefinition],
+    layout: StepLayout,
 ) -> list[AssetsDefinition]:
     """The ingest + probe step (its code versions do not name the encoder build: it encodes nothing)."""
     retry = spec.failures.retry_for("ingest")

@@ -1,0 +1,179 @@
+"""Localized retry (issue 18): what a chunk's FFmpeg SIGKILLed late costs in extra work.
+
+For a clean 1080p30 source (120 s by default: four 30 s chunks), in each step layout (the local
+default, `chunk_steps: 0`, chunks inside the encode step; and `chunk_steps: 2`, two chunk-batch
+steps, here run by the in-process executor), runs the shipped pipeline twice through Dagster with
+an FFmpeg wrapper that logs each process's CPU and wall:
+
+  clean   a forced run that never fails;
+  killed  the same, with the last chunk's FFmpeg SIGKILLed (as the OOM killer would) at 80 % of
+          the wall it took in the clean run; the spec's retry policy runs it again.
+
+Extra work = the killed run's FFmpeg CPU minus the clean run's; the goal is at most 1.2x that
+chunk's own FFmpeg CPU (in the clean run). Before chunks survived a retry, the whole encode was
+done again. Prints a table and writes bench/chunk_retry.json.
+
+    .venv/bin/python bench/chunk_retry.py               # 120 s source
+    .venv/bin/python bench/chunk_retry.py --duration 60 # quicker: two chunks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ladder import BENCH, WORK, bench_project, cached_clip, local_instance, log, measured
+
+from mpegflow_dagster.runs import materialize_video, stage_report
+
+RESULTS = BENCH / "chunk_retry.json"
+GOAL = 1.2  # extra FFmpeg CPU / the killed chunk's own
+KILL_AT = 0.8  # of the chunk's clean wall
+
+
+def wrapper(base: Path, log_file: Path, target: str, kill_after: Optional[float]) -> Path:
+    """FFmpeg that logs `<seek or label> <cpu_s> <wall_s>` per process; with `kill_after`, the
+    first x264 run seeking to `target` is SIGKILLed that many seconds in."""
+    marker = base / "killed"
+    kill = (
+        f"""if [[ "$*" == *libx264* && "$*" == *" -ss {target} "* && ! -e {marker} ]]; then
+  touch {marker}; ffmpeg "$@" & pid=$!; sleep {kill_after}; kill -9 $pid; wait $pid
+  echo "killed $(times | tail -1)" >> {log_file}; kill -9 $$
+fi"""
+        if kill_after is not None
+        else ""
+    )
+    script = base / "ffmpeg-logged"
+    script.write_text(
+        f"""#!/bin/bash
+[[ "$*" == *-version* ]] && exec ffmpeg "$@"
+what=$(echo "$*" | grep -o -- "-ss [0-9.]*" | head -1 | tr -d ' ')
+[[ "$*" == *libx264* ]] || what="other"
+{kill}
+start=$(date +%s.%N); ffmpeg "$@"; rc=$?; end=$(date +%s.%N)
+echo "$what $(times | tail -1) $start $end" >> {log_file}
+exit $rc
+"""
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script
+
+
+def seconds(text: str) -> float:
+    m = re.fullmatch(r"(\d+)m([\d.]+)s", text)
+    assert m, text
+    return int(m.group(1)) * 60 + float(m.group(2))
+
+
+def parse(log_file: Path) -> list[dict]:
+    """One entry per FFmpeg process: what it was, its CPU (children user+sys of the wrapper), wall."""
+    found = []
+    for line in log_file.read_text().splitlines():
+        parts = line.split()
+        entry = {"what": parts[0], "cpu_s": seconds(parts[1]) + seconds(parts[2])}
+        if len(parts) == 5:
+            entry["wall_s"] = float(parts[4]) - float(parts[3])
+        found.append(entry)
+    return found
+
+
+def one_run(
+    layout: int, src: Path, base: Path, target: str, kill_after: Optional[float]
+) -> tuple[dict, list[dict]]:
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    project = bench_project(base)
+    project = project.model_copy(
+        update={"settings": project.settings.model_copy(update={"chunk_steps": layout})}
+    )
+    log_file = base / "ffmpeg.log"
+    exe = wrapper(base, log_file, target, kill_after)
+    instance = local_instance(base / "home")
+    os.environ["MPEGFLOW_FFMPEG"] = str(exe)
+    try:
+        rec: dict = {}
+        with measured(rec):
+            result = materialize_video(
+                project,
+                project.spec(),
+                "bench",
+                instance=instance,
+                source=src,
+                force=True,
+                log_level="WARNING",
+            )
+        report = stage_report(result.all_events, project.spec())
+        rec["success"] = result.success
+        rec["rendition_sha256"] = {
+            n: r.get("sha256") for n, r in report.items() if n.startswith("rendition_")
+        }
+    finally:
+        del os.environ["MPEGFLOW_FFMPEG"]
+        instance.dispose()
+    return rec, parse(log_file)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--layouts", default="0,2", help="chunk_steps values to measure")
+    args = parser.parse_args(argv)
+    src = cached_clip("clean", args.duration, noisy=False)
+    spec = bench_project(WORK / "retry").spec()
+    chunk_s = spec.chunk_s
+    last_start = (int(args.duration // chunk_s) - (args.duration % chunk_s == 0)) * chunk_s
+    target = f"{last_start:g}"
+    results: dict = {"source": f"clean 1080p30, {args.duration:g} s", "chunk_s": chunk_s}
+    for layout in [int(x) for x in args.layouts.split(",")]:
+        log(f"chunk_steps={layout}: clean run")
+        clean, clean_runs = one_run(layout, src, WORK / "retry" / f"clean-{layout}", target, None)
+        chunk = next(r for r in clean_runs if r["what"] == f"-ss{target}")
+        kill_after = round(KILL_AT * chunk["wall_s"], 2)
+        log(f"chunk_steps={layout}: killed run (chunk at {target} s killed after {kill_after} s)")
+        killed, killed_runs = one_run(
+            layout, src, WORK / "retry" / f"killed-{layout}", target, kill_after
+        )
+        clean_cpu = sum(r["cpu_s"] for r in clean_runs)
+        killed_cpu = sum(r["cpu_s"] for r in killed_runs)
+        extra = killed_cpu - clean_cpu
+        results[f"chunk_steps_{layout}"] = {
+            "clean": {**clean, "ffmpeg_cpu_s": round(clean_cpu, 2)},
+            "killed": {**killed, "ffmpeg_cpu_s": round(killed_cpu, 2)},
+            "killed_chunk_cpu_s": round(chunk["cpu_s"], 2),
+            "killed_after_s": kill_after,
+            "encodes_of_killed_chunk": sum(1 for r in killed_runs if r["what"] == f"-ss{target}"),
+            "extra_cpu_s": round(extra, 2),
+            "extra_over_chunk": round(extra / chunk["cpu_s"], 3),
+            "same_bytes": clean["rendition_sha256"] == killed["rendition_sha256"],
+            "goal": GOAL,
+        }
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nLocalized retry, {results['source']}, chunk_s {chunk_s:g}, last chunk killed late")
+    print(f"{'layout':<14}{'clean CPU':>11}{'killed CPU':>12}{'chunk CPU':>11}{'extra':>8}"
+          f"{'extra/chunk':>13}{'bytes':>7}")  # fmt: skip
+    for key, r in results.items():
+        if not key.startswith("chunk_steps_"):
+            continue
+        print(
+            f"{key:<14}{r['clean']['ffmpeg_cpu_s']:>11.1f}{r['killed']['ffmpeg_cpu_s']:>12.1f}"
+            f"{r['killed_chunk_cpu_s']:>11.1f}{r['extra_cpu_s']:>8.1f}{r['extra_over_chunk']:>13.3f}"
+            f"{'same' if r['same_bytes'] else 'DIFF':>7}"
+        )
+    ok = all(
+        r["extra_over_chunk"] <= GOAL and r["same_bytes"] and r["killed"]["success"]
+        for k, r in results.items()
+        if k.startswith("chunk_steps_")
+    )
+    print(f"goal extra/chunk <= {GOAL}: {'met' if ok else 'NOT met'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
