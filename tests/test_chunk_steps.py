@@ -201,13 +201,25 @@ def test_chunk_steps_pass_their_pieces_through_the_s3_storage_bucket(
         )
         assert result.success
         assert hashes(instance, "clip") == one_step
-        outputs_step = [
-            e.user_message
-            for e in instance.all_logs(result.run_id)
+        # every chunk encode of a rendition ran before the encode step started: it only joined
+        [joining] = [
+            e.timestamp
+            for e in instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_START)
             if e.step_key == f"{ENCODE}.{ENCODE}_outputs"
         ]
-        assert any("progress join" in m for m in outputs_step)
-        assert not any("progress rendition_" in m for m in outputs_step)  # nothing encoded there
+        wanted = AssetRecordsFilter(
+            asset_key=AssetKey(["vod", "rendition_480p"]), asset_partitions=["clip"]
+        )
+        [record] = instance.fetch_materializations(wanted, limit=1).records
+        assert record.asset_materialization is not None
+        prov = record.asset_materialization.metadata["provenance"].value
+        assert isinstance(prov, dict)
+        starts = [
+            start
+            for argv, (start, _) in zip(prov["argv"], prov["ffmpeg_runs"], strict=True)
+            if "libx264" in argv
+        ]
+        assert len(starts) == 3 and max(starts) < joining
     keys = list_keys(client, bucket)
     assert any(k.startswith("mpegflow/storage/vod/rendition_480p/clip/") for k in keys)
     assert not [k for k in keys if f"/{SHARED_CHUNKS}/" in k]  # joined, then removed
