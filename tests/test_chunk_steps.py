@@ -20,6 +20,7 @@ from pipeline_helpers import FAST_RETRY, ffmpeg_wrapper, project_with
 from s3_server import REGION, list_keys, moto_endpoint, s3_resource  # noqa: F401  (fixtures)
 
 from mpegflow_dagster.project import S3Settings
+from mpegflow_dagster.provenance import Provenance
 from mpegflow_dagster.runs import materialize_video, stage_report
 from mpegflow_dagster.stages.encode import SHARED_CHUNKS
 
@@ -212,11 +213,10 @@ def test_chunk_steps_pass_their_pieces_through_the_s3_storage_bucket(
         )
         [record] = instance.fetch_materializations(wanted, limit=1).records
         assert record.asset_materialization is not None
-        prov = record.asset_materialization.metadata["provenance"].value
-        assert isinstance(prov, dict)
+        prov = Provenance.model_validate(record.asset_materialization.metadata["provenance"].value)
         starts = [
             start
-            for argv, (start, _) in zip(prov["argv"], prov["ffmpeg_runs"], strict=True)
+            for argv, (start, _) in zip(prov.argv, prov.ffmpeg_runs, strict=True)
             if "libx264" in argv
         ]
         assert len(starts) == 3 and max(starts) < joining
