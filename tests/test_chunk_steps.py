@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pytest
 from dagster import (
@@ -19,7 +19,7 @@ from dagster import (
 from pipeline_helpers import FAST_RETRY, ffmpeg_wrapper, project_with
 from s3_server import REGION, list_keys, moto_endpoint, s3_resource  # noqa: F401  (fixtures)
 
-from mpegflow_dagster.project import S3Settings
+from mpegflow_dagster.project import Project, S3Settings
 from mpegflow_dagster.provenance import Provenance
 from mpegflow_dagster.runs import materialize_video, stage_report
 from mpegflow_dagster.stages.encode import SHARED_CHUNKS
@@ -59,6 +59,12 @@ def one_step(make_source, tmp_path_factory) -> dict[str, str]:
         return hashes(instance, "clip")
 
 
+def in_steps(project: Project, steps: int = 2, **settings: Any) -> Project:
+    """`project` with its chunks in `steps` chunk-batch steps (and other settings changed)."""
+    changed = project.settings.model_copy(update={"chunk_steps": steps, **settings})
+    return project.model_copy(update={"settings": changed})
+
+
 def run_log(instance: DagsterInstance, run_id: str) -> str:
     return "\n".join(e.user_message for e in instance.all_logs(run_id))
 
@@ -70,10 +76,7 @@ def started_steps(result) -> list[str]:
 def test_chunk_steps_make_the_bytes_of_one_step_and_leave_no_pieces(
     one_step, make_source, tmp_path
 ):
-    project = project_with(tmp_path, SPEC)
-    project = project.model_copy(
-        update={"settings": project.settings.model_copy(update={"chunk_steps": 2})}
-    )
+    project = in_steps(project_with(tmp_path, SPEC))
     with instance_for_test() as instance:
         result = materialize_video(
             project, project.spec(), "clip", instance=instance, source=make_source(duration_s=6.0)
@@ -118,10 +121,7 @@ fi""",
 
 def test_a_killed_chunk_is_encoded_again_by_its_batch_step_alone(one_step, make_source, tmp_path):
     wrapper, calls = killing_wrapper(tmp_path, times=1)
-    project = project_with(tmp_path, {**SPEC, "failures": FAST_RETRY})
-    project = project.model_copy(
-        update={"settings": project.settings.model_copy(update={"chunk_steps": 2})}
-    )
+    project = in_steps(project_with(tmp_path, {**SPEC, "failures": FAST_RETRY}))
     with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPEGFLOW_FFMPEG", str(wrapper))
         result = materialize_video(
@@ -154,10 +154,7 @@ def test_a_new_run_after_a_failed_one_encodes_only_the_chunk_that_never_finished
         "thumbnails": {"enabled": False, "interval_s": 1.0},
         "failures": {"retry": {"max_retries": 0}},
     }
-    project = project_with(tmp_path, changes)
-    project = project.model_copy(
-        update={"settings": project.settings.model_copy(update={"chunk_steps": 2})}
-    )
+    project = in_steps(project_with(tmp_path, changes))
     with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPEGFLOW_FFMPEG", str(wrapper))
         failed = materialize_video(
@@ -185,14 +182,9 @@ def test_chunk_steps_pass_their_pieces_through_the_s3_storage_bucket(
     client = s3_resource(moto_endpoint).get_client()
     bucket = f"storage-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
-    project = project_with(tmp_path, SPEC)
-    settings = project.settings.model_copy(
-        update={
-            "chunk_steps": 2,
-            "s3": S3Settings(endpoint_url=moto_endpoint, storage_bucket=bucket),
-        }
-    )
-    project = project.model_copy(update={"settings": settings})
+    storage = S3Settings(endpoint_url=moto_endpoint, storage_bucket=bucket)
+    project = in_steps(project_with(tmp_path, SPEC), s3=storage)
+    settings = project.settings
     with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
             mp.setenv(name, value)
