@@ -45,7 +45,7 @@ def wrapper(base: Path, log_file: Path, target: str, kill_after: Optional[float]
     kill = (
         f"""if [[ "$*" == *libx264* && "$*" == *" -ss {target} "* && ! -e {marker} ]]; then
   touch {marker}; ffmpeg "$@" & pid=$!; sleep {kill_after}; kill -9 $pid; wait $pid
-  echo "killed $(times | tail -1)" >> {log_file}; kill -9 $$
+  times > {base}/times.$$; echo "killed $(tail -1 {base}/times.$$)" >> {log_file}; kill -9 $$
 fi"""
         if kill_after is not None
         else ""
@@ -58,7 +58,8 @@ what=$(echo "$*" | grep -o -- "-ss [0-9.]*" | head -1 | tr -d ' ')
 [[ "$*" == *libx264* ]] || what="other"
 {kill}
 start=$(date +%s.%N); ffmpeg "$@"; rc=$?; end=$(date +%s.%N)
-echo "$what $(times | tail -1) $start $end" >> {log_file}
+times > {base}/times.$$  # in this shell: a pipe or $(...) would report a subshell's children
+echo "$what $(tail -1 {base}/times.$$) $start $end" >> {log_file}; rm -f {base}/times.$$
 exit $rc
 """
     )
