@@ -412,7 +412,7 @@ def v_chunked(plan: Plan) -> None:
         for n in plan.encodes:
             listing = parts / f"{n}.ffconcat"
             listing.write_text(
-                commands.concat_listing([parts / f"{n}-{i}.mp4" for i in range(len(spans))])
+                commands.concat_listing([parts / f"{n}-{i}.mp4" for i in range(len(spans))], spans)
             )
             joins.append(commands.join_args(listing, audio.get(n), plan.rendition(n)))
         run_all(joins, parallel=True)

@@ -144,6 +144,15 @@ class PipelineSpec(_Strict):
         description="Renditions of a source at least 1.5x this long are encoded in time chunks of about "
         "this length, side by side, cut at keyframes and joined without re-encoding; 0 = never.",
     )
+    chunk_lead_gops: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Each time chunk after the first starts its encode this many keyframe intervals "
+        "before its cut (frames dropped in the join), so x264's rate control has settled when the "
+        "chunk's own part begins: without it the second after each cut loses up to 3 dB PSNR on "
+        "light rungs (docs/seams.md). Costs that much more encoding per chunk.",
+    )
     ladder: tuple[Rendition, ...] = Field(min_length=1)
     upscale: bool = Field(
         default=False,
@@ -204,6 +213,7 @@ class PipelineSpec(_Strict):
         return {
             "gop_s": self.gop_s,
             "chunk_s": self.chunk_s,
+            "chunk_lead_gops": self.chunk_lead_gops,
             "chunk_plan": PLAN_VERSION,
             "upscale": self.upscale,
         }

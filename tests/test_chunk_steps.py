@@ -26,9 +26,9 @@ from mpegflow_dagster.stages.encode import SHARED_CHUNKS
 
 pytestmark = pytest.mark.pipeline
 
-# 6 s at 25 fps cut every 2 s: three chunks (-ss 0, 2, 4); two batch steps take chunks 0 and 2,
-# and chunk 1 with the audio
-SPEC = {"gop_s": 1.0, "chunk_s": 2.0, "thumbnails": {"interval_s": 1.0}}
+# 6 s at 25 fps cut every 2 s, each chunk's encode starting 1 s early: three chunks (-ss 0, 1, 3);
+# two batch steps take chunks 0 and 2, and chunk 1 with the audio
+SPEC = {"gop_s": 1.0, "chunk_s": 2.0, "chunk_lead_gops": 1, "thumbnails": {"interval_s": 1.0}}
 OUTPUTS = ("rendition_240p", "rendition_480p", "rendition_720p", "rendition_1080p", "thumbnails")
 ENCODE = "vod__encode"
 
@@ -104,7 +104,7 @@ def test_chunk_steps_make_the_bytes_of_one_step_and_leave_no_pieces(
 
 
 def killing_wrapper(tmp_path: Path, times: int) -> tuple[Path, Path]:
-    """FFmpeg that SIGKILLs every encode of the chunk starting at 2 s, the first `times` times;
+    """FFmpeg that SIGKILLs every encode of the chunk cut at 2 s (-ss 1), the first `times` times;
     every x264 or AAC encode is logged by its seek (`-ss N`, or `audio`)."""
     calls, kills = tmp_path / "calls.log", tmp_path / "kills"
     wrapper = ffmpeg_wrapper(
@@ -112,7 +112,7 @@ def killing_wrapper(tmp_path: Path, times: int) -> tuple[Path, Path]:
         f"""
 if [[ "$*" == *libx264* && "$*" == *" -ss "* ]]; then echo "$*" | grep -o -- "-ss [0-9.]*" >> {calls}; fi
 if [[ "$*" == *"-c:a aac"* && "$*" != *libx264* ]]; then echo audio >> {calls}; fi
-if [[ "$*" == *libx264* && "$*" == *" -ss 2 "* && $(cat {kills} 2>/dev/null | wc -l) -lt {times} ]]; then
+if [[ "$*" == *libx264* && "$*" == *" -ss 1 "* && $(cat {kills} 2>/dev/null | wc -l) -lt {times} ]]; then
   echo killed >> {kills}; ffmpeg "$@" & sleep 0.5; kill -9 $!; wait $!; kill -9 $$
 fi""",
     )
@@ -136,7 +136,7 @@ def test_a_killed_chunk_is_encoded_again_by_its_batch_step_alone(one_step, make_
         assert retried == [f"{ENCODE}.{ENCODE}_work_1"]
         # the killed chunk twice, every other piece once (the audio beside it was kept)
         assert sorted(calls.read_text().split()) == sorted(
-            ["-ss", "0", "-ss", "2", "-ss", "2", "-ss", "4", "audio"]
+            ["-ss", "0", "-ss", "1", "-ss", "1", "-ss", "3", "audio"]
         )
         assert hashes(instance, "clip") == one_step
 
@@ -144,7 +144,7 @@ def test_a_killed_chunk_is_encoded_again_by_its_batch_step_alone(one_step, make_
 def test_a_new_run_after_a_failed_one_encodes_only_the_chunk_that_never_finished(
     one_step, make_source, tmp_path
 ):
-    """No retries, and the chunk at 2 s killed every time in the first run (in its batch step, in
+    """No retries, and the chunk cut at 2 s killed every time in the first run (in its batch step, in
     the encode step's shared run, in each output's own run): the run fails, the pieces that
     finished stay; the next run encodes that chunk alone. (Without thumbnails: they encode no
     x264 and would be made alone in the first run, and a chunk's recipe names every output.)"""
@@ -168,7 +168,7 @@ def test_a_new_run_after_a_failed_one_encodes_only_the_chunk_that_never_finished
         (tmp_path / "kills").write_text("killed\n" * 1000)  # no more kills
         again = materialize_video(project, project.spec(), "clip", instance=instance)
         assert again.success
-        assert calls.read_text().split() == ["-ss", "2"]
+        assert calls.read_text().split() == ["-ss", "1"]
         made = hashes(instance, "clip", [n for n in OUTPUTS if n != "thumbnails"])
         assert made == {n: sha for n, sha in one_step.items() if n != "thumbnails"}
 

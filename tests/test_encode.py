@@ -42,6 +42,7 @@ def ladder_source(make_source, tmp_path_factory, fps: str):
         update={
             "gop_s": 1.0,
             "chunk_s": 2.0,
+            "chunk_lead_gops": 1,  # the second chunk's encode starts 1 s before its cut
             "thumbnails": shipped.thumbnails.model_copy(update={"interval_s": 1.0}),
         }
     )
@@ -133,7 +134,9 @@ def test_chunked_renditions_are_whole_frame_exact_and_keyed_in_step(any_rate_inp
     _, ingest, info, chunked, _ = any_rate_input
     rate = Fraction(info.video.constant_frame_rate)
     cut = Fraction(math.ceil(2 * rate)) / rate  # the first frame at or after 2 s
-    assert encode_spans(info, chunked) == [Span(Fraction(0), cut), Span(cut, None)]
+    # the second chunk's encode starts on the first frame at or after 1 s before its cut
+    lead = cut - Fraction(math.ceil((cut - 1) * rate)) / rate
+    assert encode_spans(info, chunked) == [Span(Fraction(0), cut), Span(cut, None, lead)]
     source_frames = len(frames(ingest / f"{SOURCE_STEM}.mp4", "pts_time"))
     # keyframes where one run over the whole source forces them: the first frame at or after each second
     keyframes = [math.ceil(k * rate) for k in range(4) if k * rate < source_frames]
@@ -234,7 +237,7 @@ def test_a_retry_encodes_only_the_chunks_that_did_not_finish(ladder_input, tmp_p
         f"""
 [[ "$*" == *libx264* ]] || exec ffmpeg "$@"
 if [[ "$*" == *" -ss "* ]]; then echo "$*" | grep -o -- " -ss [0-9.]* " >> {calls}; fi
-if [[ "$*" == *" -ss 2 "* && ! -e {killed} ]]; then
+if [[ "$*" == *" -ss 1 "* && ! -e {killed} ]]; then
   touch {killed}; ffmpeg "$@" & sleep 0.3; kill -9 $!; wait $!; kill -9 $$
 fi""",
     )
@@ -251,10 +254,10 @@ fi""",
         attempt()
     assert caught.value.result.signal == 9
     outs = attempt()
-    assert sorted(calls.read_text().split("\n")) == ["", " -ss 0 ", " -ss 2 ", " -ss 2 "]
+    assert sorted(calls.read_text().split("\n")) == ["", " -ss 0 ", " -ss 1 ", " -ss 1 "]
     reference = encode(ladder_input, chunked, "never-failed", lanes=1)
     for name, out in outs.items():
         assert describe(out.path)[0] == describe(reference[name].path)[0], name
     starts = [r.argv[r.argv.index("-ss") + 1] for r in outs["240p"].runs if "-ss" in r.argv]
-    assert starts == ["0", "2"]  # provenance lists both chunk runs, the one reused too
+    assert starts == ["0", "1"]  # provenance lists both chunk runs, the one reused too
     assert not list((base / "retried" / CHUNK_CACHE).iterdir())  # done: nothing kept

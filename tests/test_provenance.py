@@ -294,13 +294,15 @@ def test_a_chunked_encode_is_recorded_run_by_run_and_reproduced_with_fewer_lanes
     make_source, tmp_path
 ):
     """A 29.97 fps source long enough for `chunk_s`: each rendition's provenance lists its chunk
-    encodes (each with its seek: the cut is on frame 60, at 2.002 s), the audio encode and the
+    encodes (each with its seek: the cut is on frame 60, at 2.002 s, and that chunk's encode
+    starts a GOP before, on frame 31 at 1.0343666... s), the audio encode and the
     join; a forced re-run with one lane instead of two makes the same renditions and HLS."""
     shipped = temp_project(tmp_path / "a", encode_lanes=2)
     spec = shipped.spec().model_copy(
         update={
             "gop_s": 1.0,
             "chunk_s": 2.0,
+            "chunk_lead_gops": 1,
             "thumbnails": shipped.spec().thumbnails.model_copy(update={"interval_s": 1.0}),
         }
     )
@@ -313,7 +315,7 @@ def test_a_chunked_encode_is_recorded_run_by_run_and_reproduced_with_fewer_lanes
         assert materialize_video(two, spec, "clip", instance=instance, source=source).success
         prov = latest(instance, "rendition_480p", "clip").metadata["provenance"].value
         encodes = [argv for argv in prov["argv"] if "libx264" in argv]
-        assert [argv[argv.index("-ss") + 1] for argv in encodes] == ["0", "2.002"]
+        assert [argv[argv.index("-ss") + 1] for argv in encodes] == ["0", "1.034366"]
         assert any(
             "aac" in argv and "libx264" not in argv for argv in prov["argv"]
         )  # the audio, once

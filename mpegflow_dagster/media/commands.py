@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import ffmpeg
 
@@ -77,20 +77,25 @@ class ThumbnailOutput:
     quality: int
 
 
-def _seconds(t: Fraction) -> str:
+def _seconds(t: Fraction, *, up: bool = False) -> str:
     """`t` for -ss/-t, rounded down to FFmpeg's microsecond: a cut on a frame at 10.01 s, or at
-    40.0066333... s (frame 1199 at 30000/1001), keeps that frame and not the one before."""
-    whole, micro = divmod(math.floor(t * 1_000_000), 1_000_000)
+    40.0066333... s (frame 1199 at 30000/1001), keeps that frame and not the one before. `up`
+    rounds up instead (an `inpoint`: the keyframe at or before it must be the one at `t`)."""
+    whole, micro = divmod((math.ceil if up else math.floor)(t * 1_000_000), 1_000_000)
     return f"{whole}.{micro:06d}".rstrip("0").rstrip(".")
 
 
-def _at_marks(span: Span, period_s: float, count: str) -> str:
+def _at_marks(span: Span, period_s: float, count: str, *, in_lead: bool) -> str:
     """An FFmpeg expression: is this frame at or after the next mark (source times 0, period,
-    2 * period, ...), `count` being the marks the span has taken so far? Inside a chunk `t`
-    starts at 0, so the chunk's start and the marks before it are added back."""
-    if span.start_s == 0:
+    2 * period, ...), `count` being the marks taken so far? Inside a chunk `t` starts at 0 where
+    its encode starts, so that start and the marks before it are added back: those before the
+    encode's start (`in_lead`: keyframes, forced in the lead too), or before the chunk's own start
+    (thumbnails: none from the lead, whose frames the chunk before has)."""
+    start = span.encode_start_s
+    taken = marks_before(Span(start, None) if in_lead else span, period_s)
+    if start == 0 and taken == 0:
         return f"gte(t,{period_s:g}*{count})"
-    return f"gte(t+{float(span.start_s)!r},{period_s:g}*({marks_before(span, period_s)}+{count}))"
+    return f"gte(t+{float(start)!r},{period_s:g}*({taken}+{count}))"
 
 
 def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int, span: Span = WHOLE):
@@ -117,7 +122,7 @@ def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int, sp
         "keyint_min": gop_frames,
         "sc_threshold": 0,
         "forced-idr": 1,
-        "force_key_frames": f"expr:{_at_marks(span, enc.gop_s, 'n_forced')}",
+        "force_key_frames": f"expr:{_at_marks(span, enc.gop_s, 'n_forced', in_lead=True)}",
         "x264-params": ":".join(f"{k}={v}" for k, v in sorted(params.items())),
         "threads": threads,
     }
@@ -150,9 +155,8 @@ def _thumbnail_output(
 
     `select` against the frame count does not drift, unlike `fps=1/N`, which also drops the
     last mark when it falls within half an interval of the end."""
-    video = video.filter("select", _at_marks(span, thumbs.interval_s, "selected_n")).filter(
-        "scale", thumbs.width, -2
-    )
+    at_marks = _at_marks(span, thumbs.interval_s, "selected_n", in_lead=False)
+    video = video.filter("select", at_marks).filter("scale", thumbs.width, -2)
     return ffmpeg.output(
         video,
         _output_name(Path(out_dir) / "%05d.jpg"),
@@ -204,9 +208,9 @@ def encode_ladder_args(
     plus time inside it), so they fall on the frames a whole-source run picks."""
     options: dict[str, str] = {}
     if not span.whole:
-        options["ss"] = _seconds(span.start_s)
+        options["ss"] = _seconds(span.encode_start_s)
         if span.duration_s is not None:
-            options["t"] = _seconds(span.duration_s)
+            options["t"] = _seconds(span.duration_s + span.lead_s)
     inp = _input(src, **options)
     audio = inp["a:0"] if span.whole else None
     branches = len(renditions) + (1 if thumbnails else 0)
@@ -241,11 +245,17 @@ def audio_args(src: Path, outputs: dict[Path, H264Output]) -> list[str]:
     ).get_args()
 
 
-def concat_listing(chunks: list[Path]) -> str:
-    """An ffconcat file list of our own chunk files (never a user's file: see `safety`)."""
+def concat_listing(chunks: list[Path], spans: Sequence[Span] = ()) -> str:
+    """An ffconcat file list of our own chunk files (never a user's file: see `safety`). A chunk
+    whose span has a lead starts at its cut (`inpoint`, the keyframe its lead ends on)."""
     # Inside single quotes nothing is special; a quote itself is closed, escaped and reopened.
+    leads = [s.lead_s for s in spans] or [Fraction(0)] * len(chunks)
     return "ffconcat version 1.0\n" + "".join(
-        "file '" + _output_name(c).replace("'", "'\\''") + "'\n" for c in chunks
+        "file '"
+        + _output_name(c).replace("'", "'\\''")
+        + "'\n"
+        + (f"inpoint {_seconds(lead, up=True)}\n" if lead else "")
+        for c, lead in zip(chunks, leads, strict=True)
     )
 
 

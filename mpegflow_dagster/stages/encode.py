@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sequence
 
@@ -152,7 +153,11 @@ def encode_spans(info: MediaInfo, spec: PipelineSpec) -> list[Span]:
     video = info.video
     step = boundary_step(spec.gop_s, spec.thumbnails.interval_s)
     return plan_spans(
-        info.duration, video.constant_frame_rate if video else None, spec.chunk_s, step
+        info.duration,
+        video.constant_frame_rate if video else None,
+        spec.chunk_s,
+        step,
+        lead_s=Fraction(str(spec.gop_s)) * spec.chunk_lead_gops,
     )
 
 
@@ -455,7 +460,9 @@ def encode_ladder(
             def join(name: str, cancel: threading.Event) -> dict[str, StageOutput]:
                 listing = listings / f"{name}.ffconcat"
                 listing.write_text(
-                    commands.concat_listing([entry / f"{name}.mp4" for entry in entries])
+                    commands.concat_listing(
+                        [entry / f"{name}.mp4" for entry in entries], encode.spans
+                    )
                 )
                 joined = tools.run(
                     f"join {name}",
