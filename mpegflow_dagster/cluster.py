@@ -12,6 +12,7 @@ another machine needs (docs/cluster.md). `down` stops every process group `up` s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
+from urllib.parse import urlsplit
 
 import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
@@ -58,6 +60,10 @@ class Service(BaseModel):
     pid: int
     owner: str  # liveness owner string: a reused pid is not taken for the service
     log: str
+    argv: list[str]
+    cwd: str
+    cluster_env: bool  # runs with the cluster's settings (the Dagster processes)
+    user: Optional[str] = None
 
 
 class ClusterState(BaseModel):
@@ -196,10 +202,12 @@ def _start(
     name: str,
     argv: list[str],
     directory: Path,
-    env: Mapping[str, str],
+    env: Optional[Mapping[str, str]],
     cwd: Path,
     user: Optional[str] = None,
 ) -> Service:
+    """Start `argv` in its own session (so `stop` reaches its children), logging to logs/<name>.log;
+    with the cluster's settings `env` for Dagster's processes."""
     log = directory / "logs" / f"{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -207,13 +215,22 @@ def _start(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=_process_env(env),
+            env=_process_env(env or {}),
             cwd=cwd,
             start_new_session=True,
             preexec_fn=_default_sigint,
             user=user,
         )
-    return Service(name=name, pid=proc.pid, owner=liveness.of(proc.pid), log=str(log))
+    return Service(
+        name=name,
+        pid=proc.pid,
+        owner=liveness.of(proc.pid),
+        log=str(log),
+        argv=argv,
+        cwd=str(cwd),
+        cluster_env=env is not None,
+        user=user,
+    )
 
 
 def _wait(what: str, ready: Callable[[], bool], services: Iterable[Service], timeout_s: float):
@@ -257,21 +274,11 @@ def _start_postgres(directory: Path, port: int) -> Service:
         data.mkdir(mode=0o700, exist_ok=True)
         if user:
             shutil.chown(data, user, user)
-        subprocess.run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ],
-            check=True,
-            capture_output=True,
-            user=user,
-        )
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+        made = subprocess.run(initdb, capture_output=True, text=True, user=user)
+        if made.returncode:
+            hint = f" (as root it runs as user {user}: every folder above {data} must let it in)"
+            raise ClusterError(f"initdb failed{hint if user else ''}: {made.stderr.strip()[-500:]}")
     argv = [
         str(bindir / "postgres"),
         "-D", str(data),
@@ -281,13 +288,16 @@ def _start_postgres(directory: Path, port: int) -> Service:
         # commits are not flushed one by one (a crash may lose the last events, never corrupts)
         "-c", "synchronous_commit=off",
     ]  # fmt: skip
-    return _start("postgres", argv, directory, {}, directory, user=user)
+    return _start("postgres", argv, directory, None, directory, user=user)
 
 
-def _create_database(port: int) -> bool:
+def _create_database(postgres_url: str) -> bool:
     import psycopg2  # noqa: PLC0415 (a dependency of dagster-postgres)
 
-    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+    server = urlsplit(postgres_url)
+    conn = psycopg2.connect(
+        host=server.hostname, port=server.port, user="postgres", dbname="postgres"
+    )
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -314,16 +324,6 @@ def redis_argv(directory: Path, port: int) -> list[str]:
         "--save", "",
         "--daemonize", "no",
     ]  # fmt: skip
-
-
-def start_redis(state: ClusterState) -> None:
-    """Start Redis again (after a fault) on the cluster's port and data; replaces its service."""
-    directory = Path(state.dir)
-    port = int(state.redis_url.rsplit(":", 1)[1])
-    service = _start("redis", redis_argv(directory, port), directory, {}, directory)
-    state.services = [service if s.name == "redis" else s for s in state.services]
-    state.save()
-    _wait("redis", lambda: _redis_ping(state.redis_url), [service], 30)
 
 
 def _redis_ping(url: str) -> bool:
@@ -368,6 +368,34 @@ def _daemon_ready(state: ClusterState) -> bool:
     with instance(state) as dagster:
         statuses = dagster.get_daemon_statuses()
         return bool(statuses) and all(s.healthy for s in statuses.values())
+
+
+def restart(state: ClusterState, name: str, timeout_s: float = 60.0) -> Service:
+    """Start the service `name` again as `up` started it (after it was stopped or killed: a fault,
+    a lost worker replaced), on the same port and data; returns when it answers."""
+    old = state.service(name)
+    if not liveness.is_gone(old.owner):
+        raise ClusterError(f"{name} still runs (pid {old.pid}): stop it first")
+    directory = Path(state.dir)
+    service = _start(
+        name,
+        old.argv,
+        directory,
+        state.env if old.cluster_env else None,
+        Path(old.cwd),
+        user=old.user,
+    )
+    state.services = [service if s.name == name else s for s in state.services]
+    state.save()
+    ready: Callable[[], bool] = {
+        "redis": lambda: _redis_ping(state.redis_url),
+        "postgres": lambda: _create_database(state.postgres_url),
+        "s3": lambda: _http_ok(state.s3_endpoint),
+        "daemon": lambda: _daemon_ready(state),
+        "webserver": lambda: _http_ok(f"{state.ui_url}/server_info"),
+    }.get(name, lambda: _workers_ready(state.env["MPEGFLOW_CELERY_BROKER"], {name}))
+    _wait(name, ready, [service], timeout_s)
+    return service
 
 
 def worker_argv(config_yaml: Path, name: str) -> list[str]:
@@ -421,17 +449,17 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
         # the servers first, at once
         bin_dir = Path(sys.executable).parent
         postgres = _start_postgres(directory, pg_port)
-        redis = _start("redis", redis_argv(directory, redis_port), directory, {}, directory)
+        redis = _start("redis", redis_argv(directory, redis_port), directory, None, directory)
         moto = _start(
             "s3",
             [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
             directory,
-            {},
+            None,
             directory,
         )
         state.services = [postgres, redis, moto]
         state.save()
-        _wait("postgres", lambda: _create_database(pg_port), [postgres], 60)
+        _wait("postgres", lambda: _create_database(postgres_url), [postgres], 60)
         _wait("redis", lambda: _redis_ping(redis_url), [redis], 30)
         _wait("s3", lambda: _create_buckets(s3_endpoint), [moto], 30)
 
@@ -507,23 +535,22 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
 _STOP_SIGNAL = {"postgres": signal.SIGINT}  # Postgres' fast shutdown (SIGTERM waits for clients)
 
 
-def stop(service: Service, timeout_s: float = 15.0) -> None:
-    """Stop a service's whole process group (its children too): its stop signal, then SIGKILL."""
-    if liveness.is_gone(service.owner):
-        return
-    try:
-        os.killpg(service.pid, _STOP_SIGNAL.get(service.name, signal.SIGTERM))
-    except ProcessLookupError:
-        return
+def stop(services: Iterable[Service], timeout_s: float = 15.0) -> list[str]:
+    """Stop each service's whole process group (its children too), all at once: its stop signal,
+    then SIGKILL for what is left after `timeout_s`. Returns the names of those that ran."""
+    running = [s for s in services if not liveness.is_gone(s.owner)]
+    for service in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.pid, _STOP_SIGNAL.get(service.name, signal.SIGTERM))
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if liveness.is_gone(service.owner):
-            break
+    while time.monotonic() < deadline and not all(liveness.is_gone(s.owner) for s in running):
         time.sleep(0.1)
-    try:
-        os.killpg(service.pid, signal.SIGKILL)  # whatever is left of the group
-    except ProcessLookupError:
-        pass
+    for service in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.pid, signal.SIGKILL)  # whatever is left of the group
+        with contextlib.suppress(ChildProcessError):  # not a zombie of ours (started here)
+            os.waitpid(service.pid, 0)
+    return [s.name for s in running]
 
 
 def down(directory: Path) -> list[str]:
@@ -534,11 +561,9 @@ def down(directory: Path) -> list[str]:
         state = ClusterState.load(directory)
     except ClusterError:
         return []
-    stopped = []
-    for service in reversed(state.services):
-        if not liveness.is_gone(service.owner):
-            stop(service)
-            stopped.append(service.name)
+    servers = {"postgres", "redis", "s3"}
+    stopped = stop(s for s in state.services if s.name not in servers)
+    stopped += stop(s for s in state.services if s.name in servers)
     (directory / STATE_FILE).unlink(missing_ok=True)
     return stopped
 

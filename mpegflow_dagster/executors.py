@@ -45,7 +45,12 @@ def celery_executor_config(celery: CelerySettings) -> dict[str, Any]:
     - `visibility_timeout`: when the whole worker dies (the machine is lost), nobody puts it back,
       and Redis hands the unacknowledged task out again after this long;
     - `worker_prefetch_multiplier: 1`: a busy worker holds no task another worker could run;
-    - `result_backend_always_retry`: a run waiting on its steps' results rides out a Redis restart.
+    - `result_backend_always_retry`: a run waiting on its steps' results rides out a Redis restart;
+    - `worker_cancel_long_running_tasks_on_connection_loss`: a step running when the worker loses
+      Redis (a restart) cannot be acknowledged any more; cancelled at once, it fails as a
+      transient failure and Dagster's RetryPolicy runs it again in the same run. Left running
+      instead, it would finish but be handed out again one visibility timeout later, a ghost run
+      of the step after its run ended (measured: docs/cluster.md).
     Dagster's step retries (RetryPolicy) cover failures inside a step; a lost worker never reports
     a failure, so only these redeliveries bring its step back (docs/cluster.md, "Faults")."""
     return {
@@ -57,6 +62,7 @@ def celery_executor_config(celery: CelerySettings) -> dict[str, Any]:
             "worker_prefetch_multiplier": 1,
             "result_backend_always_retry": True,
             "result_backend_max_retries": 60,
+            "worker_cancel_long_running_tasks_on_connection_loss": True,
             "broker_connection_retry_on_startup": True,
             "broker_transport_options": {
                 "visibility_timeout": celery.lost_step_after_s,
