@@ -156,7 +156,7 @@ class Settings(BaseModel):
             value = os.environ.get(env) or getattr(within, name)
             return str((base / value).resolve()) if not Path(value).is_absolute() else value
 
-        return self.model_copy(
+        resolved = self.model_copy(
             update={
                 "storage_dir": pick("storage_dir", "MPEGFLOW_STORAGE_DIR"),
                 "work_dir": pick("work_dir", "MPEGFLOW_WORK_DIR"),
@@ -174,6 +174,7 @@ class Settings(BaseModel):
                 ),
             }
         )
+        return Settings.model_validate(resolved.model_dump())  # environment values validated too
 
 
 def _with_env(model: BaseModel, env: dict[str, str]) -> BaseModel:
