@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # medians of three alternating rounds (about 40 min here); `make bench BENCH_ARGS=` for one round
 BENCH_ARGS ?= --repeats 3
 
-.PHONY: demo test test-fast lint dev bench ffmpeg browser install clean
+.PHONY: demo test test-fast lint dev bench ffmpeg browser cluster-services cluster cluster-down install clean
 
 ffmpeg:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! fc-list 2>/dev/null | grep -q .; then \
@@ -25,6 +25,14 @@ browser:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium nodejs npm >/dev/null; \
 	fi
 	@$(MAKE) --no-print-directory $(UI_STAMP)
+
+# The cluster's broker and instance database (docs/cluster.md): Debian's servers, started by
+# `mpegflow cluster up` (and tests/test_cluster.py) as plain processes, never as system services.
+cluster-services:
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "Installing Redis and PostgreSQL (Debian packages) for the cluster..."; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server postgresql >/dev/null; \
+	fi
 
 $(UI_STAMP): tests/ui/package.json tests/ui/package-lock.json
 	cd tests/ui && npm ci --no-audit --no-fund --loglevel=error
@@ -49,7 +57,7 @@ demo: install
 	$(BIN)/mpegflow sample build/demo --name sample --duration 12
 	$(BIN)/mpegflow run build/demo/sample.mp4 --out build/demo/delivery
 
-test: lint browser
+test: lint browser cluster-services
 	$(BIN)/pytest -q
 
 # ruff (lint and format, line length 100) and pyright, as configured in pyproject.toml
@@ -69,6 +77,15 @@ dev: install
 	@$(BIN)/mpegflow previews & previews=$$!; \
 	trap 'kill $$previews 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/dagster dev -w workspace.yaml
+
+# Postgres, Redis, a moto S3 server, CLUSTER_WORKERS Celery workers, the daemon and the UI, as
+# processes on 127.0.0.1 with their data under .cluster/; `make cluster-down` stops them all.
+CLUSTER_WORKERS ?= 2
+cluster: install cluster-services
+	$(BIN)/mpegflow cluster up --workers $(CLUSTER_WORKERS)
+
+cluster-down:
+	$(BIN)/mpegflow cluster down
 
 bench: install
 	$(BIN)/python bench/ladder.py $(BENCH_ARGS)

@@ -1,5 +1,5 @@
 """`mpegflow`: run the whole graph for one video through Dagster, redo chosen outputs of a video,
-say why, serve the UI's previews, or make a sample clip."""
+say why, serve the UI's previews, make a sample clip, or run a cluster on this machine."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from dagster import DagsterInstance
 
+from . import cluster
 from .media.classify import classify_exception
 from .media.synth import sample_with_captions
 from .previews import server
@@ -245,6 +246,50 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if args.action == "up":
+        options = cluster.ClusterOptions(
+            workers=args.workers,
+            max_concurrent_runs=args.max_concurrent_runs,
+            ui_port=args.ui_port,
+        )
+        state = cluster.up(Path(args.project), directory, options)
+        print(f"mpegflow: cluster up in {state.started_s:.1f} s\n{cluster.describe(state)}")
+    elif args.action == "down":
+        stopped = cluster.down(directory)
+        print(f"mpegflow: stopped {', '.join(stopped)}" if stopped else "mpegflow: no cluster ran")
+    elif args.action == "status":
+        state = cluster.ClusterState.load(directory)
+        print(cluster.describe(state))
+        return 0 if all(state.alive().values()) else 1
+    elif args.action == "env":
+        print(cluster.worker_settings(cluster.ClusterState.load(directory)))
+    else:
+        return _submit(args, cluster.ClusterState.load(directory))
+    return 0
+
+
+def _submit(args: argparse.Namespace, state: cluster.ClusterState) -> int:
+    if not args.source:
+        raise ValueError("submit needs a video file: mpegflow cluster submit VIDEO")
+    source = _source(args.source)
+    if not source.is_file():
+        raise MediaRejected(
+            f"source {source} is not a regular file", reason="input.not_a_regular_file"
+        )
+    pipeline = Project.load(Path(state.project)).spec(args.pipeline).name
+    run_key = cluster.upload(state, source, pipeline)
+    print(f"mpegflow: uploaded {source.name} (run key {run_key}); waiting for its run", flush=True)
+    run = cluster.wait_for_run(
+        state,
+        run_key,
+        args.timeout,
+        on_status=lambda r: print(f"mpegflow: run {r.run_id} {r.status.value}", flush=True),
+    )
+    return 0 if run.status.value == "SUCCESS" else 1
+
+
 def _location_options(parser: argparse.ArgumentParser) -> None:
     """Which code location and pipeline a command reads, and its JSON output."""
     parser.add_argument(
@@ -338,6 +383,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sample.add_argument("--duration", type=float, default=12.0)
     sample.add_argument("--height", type=int, default=1080)
     sample.set_defaults(func=cmd_sample)
+
+    grid = sub.add_parser(
+        "cluster",
+        help="a Dagster cluster on this machine: Postgres, Redis, S3 (moto), Celery workers, "
+        "daemon and UI (docs/cluster.md)",
+    )
+    grid.add_argument("action", choices=["up", "down", "status", "submit", "env"])
+    grid.add_argument("source", nargs="?", help="submit: the video file to upload")
+    grid.add_argument(
+        "--dir", default=".cluster", help="the cluster's data and logs (default: .cluster)"
+    )
+    grid.add_argument("--project", default=".", help="up: the code location (default: .)")
+    grid.add_argument("--workers", type=int, default=2, help="up: Celery workers (default: 2)")
+    grid.add_argument(
+        "--max-concurrent-runs", type=int, default=2, help="up: the run queue's limit (default: 2)"
+    )
+    grid.add_argument("--ui-port", type=int, default=3000, help="up: the UI's port (default: 3000)")
+    grid.add_argument("--pipeline", help="submit: the pipeline (default: the first)")
+    grid.add_argument(
+        "--timeout", type=float, default=3600.0, help="submit: wait this long for the run (s)"
+    )
+    grid.set_defaults(func=cmd_cluster)
 
     args = parser.parse_args(argv)
     try:

@@ -72,7 +72,7 @@ class VideoPipelineComponent(Component, Resolvable, Model):
 class VideoDeploymentComponent(Component, Resolvable, Model):
     """Where a code location's pipelines run: the resources every stage uses (FFmpeg, binary IO
     manager on local disk or S3, delivery, S3 sources, events and webhooks), the webhook delivery
-    sensor and the in-process executor, from the deployment settings."""
+    sensor and the executor (in process, or Celery workers), from the deployment settings."""
 
     settings: str = Field(
         default=SETTINGS_FILE, description="The deployment settings, relative to the project root."

@@ -44,7 +44,11 @@ def _start_time(pid: int) -> Optional[str]:
 
 def current() -> str:
     """This process, as an owner string."""
-    pid = os.getpid()
+    return of(os.getpid())
+
+
+def of(pid: int) -> str:
+    """The live process `pid` (e.g. a child just started), as an owner string."""
     return f"{socket.gethostname()}/{_boot_id()}/{pid}/{_start_time(pid)}"
 
 

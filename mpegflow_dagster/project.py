@@ -17,15 +17,16 @@ from dagster import (
     AssetSelection,
     BetaWarning,
     ComponentTree,
+    DefaultSensorStatus,
     Definitions,
     EnvVar,
     build_resources,
-    in_process_executor,
 )
 from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field
 
 from .assets import build_video_assets
+from .executors import CelerySettings, ExecutorName, run_executor
 from .io_manager import BinaryIOManager
 from .media.build import FFmpegNotFound, detect_build
 from .resources import FFmpegResource, LocalDeliveryResource, PreviewsResource
@@ -73,6 +74,13 @@ class S3Settings(BaseModel):
         default=None, description="Watched by the upload sensor: <upload_prefix>/<pipeline>/..."
     )
     upload_prefix: str = "uploads"
+    upload_interval_s: int = Field(
+        default=30, ge=1, description="How often the upload sensor lists the upload bucket."
+    )
+    watch_uploads: bool = Field(
+        default=False,
+        description="Start the upload sensor with the daemon (else turn it on in the UI).",
+    )
 
 
 class PreviewSettings(BaseModel):
@@ -100,6 +108,13 @@ _S3_ENV = {
     "delivery_prefix": "MPEGFLOW_DELIVERY_PREFIX",
     "upload_bucket": "MPEGFLOW_UPLOAD_BUCKET",
     "upload_prefix": "MPEGFLOW_UPLOAD_PREFIX",
+    "upload_interval_s": "MPEGFLOW_UPLOAD_INTERVAL_S",
+    "watch_uploads": "MPEGFLOW_WATCH_UPLOADS",
+}
+_CELERY_ENV = {
+    "broker": "MPEGFLOW_CELERY_BROKER",
+    "backend": "MPEGFLOW_CELERY_BACKEND",
+    "lost_step_after_s": "MPEGFLOW_CELERY_LOST_STEP_AFTER_S",
 }
 
 
@@ -135,6 +150,12 @@ class Settings(BaseModel):
         "($MPEGFLOW_CHUNK_STEPS).",
     )
     ffmpeg: FFmpegSettings = FFmpegSettings()
+    executor: ExecutorName = Field(
+        default="in_process",
+        description="Where a run's steps execute: in the run's process, or `celery` on the "
+        "workers of a cluster (docs/cluster.md) ($MPEGFLOW_EXECUTOR).",
+    )
+    celery: CelerySettings = CelerySettings()
     s3: S3Settings = S3Settings()
     previews: PreviewSettings = PreviewSettings()
 
@@ -143,17 +164,17 @@ class Settings(BaseModel):
             value = os.environ.get(env) or getattr(within, name)
             return str((base / value).resolve()) if not Path(value).is_absolute() else value
 
-        return self.model_copy(
+        resolved = self.model_copy(
             update={
                 "storage_dir": pick("storage_dir", "MPEGFLOW_STORAGE_DIR"),
                 "work_dir": pick("work_dir", "MPEGFLOW_WORK_DIR"),
                 "delivery_dir": pick("delivery_dir", "MPEGFLOW_DELIVERY_DIR"),
                 "events_path": pick("events_path", "MPEGFLOW_EVENTS_PATH"),
                 "webhook_url": os.environ.get("MPEGFLOW_WEBHOOK_URL") or self.webhook_url,
-                "chunk_steps": int(os.environ.get("MPEGFLOW_CHUNK_STEPS") or self.chunk_steps),
-                "s3": self.s3.model_copy(
-                    update={f: os.environ[e] for f, e in _S3_ENV.items() if os.environ.get(e)}
-                ),
+                "chunk_steps": os.environ.get("MPEGFLOW_CHUNK_STEPS") or self.chunk_steps,
+                "executor": os.environ.get("MPEGFLOW_EXECUTOR") or self.executor,
+                "celery": _with_env(self.celery, _CELERY_ENV),
+                "s3": _with_env(self.s3, _S3_ENV),
                 "previews": self.previews.model_copy(
                     update={
                         "dir": pick("dir", "MPEGFLOW_PREVIEWS_DIR", self.previews),
@@ -162,6 +183,14 @@ class Settings(BaseModel):
                 ),
             }
         )
+        return Settings.model_validate(resolved.model_dump())  # environment values validated too
+
+
+def _with_env(model: BaseModel, env: dict[str, str]) -> BaseModel:
+    """`model` with the fields named in `env` (field -> variable) set from the environment,
+    validated (so `MPEGFLOW_UPLOAD_INTERVAL_S=5` is an int)."""
+    changes = {f: os.environ[e] for f, e in env.items() if os.environ.get(e)}
+    return type(model).model_validate({**model.model_dump(), **changes}) if changes else model
 
 
 def load_settings(path: Path, root: Path) -> Settings:
@@ -239,6 +268,10 @@ def pipeline_definitions(spec: PipelineSpec, settings: Settings) -> Definitions:
                 video_partitions(spec.name),
                 b.upload_bucket,
                 f"{b.upload_prefix.strip('/')}/{spec.name}",
+                minimum_interval_seconds=b.upload_interval_s,
+                default_status=DefaultSensorStatus.RUNNING
+                if b.watch_uploads
+                else DefaultSensorStatus.STOPPED,
             )
         )
     return Definitions(
@@ -251,14 +284,12 @@ def pipeline_definitions(spec: PipelineSpec, settings: Settings) -> Definitions:
 
 
 def deployment_definitions(settings: Settings) -> Definitions:
-    """The resources every stage uses; webhook delivery when a webhook url is set. Runs execute
-    in process: a video's parallel work is inside its encode step (lanes of FFmpeg processes), so
-    a process per step would only add start-up time (~3 s a step with the default multiprocess
-    executor here, ~0.02 s in process; see docs/performance.md)."""
+    """The resources every stage uses; webhook delivery when a webhook url is set; the executor
+    the settings choose (in process by default, see `run_executor`)."""
     return Definitions(
         resources=deployment_resources(settings),
         sensors=[build_webhook_delivery_sensor()] if settings.webhook_url else [],
-        executor=in_process_executor,
+        executor=run_executor(settings.executor, settings.celery),
     )
 
 

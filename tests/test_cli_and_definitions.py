@@ -13,6 +13,9 @@ from http_receiver import Receiver, free_port
 from pipeline_helpers import BIN, ROOT, run_cli
 
 from mpegflow_dagster import Project, build_video_assets
+from mpegflow_dagster.executors import celery_executor_config
+from mpegflow_dagster.project import load_settings
+from mpegflow_dagster.spec import SpecError
 from mpegflow_dagster.sqlite_event_log import CachedEngineSqliteEventLogStorage
 from mpegflow_dagster.webhooks.sensor import DELIVERY_SENSOR
 from mpegflow_dagster.webhooks.signing import verify_signature
@@ -218,3 +221,23 @@ def test_dg_lists_what_the_components_build(tmp_path):
         "delivery",
         "events",
     }
+
+
+def test_celery_executor_from_the_settings_redelivers_a_lost_workers_step(monkeypatch):
+    monkeypatch.setenv("MPEGFLOW_EXECUTOR", "celery")
+    monkeypatch.setenv("MPEGFLOW_CELERY_BROKER", "redis://10.0.0.5:6379/0")
+    monkeypatch.setenv("MPEGFLOW_CELERY_LOST_STEP_AFTER_S", "120")
+    project = Project.load(ROOT)
+    assert project.settings.celery.lost_step_after_s == 120
+    executor = project.definitions().resolve_job_def("vod_video").executor_def
+    assert executor.name == "mpegflow_celery"
+    config = celery_executor_config(
+        project.settings.celery
+    )  # what the executor was configured with
+    assert config["broker"] == "redis://10.0.0.5:6379/0"
+    source = config["config_source"]
+    assert source["task_acks_late"] and source["task_reject_on_worker_lost"]
+    assert source["broker_transport_options"]["visibility_timeout"] == 120
+    monkeypatch.setenv("MPEGFLOW_EXECUTOR", "threads")
+    with pytest.raises(SpecError, match="'in_process' or 'celery'"):
+        load_settings(ROOT / "resources" / "settings.yaml", ROOT)
