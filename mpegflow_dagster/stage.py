@@ -959,7 +959,6 @@ def _with_work_steps(
                 description=s.description,
                 is_required=not s.optional,
                 kinds=set(s.kinds),
-                group_name=s.pipeline,
                 metadata=s.metadata,
                 io_manager_key=IO_MANAGER_KEY,
             )
@@ -968,6 +967,7 @@ def _with_work_steps(
         partitions_def=partitions,
         can_subset=can_subset,
         hooks={video_failed},
+        group_name=stages[0].pipeline,  # an AssetOut's own group is not applied to a graph's
     )
     def graph(**inputs: Any) -> Any:
         made = main(after=[w(**inputs) for w in workers], **inputs)

@@ -16,9 +16,10 @@ from dagster import (
     DagsterInstance,
     instance_for_test,
 )
-from pipeline_helpers import FAST_RETRY, ffmpeg_wrapper, project_with
+from pipeline_helpers import FAST_RETRY, ROOT, ffmpeg_wrapper, project_with
 from s3_server import REGION, list_keys, moto_endpoint, s3_resource  # noqa: F401  (fixtures)
 
+from mpegflow_dagster.assets import build_video_assets
 from mpegflow_dagster.project import Project, S3Settings
 from mpegflow_dagster.provenance import Provenance
 from mpegflow_dagster.runs import materialize_video, stage_report
@@ -67,6 +68,18 @@ def in_steps(project: Project, steps: int = 2, **settings: Any) -> Project:
 
 def run_log(instance: DagsterInstance, run_id: str) -> str:
     return "\n".join(e.user_message for e in instance.all_logs(run_id))
+
+
+def test_chunk_steps_keep_the_encode_in_its_pipelines_group() -> None:
+    """The pipeline's job and upload sensor select its group: the encode must be in it."""
+    spec = Project.load(ROOT).spec("vod")
+    groups = {
+        key: group
+        for a in build_video_assets(spec, chunk_steps=2)
+        for key, group in a.group_names_by_key.items()
+    }
+    assert AssetKey(["vod", "rendition_480p"]) in groups
+    assert set(groups.values()) == {"vod"}
 
 
 def started_steps(result) -> list[str]:
