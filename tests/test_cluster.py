@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
-from dagster import DagsterEventType, DagsterRun, DagsterRunStatus, RunsFilter, instance_for_test
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterRun,
+    DagsterRunStatus,
+    RunsFilter,
+    instance_for_test,
+)
 from pipeline_helpers import BIN, ROOT, temp_project
 
 from mpegflow_dagster import cluster
@@ -286,6 +294,48 @@ def test_a_worker_killed_mid_encode_has_its_step_run_again_elsewhere(
     events = outcome_events(grid, batch.killed_video)
     assert events["video.succeeded"] == 1 and events["video.published"] == 1
     assert max(Counter(events).values()) <= 4  # rendition.ready once per rung, nothing doubled
+
+
+# -- one video over several workers ------------------------------------------------------------
+
+
+def sha256_by_asset(instance, video: str) -> dict[str, str]:
+    names = ("rendition_240p", "rendition_480p", "thumbnails", "hls")
+    found = {}
+    for name in names:
+        wanted = AssetRecordsFilter(asset_key=AssetKey(["vod", name]), asset_partitions=[video])
+        [record] = instance.fetch_materializations(wanted, limit=1).records
+        found[name] = record.asset_materialization.metadata["sha256"].value
+    return found
+
+
+def test_a_long_video_is_cut_into_chunk_steps_that_the_workers_share(
+    grid: cluster.ClusterState, make_source, tmp_path
+) -> None:
+    """A source long enough for two time chunks (chunk_s 30): each chunk-batch step makes its
+    pieces on a worker, the encode step joins them from the storage bucket, and the bytes are
+    those of the local default's one encode step."""
+    source = make_source("long", duration_s=46.0, width=320, height=180)
+    project = temp_project(tmp_path)
+    with instance_for_test() as instance:
+        assert materialize_video(
+            project, project.spec(), "long", instance=instance, source=source
+        ).success
+        local = sha256_by_asset(instance, "long")
+    run = cluster.wait_for_run(grid, cluster.upload(grid, source, "vod"), 300)
+    assert run.status == DagsterRunStatus.SUCCESS
+    records = events_of(grid, run)
+    with cluster.instance(grid) as instance:
+        assert sha256_by_asset(instance, "long") == local
+        made = [
+            r.user_message
+            for r in instance.all_logs(run.run_id)
+            if r.user_message.startswith("chunk batch")
+        ]
+    assert sorted(m.split(":")[0] for m in made) == ["chunk batch 1/2", "chunk batch 2/2"]
+    assert all(" 0 of its" not in m for m in made), made  # each batch made its own pieces
+    for step in ("vod__encode.vod__encode_work_0", "vod__encode.vod__encode_work_1"):
+        assert len(step_workers(records, step)) == 1, step
 
 
 def test_redis_restarted_mid_step_the_run_completes_with_its_step_retried(
