@@ -54,7 +54,11 @@ def one_step(make_source, tmp_path_factory) -> dict[str, str]:
     project = project_with(base, SPEC)
     with instance_for_test() as instance:
         result = materialize_video(
-            project, project.spec(), "clip", instance=instance, source=make_source(duration_s=6.0)
+            project,
+            project.spec(),
+            "clip",
+            instance=instance,
+            source=make_source(duration_s=6.0, width=320, height=180),
         )
         assert result.success
         return hashes(instance, "clip")
@@ -92,7 +96,11 @@ def test_chunk_steps_make_the_bytes_of_one_step_and_leave_no_pieces(
     project = in_steps(project_with(tmp_path, SPEC))
     with instance_for_test() as instance:
         result = materialize_video(
-            project, project.spec(), "clip", instance=instance, source=make_source(duration_s=6.0)
+            project,
+            project.spec(),
+            "clip",
+            instance=instance,
+            source=make_source(duration_s=6.0, width=320, height=180),
         )
         assert result.success
         steps = started_steps(result)
@@ -126,7 +134,7 @@ def killing_wrapper(tmp_path: Path, times: int) -> tuple[Path, Path]:
 if [[ "$*" == *libx264* && "$*" == *" -ss "* ]]; then echo "$*" | grep -o -- "-ss [0-9.]*" >> {calls}; fi
 if [[ "$*" == *"-c:a aac"* && "$*" != *libx264* ]]; then echo audio >> {calls}; fi
 if [[ "$*" == *libx264* && "$*" == *" -ss 1 "* && $(cat {kills} 2>/dev/null | wc -l) -lt {times} ]]; then
-  echo killed >> {kills}; ffmpeg "$@" & sleep 0.5; kill -9 $!; wait $!; kill -9 $$
+  echo killed >> {kills}; ffmpeg "$@" & sleep 0.2; kill -9 $!; wait $!; kill -9 $$
 fi""",
     )
     return wrapper, calls
@@ -138,7 +146,11 @@ def test_a_killed_chunk_is_encoded_again_by_its_batch_step_alone(one_step, make_
     with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPEGFLOW_FFMPEG", str(wrapper))
         result = materialize_video(
-            project, project.spec(), "clip", instance=instance, source=make_source(duration_s=6.0)
+            project,
+            project.spec(),
+            "clip",
+            instance=instance,
+            source=make_source(duration_s=6.0, width=320, height=180),
         )
         assert result.success
         retried = [
@@ -171,7 +183,11 @@ def test_a_new_run_after_a_failed_one_encodes_only_the_chunk_that_never_finished
     with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPEGFLOW_FFMPEG", str(wrapper))
         failed = materialize_video(
-            project, project.spec(), "clip", instance=instance, source=make_source(duration_s=6.0)
+            project,
+            project.spec(),
+            "clip",
+            instance=instance,
+            source=make_source(duration_s=6.0, width=320, height=180),
         )
         assert not failed.success
         report = stage_report(failed.all_events, project.spec())
@@ -203,7 +219,11 @@ def test_chunk_steps_pass_their_pieces_through_the_s3_storage_bucket(
             mp.setenv(name, value)
         mp.setenv("AWS_DEFAULT_REGION", REGION)
         result = materialize_video(
-            project, project.spec(), "clip", instance=instance, source=make_source(duration_s=6.0)
+            project,
+            project.spec(),
+            "clip",
+            instance=instance,
+            source=make_source(duration_s=6.0, width=320, height=180),
         )
         assert result.success
         assert hashes(instance, "clip") == one_step
