@@ -53,13 +53,7 @@ def one_step(make_source, tmp_path_factory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("one-step")
     project = project_with(base, SPEC)
     with instance_for_test() as instance:
-        result = materialize_video(
-            project,
-            project.spec(),
-            "clip",
-            instance=instance,
-            source=make_source(duration_s=6.0, width=320, height=180),
-        )
+        result = run_clip(project, instance, make_source)
         assert result.success
         return hashes(instance, "clip")
 
@@ -68,6 +62,12 @@ def in_steps(project: Project, steps: int = 2, **settings: Any) -> Project:
     """`project` with its chunks in `steps` chunk-batch steps (and other settings changed)."""
     changed = project.settings.model_copy(update={"chunk_steps": steps, **settings})
     return project.model_copy(update={"settings": changed})
+
+
+def run_clip(project: Project, instance: DagsterInstance, make_source: Any):
+    """A run of the 6 s clip through `project`'s pipeline."""
+    source = make_source(duration_s=6.0, width=320, height=180)
+    return materialize_video(project, project.spec(), "clip", instance=instance, source=source)
 
 
 def run_log(instance: DagsterInstance, run_id: str) -> str:
@@ -95,13 +95,7 @@ def test_chunk_steps_make_the_bytes_of_one_step_and_leave_no_pieces(
 ):
     project = in_steps(project_with(tmp_path, SPEC))
     with instance_for_test() as instance:
-        result = materialize_video(
-            project,
-            project.spec(),
-            "clip",
-            instance=instance,
-            source=make_source(duration_s=6.0, width=320, height=180),
-        )
+        result = run_clip(project, instance, make_source)
         assert result.success
         steps = started_steps(result)
         assert {f"{ENCODE}.{ENCODE}_work_0", f"{ENCODE}.{ENCODE}_work_1"} <= set(steps)
@@ -145,13 +139,7 @@ def test_a_killed_chunk_is_encoded_again_by_its_batch_step_alone(one_step, make_
     project = in_steps(project_with(tmp_path, {**SPEC, "failures": FAST_RETRY}))
     with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPEGFLOW_FFMPEG", str(wrapper))
-        result = materialize_video(
-            project,
-            project.spec(),
-            "clip",
-            instance=instance,
-            source=make_source(duration_s=6.0, width=320, height=180),
-        )
+        result = run_clip(project, instance, make_source)
         assert result.success
         retried = [
             e.step_key
@@ -182,13 +170,7 @@ def test_a_new_run_after_a_failed_one_encodes_only_the_chunk_that_never_finished
     project = in_steps(project_with(tmp_path, changes))
     with instance_for_test() as instance, pytest.MonkeyPatch.context() as mp:
         mp.setenv("MPEGFLOW_FFMPEG", str(wrapper))
-        failed = materialize_video(
-            project,
-            project.spec(),
-            "clip",
-            instance=instance,
-            source=make_source(duration_s=6.0, width=320, height=180),
-        )
+        failed = run_clip(project, instance, make_source)
         assert not failed.success
         report = stage_report(failed.all_events, project.spec())
         assert report["rendition_480p"]["status"] == "failed"
@@ -218,13 +200,7 @@ def test_chunk_steps_pass_their_pieces_through_the_s3_storage_bucket(
         for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
             mp.setenv(name, value)
         mp.setenv("AWS_DEFAULT_REGION", REGION)
-        result = materialize_video(
-            project,
-            project.spec(),
-            "clip",
-            instance=instance,
-            source=make_source(duration_s=6.0, width=320, height=180),
-        )
+        result = run_clip(project, instance, make_source)
         assert result.success
         assert hashes(instance, "clip") == one_step
         # every chunk encode of a rendition ran before the encode step started: it only joined
