@@ -220,11 +220,17 @@ def _latest(context: Context, key: AssetKey) -> Optional[EventLogRecord]:
     return records[0] if records else None
 
 
+def _metadata_of(record: Optional[EventLogRecord]) -> Mapping[str, MetadataValue]:
+    return record.asset_materialization.metadata if record and record.asset_materialization else {}
+
+
+def _values(record: Optional[EventLogRecord]) -> dict[str, Any]:
+    return {k: v.value for k, v in _metadata_of(record).items()}
+
+
 def latest_metadata(context: Context, key: AssetKey) -> dict[str, Any]:
     """Metadata values of the latest materialization of `key` for this video ({} if none)."""
-    record = _latest(context, key)
-    meta = record.asset_materialization.metadata if record and record.asset_materialization else {}
-    return {k: v.value for k, v in meta.items()}
+    return _values(_latest(context, key))
 
 
 class StageRun:
@@ -307,18 +313,25 @@ class StageRun:
         return out if out.runs else dataclasses.replace(out, runs=list(tools.runs))
 
     def pending(self) -> bool:
-        """Whether `prepare` would make the output (nothing to reuse), for a step working ahead
-        of the one that records it: nothing is logged, recorded or announced here (a stored
-        artifact that changed counts as not pending: the recording step reports it)."""
-        try:
-            return self.prepare(quiet=True) is None
-        except Exception:
-            return False
+        """Whether `prepare` would make the output (no record of it with this recipe), for a step
+        working ahead of the one that records it. Nothing is logged, recorded or announced, and
+        the stored artifact is not read: the recording step checks it (a changed one fails there)."""
+        self._work_out_recipe()
+        record = self._matching_record()
+        if record is None:
+            return True
+        check = self.stage.reuse_if
+        return check is not None and not check(self.context, _values(record), self.inputs)
 
-    def prepare(
-        self, recipe_extra: Optional[dict] = None, *, quiet: bool = False
-    ) -> Optional[Output]:
+    def prepare(self, recipe_extra: Optional[dict] = None) -> Optional[Output]:
         """Work out the recipe; an Output reusing the stored artifact when nothing changed."""
+        self._work_out_recipe(recipe_extra)
+        try:
+            return self._reuse()
+        except Exception as exc:  # the stored artifact changed: a failure of this output alone
+            raise self.failure(exc) from exc
+
+    def _work_out_recipe(self, recipe_extra: Optional[dict] = None) -> None:
         for name, key in self.stage.inputs.items():
             if name not in self.upstream_versions:
                 self.upstream_versions[name] = data_version(_latest(self.context, key))
@@ -332,12 +345,6 @@ class StageRun:
             inputs={**self.inputs, **(recipe_extra or {})},
             threads=self.threads,
         )
-        try:
-            return self._reuse(quiet)
-        except Exception as exc:  # the stored artifact changed: a failure of this output alone
-            if quiet:
-                raise
-            raise self.failure(exc) from exc
 
     def finish(self, out: StageOutput, started: float) -> Output:
         """Hash the output (inside the scratch dir, so a failure here still cleans up) and describe it."""
@@ -419,15 +426,15 @@ class StageRun:
 
     # -- skip unchanged work ------------------------------------------------------------------
 
-    def _reuse(self, quiet: bool = False) -> Optional[Output]:
+    def _matching_record(self) -> Optional[EventLogRecord]:
+        """The latest materialization of this output if it may be reused: made by this recipe,
+        with its provenance, in a store we can check, and no force asked for."""
         context = self.context
         forced = self.ffmpeg.force or context.run.tags.get(FORCE_TAG, "").lower() == "true"
         if not self.stage.reusable or forced:
             return None
         record = _latest(context, self.stage.key)
-        meta = (
-            record.asset_materialization.metadata if record and record.asset_materialization else {}
-        )
+        meta = _metadata_of(record)
         if (
             record is None
             or "recipe" not in meta
@@ -435,16 +442,22 @@ class StageRun:
             or PROVENANCE_KEY not in meta
         ):
             return None
-        prov = Provenance.model_validate(meta[PROVENANCE_KEY].value)
         io_manager = getattr(context.resources, IO_MANAGER_KEY, None)
-        if not isinstance(io_manager, ArtifactIOManager):
-            return None  # a store we cannot check: make it again
+        return record if isinstance(io_manager, ArtifactIOManager) else None
+
+    def _reuse(self) -> Optional[Output]:
+        context = self.context
+        record = self._matching_record()
+        if record is None:
+            return None
+        meta = _metadata_of(record)
+        prov = Provenance.model_validate(meta[PROVENANCE_KEY].value)
+        io_manager = getattr(context.resources, IO_MANAGER_KEY)
         stored = io_manager.stored(
             self.stage.key, self.video, Path(str(meta["path"].value)).name, prov.output_sha256
         )
-        values = {k: v.value for k, v in meta.items()}
         if self.stage.reuse_if is not None and not self.stage.reuse_if(
-            context, values, self.inputs
+            context, _values(record), self.inputs
         ):
             return None
         prov = prov.model_copy(
@@ -457,11 +470,10 @@ class StageRun:
                 "ffmpeg_runs": [],
             }
         )
-        if not quiet:
-            context.log.info(
-                f"{self.stage.name}: inputs, parameters and encoder build unchanged: "
-                f"reusing the output of run {prov.reused_from_run}"
-            )
+        context.log.info(
+            f"{self.stage.name}: inputs, parameters and encoder build unchanged: "
+            f"reusing the output of run {prov.reused_from_run}"
+        )
         # The same artifact, described as before (its facts and what the UI shows of it, e.g.
         # previews), with this run's bookkeeping; the IO manager writes its record anew.
         described = {k: v for k, v in meta.items() if k not in RECORD_METADATA}

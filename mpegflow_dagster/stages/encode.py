@@ -276,6 +276,7 @@ class LadderEncode:
             cancel=cancel,
         )
 
+    @functools.cached_property
     def pieces(self) -> list[tuple[str, Callable[[Path, threading.Event], RunResult]]]:
         """Every piece (key, make): the chunks in order, then the audio (if the source has any)."""
         found: list[tuple[str, Callable[[Path, threading.Event], RunResult]]] = [
@@ -287,7 +288,7 @@ class LadderEncode:
         return found
 
     def share(self, step: int, steps: int) -> list[int]:
-        """Which pieces (indices into `pieces()`) chunk-batch step `step` of `steps` makes: the
+        """Which pieces (indices into `pieces`) chunk-batch step `step` of `steps` makes: the
         chunks dealt round, and the audio (a few percent of the work) to a step holding one chunk
         fewer when there is one."""
         count = len(self.spans)
@@ -301,7 +302,7 @@ class LadderEncode:
     ) -> tuple[list[tuple[Path, RunResult]], Optional[tuple[Path, RunResult]]]:
         """Every chunk and the audio from the store, the missing ones made here (`tools.lanes`
         chunks at a time, the audio beside them)."""
-        pieces = self.pieces()
+        pieces = self.pieces
         chunk_jobs = [
             functools.partial(self._fetched, key, make) for key, make in pieces[: len(self.spans)]
         ]
@@ -324,7 +325,7 @@ class LadderEncode:
 
     def forget(self) -> None:
         """Remove every piece: all that was made from them is stored."""
-        for key, _ in self.pieces():
+        for key, _ in self.pieces:
             self.chunks.remove(key)
 
 
@@ -348,7 +349,7 @@ def local_chunks(work: Path) -> ChunkStore:
 def encode_share(encode: LadderEncode, step: int, steps: int) -> list[RunResult]:
     """The pieces of chunk-batch step `step` (of `steps`) made into the store, `tools.lanes` at a
     time; those already there are left as they are. Returns the runs it made."""
-    pieces = encode.pieces()
+    pieces = encode.pieces
 
     def made(i: int, cancel: threading.Event) -> Optional[RunResult]:
         key, make = pieces[i]
