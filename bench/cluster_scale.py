@@ -105,7 +105,11 @@ def one_run(source: Path, workers: int) -> dict:
         "batch_steps_wall_s": round(parallel, 2),
         "serial_s": round(wall - parallel, 2),
         "batch_step_overhead_s": [round(o, 2) for o in overheads],
-        "steps": {k: round((s.end_time or 0) - (s.start_time or 0), 2) for k, s in stats.items()},
+        "steps": {  # a skipped step (no captions sidecar) has no start
+            k: round(s.end_time - s.start_time, 2)
+            for k, s in stats.items()
+            if s.start_time and s.end_time
+        },
     }
 
 
