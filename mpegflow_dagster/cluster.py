@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -116,6 +117,7 @@ class ClusterOptions:
     max_concurrent_runs: int = 2
     lost_step_after_s: int = CelerySettings().lost_step_after_s
     upload_interval_s: int = 5
+    chunk_steps: Optional[int] = None  # Settings.chunk_steps; None: the number of workers
     ui_port: int = 0  # 0: a free port
     postgres_port: int = 0
     redis_port: int = 0
@@ -178,7 +180,9 @@ def cluster_env(
         "MPEGFLOW_WATCH_UPLOADS": "true",
         # The encode's time chunks as chunk-batch steps spread over the workers
         # (Settings.chunk_steps, about the number of workers).
-        "MPEGFLOW_CHUNK_STEPS": str(options.workers),
+        "MPEGFLOW_CHUNK_STEPS": str(
+            options.workers if options.chunk_steps is None else options.chunk_steps
+        ),
         "MPEGFLOW_WORK_DIR": str(directory / "work"),
         "MPEGFLOW_STORAGE_DIR": str(directory / "storage"),
         "MPEGFLOW_DELIVERY_DIR": str(directory / "delivery"),
@@ -602,6 +606,14 @@ def upload(state: ClusterState, source: Path, pipeline: str) -> str:
     with open(source, "rb") as body:
         etag = state.s3_client().put_object(Bucket=BUCKETS["upload"], Key=key, Body=body)["ETag"]
     return f"{key}:{etag.strip(chr(34))}"
+
+
+def outcome_events(state: ClusterState, video: str) -> Counter[str]:
+    """How many customer events of each type (`video.published`, `video.succeeded`, ...) the
+    cluster sent for `video`: its events file, which every worker on this machine appends to."""
+    path = Path(state.env["MPEGFLOW_EVENTS_PATH"])
+    lines = path.read_text().splitlines() if path.exists() else []
+    return Counter(e["type"] for e in map(json.loads, lines) if e.get("video") == video)
 
 
 def wait_for_run(

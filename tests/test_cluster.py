@@ -6,7 +6,6 @@ real: a worker's process group SIGKILLed mid-encode, Redis stopped and started m
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -96,12 +95,6 @@ def step_workers(records: list, step: str) -> list[str]:
         and r.dagster_event.event_type == DagsterEventType.ENGINE_EVENT
         and "Celery worker" in (r.dagster_event.engine_event_data.metadata or {})
     ]
-
-
-def outcome_events(state: cluster.ClusterState, video: str) -> Counter:
-    path = Path(state.env["MPEGFLOW_EVENTS_PATH"])
-    lines = path.read_text().splitlines() if path.exists() else []
-    return Counter(e["type"] for e in map(json.loads, lines) if e.get("video") == video)
 
 
 def step_overheads(records: list) -> dict[str, float]:
@@ -232,7 +225,7 @@ def test_uploads_at_once_are_held_by_the_run_queue_and_each_delivered_once(
     assert held, f"no sample saw a run QUEUED behind {grid.max_concurrent_runs} running ones"
     delivery = grid.s3_client()
     for video in batch.runs:
-        assert outcome_events(grid, video)["video.succeeded"] == 1
+        assert cluster.outcome_events(grid, video)["video.succeeded"] == 1
         delivery.head_object(Bucket=cluster.BUCKETS["delivery"], Key=f"{video}/hls/master.m3u8")
     overheads = sorted(
         o for run in batch.runs.values() for o in step_overheads(events_of(grid, run)).values()
@@ -291,7 +284,7 @@ def test_a_worker_killed_mid_encode_has_its_step_run_again_elsewhere(
         and r.dagster_event.step_key == ENCODE_STEP
     ]
     assert len(successes) == 1
-    events = outcome_events(grid, batch.killed_video)
+    events = cluster.outcome_events(grid, batch.killed_video)
     assert events["video.succeeded"] == 1 and events["video.published"] == 1
     assert max(Counter(events).values()) <= 4  # rendition.ready once per rung, nothing doubled
 
@@ -359,7 +352,7 @@ def test_redis_restarted_mid_step_the_run_completes_with_its_step_retried(
     # retry; docs/cluster.md): the outputs are the same by recipe, and what must hold is below.
     assert kinds[DagsterEventType.STEP_UP_FOR_RETRY] == 1, kinds
     assert kinds[DagsterEventType.STEP_SUCCESS] >= 1, kinds
-    events = outcome_events(grid, "redisfault")
+    events = cluster.outcome_events(grid, "redisfault")
     assert events["video.succeeded"] == 1 and events["video.published"] == 1
     quiet = step_overheads(records)
     print("\nCelery step overhead, one run alone (s):", {k: round(v, 2) for k, v in quiet.items()})
