@@ -473,21 +473,23 @@ def test_s3_outage_mid_run_is_retried_and_nothing_is_lost_or_half_published(
     restartable_moto.stop()
     with pytest.raises(EndpointConnectionError):
         client.list_objects_v2(Bucket=b["storage_bucket"])  # really down
-    restarted = threading.Event()
+    restarted: list[float] = []  # when the endpoint came back
 
     def restart_later() -> None:
         time.sleep(OUTAGE_S)
         restartable_moto.start()
-        restarted.set()
+        restarted.append(time.monotonic())
 
     threading.Thread(target=restart_later, daemon=True).start()
     with instance_for_test() as instance:
-        started = time.time()
+        started = time.monotonic()
         result = materialize_video(
             project, spec, "launch", instance=instance, stages=["hls"], force=True
         )
-        took = time.time() - started
-    assert restarted.is_set() and took > OUTAGE_S  # the run outlived the outage
+        ended = time.monotonic()
+    # the run began while the endpoint was down and ended after it came back (measured from the
+    # restart itself: a loaded machine may start the run late into the outage)
+    assert restarted and started < restarted[0] < ended
 
     retries = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     assert result.success
