@@ -26,12 +26,13 @@ browser:
 	fi
 	@$(MAKE) --no-print-directory $(UI_STAMP)
 
-# The cluster's broker and instance database (docs/cluster.md): Debian's servers, started by
-# `mpegflow cluster up` (and tests/test_cluster.py) as plain processes, never as system services.
+# The cluster's broker, instance database and its connection pool (docs/cluster.md): Debian's
+# servers, started by `mpegflow cluster up` (and tests/test_cluster.py) as plain processes, never
+# as system services.
 cluster-services:
-	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		echo "Installing Redis and PostgreSQL (Debian packages) for the cluster..."; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server postgresql >/dev/null; \
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! test -x /usr/sbin/pgbouncer; then \
+		echo "Installing Redis, PostgreSQL and PgBouncer (Debian packages) for the cluster..."; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server postgresql pgbouncer >/dev/null; \
 	fi
 
 $(UI_STAMP): tests/ui/package.json tests/ui/package-lock.json

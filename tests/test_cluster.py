@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
+from urllib.parse import urlsplit
 
 import pytest
 from dagster import (
@@ -376,6 +377,30 @@ def test_submit_of_a_missing_file_exits_2_and_uploads_nothing(
     assert done.returncode == 2
     assert "nope.mp4 does not exist" in done.stderr
     assert client.list_objects_v2(Bucket=cluster.BUCKETS["upload"]).get("KeyCount", 0) == before
+
+
+def test_the_instance_reaches_postgres_through_pgbouncer(grid: cluster.ClusterState) -> None:
+    """Dagster opens a connection per query: PgBouncer must be what the instance talks to, lending
+    a few long-lived Postgres backends to thousands of short client connections."""
+    import psycopg2  # noqa: PLC0415 (a dependency of dagster-postgres)
+
+    pool = urlsplit(grid.postgres_url)
+    with cluster.instance(grid) as instance:
+        assert instance.get_runs(limit=1)  # the runs of the tests above, read through the pool
+    admin = psycopg2.connect(host=pool.hostname, port=pool.port, user="postgres", dbname="pgbouncer")
+    admin.autocommit = True  # the admin console takes no transactions
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SHOW STATS")
+            names = [c.name for c in cur.description]
+            stats = {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+            cur.execute("SHOW SERVERS")
+            backends = cur.fetchall()
+    finally:
+        admin.close()
+    assert stats["dagster"]["total_query_count"] > 1000, stats.get("dagster")
+    assert 0 < len(backends) <= 80
+    print(f"\nPgBouncer: {stats['dagster']['total_query_count']} queries, {len(backends)} backends")
 
 
 def test_down_stops_every_process_it_started(grid: cluster.ClusterState) -> None:
