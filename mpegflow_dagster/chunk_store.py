@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from .media.runner import RunResult
-from .storage import ArtifactStore
+from .storage import STALE_PIECE_S, ArtifactStore
 
 _RECORDED = ("argv", "returncode", "stderr_tail", "wall_s", "cpu_s", "started_at")
 
@@ -88,3 +89,19 @@ class ChunkStore:
         tree, record = self._keys(key)
         self.store.remove(record)
         self.store.remove(tree)
+
+    def collect_stale(self, max_age_s: float = STALE_PIECE_S) -> int:
+        """Remove the pieces, finished or cut short, that nobody wrote for `max_age_s`: those of
+        runs that failed and were never run again (a finished run removes its own). Returns how
+        many."""
+        written: dict[str, float] = {}
+        names: dict[str, list[str]] = {}
+        for name, at in self.store.entries(self.prefix).items():
+            key = name.removesuffix(".json")
+            written[key] = max(written.get(key, 0.0), at)
+            names.setdefault(key, []).append(name)
+        stale = [key for key, at in written.items() if time.time() - at > max_age_s]
+        for key in stale:
+            for name in sorted(names[key], reverse=True):  # `<key>.json` first, as in `remove`
+                self.store.remove(self.prefix / name)
+        return len(stale)

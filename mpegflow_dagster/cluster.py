@@ -514,6 +514,10 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
         (home / "dagster.yaml").write_text(
             yaml.safe_dump(instance_config(postgres_url, options.max_concurrent_runs))
         )
+        # the instance's tables, from here: on a new database, Dagster's processes started at
+        # once each create them and race (`type "run_tags" already exists`: the daemon exits)
+        with instance(state) as dagster:
+            dagster.get_runs(limit=1)
         workspace = directory / "workspace.yaml"
         workspace.write_text(
             yaml.safe_dump(

@@ -193,6 +193,10 @@ class ArtifactStore(Protocol):
     def remove(self, key: PurePosixPath) -> None:
         """Delete the artifact at `key` (file or tree), if any."""
 
+    def entries(self, prefix: PurePosixPath) -> dict[str, float]:
+        """The names directly under `prefix`, each with when it was last written (epoch s)."""
+        ...
+
 
 class LocalArtifactStore:
     """Artifacts under one root directory: `<root>/<key>`."""
@@ -228,6 +232,10 @@ class LocalArtifactStore:
 
     def remove(self, key: PurePosixPath) -> None:
         _remove(self._path(key))
+
+    def entries(self, prefix: PurePosixPath) -> dict[str, float]:
+        folder = self._path(prefix)
+        return {e.name: e.lstat().st_mtime for e in folder.iterdir()} if folder.is_dir() else {}
 
     def publish(
         self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None
@@ -304,9 +312,11 @@ def scratch_dir(root: Path, *parts: str, temporary: bool = False) -> Iterator[Pa
 # until every output made from them is done, so that a retry or a re-run of a failed run encodes
 # only the chunks that did not finish (stages/encode.py).
 CHUNK_CACHE = "chunk-cache"
+# A piece nobody wrote for this long belongs to a run that failed and was never run again.
+STALE_PIECE_S = 86400.0
 
 
-def collect_stale_chunks(work_dir: Path, max_age_s: float = 86400.0) -> int:
+def collect_stale_chunks(work_dir: Path, max_age_s: float = STALE_PIECE_S) -> int:
     """Remove finished chunks no retry came back for within `max_age_s`; returns how many."""
     removed = 0
     for entry in (Path(work_dir) / CHUNK_CACHE).glob("*"):

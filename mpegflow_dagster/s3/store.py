@@ -202,6 +202,14 @@ class S3ArtifactStore:
         else:
             cached.unlink(missing_ok=True)
 
+    def entries(self, prefix: PurePosixPath) -> dict[str, float]:
+        base = self._object_key(prefix) + "/"
+        found: dict[str, float] = {}
+        for obj in iter_objects(self.client, self.bucket, base):
+            name = obj["Key"][len(base) :].split("/", 1)[0]
+            found[name] = max(found.get(name, 0.0), obj["LastModified"].timestamp())
+        return found
+
     def publish(
         self, src: Path, key: PurePosixPath, digest: Optional[Digest] = None
     ) -> ArtifactRecord:

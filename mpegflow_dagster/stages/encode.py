@@ -863,5 +863,10 @@ def assets(
     ) -> Iterator[Output]:
         chunks = shared_chunks(context, runs) if steps and runs else None
         yield from _encode_shared(context, spec, runs, ingest, probe, chunks)
+        if chunks is not None and (collected := chunks.collect_stale()):
+            context.log.info(
+                f"removed {collected} pieces from {SHARED_CHUNKS}/ that no run came back for "
+                "in a day (of runs that failed and were never run again)"
+            )
 
     return [encode]
