@@ -51,6 +51,7 @@ def test_publish_large_file_streams_multipart_and_hashes(s3, bucket, tmp_path):
         for i in range(12):
             fh.write(bytes([i]) * (1 << 20))
     parts = record_calls(client, "UploadPart")
+    copies = record_calls(client, "UploadPartCopy") + record_calls(client, "CopyObject")
     record = store.publish(src, PurePosixPath("video/ingest/source.mp4"))
     assert record.uri == f"s3://{bucket}/art/video/ingest/source.mp4"
     assert (record.sha256, record.size_bytes, record.files, record.is_dir) == (
@@ -60,6 +61,8 @@ def test_publish_large_file_streams_multipart_and_hashes(s3, bucket, tmp_path):
         False,
     )
     assert len(parts) == 3  # 12 MiB in 5 MiB parts: never read whole
+    assert copies == []  # one object is whole or absent in S3: uploaded to its key, no copy
+    assert {p["Key"] for p in parts} == {"art/video/ingest/source.mp4"}
     assert list_keys(client, bucket) == ["art/video/ingest/source.mp4"]  # no staging object left
     assert src.exists()
     cached = store.local_path(PurePosixPath("video/ingest/source.mp4"))
@@ -139,6 +142,33 @@ def test_failure_mid_publish_leaves_no_final_and_no_staging_object(s3, bucket, t
         store.publish(hls_tree(tmp_path / "hls"), PurePosixPath("v/hls"))
     assert len(calls) >= 3
     assert list_keys(client, bucket) == []
+
+
+def test_a_file_whose_upload_fails_midway_keeps_the_bytes_published_before(
+    s3, bucket, tmp_path
+):
+    client = s3.get_client()
+    store = S3ArtifactStore(client, bucket, "art", tmp_path / "cache", transfer=SMALL_PARTS)
+    key = PurePosixPath("video/rendition_720p/720p.mp4")
+    first = tmp_path / "first.mp4"
+    first.write_bytes(b"first" * 1000)
+    store.publish(first, key)
+    second = tmp_path / "second.mp4"
+    second.write_bytes(b"\x01" * (12 << 20))  # three parts
+    parts = []
+
+    def fail_third(params, **_):
+        parts.append(params["PartNumber"])
+        if len(parts) == 3:
+            raise ConnectionError("injected failure of the third part")
+
+    client.meta.events.register("before-parameter-build.s3.UploadPart", fail_third)
+    with pytest.raises(ConnectionError, match="injected"):
+        store.publish(second, key)
+    assert list_keys(client, bucket) == [f"art/{key}"]
+    body = client.get_object(Bucket=bucket, Key=f"art/{key}")["Body"].read()
+    assert body == first.read_bytes()  # never half of the new one
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # aborted
 
 
 def test_publish_to_a_missing_bucket_raises_and_leaves_nothing(s3, bucket, tmp_path):

@@ -233,11 +233,17 @@ class S3ArtifactStore:
             )
         sha, size, count = digest or describe(src)
         previous = set(self._artifact_objects(final))
+        # A tree is uploaded to staging keys and then copied into place, segments before
+        # playlists, so that a reader never finds a playlist naming a missing segment. A single
+        # file goes straight to its key: S3 shows an object whole or not at all (a failed or
+        # aborted upload leaves what was there), and a server-side copy of a large source costs
+        # about as long again as its upload.
         staging_root = "/".join(p for p in (self.prefix, ".staging", uuid.uuid4().hex) if p)
-        staged = {
-            dest: f"{staging_root}/{dest[len(final) :].lstrip('/') or PurePosixPath(final).name}"
-            for dest, _ in files
-        }
+        staged = (
+            {}
+            if src.is_file()
+            else {dest: f"{staging_root}/{dest[len(final) :].lstrip('/')}" for dest, _ in files}
+        )
         started: list[
             str
         ] = []  # final keys a copy was started to (the failure path removes new ones)
@@ -245,23 +251,26 @@ class S3ArtifactStore:
             with create_transfer_manager(self.client, self.transfer) as transfers:
                 for future in [
                     transfers.upload(
-                        str(path), self.bucket, staged[dest], extra_args=self.headers(dest)
+                        str(path),
+                        self.bucket,
+                        staged.get(dest, dest),
+                        extra_args=self.headers(dest),
                     )
                     for dest, path in files
                 ]:
                     future.result()
                 for group in (
-                    [d for d, _ in files if PurePosixPath(d).suffix.lower() in IMMUTABLE_SUFFIXES],
+                    [d for d in staged if PurePosixPath(d).suffix.lower() in IMMUTABLE_SUFFIXES],
                     [
                         d
-                        for d, _ in files
+                        for d in staged
                         if PurePosixPath(d).suffix.lower() not in IMMUTABLE_SUFFIXES
                     ],
                 ):
                     started.extend(group)
                     for future in [self._copy(transfers, staged[dest], dest) for dest in group]:
                         future.result()
-            self._delete(previous - set(staged))
+            self._delete(previous - {dest for dest, _ in files})
         except BaseException:
             # The transfer manager has finished or cancelled every transfer by now. Objects this
             # publish created at final keys go; replaced ones keep their new bytes (S3 cannot undo
