@@ -72,19 +72,29 @@ def test_publish_large_file_streams_multipart_and_hashes(s3, bucket, tmp_path):
     assert not store.exists(PurePosixPath("video/other"))
 
 
-def test_delivery_sets_types_and_cache_control_and_copies_playlists_last(s3, bucket, tmp_path):
+def test_delivery_sets_types_and_cache_control_and_writes_playlists_last(s3, bucket, tmp_path):
     delivery = S3DeliveryResource(
         s3=s3, bucket=bucket, prefix="cdn", cache_dir=str(tmp_path / "cache")
     )
     store = delivery.store()
+    puts = record_calls(store.client, "PutObject")
     copies = record_calls(store.client, "CopyObject")
     tree = hls_tree(tmp_path / "hls")
     record = store.publish(tree, PurePosixPath("vid1/hls"))
 
     assert record.is_dir and record.files == 7 and record.uri == f"s3://{bucket}/cdn/vid1/hls"
     assert (record.sha256, record.size_bytes) == describe(tree)[:2]
-    order = [PurePosixPath(c["Key"]).suffix for c in copies]
-    assert sorted(order[-3:]) == [".m3u8", ".m3u8", ".vtt"] and set(order[:-3]) == {".ts", ".jpg"}
+
+    def in_order(calls: list[dict]) -> None:
+        order = [PurePosixPath(c["Key"]).suffix for c in calls]
+        assert len(order) == 7, order
+        assert sorted(order[-3:]) == [".m3u8", ".m3u8", ".vtt"], order
+        assert set(order[:-3]) == {".ts", ".jpg"}, order
+
+    in_order(puts)  # a new tree goes straight to its keys, media first
+    assert copies == [] and all("/.staging/" not in p["Key"] for p in puts)
+    store.publish(tree, PurePosixPath("vid1/hls"))
+    in_order(copies)  # replacing one: staged, then copied into place, media first
     client = s3.get_client()
     assert list_keys(client, bucket) == sorted(
         f"cdn/vid1/hls/{p.relative_to(tree).as_posix()}" for p in tree.rglob("*") if p.is_file()
@@ -127,9 +137,16 @@ def test_republish_replaces_the_tree_and_the_cache_follows(s3, bucket, tmp_path)
 
 
 @pytest.mark.parametrize("failing", ["PutObject", "CopyObject"])
-def test_failure_mid_publish_leaves_no_final_and_no_staging_object(s3, bucket, tmp_path, failing):
+def test_failure_mid_publish_leaves_no_new_final_and_no_staging_object(
+    s3, bucket, tmp_path, failing
+):
+    """PutObject: a new tree, uploaded straight to its keys. CopyObject: a tree replacing one,
+    copied from staging into place."""
     client = s3.get_client()
     store = S3ArtifactStore(client, bucket, "art", tmp_path / "cache")
+    if failing == "CopyObject":
+        store.publish(hls_tree(tmp_path / "before"), PurePosixPath("v/hls"))
+    before = list_keys(client, bucket)
     calls = []
 
     def fail_third(params, **_):
@@ -141,12 +158,10 @@ def test_failure_mid_publish_leaves_no_final_and_no_staging_object(s3, bucket, t
     with pytest.raises(ConnectionError, match="injected"):
         store.publish(hls_tree(tmp_path / "hls"), PurePosixPath("v/hls"))
     assert len(calls) >= 3
-    assert list_keys(client, bucket) == []
+    assert list_keys(client, bucket) == before
 
 
-def test_a_file_whose_upload_fails_midway_keeps_the_bytes_published_before(
-    s3, bucket, tmp_path
-):
+def test_a_file_whose_upload_fails_midway_keeps_the_bytes_published_before(s3, bucket, tmp_path):
     client = s3.get_client()
     store = S3ArtifactStore(client, bucket, "art", tmp_path / "cache", transfer=SMALL_PARTS)
     key = PurePosixPath("video/rendition_720p/720p.mp4")

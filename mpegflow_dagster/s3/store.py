@@ -233,44 +233,48 @@ class S3ArtifactStore:
             )
         sha, size, count = digest or describe(src)
         previous = set(self._artifact_objects(final))
-        # A tree is uploaded to staging keys and then copied into place, segments before
-        # playlists, so that a reader never finds a playlist naming a missing segment. A single
-        # file goes straight to its key: S3 shows an object whole or not at all (a failed or
-        # aborted upload leaves what was there), and a server-side copy of a large source costs
-        # about as long again as its upload.
+        # Media before playlists, so that a reader never finds a playlist naming a missing file.
+        sources = dict(files)
+        groups = (
+            [d for d in sources if PurePosixPath(d).suffix.lower() in IMMUTABLE_SUFFIXES],
+            [d for d in sources if PurePosixPath(d).suffix.lower() not in IMMUTABLE_SUFFIXES],
+        )
+        # Straight to the final keys when that replaces nothing but one object: S3 shows an
+        # object whole or not at all (a failed upload leaves what was there), and a new tree is
+        # named by nothing until this returns. A tree replacing one goes to staging keys first
+        # and is then copied into place, so the old one stays whole until the new bytes are all
+        # stored. (A server-side copy of a large source costs about as long again as its upload.)
+        direct = src.is_file() or not previous
         staging_root = "/".join(p for p in (self.prefix, ".staging", uuid.uuid4().hex) if p)
         staged = (
-            {}
-            if src.is_file()
-            else {dest: f"{staging_root}/{dest[len(final) :].lstrip('/')}" for dest, _ in files}
+            {} if direct else {d: f"{staging_root}/{d[len(final) :].lstrip('/')}" for d in sources}
         )
-        started: list[
-            str
-        ] = []  # final keys a copy was started to (the failure path removes new ones)
+        started: list[str] = []  # final keys written to (the failure path removes new ones)
         try:
             with create_transfer_manager(self.client, self.transfer) as transfers:
-                for future in [
-                    transfers.upload(
-                        str(path),
-                        self.bucket,
-                        staged.get(dest, dest),
-                        extra_args=self.headers(dest),
-                    )
-                    for dest, path in files
-                ]:
-                    future.result()
-                for group in (
-                    [d for d in staged if PurePosixPath(d).suffix.lower() in IMMUTABLE_SUFFIXES],
-                    [
-                        d
-                        for d in staged
-                        if PurePosixPath(d).suffix.lower() not in IMMUTABLE_SUFFIXES
-                    ],
-                ):
-                    started.extend(group)
-                    for future in [self._copy(transfers, staged[dest], dest) for dest in group]:
+
+                def upload(dests: Sequence[str]) -> None:
+                    for future in [
+                        transfers.upload(
+                            str(sources[d]),
+                            self.bucket,
+                            staged.get(d, d),
+                            extra_args=self.headers(d),
+                        )
+                        for d in dests
+                    ]:
                         future.result()
-            self._delete(previous - {dest for dest, _ in files})
+
+                if not direct:
+                    upload(list(sources))
+                for group in groups:
+                    started.extend(group)
+                    if direct:
+                        upload(group)
+                    else:
+                        for future in [self._copy(transfers, staged[d], d) for d in group]:
+                            future.result()
+            self._delete(previous - set(sources))
         except BaseException:
             # The transfer manager has finished or cancelled every transfer by now. Objects this
             # publish created at final keys go; replaced ones keep their new bytes (S3 cannot undo
