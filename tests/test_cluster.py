@@ -387,13 +387,15 @@ def test_the_instance_reaches_postgres_through_pgbouncer(grid: cluster.ClusterSt
     pool = urlsplit(grid.postgres_url)
     with cluster.instance(grid) as instance:
         assert instance.get_runs(limit=1)  # the runs of the tests above, read through the pool
-    admin = psycopg2.connect(host=pool.hostname, port=pool.port, user="postgres", dbname="pgbouncer")
+    admin = psycopg2.connect(
+        host=pool.hostname, port=pool.port, user="postgres", dbname="pgbouncer"
+    )
     admin.autocommit = True  # the admin console takes no transactions
     try:
         with admin.cursor() as cur:
             cur.execute("SHOW STATS")
             names = [c.name for c in cur.description]
-            stats = {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+            stats = {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
             cur.execute("SHOW SERVERS")
             backends = cur.fetchall()
     finally:
