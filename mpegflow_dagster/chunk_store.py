@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
 from .media.runner import RunResult
-from .storage import STALE_PIECE_S, ArtifactStore
+from .storage import CHUNK_CACHE, STALE_PIECE_S, ArtifactStore, LocalArtifactStore
 
 _RECORDED = ("argv", "returncode", "stderr_tail", "wall_s", "cpu_s", "started_at")
 
@@ -105,3 +105,9 @@ class ChunkStore:
             for name in sorted(names[key], reverse=True):  # `<key>.json` first, as in `remove`
                 self.store.remove(self.prefix / name)
         return len(stale)
+
+
+def local_chunks(work: Path) -> ChunkStore:
+    """Pieces of the shared encodes made on this machine, under the scratch root `work`."""
+    root = Path(work) / CHUNK_CACHE
+    return ChunkStore(LocalArtifactStore(root), root)

@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from .chunk_store import local_chunks
 from .media.build import FFmpegBuild, FFmpegNotFound, detect_build, resolve_binary
 from .media.progress import ProgressBoard
 from .media.runner import RunLimits
@@ -19,7 +20,6 @@ from .storage import (
     ArtifactStore,
     LocalArtifactStore,
     collect_abandoned_scratch,
-    collect_stale_chunks,
     scratch_dir,
 )
 
@@ -102,7 +102,7 @@ class FFmpegResource(ConfigurableResource):
                 f"removed {removed} scratch directories ({size / 1e6:.1f} MB) left in "
                 f"{self.work_dir} by processes that are gone (killed mid-stage)"
             )
-        stale = collect_stale_chunks(Path(self.work_dir))
+        stale = local_chunks(Path(self.work_dir)).collect_stale()
         if stale and context.log is not None:
             context.log.info(
                 f"removed {stale} finished time chunks no retry came back for in a day"

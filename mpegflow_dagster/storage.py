@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import threading
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -234,7 +233,7 @@ class LocalArtifactStore:
         _remove(self._path(key))
 
     def entries(self, prefix: PurePosixPath) -> dict[str, float]:
-        folder = self._path(prefix)
+        folder = self.root if str(prefix) in ("", ".") else self._path(prefix)
         return {e.name: e.lstat().st_mtime for e in folder.iterdir()} if folder.is_dir() else {}
 
     def publish(
@@ -314,16 +313,6 @@ def scratch_dir(root: Path, *parts: str, temporary: bool = False) -> Iterator[Pa
 CHUNK_CACHE = "chunk-cache"
 # A piece nobody wrote for this long belongs to a run that failed and was never run again.
 STALE_PIECE_S = 86400.0
-
-
-def collect_stale_chunks(work_dir: Path, max_age_s: float = STALE_PIECE_S) -> int:
-    """Remove finished chunks no retry came back for within `max_age_s`; returns how many."""
-    removed = 0
-    for entry in (Path(work_dir) / CHUNK_CACHE).glob("*"):
-        if time.time() - entry.stat().st_mtime > max_age_s:
-            _remove(entry)
-            removed += 1
-    return removed
 
 
 def collect_abandoned_scratch(root: Path) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from s3_server import bucket, moto_endpoint, s3  # noqa: F401  (fixtures)
 
-from mpegflow_dagster.chunk_store import ChunkStore
+from mpegflow_dagster.chunk_store import ChunkStore, local_chunks
 from mpegflow_dagster.media.runner import RunResult
 from mpegflow_dagster.s3.store import S3ArtifactStore
 from mpegflow_dagster.storage import ArtifactStore, LocalArtifactStore
@@ -59,3 +59,14 @@ def test_a_store_without_pieces_has_nothing_to_collect(
     store: ArtifactStore, tmp_path: Path
 ) -> None:
     assert ChunkStore(store, tmp_path / "scratch", prefix=".chunks").collect_stale(0) == 0
+
+
+def test_the_local_chunk_cache_is_collected_the_same_way(tmp_path: Path) -> None:
+    """This machine's cache of pieces (the store's root itself, no prefix), collected when each
+    run's FFmpeg resource starts."""
+    chunks = local_chunks(tmp_path)
+    chunks.ensure("old", make_piece)
+    time.sleep(1.2)
+    chunks.ensure("new", make_piece)
+    assert chunks.collect_stale(max_age_s=1.0) == 1
+    assert chunks.get("old") is None and chunks.get("new") is not None

@@ -20,7 +20,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Seque
 
 from dagster import AssetsDefinition, Failure, Output
 
-from ..chunk_store import ChunkStore
+from ..chunk_store import ChunkStore, local_chunks
 from ..media import commands, stills
 from ..media.chunking import WHOLE, Span, boundary_step, plan_spans
 from ..media.classify import classify_exception
@@ -40,7 +40,7 @@ from ..stage import (
     pipeline_key,
     video_multi_asset,
 )
-from ..storage import CHUNK_CACHE, LocalArtifactStore, scratch_dir, sha256_files
+from ..storage import CHUNK_CACHE, scratch_dir, sha256_files
 from .ingest import CAPTIONS_STEM, load_probe, source_file
 from .toolkit import MediaRejected, StageOutput, Tools
 
@@ -338,12 +338,6 @@ def _heals(exc: BaseException) -> bool:
     """A failure a retry may heal: the pieces running beside it are finished and kept, so the
     retry encodes only what failed."""
     return classify_exception(exc).failure_class in ("transient", "resource")
-
-
-def local_chunks(work: Path) -> ChunkStore:
-    """Pieces of the shared encodes made on this machine, under the scratch root `work`."""
-    root = Path(work) / CHUNK_CACHE
-    return ChunkStore(LocalArtifactStore(root), root)
 
 
 def encode_share(encode: LadderEncode, step: int, steps: int) -> list[RunResult]:
