@@ -20,9 +20,11 @@ ffmpeg:
 	@ffmpeg -hide_banner -version | head -1
 
 browser:
-	@if ! command -v chromium >/dev/null || ! command -v npm >/dev/null; then \
-		echo "Installing Chromium and Node (Debian packages) for the browser test..."; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium nodejs npm >/dev/null; \
+	@# Only what is missing: a Node.js from elsewhere (NodeSource's, with its own npm) conflicts with Debian's npm
+	@missing="$$(command -v chromium >/dev/null || echo chromium) $$(command -v npm >/dev/null || echo nodejs npm)"; \
+	if [ -n "$$(echo $$missing)" ]; then \
+		echo "Installing $$missing(Debian packages) for the browser test..."; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@$(MAKE) --no-print-directory $(UI_STAMP)
 
