@@ -445,7 +445,7 @@ def worker_argv(config_yaml: Path, name: str) -> list[str]:
         str(Path(sys.executable).parent / "dagster-celery"),
         "worker", "start",
         "-y", str(config_yaml),
-        "-A", "dagster_celery.app",
+        "-A", "mpegflow_dagster.celery_app",
         "-n", name,
         "--", "-c", "1", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
