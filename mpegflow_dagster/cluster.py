@@ -1,11 +1,12 @@
 """A Dagster cluster on this machine, from the project's .venv and Debian's packages.
 
 `up` starts, each as its own process group on 127.0.0.1 with its data under one directory:
-Postgres (the instance's run, event-log and schedule storage, via dagster-postgres), Redis (the
+Postgres (the instance's run, event-log and schedule storage, via dagster-postgres, behind
+PgBouncer), Redis (the
 Celery broker and result backend, with an append-only file so a restart loses no queued step), a
-moto S3 server (the storage, delivery and upload buckets), N `dagster-celery` workers, the Dagster
-daemon (upload sensor, run queue, run monitoring) and the webserver. The code location is this
-project's, with the cluster's settings in the environment (`env`): the same variables a worker on
+moto S3 server (the storage, delivery and upload buckets), N `dagster-celery` workers, the code
+location's gRPC server, the Dagster daemon (upload sensor, run queue, run monitoring) and the
+webserver. The code location is this project's, with the cluster's settings in the environment (`env`): the same variables a worker on
 another machine needs (docs/cluster.md). `down` stops every process group `up` started.
 `submit` uploads a video to the upload bucket and waits for the run the upload sensor requests.
 """
@@ -30,6 +31,8 @@ from urllib.parse import urlsplit
 
 import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._grpc.client import DagsterGrpcClient
 from pydantic import BaseModel
 
 from . import liveness
@@ -432,6 +435,7 @@ def restart(state: ClusterState, name: str, timeout_s: float = 60.0) -> Service:
         "redis": lambda: _redis_ping(state.redis_url),
         "postgres": lambda: _create_database(state.postgres_url),
         "s3": lambda: _http_ok(state.s3_endpoint),
+        "codeserver": lambda: _code_server_ready(int(old.argv[old.argv.index("-p") + 1])),
         "daemon": lambda: _daemon_ready(state),
         "webserver": lambda: _http_ok(f"{state.ui_url}/server_info"),
     }.get(name, lambda: _workers_ready(state.env["MPEGFLOW_CELERY_BROKER"], {name}))
@@ -449,6 +453,27 @@ def worker_argv(config_yaml: Path, name: str) -> list[str]:
         "-n", name,
         "--", "-c", "1", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
+
+
+def code_server_argv(project: Path, port: int) -> list[str]:
+    """The code location's gRPC server (`dagster code-server start`): it loads `definitions.py`
+    once and launches the runs' processes; a reload is asked for, never on a timer."""
+    return [
+        str(Path(sys.executable).parent / "dagster"),
+        "code-server", "start",
+        "-h", "127.0.0.1", "-p", str(port),
+        "-f", str(project / "definitions.py"),
+        "-d", str(project),
+        "--location-name", LOCATION,
+    ]  # fmt: skip
+
+
+def _code_server_ready(port: int) -> bool:
+    try:  # the proxy forwards a ping to the server that holds the loaded definitions
+        DagsterGrpcClient(port=port, host="127.0.0.1").ping("")
+    except DagsterUserCodeUnreachableError:
+        return False
+    return True
 
 
 def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None) -> ClusterState:
@@ -518,15 +543,23 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
         # once each create them and race (`type "run_tags" already exists`: the daemon exits)
         with instance(state) as dagster:
             dagster.get_runs(limit=1)
+        # A code server of its own, as production deployments run it: the daemon and the
+        # webserver reach the definitions over gRPC. With a `python_file` workspace instead the
+        # daemon starts a new code server every 60 s (Dagster's workspace refresh) and imports
+        # the definitions again each time (docs/cluster.md: 2.8 CPU-s a minute here).
+        code_port = free_port()
+        code_server = _start(
+            "codeserver", code_server_argv(project, code_port), directory, env, project
+        )
         workspace = directory / "workspace.yaml"
         workspace.write_text(
             yaml.safe_dump(
                 {
                     "load_from": [
                         {
-                            "python_file": {
-                                "relative_path": str(project / "definitions.py"),
-                                "working_directory": str(project),
+                            "grpc_server": {
+                                "host": "127.0.0.1",
+                                "port": code_port,
                                 "location_name": LOCATION,
                             }
                         }
@@ -547,6 +580,10 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
         workers = [
             _start(n, worker_argv(worker_yaml, n), directory, env, project) for n in sorted(names)
         ]
+        state.services += [code_server, *workers]
+        state.save()
+        # the daemon and the webserver load the workspace when they start: the code first
+        _wait("codeserver", lambda: _code_server_ready(code_port), [code_server], 120)
         daemon = _start(
             "daemon",
             [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
@@ -569,7 +606,7 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
             env,
             project,
         )
-        state.services += [*workers, daemon, webserver]
+        state.services += [daemon, webserver]
         state.save()
         _wait("workers", lambda: _workers_ready(celery.broker, names), workers, 120)
         _wait("daemon", lambda: _daemon_ready(state), [daemon], 120)
