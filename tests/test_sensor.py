@@ -18,6 +18,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 from s3_server import bucket, moto_endpoint, s3, seed_objects  # noqa: F401  (fixtures)
 
+from mpegflow_dagster.s3.resources import S3SourceResource
 from mpegflow_dagster.s3.sensor import (
     SOURCE_TAG,
     UploadCursor,
@@ -48,9 +49,11 @@ def make_sensor(bucket: str, **kwargs):
 
 
 def tick(sensor_def, instance: DagsterInstance, s3: S3Resource, cursor: str | None) -> SensorResult:
-    result = sensor_def(
-        build_sensor_context(instance=instance, cursor=cursor, resources={"s3": s3})
-    )
+    sources = S3SourceResource(s3=s3)  # a nested resource: the context must be entered
+    with build_sensor_context(
+        instance=instance, cursor=cursor, resources={"sources": sources}
+    ) as context:
+        result = sensor_def(context)
     assert isinstance(result, SensorResult) and result.cursor
     return result
 

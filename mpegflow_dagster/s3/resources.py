@@ -4,14 +4,14 @@ origin), and the shared boto3 client they use."""
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from dagster import ConfigurableResource, ResourceDependency
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from ..resources import DeliveryResource
-from .store import DeliveryHeaders, S3ArtifactStore, download_source, parse_s3_uri
+from .store import DeliveryHeaders, S3ArtifactStore, download_source, iter_objects, parse_s3_uri
 
 S3_CONNECTION = (
     "dagster-aws S3Resource: region, endpoint and credentials of the S3 (or S3-compatible) service."
@@ -30,7 +30,7 @@ def _client_for(config: str) -> Any:
 
 
 class S3SourceResource(ConfigurableResource):
-    """Reads `s3://` source videos for ingest. The client is made on first use, so runs of local
+    """Reads `s3://` source videos for ingest, and lists uploads for the upload sensor. The client is made on first use, so runs of local
     sources never create one (Dagster builds a client at step start for any step that takes an
     `S3Resource` directly).
 
@@ -51,6 +51,10 @@ class S3SourceResource(ConfigurableResource):
 
     def download(self, uri: str, dest_dir: Path, caption_extensions: Sequence[str]) -> Path:
         return download_source(s3_client(self.s3), uri, dest_dir, caption_extensions)
+
+    def objects(self, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+        """Every object under `prefix` (list_objects_v2 entries, all pages)."""
+        return iter_objects(s3_client(self.s3), bucket, prefix)
 
 
 class S3DeliveryResource(DeliveryResource):

@@ -16,11 +16,9 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster_aws.s3 import S3Resource
 
 from ..videos import video_key
-from .resources import s3_client
-from .store import iter_objects
+from .resources import S3SourceResource
 
 MEDIA_EXTENSIONS = frozenset({".mp4", ".mov", ".mxf", ".mkv", ".webm", ".m4v", ".ts", ".avi"})
 SOURCE_TAG = "mpegflow/source"
@@ -119,19 +117,23 @@ def build_s3_upload_sensor(
     the newest object seen is ignored. S3 sets LastModified when an upload *starts* (multipart
     uploads included), so keep it longer than your slowest upload.
 
-    Uses the `s3` resource (dagster-aws `S3Resource`).
+    Uses the `sources` resource (`S3SourceResource` over dagster-aws' `S3Resource`): it reuses
+    one boto3 client per process, where a sensor taking `S3Resource` itself would make a new one
+    at every tick (botocore loads its service models: most of a tick's CPU).
 
     Examples:
         .. code-block:: python
 
             from dagster import AssetSelection, Definitions
             from dagster_aws.s3 import S3Resource
-            from mpegflow_dagster import build_s3_upload_sensor, video_partitions
+            from mpegflow_dagster import S3SourceResource, build_s3_upload_sensor, video_partitions
 
             uploads = build_s3_upload_sensor(
                 spec.name, AssetSelection.groups(spec.name), video_partitions(spec.name), bucket="uploads", prefix="vod/"
             )
-            defs = Definitions(assets=assets, sensors=[uploads], resources={"s3": S3Resource()})
+            defs = Definitions(
+                assets=assets, sensors=[uploads], resources={"sources": S3SourceResource(s3=S3Resource())}
+            )
     """
     partitions_name = partitions_def.name
     if not partitions_name:
@@ -149,13 +151,13 @@ def build_s3_upload_sensor(
         default_status=default_status,
         description=f"Runs {spec_name} for each video uploaded under s3://{bucket}/{list_prefix}",
     )
-    def _upload_sensor(context: SensorEvaluationContext, s3: S3Resource) -> SensorResult:
+    def _upload_sensor(context: SensorEvaluationContext, sources: S3SourceResource) -> SensorResult:
         cursor = UploadCursor.load(context.cursor)
         horizon = cursor.newest - lookback_seconds
         newest = cursor.newest
         seen = dict(cursor.seen)
         new: list[tuple[float, str, str]] = []
-        for obj in iter_objects(s3_client(s3), bucket, list_prefix):
+        for obj in sources.objects(bucket, list_prefix):
             key = obj["Key"]
             if (
                 obj["Size"] == 0
