@@ -1,9 +1,11 @@
 """Localized retry (issue 18): what a chunk's FFmpeg SIGKILLed late costs in extra work.
 
 For a clean 1080p30 source (120 s by default: four 30 s chunks), in each step layout (the local
-default, `chunk_steps: 0`, chunks inside the encode step; and `chunk_steps: 2`, two chunk-batch
-steps, here run by the in-process executor), runs the shipped pipeline twice through Dagster with
-an FFmpeg wrapper that logs each process's CPU and wall:
+default, `chunk_steps: 0`, chunks inside the encode step; `chunk_steps: 2`, two chunk-batch
+steps, here run by the in-process executor; and `cluster`, `mpegflow_dagster.cluster` with two
+Celery workers, whose two batch steps pass their pieces through S3), runs the shipped pipeline
+twice through Dagster with an FFmpeg wrapper that logs each process's CPU and wall (on the
+cluster, each run on a cluster of its own, so nothing of the first is reused):
 
   clean   a forced run that never fails;
   killed  the same, with the last chunk's FFmpeg SIGKILLed (as the OOM killer would) at 80 % of
@@ -15,6 +17,7 @@ done again. Prints a table and writes bench/chunk_retry.json.
 
     .venv/bin/python bench/chunk_retry.py               # 120 s source
     .venv/bin/python bench/chunk_retry.py --duration 60 # quicker: two chunks
+    .venv/bin/python bench/chunk_retry.py --layouts cluster
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ladder import BENCH, WORK, bench_project, cached_clip, local_instance, log, measured
+from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus
+from ladder import BENCH, ROOT, WORK, bench_project, cached_clip, local_instance, log, measured
 
+from mpegflow_dagster import cluster
 from mpegflow_dagster.runs import materialize_video, stage_report
 
 RESULTS = BENCH / "chunk_retry.json"
@@ -86,16 +91,18 @@ def parse(log_file: Path) -> list[dict]:
 
 
 def one_run(
-    layout: int, src: Path, base: Path, target: str, kill_after: Optional[float]
+    layout: str, src: Path, base: Path, target: str, kill_after: Optional[float]
 ) -> tuple[dict, list[dict]]:
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    project = bench_project(base)
-    project = project.model_copy(
-        update={"settings": project.settings.model_copy(update={"chunk_steps": layout})}
-    )
     log_file = base / "ffmpeg.log"
     exe = wrapper(base, log_file, target, kill_after)
+    if layout == "cluster":
+        return cluster_run(src, base, exe), parse(log_file)
+    project = bench_project(base)
+    project = project.model_copy(
+        update={"settings": project.settings.model_copy(update={"chunk_steps": int(layout)})}
+    )
     instance = local_instance(base / "home")
     os.environ["MPEGFLOW_FFMPEG"] = str(exe)
     try:
@@ -121,21 +128,57 @@ def one_run(
     return rec, parse(log_file)
 
 
+def cluster_run(src: Path, base: Path, exe: Path) -> dict:
+    """The source uploaded to a cluster of two workers whose FFmpeg is `exe`; its run's figures."""
+    directory = base / "cluster"
+    directory.mkdir()
+    directory.chmod(0o755)  # Postgres runs as user postgres
+    os.environ["MPEGFLOW_FFMPEG"] = str(exe)  # the workers' environment is this one's
+    try:
+        state = cluster.up(ROOT, directory, cluster.ClusterOptions(workers=2))
+    finally:
+        del os.environ["MPEGFLOW_FFMPEG"]
+    try:
+        rec: dict = {}
+        with measured(rec):
+            run = cluster.wait_for_run(state, cluster.upload(state, src, "vod"), 3600)
+        rec["success"] = run.status == DagsterRunStatus.SUCCESS
+        rec["rendition_sha256"] = {}
+        with cluster.instance(state) as instance:
+            for key in instance.get_asset_keys(prefix=["vod"]):
+                if key.path[-1].startswith("rendition_"):
+                    wanted = AssetRecordsFilter(
+                        asset_key=AssetKey(key.path), asset_partitions=[src.stem]
+                    )
+                    found = instance.fetch_materializations(wanted, limit=1).records
+                    if found and found[0].asset_materialization:
+                        sha = found[0].asset_materialization.metadata["sha256"].value
+                        rec["rendition_sha256"][key.path[-1]] = sha
+    finally:
+        cluster.down(directory)
+    return rec
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=120.0)
-    parser.add_argument("--layouts", default="0,2", help="chunk_steps values to measure")
+    parser.add_argument(
+        "--layouts", default="0,2,cluster", help="chunk_steps values (in process) and/or cluster"
+    )
     args = parser.parse_args(argv)
     src = cached_clip("clean", args.duration, noisy=False)
     spec = bench_project(WORK / "retry").spec()
     chunk_s = spec.chunk_s
-    last_start = (int(args.duration // chunk_s) - (args.duration % chunk_s == 0)) * chunk_s
-    target = f"{last_start:g}"
     results: dict = {"source": f"clean 1080p30, {args.duration:g} s", "chunk_s": chunk_s}
-    for layout in [int(x) for x in args.layouts.split(",")]:
+    for layout in args.layouts.split(","):
         log(f"chunk_steps={layout}: clean run")
-        clean, clean_runs = one_run(layout, src, WORK / "retry" / f"clean-{layout}", target, None)
-        chunk = next(r for r in clean_runs if r["what"] == f"-ss{target}")
+        clean, clean_runs = one_run(layout, src, WORK / "retry" / f"clean-{layout}", "", None)
+        # the last chunk: the x264 run seeking furthest (to its cut less the chunk's lead)
+        chunk = max(
+            (r for r in clean_runs if r["what"].startswith("-ss")),
+            key=lambda r: float(r["what"][3:]),
+        )
+        target = chunk["what"][3:]
         kill_after = round(KILL_AT * chunk["wall_s"], 2)
         log(f"chunk_steps={layout}: killed run (chunk at {target} s killed after {kill_after} s)")
         killed, killed_runs = one_run(
@@ -144,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         clean_cpu = sum(r["cpu_s"] for r in clean_runs)
         killed_cpu = sum(r["cpu_s"] for r in killed_runs)
         extra = killed_cpu - clean_cpu
-        results[f"chunk_steps_{layout}"] = {
+        results[layout if layout == "cluster" else f"chunk_steps_{layout}"] = {
             "clean": {**clean, "ffmpeg_cpu_s": round(clean_cpu, 2)},
             "killed": {**killed, "ffmpeg_cpu_s": round(killed_cpu, 2)},
             "killed_chunk_cpu_s": round(chunk["cpu_s"], 2),
@@ -160,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{'layout':<14}{'clean CPU':>11}{'killed CPU':>12}{'chunk CPU':>11}{'extra':>8}"
           f"{'extra/chunk':>13}{'bytes':>7}")  # fmt: skip
     for key, r in results.items():
-        if not key.startswith("chunk_steps_"):
+        if not isinstance(r, dict):
             continue
         print(
             f"{key:<14}{r['clean']['ffmpeg_cpu_s']:>11.1f}{r['killed']['ffmpeg_cpu_s']:>12.1f}"
@@ -169,8 +212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     ok = all(
         r["extra_over_chunk"] <= GOAL and r["same_bytes"] and r["killed"]["success"]
-        for k, r in results.items()
-        if k.startswith("chunk_steps_")
+        for r in results.values()
+        if isinstance(r, dict)
     )
     print(f"goal extra/chunk <= {GOAL}: {'met' if ok else 'NOT met'}")
     return 0 if ok else 1
