@@ -2,13 +2,13 @@
 
 `up` starts, each as its own process group on 127.0.0.1 with its data under one directory:
 Postgres (the instance's run, event-log and schedule storage, via dagster-postgres, behind
-PgBouncer), Redis (the
-Celery broker and result backend, with an append-only file so a restart loses no queued step), a
-moto S3 server (the storage, delivery and upload buckets), N `dagster-celery` workers, the code
-location's gRPC server, the Dagster daemon (upload sensor, run queue, run monitoring) and the
-webserver. The code location is this project's, with the cluster's settings in the environment (`env`): the same variables a worker on
-another machine needs (docs/cluster.md). `down` stops every process group `up` started.
-`submit` uploads a video to the upload bucket and waits for the run the upload sensor requests.
+PgBouncer), Redis (the Celery broker and result backend, with an append-only file so a restart
+loses no queued step), a moto S3 server (the storage, delivery and upload buckets), N
+`dagster-celery` workers, the code location's gRPC server, the Dagster daemon (upload sensor, run
+queue, run monitoring) and the webserver. The code location is this project's, with the cluster's
+settings in the environment (`env`): the same variables a worker on another machine needs
+(docs/cluster.md). `down` stops every process group `up` started. `submit` uploads a video to the
+upload bucket and waits for the run the upload sensor requests.
 """
 
 from __future__ import annotations
