@@ -513,24 +513,37 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
         max_concurrent_runs=options.max_concurrent_runs,
         env=env,
     )
+    # Debian's servers, all of them, before anything starts (a missing one must not leave the
+    # others running)
+    postgres_bin()
+    for tool in ("redis-server", "pgbouncer"):
+        _require(tool)
+
+    def record(service: Service) -> Service:
+        # recorded at once: `down` (below, on any failure) stops what the state file lists
+        state.services.append(service)
+        state.save()
+        return service
+
     try:
         # the servers first, at once
         bin_dir = Path(sys.executable).parent
-        postgres = _start_postgres(directory, pg_port)
-        redis = _start("redis", redis_argv(directory, redis_port), directory, None, directory)
-        moto = _start(
-            "s3",
-            [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
-            directory,
-            None,
-            directory,
+        postgres = record(_start_postgres(directory, pg_port))
+        redis = record(
+            _start("redis", redis_argv(directory, redis_port), directory, None, directory)
         )
-        state.services = [postgres, redis, moto]
-        state.save()
+        moto = record(
+            _start(
+                "s3",
+                [str(bin_dir / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+                directory,
+                None,
+                directory,
+            )
+        )
         _wait("postgres", lambda: _create_database(direct_url), [postgres], 60)
-        state.services.append(_start_pgbouncer(directory, pool_port, pg_port))
-        state.save()
-        _wait("pgbouncer", lambda: _create_database(postgres_url), state.services[-1:], 30)
+        pgbouncer = record(_start_pgbouncer(directory, pool_port, pg_port))
+        _wait("pgbouncer", lambda: _create_database(postgres_url), [pgbouncer], 30)
         _wait("redis", lambda: _redis_ping(redis_url), [redis], 30)
         _wait("s3", lambda: _create_buckets(s3_endpoint), [moto], 30)
 
@@ -548,8 +561,8 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
         # daemon starts a new code server every 60 s (Dagster's workspace refresh) and imports
         # the definitions again each time (docs/cluster.md: 2.8 CPU-s a minute here).
         code_port = free_port()
-        code_server = _start(
-            "codeserver", code_server_argv(project, code_port), directory, env, project
+        code_server = record(
+            _start("codeserver", code_server_argv(project, code_port), directory, env, project)
         )
         workspace = directory / "workspace.yaml"
         workspace.write_text(
@@ -578,36 +591,37 @@ def up(project: Path, directory: Path, options: Optional[ClusterOptions] = None)
         )
         names = {f"worker{i}" for i in range(1, options.workers + 1)}
         workers = [
-            _start(n, worker_argv(worker_yaml, n), directory, env, project) for n in sorted(names)
+            record(_start(n, worker_argv(worker_yaml, n), directory, env, project))
+            for n in sorted(names)
         ]
-        state.services += [code_server, *workers]
-        state.save()
         # the daemon and the webserver load the workspace when they start: the code first
         _wait("codeserver", lambda: _code_server_ready(code_port), [code_server], 120)
-        daemon = _start(
-            "daemon",
-            [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
-            directory,
-            env,
-            project,
+        daemon = record(
+            _start(
+                "daemon",
+                [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)],
+                directory,
+                env,
+                project,
+            )
         )
-        webserver = _start(
-            "webserver",
-            [
-                str(bin_dir / "dagster-webserver"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(ui_port),
-                "-w",
-                str(workspace),
-            ],  # fmt: skip
-            directory,
-            env,
-            project,
+        webserver = record(
+            _start(
+                "webserver",
+                [
+                    str(bin_dir / "dagster-webserver"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(ui_port),
+                    "-w",
+                    str(workspace),
+                ],  # fmt: skip
+                directory,
+                env,
+                project,
+            )
         )
-        state.services += [daemon, webserver]
-        state.save()
         _wait("workers", lambda: _workers_ready(celery.broker, names), workers, 120)
         _wait("daemon", lambda: _daemon_ready(state), [daemon], 120)
         _wait("webserver", lambda: _http_ok(f"{state.ui_url}/server_info"), [webserver], 120)

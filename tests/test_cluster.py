@@ -447,6 +447,40 @@ def test_submit_of_a_missing_file_exits_2_and_uploads_nothing(
     assert client.list_objects_v2(Bucket=cluster.BUCKETS["upload"]).get("KeyCount", 0) == before
 
 
+def test_up_without_a_server_package_says_what_to_install_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis missing (not on PATH): a clear error before anything starts, not a Postgres left
+    running by a half-started cluster."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    directory = Path(tempfile.mkdtemp(prefix="mpegflow-cluster-"))
+    directory.chmod(0o755)  # as the grid's: Postgres, run as user postgres, could start here
+    try:
+        with pytest.raises(
+            cluster.ClusterError,
+            match=r"redis-server is not installed: run `make cluster-services`",
+        ):
+            cluster.up(ROOT, directory, cluster.ClusterOptions(workers=1))
+        mine = [
+            p.name
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and str(directory).encode() in _cmdline(p)
+        ]
+    finally:
+        cluster.down(directory)  # whatever a failed `up` left running
+        shutil.rmtree(directory, ignore_errors=True)
+    assert not mine
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
+
+
 def test_the_instance_reaches_postgres_through_pgbouncer(grid: cluster.ClusterState) -> None:
     """Dagster opens a connection per query: PgBouncer must be what the instance talks to, lending
     a few long-lived Postgres backends to thousands of short client connections."""
