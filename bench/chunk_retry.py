@@ -32,10 +32,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus
+from dagster import DagsterEvent, DagsterRunStatus
 from ladder import BENCH, ROOT, WORK, bench_project, cached_clip, local_instance, log, measured
 
 from mpegflow_dagster import cluster
+from mpegflow_dagster.project import Project
 from mpegflow_dagster.runs import materialize_video, stage_report
 
 RESULTS = BENCH / "chunk_retry.json"
@@ -61,6 +62,7 @@ fi"""
 [[ "$*" == *-version* ]] && exec ffmpeg "$@"
 what=$(echo "$*" | grep -o -- "-ss [0-9.]*" | head -1 | tr -d ' ')
 [[ "$*" == *libx264* ]] || what="other"
+[[ -n "$what" ]] || what="whole"  # x264 over the whole source: it was not cut
 {kill}
 start=$(date +%s.%N); ffmpeg "$@"; rc=$?; end=$(date +%s.%N)
 times > {base}/times.$$  # in this shell: a pipe or $(...) would report a subshell's children
@@ -96,15 +98,31 @@ def one_run(
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     log_file = base / "ffmpeg.log"
-    exe = wrapper(base, log_file, target, kill_after)
-    if layout == "cluster":
-        return cluster_run(src, base, exe), parse(log_file)
     project = bench_project(base)
+    # the cluster's workers get this process's environment
+    os.environ["MPEGFLOW_FFMPEG"] = str(wrapper(base, log_file, target, kill_after))
+    try:
+        if layout == "cluster":
+            rec, events = cluster_run(src, base)
+        else:
+            rec, events = local_run(project, int(layout), src, base)
+    finally:
+        del os.environ["MPEGFLOW_FFMPEG"]
+    report = stage_report(events, project.spec())
+    rec["rendition_sha256"] = {
+        n: r.get("sha256") for n, r in report.items() if n.startswith("rendition_")
+    }
+    return rec, parse(log_file)
+
+
+def local_run(
+    project: Project, chunk_steps: int, src: Path, base: Path
+) -> tuple[dict, list[DagsterEvent]]:
+    """A forced run in process, with `chunk_steps`; its figures and events."""
     project = project.model_copy(
-        update={"settings": project.settings.model_copy(update={"chunk_steps": int(layout)})}
+        update={"settings": project.settings.model_copy(update={"chunk_steps": chunk_steps})}
     )
     instance = local_instance(base / "home")
-    os.environ["MPEGFLOW_FFMPEG"] = str(exe)
     try:
         rec: dict = {}
         with measured(rec):
@@ -117,46 +135,28 @@ def one_run(
                 force=True,
                 log_level="WARNING",
             )
-        report = stage_report(result.all_events, project.spec())
         rec["success"] = result.success
-        rec["rendition_sha256"] = {
-            n: r.get("sha256") for n, r in report.items() if n.startswith("rendition_")
-        }
+        return rec, list(result.all_events)
     finally:
-        del os.environ["MPEGFLOW_FFMPEG"]
         instance.dispose()
-    return rec, parse(log_file)
 
 
-def cluster_run(src: Path, base: Path, exe: Path) -> dict:
-    """The source uploaded to a cluster of two workers whose FFmpeg is `exe`; its run's figures."""
+def cluster_run(src: Path, base: Path) -> tuple[dict, list[DagsterEvent]]:
+    """The source uploaded to a cluster of two workers of its own; its run's figures and events."""
     directory = base / "cluster"
     directory.mkdir()
     directory.chmod(0o755)  # Postgres runs as user postgres
-    os.environ["MPEGFLOW_FFMPEG"] = str(exe)  # the workers' environment is this one's
-    try:
-        state = cluster.up(ROOT, directory, cluster.ClusterOptions(workers=2))
-    finally:
-        del os.environ["MPEGFLOW_FFMPEG"]
+    state = cluster.up(ROOT, directory, cluster.ClusterOptions(workers=2))
     try:
         rec: dict = {}
         with measured(rec):
             run = cluster.wait_for_run(state, cluster.upload(state, src, "vod"), 3600)
         rec["success"] = run.status == DagsterRunStatus.SUCCESS
-        rec["rendition_sha256"] = {}
         with cluster.instance(state) as instance:
-            for key in instance.get_asset_keys(prefix=["vod"]):
-                if key.path[-1].startswith("rendition_"):
-                    wanted = AssetRecordsFilter(
-                        asset_key=AssetKey(key.path), asset_partitions=[src.stem]
-                    )
-                    found = instance.fetch_materializations(wanted, limit=1).records
-                    if found and found[0].asset_materialization:
-                        sha = found[0].asset_materialization.metadata["sha256"].value
-                        rec["rendition_sha256"][key.path[-1]] = sha
+            events = [r.dagster_event for r in instance.all_logs(run.run_id) if r.dagster_event]
     finally:
         cluster.down(directory)
-    return rec
+    return rec, events
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -174,10 +174,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log(f"chunk_steps={layout}: clean run")
         clean, clean_runs = one_run(layout, src, WORK / "retry" / f"clean-{layout}", "", None)
         # the last chunk: the x264 run seeking furthest (to its cut less the chunk's lead)
-        chunk = max(
-            (r for r in clean_runs if r["what"].startswith("-ss")),
-            key=lambda r: float(r["what"][3:]),
-        )
+        seeks = [r for r in clean_runs if r["what"].startswith("-ss")]
+        if not seeks:
+            raise SystemExit(
+                f"a {args.duration:g} s source is not cut into chunks: try a longer one"
+            )
+        chunk = max(seeks, key=lambda r: float(r["what"][3:]))
         target = chunk["what"][3:]
         kill_after = round(KILL_AT * chunk["wall_s"], 2)
         log(f"chunk_steps={layout}: killed run (chunk at {target} s killed after {kill_after} s)")
