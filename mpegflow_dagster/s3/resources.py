@@ -30,9 +30,9 @@ def _client_for(config: str) -> Any:
 
 
 class S3SourceResource(ConfigurableResource):
-    """Reads `s3://` source videos for ingest, and lists uploads for the upload sensor. The client is made on first use, so runs of local
-    sources never create one (Dagster builds a client at step start for any step that takes an
-    `S3Resource` directly).
+    """Reads `s3://` source videos for ingest, and lists uploads for the upload sensor. The client
+    is made on first use, so runs of local sources never create one (Dagster builds a client at
+    step start, or sensor tick, for anything that takes an `S3Resource` directly).
 
     Examples:
         .. code-block:: python
