@@ -1,5 +1,5 @@
 # Everything installs into .venv/ in this directory; FFmpeg comes from Debian's package if missing,
-# and so do Chromium and Node for the browser test (tests/ui: playwright-core, never a browser download).
+# and so do Chromium and Node for the browser tests (tests/ui: playwright-core and hls.js, never a browser download).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # medians of three alternating rounds (about 40 min here); `make bench BENCH_ARGS=` for one round
 BENCH_ARGS ?= --repeats 3
 
-.PHONY: demo test test-fast lint dev bench ffmpeg browser cluster-services cluster cluster-down install clean
+.PHONY: demo test test-fast lint dev bench ffmpeg browser packager cluster-services cluster cluster-down install clean
 
 ffmpeg:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null || ! fc-list 2>/dev/null | grep -q .; then \
@@ -27,6 +27,16 @@ browser:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@$(MAKE) --no-print-directory $(UI_STAMP)
+
+# Shaka Packager for CMAF packaging (hls.segment_type: cmaf): its static Linux binary from the npm
+# package, pinned, into .venv/shaka (where mpegflow looks for it; or set MPEGFLOW_PACKAGER).
+SHAKA_VERSION := 3.4.2
+SHAKA_STAMP := $(VENV)/shaka/.installed-$(SHAKA_VERSION)
+packager: browser $(SHAKA_STAMP)
+
+$(SHAKA_STAMP): $(STAMP)
+	npm install --prefix $(VENV)/shaka --no-save --no-audit --no-fund --loglevel=error shaka-packager@$(SHAKA_VERSION)
+	touch $@
 
 # The cluster's broker, instance database and its connection pool (docs/cluster.md): Debian's
 # servers, started by `mpegflow cluster up` (and tests/test_cluster.py) as plain processes, never
@@ -62,7 +72,7 @@ demo: install
 
 # Two test files at a time (pytest-xdist): most tests wait on Dagster's Python rather than on
 # FFmpeg, so this halves the wall on two cores; loadfile keeps a file's fixtures (one cluster) together.
-test: lint browser cluster-services
+test: lint browser packager cluster-services
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # ruff (lint and format, line length 100) and pyright, as configured in pyproject.toml

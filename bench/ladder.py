@@ -205,12 +205,12 @@ class Plan:
         video = info.video
         assert video is not None and video.height
         self.encodes: dict[str, list[str]] = {}
-        self.outputs: dict[str, commands.H264Output] = {}
+        self.outputs: dict[str, commands.VideoOutput] = {}
         self.area: dict[str, float] = {}
         cfg = spec.thumbnails
         self.frames = out / "thumbnails" / "frames"
         for rung in spec.ladder:  # exactly as the pipeline's stages build them
-            enc = encode.h264_output(spec, rung, info)
+            enc = encode.video_output(spec, rung, info)
             self.outputs[rung.name] = enc
             self.encodes[rung.name] = commands.encode_rendition_args(
                 src, self.rendition(rung.name), enc, threads=threads
@@ -326,7 +326,9 @@ def _check(proc: subprocess.Popen, err, argv: list[str]) -> None:
 
 def two_groups(plan: Plan) -> list[list[str]]:
     """The rungs in the two groups the pipeline's lanes use (balanced pixel load, heaviest first)."""
-    return [[r.name for r in group] for group in encode._lanes(list(plan.spec.ladder), 2)]
+    return [
+        [r.name for r in group] for group in encode._lanes(plan.spec, list(plan.spec.ladder), 2)
+    ]
 
 
 def naive(plan: Plan) -> None:

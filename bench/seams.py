@@ -46,7 +46,7 @@ from ladder import ROOT, WORK, cached_clip, log, repo_project
 
 from mpegflow_dagster.media.probe import MediaInfo, probe
 from mpegflow_dagster.spec import PipelineSpec, Rendition
-from mpegflow_dagster.stages.encode import encode_ladder, encode_spans, h264_output
+from mpegflow_dagster.stages.encode import encode_ladder, encode_spans, video_output
 from mpegflow_dagster.stages.ingest import SOURCE_STEM
 from mpegflow_dagster.stages.toolkit import Tools
 
@@ -253,7 +253,7 @@ def measure_source(
     per_rung = {}
     for rung in rungs:
         t0 = time.monotonic()
-        height = h264_output(spec, rung, info).height
+        height = video_output(spec, rung, info).height
         stats = compare(
             src,
             height,

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .assets import build_video_assets
 from .executors import CelerySettings, ExecutorName, run_executor
 from .io_manager import BinaryIOManager
-from .media.build import FFmpegNotFound, detect_build
+from .media.build import FFmpegBuild, FFmpegNotFound, build_encoders, detect_build
 from .resources import FFmpegResource, LocalDeliveryResource, PreviewsResource
 from .runs import video_job
 from .s3.io_manager import S3BinaryIOManager
@@ -255,9 +255,34 @@ def _detected_build(work_dir: str) -> Optional[str]:
         return None
 
 
+def check_encoders(spec: PipelineSpec, settings: Settings) -> None:
+    """A preset naming an encoder this FFmpeg build lacks fails the code location's load, not a
+    run. Without FFmpeg here (a webserver's machine) the runs' own check is what is left."""
+    ffmpeg = FFmpegResource(work_dir=settings.work_dir, **settings.ffmpeg.model_dump()).ffmpeg
+    try:
+        build, have = detect_build(ffmpeg), build_encoders(ffmpeg)
+    except FFmpegNotFound:
+        return
+    refuse_missing_encoders(spec, build, have)
+
+
+def refuse_missing_encoders(spec: PipelineSpec, build: FFmpegBuild, have: frozenset[str]) -> None:
+    """SpecError naming the first rung whose preset's encoder is not in `have` (of `build`)."""
+    for rung in spec.ladder:
+        preset = spec.preset_for(rung)
+        if preset.encoder not in have:
+            raise SpecError(
+                f"pipeline {spec.name}, rung {rung.name}: preset {preset.ref} names encoder "
+                f"{preset.encoder}, which the FFmpeg build at {build.path} ({build.version}) "
+                "lacks: install an FFmpeg that has it (Debian 12's has libx264, libx265 and "
+                "libsvtav1) or point MPEGFLOW_FFMPEG at one"
+            )
+
+
 def pipeline_definitions(spec: PipelineSpec, settings: Settings) -> Definitions:
     """One pipeline: its assets, its job (`<pipeline>_video`: one video a run) and, with an
     upload bucket, its upload sensor. Outcome events come from the runs themselves (outcomes.py)."""
+    check_encoders(spec, settings)
     sensors = []
     b = settings.s3
     if b.upload_bucket:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +17,6 @@ from pydantic import BaseModel, Field
 from .media.build import FFmpegBuild
 
 SIDECAR_SUFFIX = ".provenance.json"
-_X264_SEI = re.compile(rb"x264 - core (\d+)(?: r(\d+))?")
 
 
 class EncoderBuild(BaseModel):
@@ -55,7 +53,9 @@ class Provenance(BaseModel):
     preset: Optional[str] = None
     encoder: EncoderBuild
     encoder_libraries: dict[str, str] = Field(
-        default_factory=dict, description="e.g. {'x264': 'core 164 r3095'}."
+        default_factory=dict,
+        description="The encoder library that wrote the video, as it names itself: x264's and "
+        "x265's SEI in the stream, SVT-AV1's own banner; e.g. {'x264': 'core 164 r3095'}.",
     )
     argv: list[list[str]] = Field(default_factory=list)
     inputs: dict[str, Optional[str]] = Field(
@@ -105,18 +105,6 @@ def recipe_hash(
         {"f": fingerprint, "b": build_hash, "i": inputs, "t": threads}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def x264_version(path: Path, scan_bytes: int = 4 << 20) -> Optional[str]:
-    """The libx264 version that wrote an H.264 file, from the SEI message x264 embeds."""
-    if not Path(path).is_file():
-        return None
-    with open(path, "rb") as fh:
-        match = _X264_SEI.search(fh.read(scan_bytes))
-    if not match:
-        return None
-    core, rev = match.group(1).decode(), match.group(2)
-    return f"core {core}" + (f" r{rev.decode()}" if rev else "")
 
 
 def sidecar_path(artifact: Path) -> Path:

@@ -9,7 +9,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .media.chunking import PLAN_VERSION
-from .presets import Preset, load_presets
+from .media.codecs import codec
+from .presets import Preset, field_errors, load_presets
 
 _NAME = r"^[a-z][a-z0-9_]*$|^[0-9]+p[a-z0-9_]*$"
 
@@ -31,8 +32,16 @@ class Rendition(_Strict):
     maxrate_factor: float = Field(
         default=1.5, ge=1.0, description="VBV maxrate = bitrate x this; bufsize = 2 x maxrate."
     )
-    profile: Literal["baseline", "main", "high"] = "high"
-    level: str = Field(default="4.0", pattern=r"^\d(\.\d)?$")
+    profile: Optional[Literal["baseline", "main", "high", "main10"]] = Field(
+        default=None,
+        description="The encoder's profile: H.264 baseline/main/high (default high), HEVC "
+        "main/main10 (default main), AV1 main. Unset: the default.",
+    )
+    level: Optional[str] = Field(
+        default=None,
+        pattern=r"^\d(\.\d)?$",
+        description="H.264 (default 4.0) or HEVC (default: x265 picks) level; AV1: unset.",
+    )
     audio_bitrate_kbps: int = Field(default=128, gt=0)
     preset: str = Field(default="x264-vod", description="Name of a preset in resources/presets/.")
 
@@ -70,7 +79,12 @@ class HlsSpec(_Strict):
     segment_s: int = Field(
         default=4, ge=1, le=30, description="Target segment length; a multiple of gop_s."
     )
-    segment_type: Literal["mpegts", "fmp4"] = "mpegts"
+    segment_type: Literal["mpegts", "fmp4", "cmaf"] = Field(
+        default="mpegts",
+        description="mpegts or fmp4: HLS by FFmpeg, each rendition's video and audio muxed; cmaf: one "
+        "set of CMAF segments, video and each distinct audio in tracks of their own, behind an HLS "
+        "playlist and a DASH MPD (manifest.mpd), by Shaka Packager (`make packager`).",
+    )
     min_renditions: Optional[int] = Field(
         default=None,
         ge=1,
@@ -206,7 +220,26 @@ class PipelineSpec(_Strict):
             raise ValueError(
                 f"ladder refers to unknown preset(s) {', '.join(missing)}; known: {', '.join(sorted(self.presets)) or 'none'}"
             )
+        for r in self.ladder:
+            self._check_codec(r)
         return self
+
+    def _check_codec(self, rendition: Rendition) -> None:
+        """A rung's profile, level and packaging fit its preset's encoder."""
+        preset = self.presets[rendition.preset]
+        c = codec(preset.encoder)
+        where = f"ladder rung {rendition.name} ({c.label}, preset {preset.name})"
+        if rendition.profile is not None and rendition.profile not in c.profiles:
+            raise ValueError(
+                f"{where}: profile {rendition.profile!r} is not a {c.label} profile "
+                f"({', '.join(c.profiles)})"
+            )
+        if rendition.level is not None and not c.takes_level:
+            raise ValueError(f"{where}: leave level unset ({preset.encoder} picks it)")
+        if not c.mpegts and self.hls.segment_type == "mpegts":
+            raise ValueError(
+                f"{where}: HLS carries {c.label} in fMP4 segments only: set hls.segment_type: fmp4"
+            )
 
     def encode_settings(self) -> dict[str, object]:
         """Spec-wide settings that shape every encoded rendition's bytes."""
@@ -266,8 +299,4 @@ def load_spec(path: Path, presets_dir: Optional[Path] = None) -> PipelineSpec:
     try:
         return PipelineSpec.model_validate(raw)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        raise SpecError(f"spec file {path} is invalid:\n" + "\n".join(lines)) from exc
+        raise SpecError(f"spec file {path} is invalid:\n{field_errors(exc)}") from exc

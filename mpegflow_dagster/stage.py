@@ -68,9 +68,10 @@ from .dagster_private import data_version, step_key
 from .events import Event, failure_version
 from .io_manager import PROVENANCE_KEY, RECORD_METADATA, ArtifactIOManager, Reused
 from .media.classify import Classification, classify_exception
+from .media.codecs import encoder_versions
 from .media.probe import MediaInfo, probe
 from .outcomes import degraded, video_failed, video_succeeded
-from .provenance import EncoderBuild, Provenance, recipe_hash, x264_version
+from .provenance import EncoderBuild, Provenance, recipe_hash
 from .resources import FFmpegResource, PreviewsResource
 from .s3.store import classify_s3_error
 from .spec import PipelineSpec, RetrySpec
@@ -358,7 +359,7 @@ class StageRun:
             stage_fingerprint=self.stage.code_version,
             preset=self.stage.preset,
             encoder=EncoderBuild.of(self.ffmpeg.build, self.ffmpeg.pin),
-            encoder_libraries={"x264": v} if (v := x264_version(out.path)) else {},
+            encoder_libraries=encoder_versions(out.path, self.ffmpeg.build.path),
             argv=[r.argv for r in out.runs],
             inputs=self.inputs,
             output_sha256=sha,

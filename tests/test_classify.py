@@ -594,12 +594,12 @@ def test_our_own_commands_on_hostile_names_say_nothing_a_rule_reads(build, tmp_p
     from mpegflow_dagster.media.chunking import Span
     from mpegflow_dagster.media.synth import write_srt
     from mpegflow_dagster.project import Project
-    from mpegflow_dagster.stages.encode import h264_output
+    from mpegflow_dagster.stages.encode import video_output
 
     work = _hostile_dir(tmp_path)
     src = _hostile_clip(build, work)
     spec = Project.load(Path(__file__).resolve().parents[1]).spec()
-    enc = h264_output(spec, spec.ladder[0], probe(src))
+    enc = video_output(spec, spec.ladder[0], probe(src))
     frames = work / "frames"
     frames.mkdir()
     chunk, audio, joined = work / "240p-0001.mp4", work / "audio-240p.m4a", work / "240p.mp4"

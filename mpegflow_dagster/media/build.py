@@ -87,3 +87,15 @@ def detect_build(ffmpeg_path: str) -> FFmpegBuild:
         build_hash=hashlib.sha256(f"{first}\n{configuration}".encode()).hexdigest()[:16],
         libraries=libraries,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def build_encoders(ffmpeg_path: str) -> frozenset[str]:
+    """The encoders this FFmpeg build has (`ffmpeg -encoders`), e.g. libx264, libsvtav1."""
+    path = resolve_binary(ffmpeg_path)
+    proc = subprocess.run(
+        [path, "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30, check=False
+    )
+    # lines like " V....D libx264   libx264 H.264 ...", after a legend that ends in "------"
+    listing = proc.stdout.split("------", 1)[-1]
+    return frozenset(m.group(1) for m in re.finditer(r"^\s*[VAS][.A-Z]{5}\s+(\S+)", listing, re.M))

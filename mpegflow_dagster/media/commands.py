@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import ffmpeg
 
+from . import codecs
 from .chunking import WHOLE, Span, marks_before
 from .safety import SAFE_INPUT, SOURCE_FORMATS
 
@@ -50,19 +51,22 @@ def rendition_height(target: int, source: int, upscale: bool) -> int:
 
 
 @dataclass(frozen=True)
-class H264Output:
-    """Everything that shapes one H.264/AAC rendition's bytes (besides the source and the build)."""
+class VideoOutput:
+    """Everything that shapes one rendition's bytes (besides the source and the build): its
+    video encoder's settings (see `codecs`) and its AAC audio."""
 
+    encoder: str  # libx264, libx265, libsvtav1
     height: int
     video_bitrate_kbps: int
     maxrate_factor: float
-    profile: str
-    level: str
+    profile: Optional[str]  # None: the encoder's default (codecs.Codec.default_profile)
+    level: Optional[str]
+    crf: Optional[int]  # capped CRF's quality (SVT-AV1)
     audio_bitrate_kbps: int
     speed: str
     tune: Optional[str]
     pix_fmt: str
-    x264_params: tuple[tuple[str, str], ...]
+    encoder_params: tuple[tuple[str, str], ...]
     audio_sample_rate: int
     audio_channels: int
     gop_s: float
@@ -98,34 +102,25 @@ def _at_marks(span: Span, period_s: float, count: str, *, in_lead: bool) -> str:
     return f"gte(t+{float(start)!r},{period_s:g}*({taken}+{count}))"
 
 
-def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int, span: Span = WHOLE):
-    """H.264/AAC MP4 with keyframes forced every `gop_s` seconds of source time, so every rendition
-    of the same source has its keyframes (and so its HLS segment boundaries) at the same times:
-    for a chunk, the frames a whole-source encode would make keyframes."""
+def _rendition_output(video, audio, out: Path, enc: VideoOutput, threads: int, span: Span = WHOLE):
+    """An MP4 with keyframes forced every `gop_s` seconds of source time, so every rendition of
+    the same source, in any codec, has its keyframes (and so its HLS segment boundaries) at the
+    same times: for a chunk, the frames a whole-source encode would make keyframes."""
     video = video.filter("scale", -2, enc.height, flags="bicubic").filter("format", enc.pix_fmt)
     maxrate = int(enc.video_bitrate_kbps * enc.maxrate_factor)
-    # x264 must not add keyframes of its own (scene cuts, keyint) or renditions drift apart.
-    gop_frames = max(1, math.ceil(enc.gop_s * max(enc.frame_rate, 1.0)))
-    # Only `threads=1` gives the same bytes every time: with more threads x264's rate control
-    # reads how far the other threads got whenever maxrate binds (measured on a noisy 60 s 1080p
-    # source: frame and sliced threads both gave a different file each run).
-    params = {"scenecut": "0", "open-gop": "0", **dict(enc.x264_params)}
-    opts: dict[str, object] = {
-        "c:v": "libx264",
-        "preset": enc.speed,
-        "profile:v": enc.profile,
-        "level:v": enc.level,
-        "b:v": f"{enc.video_bitrate_kbps}k",
-        "maxrate:v": f"{maxrate}k",
-        "bufsize:v": f"{2 * maxrate}k",
-        "g": 2 * gop_frames,
-        "keyint_min": gop_frames,
-        "sc_threshold": 0,
-        "forced-idr": 1,
-        "force_key_frames": f"expr:{_at_marks(span, enc.gop_s, 'n_forced', in_lead=True)}",
-        "x264-params": ":".join(f"{k}={v}" for k, v in sorted(params.items())),
-        "threads": threads,
-    }
+    opts = codecs.video_options(
+        enc.encoder,
+        speed=enc.speed,
+        profile=enc.profile,
+        level=enc.level,
+        bitrate_kbps=enc.video_bitrate_kbps,
+        maxrate_kbps=maxrate,
+        crf=enc.crf,
+        gop_frames=max(1, math.ceil(enc.gop_s * max(enc.frame_rate, 1.0))),
+        keyframes=_at_marks(span, enc.gop_s, "n_forced", in_lead=True),
+        params=enc.encoder_params,
+        threads=threads,
+    )
     if enc.tune:
         opts["tune"] = enc.tune
     streams = [video]
@@ -137,7 +132,7 @@ def _rendition_output(video, audio, out: Path, enc: H264Output, threads: int, sp
     )
 
 
-def _audio_options(enc: H264Output) -> dict[str, object]:
+def _audio_options(enc: VideoOutput) -> dict[str, object]:
     return {
         "c:a": "aac",
         "b:a": f"{enc.audio_bitrate_kbps}k",
@@ -172,7 +167,7 @@ def _thumbnail_output(
 def encode_rendition_args(
     src: Path,
     out: Path,
-    enc: H264Output,
+    enc: VideoOutput,
     *,
     threads: int,
     subtitles: Optional[str] = None,
@@ -192,7 +187,7 @@ def encode_rendition_args(
 
 def encode_ladder_args(
     src: Path,
-    renditions: dict[Path, H264Output],
+    renditions: dict[Path, VideoOutput],
     *,
     threads: int,
     thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None,
@@ -230,7 +225,7 @@ def encode_ladder_args(
     return ffmpeg.merge_outputs(*outputs).get_args()
 
 
-def audio_args(src: Path, outputs: dict[Path, H264Output]) -> list[str]:
+def audio_args(src: Path, outputs: dict[Path, VideoOutput]) -> list[str]:
     """The audio of chunked renditions, one output per rendition, encoded in one process from the
     whole source (AAC cannot be cut and joined without a gap at each cut), as `_rendition_output`
     would."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -17,35 +17,57 @@ class VariantStream:
     codecs: str
     peak_bps: int
     average_bps: int
+    audio_group: Optional[str] = None  # CMAF: the GROUP-ID of its audio (an AudioGroup)
+
+
+@dataclass(frozen=True)
+class AudioGroup:
+    """An audio track of its own (CMAF), the only member of its group: a rung plays with the
+    audio it was encoded with."""
+
+    group: str
+    uri: str
+    channels: int
+
+
+# A segment this short (the few milliseconds of audio past the last video frame) is mostly its
+# headers: its bits per second say nothing about what a player must sustain.
+_PEAK_MIN_S = 0.5
 
 
 def measure_variant(playlist: Path) -> tuple[int, int, int]:
     """(peak, average) bits per second of a VOD media playlist, from its segment sizes and
-    durations, and its EXT-X-VERSION."""
+    durations (the peak over segments of at least half a second, unless none is), and its
+    EXT-X-VERSION."""
     playlist = Path(playlist)
     lines = playlist.read_text().splitlines()
     version = next((int(x.split(":")[1]) for x in lines if x.startswith("#EXT-X-VERSION:")), 3)
-    peak = total_bits = 0.0
-    total_s = 0.0
+    segments: list[tuple[float, float]] = []  # (bits, seconds)
     duration: Optional[float] = None
     for line in lines:
         if line.startswith("#EXTINF:"):
             duration = float(line[len("#EXTINF:") :].split(",")[0])
         elif line and not line.startswith("#") and duration:
-            bits = (playlist.parent / line).stat().st_size * 8
-            peak = max(peak, bits / duration)
-            total_bits += bits
-            total_s += duration
+            segments.append(((playlist.parent / line).stat().st_size * 8, duration))
             duration = None
+    total_s = sum(s for _, s in segments)
     if total_s <= 0:
         raise ValueError(f"{playlist} lists no segments")
-    return int(round(peak)), int(round(total_bits / total_s)), version
+    long_enough = [seg for seg in segments if seg[1] >= _PEAK_MIN_S] or segments
+    peak = max(bits / s for bits, s in long_enough)
+    return int(round(peak)), int(round(sum(b for b, _ in segments) / total_s)), version
 
 
-def master_playlist(variants: list[VariantStream]) -> str:
-    """Variants ordered by bandwidth, lowest first (players start there)."""
+def master_playlist(variants: list[VariantStream], audio: Sequence[AudioGroup] = ()) -> str:
+    """Variants ordered by bandwidth, lowest first (players start there); with `audio`, a
+    variant's BANDWIDTH counts its audio group's too (the caller adds it)."""
     version = max(v.version for v in variants)
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    for a in audio:
+        lines.append(
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{a.group}",NAME="{a.group}",DEFAULT=YES,'
+            f'AUTOSELECT=YES,CHANNELS="{a.channels}",URI="{a.uri}"'
+        )
     for v in sorted(variants, key=lambda v: (v.peak_bps, v.height)):
         attrs = [
             f"BANDWIDTH={v.peak_bps}",
@@ -53,6 +75,7 @@ def master_playlist(variants: list[VariantStream]) -> str:
             f"RESOLUTION={v.width}x{v.height}",
             *([f"FRAME-RATE={v.frame_rate:.3f}"] if v.frame_rate else []),
             f'CODECS="{v.codecs}"',
+            *([f'AUDIO="{v.audio_group}"'] if v.audio_group else []),
         ]
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), v.uri]
     return "\n".join(lines) + "\n"

@@ -2,8 +2,15 @@
 
 Packaging runs right after the renditions were verified with ffprobe; reading the few header
 fields it needs here (a few kilobytes, about a millisecond) spares one ffprobe process per
-variant, and gives the exact `avc1.PPCCLL` / `mp4a.40.N` codec strings, which ffprobe does not
-print (a table from profile names would guess the constraint flags).
+variant, and gives the exact RFC 6381 codec strings, which ffprobe does not print (a table from
+profile names would guess the constraint flags):
+
+- H.264 (`avc1`): `avc1.PPCCLL` from the avcC box;
+- HEVC (`hvc1`, `hev1`): `hvc1.1.6.L93.B0` and the like from the hvcC box (ISO/IEC 14496-15
+  Annex E);
+- AV1 (`av01`): `av01.0.04M.08` and the like from the av1C box (AV1 Codec ISO Media File Format
+  Binding, "Codecs Parameter String", the short form without the colour fields);
+- AAC and other MPEG-4 audio (`mp4a`): `mp4a.40.N` from the esds box.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ class Mp4Video:
     width: int
     height: int
     frame_rate: Optional[Fraction]  # frames / duration of the track
-    codec: str  # RFC 6381, e.g. avc1.64001f
+    codec: str  # RFC 6381, e.g. avc1.64001f, hvc1.2.4.L120.B0, av01.0.08M.10
+    codec_name: str  # FFmpeg's name: 'h264', 'hevc' or 'av1', to group variants by codec
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class Mp4Summary:
     duration_s: float  # of the movie (mvhd)
     video: Mp4Video
     audio_codec: Optional[str]  # RFC 6381, e.g. mp4a.40.2; None without an audio track
+    audio_channels: Optional[int] = None
 
     @property
     def codecs(self) -> str:
@@ -139,12 +148,89 @@ def _mp4a_codec(esds: bytes) -> str:
     return f"mp4a.40.{aot}"
 
 
+# The video sample entries read, each with FFmpeg's name of its codec (Mp4Video.codec_name)
+_VIDEO_ENTRIES = {b"avc1": "h264", b"hvc1": "hevc", b"hev1": "hevc", b"av01": "av1"}
+_ACCEPTED = "H.264 (avc1), HEVC (hvc1, hev1) or AV1 (av01)"
+
+
+def _config_box(moov: bytes, start: int, end: int, entry: bytes, kind: bytes) -> bytes:
+    """The payload of the `kind` box among the children of a sample entry's payload."""
+    found = next(((cs, ce) for child, cs, ce in _boxes(moov, start, end) if child == kind), None)
+    if found is None:
+        raise Mp4Error(f"{entry.decode('latin-1')} sample entry without {kind.decode('latin-1')}")
+    return moov[found[0] : found[1]]
+
+
+def _need(payload: bytes, size: int, kind: str) -> None:
+    """Refuse a configuration box too short for its fixed fields: an Mp4Error that names the box,
+    not the IndexError or struct.error that reading past its end would raise."""
+    if len(payload) < size:
+        raise Mp4Error(f"{kind} box of {len(payload)} bytes, shorter than its {size}-byte header")
+
+
+def _avc1_codec(avcc: bytes) -> str:
+    """`avc1.PPCCLL`: profile, constraint flags and level bytes of the avcC, as hex."""
+    _need(avcc, 4, "avcC")
+    return f"avc1.{avcc[1]:02x}{avcc[2]:02x}{avcc[3]:02x}"
+
+
+def _reverse_bits32(value: int) -> int:
+    """Bit 31 of `value` as bit 0, bit 30 as bit 1, and so on."""
+    return int(f"{value:032b}"[::-1], 2)
+
+
+def _hevc_codec(entry: bytes, hvcc: bytes) -> str:
+    """`<entry>.<space><profile>.<compat>.<tier><level>[.<constraint bytes>]` from the hvcC
+    (ISO/IEC 14496-15 8.3.3.1 for the layout, Annex E.3 for the string)."""
+    _need(hvcc, 23, "hvcC")  # the fixed part before the parameter set arrays
+    if hvcc[0] != 1:  # configurationVersion: anything else is not a record we can read
+        raise Mp4Error(f"hvcC of configuration version {hvcc[0]}, not 1")
+    space, tier, profile = hvcc[1] >> 6, (hvcc[1] >> 5) & 1, hvcc[1] & 0x1F
+    # The flags are stored flag[0] first (most significant bit); the string wants flag[j] as
+    # bit j, so Main's flags 1 and 2 (0x60000000) read "6".
+    compat = _reverse_bits32(struct.unpack_from(">I", hvcc, 2)[0])
+    level = hvcc[12]
+    constraints = hvcc[6:12].rstrip(b"\0")  # trailing zero bytes are left out
+    return ".".join(
+        [
+            entry.decode("latin-1"),
+            f"{'' if space == 0 else 'ABC'[space - 1]}{profile}",
+            f"{compat:X}",
+            f"{'H' if tier else 'L'}{level}",
+            *(f"{byte:X}" for byte in constraints),
+        ]
+    )
+
+
+def _av01_codec(av1c: bytes) -> str:
+    """`av01.<profile>.<level><tier>.<bit depth>` from the av1C (the short form of "Codecs
+    Parameter String" in the AV1 ISO media file format binding)."""
+    _need(av1c, 4, "av1C")
+    if av1c[0] != 0x81:  # marker bit 1 and version 1: a garbled box would give a wrong string
+        raise Mp4Error(f"av1C starting with {av1c[0]:#04x}, not marker and version 1 (0x81)")
+    profile, level = av1c[1] >> 5, av1c[1] & 0x1F
+    tier, high_bitdepth, twelve_bit = av1c[2] >> 7, (av1c[2] >> 6) & 1, (av1c[2] >> 5) & 1
+    depth = (12 if twelve_bit else 10) if high_bitdepth else 8
+    return f"av01.{profile}.{level:02d}{'H' if tier else 'M'}.{depth:02d}"
+
+
+def _video_codec(moov: bytes, entry: bytes, start: int, end: int) -> str:
+    """The codec string of a video sample entry whose children are in moov[start:end]."""
+    if entry == b"avc1":
+        return _avc1_codec(_config_box(moov, start, end, entry, b"avcC"))
+    if entry in (b"hvc1", b"hev1"):
+        return _hevc_codec(entry, _config_box(moov, start, end, entry, b"hvcC"))
+    return _av01_codec(_config_box(moov, start, end, entry, b"av1C"))
+
+
 def read_mp4(path: Path) -> Mp4Summary:
-    """The H.264 video track (size, frame rate, codec string) and the audio codec of an MP4."""
+    """The first H.264, HEVC or AV1 video track (size, frame rate, codec string and name) and
+    the audio codec of an MP4."""
     with open(path, "rb") as fh:
         moov = _read_moov(fh)
     video: Optional[Mp4Video] = None
     audio: Optional[str] = None
+    channels: Optional[int] = None
     for boxes in _tracks(moov):
         if not {b"hdlr", b"stsd"} <= boxes.keys():
             continue
@@ -154,30 +240,23 @@ def read_mp4(path: Path) -> Mp4Summary:
         if not entries:
             continue
         kind, es, ee = entries[0]
-        if handler == b"vide" and kind == b"avc1" and video is None:
+        if handler == b"vide" and kind in _VIDEO_ENTRIES and video is None:
+            # every visual sample entry has the same 78-byte header, the size at 24
             width, height = struct.unpack_from(">HH", moov, es + 24)
-            avcc = next(
-                (cs for child, cs, _ in _boxes(moov, es + 78, ee) if child == b"avcC"), None
-            )
-            if avcc is None:
-                raise Mp4Error("avc1 sample entry without avcC")
-            profile, compat, level = moov[avcc + 1], moov[avcc + 2], moov[avcc + 3]
             video = Mp4Video(
                 width,
                 height,
                 _frame_rate(moov, boxes),
-                f"avc1.{profile:02x}{compat:02x}{level:02x}",
+                _video_codec(moov, kind, es + 78, ee),
+                _VIDEO_ENTRIES[kind],
             )
         elif handler == b"soun" and kind == b"mp4a" and audio is None:
-            esds = next(
-                ((cs, ce) for child, cs, ce in _boxes(moov, es + 28, ee) if child == b"esds"), None
-            )
-            if esds is None:
-                raise Mp4Error("mp4a sample entry without esds")
-            audio = _mp4a_codec(moov[esds[0] : esds[1]])
+            audio = _mp4a_codec(_config_box(moov, es + 28, ee, kind, b"esds"))
+            # the audio sample entry: 8 bytes of sample entry, 8 reserved, then channelcount
+            (channels,) = struct.unpack_from(">H", moov, es + 16)
     if video is None:
-        raise Mp4Error(f"{Path(path).name} has no H.264 (avc1) video track")
-    return Mp4Summary(_movie_duration(moov), video, audio)
+        raise Mp4Error(f"{Path(path).name} has no {_ACCEPTED} video track")
+    return Mp4Summary(_movie_duration(moov), video, audio, channels)
 
 
 def _movie_duration(moov: bytes) -> float:

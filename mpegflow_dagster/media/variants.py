@@ -1,5 +1,7 @@
 """Which renditions become the variants of an HLS package: none above the source unless asked
-for, and never two of one resolution (a player cannot choose between them; one is wasted bytes)."""
+for, and never two of one resolution in one codec (a player cannot choose between them; one is
+wasted bytes). The same resolution in H.264 and AV1 is two variants: each player takes the codec
+it can decode."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ class Candidate:
     height: int
     bitrate_bps: int  # average over the file (bits / duration)
     rung_height: Optional[int] = None  # None: a rendition of your own (hls.include)
+    codec: str = "h264"  # ffprobe's codec_name: h264, hevc, av1
 
     @property
     def at_own_height(self) -> bool:
@@ -37,8 +40,9 @@ def choose_variants(
 
     - Rungs above the source are left out unless `keep_above_source`; if every rung is, the
       lowest of them stays, so the package is never empty.
-    - Of several at one resolution (width x height), the one at its rung's own height stays (a
-      rendition of your own always is), else the one with the highest average bitrate.
+    - Of several at one resolution (width x height) in one codec, the one at its rung's own
+      height stays (a rendition of your own always is), else the one with the highest average
+      bitrate.
     """
     dropped: dict[str, str] = {}
     kept = list(candidates)
@@ -50,10 +54,10 @@ def choose_variants(
         for c in above:
             dropped[c.name] = f"above the source's {source_height}p"
         kept = [c for c in kept if c.name not in dropped]
-    by_resolution: dict[tuple[int, int], list[Candidate]] = {}
+    by_resolution: dict[tuple[str, int, int], list[Candidate]] = {}
     for c in kept:
-        by_resolution.setdefault((c.width, c.height), []).append(c)
-    for (width, height), same in by_resolution.items():
+        by_resolution.setdefault((c.codec, c.width, c.height), []).append(c)
+    for (_, width, height), same in by_resolution.items():
         best = max(same, key=lambda c: (c.at_own_height, c.bitrate_bps))
         for c in same:
             if c is not best:

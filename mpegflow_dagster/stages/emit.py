@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from dagster import AssetKey, AssetsDefinition
 
+from ..media.cmaf import DASH_MANIFEST
 from ..outcomes import CONCLUDING_ASSET
 from ..spec import PipelineSpec
 from ..stage import (
@@ -44,7 +45,7 @@ def emit(
     """Publish each part to `<delivery>/<video>/<part>` (atomically, one part at a time, playlists
     inside a part appear together with their segments) and write a manifest of what went where;
     `entries` names the file of a tree that a viewer opens (`<part>_entry` in the facts; a file
-    part is its own entry)."""
+    part is its own entry); a CMAF package's DASH MPD is its `dash_entry`."""
     manifest: dict[str, dict[str, object]] = {}
     for part, path in parts.items():
         staged = work / part
@@ -62,13 +63,16 @@ def emit(
             manifest[part]["entry"] = f"{record.uri}/{entries[part]}"
         elif not record.is_dir:
             manifest[part]["entry"] = record.uri  # a file is its own entry
+        if (Path(path) / DASH_MANIFEST).is_file():  # a CMAF package: DASH players open this
+            manifest[part]["dash_entry"] = f"{record.uri}/{DASH_MANIFEST}"
     out = work / "published.json"
     out.write_text(json.dumps({"video": video, "parts": manifest}, indent=2, sort_keys=True))
     facts: dict[str, object] = {"published": ", ".join(manifest)}
     for part, m in manifest.items():
         facts[f"{part}_uri"] = m["uri"]
-        if "entry" in m:
-            facts[f"{part}_entry"] = m["entry"]
+        for key in ("entry", "dash_entry"):
+            if key in m:
+                facts[f"{part}_{key}"] = m[key]
     return StageOutput(out, facts)
 
 

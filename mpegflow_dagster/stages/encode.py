@@ -24,6 +24,7 @@ from ..chunk_store import ChunkStore, local_chunks
 from ..media import commands, stills
 from ..media.chunking import WHOLE, Span, boundary_step, plan_spans
 from ..media.classify import classify_exception
+from ..media.codecs import codec
 from ..media.probe import MediaInfo, probe
 from ..media.runner import RunResult
 from ..media.storyboard import storyboard_vtt
@@ -49,21 +50,23 @@ def rendition_asset_name(name: str) -> str:
     return f"rendition_{name}"
 
 
-def h264_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> commands.H264Output:
+def video_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> commands.VideoOutput:
     preset = spec.preset_for(rendition)
     video = info.video
     assert video is not None and video.height  # probe_source guarantees it
-    return commands.H264Output(
+    return commands.VideoOutput(
+        encoder=preset.encoder,
         height=commands.rendition_height(rendition.height, video.height, spec.upscale),
         video_bitrate_kbps=rendition.video_bitrate_kbps,
         maxrate_factor=rendition.maxrate_factor,
         profile=rendition.profile,
         level=rendition.level,
+        crf=preset.crf,
         audio_bitrate_kbps=rendition.audio_bitrate_kbps,
         speed=preset.speed,
         tune=preset.tune,
         pix_fmt=preset.pix_fmt,
-        x264_params=tuple(sorted(preset.x264_params.items())),
+        encoder_params=tuple(sorted(preset.encoder_params.items())),
         audio_sample_rate=preset.audio_sample_rate,
         audio_channels=preset.audio_channels,
         gop_s=spec.gop_s,
@@ -133,7 +136,7 @@ def encode_rendition(
     args = commands.encode_rendition_args(
         source_file(ingest_dir),
         out,
-        h264_output(spec, rendition, info),
+        video_output(spec, rendition, info),
         threads=tools.threads,
         subtitles=subtitle_name,
         subtitle_font_size=spec.captions.font_size,
@@ -193,7 +196,7 @@ class LadderEncode:
             if with_thumbnails
             else None
         )
-        self.outputs = {r.name: h264_output(spec, r, info) for r in rungs}
+        self.outputs = {r.name: video_output(spec, r, info) for r in rungs}
         self.spans = encode_spans(info, spec)
         self.has_audio = info.audio is not None and bool(self.outputs)  # not for thumbnails alone
 
@@ -425,7 +428,7 @@ def encode_ladder(
         return dict(_together([functools.partial(one, name) for name in runs], at_once=len(runs)))
 
     if not encode.chunked:
-        lanes = _lanes(rungs, max(1, tools.lanes))
+        lanes = _lanes(spec, rungs, max(1, tools.lanes))
 
         def lane(i: int, cancel: threading.Event) -> dict[str, StageOutput]:
             names = [r.name for r in lanes[i]]
@@ -520,16 +523,21 @@ def _together(
     return [f.result() for f in futures]
 
 
-def _lanes(rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:
-    """Rungs spread over at most `lanes` groups of similar cost (pixels per frame, ~height^2),
-    heaviest first; the last group is the lightest (thumbnails go there)."""
+def _lanes(spec: PipelineSpec, rungs: list[Rendition], lanes: int) -> list[list[Rendition]]:
+    """Rungs spread over at most `lanes` groups of similar cost (pixels per frame, ~height^2,
+    times the encoder's cost against x264), heaviest first; the last group is the lightest
+    (thumbnails go there)."""
+
+    def cost(rung: Rendition) -> float:
+        return rung.height**2 * codec(spec.preset_for(rung).encoder).relative_cost
+
     groups: list[list[Rendition]] = [[] for _ in range(min(lanes, len(rungs)) or 1)]
-    load = [0] * len(groups)
-    for rung in sorted(rungs, key=lambda r: -r.height):
+    load = [0.0] * len(groups)
+    for rung in sorted(rungs, key=lambda r: -cost(r)):
         i = load.index(min(load))
         groups[i].append(rung)
-        load[i] += rung.height**2
-    return sorted(groups, key=lambda g: -sum(r.height**2 for r in g))
+        load[i] += cost(rung)
+    return sorted(groups, key=lambda g: -sum(cost(r) for r in g))
 
 
 def _finish_thumbnails(
@@ -802,6 +810,11 @@ def _encode_ahead(
 ORDER = 20  # after ingest
 
 
+def _codec_text(spec: PipelineSpec, rung: Rendition) -> str:
+    c = codec(spec.preset_for(rung).encoder)
+    return f"{c.label} {rung.profile or c.default_profile}"
+
+
 def assets(
     spec: PipelineSpec,
     version: Callable[..., str],
@@ -816,8 +829,8 @@ def assets(
             pipeline_key(spec, rendition_asset_name(r.name)),
             version(r, spec.preset_for(r), spec.encode_settings()),
             inputs=source,
-            description=f"{r.name}: H.264 {r.profile} {r.video_bitrate_kbps} kb/s, keyframes "
-            f"every {spec.gop_s:g}s.",
+            description=f"{r.name}: {_codec_text(spec, r)} {r.video_bitrate_kbps} kb/s, "
+            f"keyframes every {spec.gop_s:g}s.",
             rendition=r.name,
             announces="rendition.ready",
             optional=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from dagster import (
     AssetsDefinition,
@@ -15,8 +15,8 @@ from dagster import (
     TableSchema,
 )
 
-from ..media import commands
-from ..media.hls import VariantStream, master_playlist, measure_variant
+from ..media import cmaf, commands
+from ..media.hls import AudioGroup, VariantStream, master_playlist, measure_variant
 from ..media.mp4 import read_mp4
 from ..media.runner import RunResult
 from ..media.variants import Candidate, choose_variants, dropped_text
@@ -32,7 +32,8 @@ def packaged_renditions(
     renditions: dict[str, Path], spec: PipelineSpec, source_height: int
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """The renditions that become variants, and why each other one was left out (see
-    `media.variants.choose_variants`: rungs above the source, several of one resolution)."""
+    `media.variants.choose_variants`: rungs above the source, several of one resolution in one
+    codec)."""
     rungs = {r.name: r.height for r in spec.ladder}
     candidates = []
     for name, mp4 in renditions.items():
@@ -45,6 +46,7 @@ def packaged_renditions(
                 header.video.height,
                 round(bits / header.duration_s),
                 rungs.get(name),
+                header.video.codec_name,
             )
         )
     kept, dropped = choose_variants(candidates, source_height, spec.packages_above_source)
@@ -107,6 +109,69 @@ def package_hls(
         hashed={f: h for _, _, known in made for f, h in known.items()},
         display={"ladder": ladder_table(variants)},
     )
+
+
+def package_cmaf(
+    renditions: dict[str, Path],
+    audio_kbps: Mapping[str, Optional[int]],
+    cfg: HlsSpec,
+    work: Path,
+    dropped: Mapping[str, str],
+) -> StageOutput:
+    """One Shaka Packager run: each rendition's video and each distinct audio (by bitrate, from
+    `audio_kbps`: a rung's; None, a rendition of your own, keeps its own) as CMAF segments, a
+    static DASH MPD over them, and our multivariant playlist over Shaka's media playlists, each
+    rung with the audio it was encoded with."""
+    out = work / "hls"
+    headers = {name: read_mp4(mp4) for name, mp4 in renditions.items()}
+    audio_of: dict[str, str] = {}  # rendition -> its audio track's folder
+    groups: list[AudioGroup] = []
+    tracks = [cmaf.Track(name, mp4, "video") for name, mp4 in renditions.items()]
+    for name, mp4 in renditions.items():
+        if headers[name].audio_codec is None:
+            continue
+        kbps = audio_kbps.get(name)
+        group = f"audio_{kbps}k" if kbps else f"audio_{name}"
+        if group not in audio_of.values():
+            tracks.append(cmaf.Track(group, mp4, "audio", group=group))
+            groups.append(
+                AudioGroup(group, f"{group}/index.m3u8", headers[name].audio_channels or 2)
+            )
+        audio_of[name] = group
+    run = cmaf.run_packager(cmaf.packager_args(tracks, out, segment_s=cfg.segment_s))
+    (out / ".shaka-master.m3u8").unlink()
+    measured = {t.name: measure_variant(out / t.name / "index.m3u8") for t in tracks}
+    variants = []
+    for name, header in headers.items():
+        peak, average, version = measured[name]
+        group = audio_of.get(name)
+        if group:
+            peak, average = peak + measured[group][0], average + measured[group][1]
+        video = header.video
+        variants.append(
+            VariantStream(
+                f"{name}/index.m3u8",
+                version,
+                video.width,
+                video.height,
+                float(video.frame_rate) if video.frame_rate else None,
+                header.codecs,
+                peak,
+                average,
+                group,
+            )
+        )
+    (out / "master.m3u8").write_text(master_playlist(variants, groups))
+    facts = {
+        "variants": len(variants),
+        "audio_tracks": len(groups),
+        "segment_s": cfg.segment_s,
+        "segment_type": cfg.segment_type,
+        "dash": cmaf.DASH_MANIFEST,
+        "packager": cmaf.packager_version(run.argv[0]),
+        "dropped": dropped_text(dropped),
+    }
+    return StageOutput(out, facts, [run], display={"ladder": ladder_table(variants)})
 
 
 LADDER_SCHEMA = TableSchema(
@@ -183,6 +248,11 @@ def assets(
         kept, dropped = packaged_renditions(by_name, spec, video.height)
         if dropped:
             context.log.info(f"left out of the package: {dropped_text(dropped)}")
+        if spec.hls.segment_type == "cmaf":
+            rungs = {r.name: r.audio_bitrate_kbps for r in spec.ladder}
+            return package_cmaf(
+                kept, {n: rungs.get(n) for n in kept}, spec.hls, context.work, dropped
+            )
         return package_hls(kept, spec.hls, context.ffmpeg, context.work, dropped)
 
     return [hls]

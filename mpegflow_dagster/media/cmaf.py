@@ -1,0 +1,137 @@
+"""CMAF packaging with Shaka Packager: one set of fMP4 segments per track (each rendition's video,
+each distinct audio apart), and a static DASH MPD over them; the HLS media playlists over the
+same segments come with it, the multivariant playlist is ours (`hls.master_playlist`: honest
+BANDWIDTH, each rung with the audio it was encoded with).
+
+Why Shaka Packager, not FFmpeg's dash muxer: it is the field's reference packager, it writes
+CMAF segments and both manifests in one run over all renditions (FFmpeg's would need them all as
+inputs of one process and writes HLS master CODECS of its own), and it can encrypt them with CENC
+`cbcs`, which FFmpeg 5.1's MP4 muxer cannot (`cenc-aes-ctr` only). Its static Linux binary comes
+in the npm package `shaka-packager` (`make packager`). No Dagster here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .runner import RunResult
+
+DASH_MANIFEST = "manifest.mpd"
+PACKAGER_VERSION = "3.4.2"  # the npm package `make packager` installs
+_BUNDLED = Path("shaka") / "node_modules" / "shaka-packager" / "bin" / "packager-linux-x64"
+
+
+class PackagerNotFound(RuntimeError):
+    failure_class = "permanent"
+    reason = "config.packager_not_found"
+
+
+class PackagerFailed(RuntimeError):
+    """Shaka Packager exited non-zero: the renditions it was given did not package."""
+
+    failure_class = "permanent"
+    reason = "package.packager_failed"
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        last = result.stderr_tail.strip().splitlines()[-1:] or ["(no stderr)"]
+        super().__init__(f"packager failed: exit status {result.returncode}: {last[0]}")
+
+
+def find_packager() -> str:
+    """$MPEGFLOW_PACKAGER if set (and then only that), else `packager` on PATH, else the one
+    `make packager` put in this virtualenv."""
+    named = os.environ.get("MPEGFLOW_PACKAGER")
+    candidates = [named] if named else [shutil.which("packager"), str(Path(sys.prefix) / _BUNDLED)]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise PackagerNotFound(
+        "Shaka Packager was not found"
+        + (f" at MPEGFLOW_PACKAGER={named}" if named else "")
+        + ": CMAF packaging (hls.segment_type: cmaf) needs it. Run `make packager` (npm package "
+        f"shaka-packager {PACKAGER_VERSION} into .venv/shaka), or set MPEGFLOW_PACKAGER"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def packager_version(packager: str) -> str:
+    """As the binary says it, e.g. `v3.4.2-c819dea-release`: for provenance."""
+    proc = subprocess.run([packager, "--version"], capture_output=True, text=True, timeout=30)
+    return proc.stdout.strip().rsplit(" ", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Track:
+    """One packaged track: `stream` ("video" or "audio") of the MP4 `source`, into folder `name`."""
+
+    name: str
+    source: Path
+    stream: str
+    group: Optional[str] = None  # the HLS audio group an audio track belongs to
+
+
+def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list[str]:
+    """Every track segmented on its keyframes (the renditions have them on common marks every
+    gop_s, and segment_s is a multiple of it) into `<name>/init.mp4` and `<name>/NNNNN.m4s` with
+    a media playlist `<name>/index.m3u8`, and a static `manifest.mpd` over all of them."""
+    out_dir = Path(out_dir).resolve()
+    descriptors = []
+    for t in tracks:
+        fields = {
+            "in": str(Path(t.source).resolve()),
+            "stream": t.stream,
+            "init_segment": str(out_dir / t.name / "init.mp4"),
+            "segment_template": str(out_dir / t.name / "$Number%05d$.m4s"),
+            "playlist_name": f"{t.name}/index.m3u8",
+            **({"hls_group_id": t.group, "hls_name": t.group} if t.group else {}),
+        }
+        descriptors.append(",".join(f"{k}={v}" for k, v in fields.items()))
+    return [
+        *descriptors,
+        "--segment_duration",
+        str(segment_s),
+        "--generate_static_live_mpd",
+        "--mpd_output",
+        str(out_dir / DASH_MANIFEST),
+        "--hls_playlist_type",
+        "VOD",
+        # creation and modification times 0, as FFmpeg's +bitexact writes them: the same
+        # renditions give the same segments and manifests on every run
+        "--use_fake_clock_for_muxer",
+        # its own multivariant playlist pairs every video with every audio group; ours is written
+        # beside it from the media playlists
+        "--hls_master_playlist_output",
+        str(out_dir / ".shaka-master.m3u8"),
+    ]
+
+
+def run_packager(args: list[str], *, timeout_s: Optional[float] = None) -> RunResult:
+    """Run Shaka Packager and wait for it. Raises PackagerFailed unless it exited 0."""
+    argv = [find_packager(), *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started_at, start = time.time(), time.monotonic()
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = RunResult(
+        argv=argv,
+        returncode=proc.returncode,
+        stderr_tail="\n".join(proc.stderr.splitlines()[-60:]),
+        wall_s=time.monotonic() - start,
+        cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        started_at=started_at,
+    )
+    if proc.returncode != 0:
+        raise PackagerFailed(result)
+    return result

@@ -1,0 +1,163 @@
+// Plays a package in Debian's headless Chromium, its HLS playlist with hls.js or its DASH MPD
+// with dash.js, and reports as JSON on stdout which variants the player offers and, for each,
+// whether it played: selected, its segments buffered, frames decoded and the clock moving
+// (tests/test_codecs.py asserts on it).
+//
+//   node play.mjs <job.json>
+//   job: {"player": "hls" | "dash", "page": "http://127.0.0.1:PORT/",
+//         "manifest": "hls/master.m3u8", "chromium": "/usr/bin/chromium"}
+//
+// `page` is any page of the server that serves the package (same origin, so no CORS).
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const job = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const scripts = {
+  hls: "hls.js/dist/hls.min.js",
+  dash: "dashjs/dist/modern/umd/dash.all.min.js",
+};
+const library = fileURLToPath(new URL(`node_modules/${scripts[job.player]}`, import.meta.url));
+const profile = mkdtempSync(join(tmpdir(), "mpegflow-chromium-"));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: job.chromium,
+  headless: true,
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+
+let report;
+try {
+  const page = await context.newPage();
+  await page.goto(job.page, { waitUntil: "domcontentloaded", timeout: 60000 });
+  await page.addScriptTag({ path: library });
+  report = await page.evaluate(async ({ player, manifest }) => {
+    const video = document.createElement("video");
+    video.muted = true;
+    document.body.appendChild(video);
+    const errors = [];
+    const buffered = new Set(); // ids of the variants with a segment in the buffer
+    const wait = async (ok, ms) => {
+      for (const end = Date.now() + ms; Date.now() < end; ) {
+        if (ok()) return true;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return false;
+    };
+
+    // Each adapter lists the variants ({id, uri, codecs, height}) and plays one of them from the
+    // start in a player of its own (`open(variant)`), returning what it plays now.
+    const adapters = {
+      async hls() {
+        const Hls = window.Hls;
+        let hls = null;
+        const open = async (index) => {
+          hls?.destroy();
+          hls = new Hls({ startLevel: index ?? 0, capLevelToPlayerSize: false });
+          hls.on(Hls.Events.ERROR, (_, d) => errors.push(`${d.details} fatal=${d.fatal}`));
+          hls.on(Hls.Events.FRAG_BUFFERED, (_, d) => buffered.add(String(d.frag.level)));
+          const parsed = new Promise((r) => hls.on(Hls.Events.MANIFEST_PARSED, r));
+          hls.loadSource(manifest);
+          hls.attachMedia(video);
+          await parsed;
+          if (index !== undefined) hls.currentLevel = index; // and no ABR switching after
+          return hls;
+        };
+        const listed = (await open()).levels.map((level, i) => ({
+          id: String(i),
+          uri: level.url[0].split("/").slice(-2).join("/"),
+          codecs: level.videoCodec,
+          height: level.height,
+        }));
+        return {
+          variants: listed,
+          play: async (v) => (await open(Number(v.id)), () => String(hls.currentLevel)),
+        };
+      },
+      async dash() {
+        const dashjs = window.dashjs;
+        const events = dashjs.MediaPlayer.events;
+        let dash = null;
+        const open = async () => {
+          dash?.reset();
+          dash = dashjs.MediaPlayer().create();
+          dash.updateSettings({ streaming: { abr: { autoSwitchBitrate: { video: false } } } });
+          dash.on(events.ERROR, (e) => errors.push(`${JSON.stringify(e.error)} fatal=true`));
+          dash.on(events.FRAGMENT_LOADING_COMPLETED, (e) => {
+            if (e.request.mediaType === "video") buffered.add(String(e.request.representation.id));
+          });
+          const ready = new Promise((r) => dash.on(events.STREAM_INITIALIZED, r));
+          dash.initialize(video, manifest, false);
+          await ready;
+          return dash;
+        };
+        const listed = [];
+        const first = await open();
+        first.getTracksFor("video").forEach((track, t) => {
+          first.setCurrentTrack(track);
+          for (const rep of first.getRepresentationsByType("video")) {
+            listed.push({ id: String(rep.id), uri: `${rep.codecs} ${rep.height}p`, t, ...rep });
+          }
+        });
+        return {
+          variants: listed.map(({ id, uri, codecs, height }) => ({ id, uri, codecs, height })),
+          play: async (v) => {
+            const { t } = listed.find((l) => l.id === v.id);
+            await open();
+            dash.setCurrentTrack(dash.getTracksFor("video")[t]); // one AdaptationSet a codec
+            dash.setRepresentationForTypeById("video", v.id, true);
+            return () => String(dash.getCurrentRepresentationForType("video")?.id);
+          },
+        };
+      },
+    };
+
+    const { variants, play } = await adapters[player]();
+    const frames = () => video.getVideoPlaybackQuality().totalVideoFrames;
+    const played = [];
+    for (const v of variants) {
+      buffered.clear();
+      const current = await play(v);
+      const before = { frames: frames(), time: video.currentTime };
+      await video.play();
+      const ok = await wait(
+        () =>
+          current() === v.id &&
+          buffered.has(v.id) &&
+          frames() > before.frames + 10 &&
+          video.currentTime > before.time + 0.3,
+        20000,
+      );
+      played.push({
+        uri: v.uri,
+        codecs: v.codecs,
+        height: v.height,
+        played: ok,
+        seen: { current: current(), buffered: [...buffered], frames: frames() - before.frames },
+      });
+    }
+    return {
+      variants: played,
+      errors,
+      supported: Object.fromEntries(
+        ["avc1.640028", "hvc1.1.6.L60.90", "av01.0.00M.08"].map((c) => [
+          c,
+          window.MediaSource.isTypeSupported(`video/mp4; codecs="${c}"`),
+        ]),
+      ),
+    };
+  }, job);
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+process.stdout.write(JSON.stringify(report) + "\n");
