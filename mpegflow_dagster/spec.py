@@ -103,6 +103,15 @@ class HlsSpec(_Strict):
     )
 
 
+class SubtitleSpec(_Strict):
+    enabled: bool = Field(
+        default=True,
+        description="A CMAF package (hls.segment_type: cmaf) gets a selectable WebVTT track per "
+        "subtitle sidecar of the source: `movie.<language>.srt|vtt` (BCP 47, e.g. fr, pt-BR) "
+        "and the plain `movie.srt` as `und`. False: no subtitles asset.",
+    )
+
+
 StepKind = Literal["ingest", "encode", "captions", "package", "emit"]
 
 
@@ -176,6 +185,7 @@ class PipelineSpec(_Strict):
     thumbnails: ThumbnailSpec = ThumbnailSpec()
     captions: CaptionSpec = CaptionSpec()
     hls: HlsSpec = HlsSpec()
+    subtitles: SubtitleSpec = SubtitleSpec()
     emit: EmitSpec = EmitSpec()
     failures: FailureSpec = FailureSpec()
     presets: dict[str, Preset] = Field(
@@ -257,6 +267,11 @@ class PipelineSpec(_Strict):
         if self.hls.above_source is None:
             return self.upscale
         return self.hls.above_source == "keep"
+
+    @property
+    def packages_subtitles(self) -> bool:
+        """Whether the package gets subtitle tracks (a subtitles asset): CMAF only."""
+        return self.subtitles.enabled and self.hls.segment_type == "cmaf"
 
     @property
     def renditions_required(self) -> int:

@@ -28,6 +28,7 @@ from mpegflow_dagster.media.cmaf import (
     packager_version,
 )
 from mpegflow_dagster.media.mp4 import read_mp4
+from mpegflow_dagster.media.synth import write_srt
 from mpegflow_dagster.presets import PresetError, load_presets
 from mpegflow_dagster.project import refuse_missing_encoders
 from mpegflow_dagster.runs import materialize_video
@@ -139,6 +140,9 @@ def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
     (chunk_s 4, thumbnails every 2 s: cuts on the 2 s marks), each on its own storage: the
     delivery folder and each rendition's provenance."""
     source = make_source(duration_s=10.0, width=320, height=180, fps="30000/1001")
+    write_srt(source.with_name("clip.fr.srt"), 10.0, text="BONJOUR")
+    write_srt(source.with_name("clip.en.srt"), 10.0, text="HELLO")
+    source.with_name("clip.de.srt").write_bytes(b"\x00\xff JFIF not subtitles" * 50)
     changes = {
         "ladder": LADDER,
         "hls": CMAF,
@@ -171,6 +175,16 @@ def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
             assert emit.asset_materialization is not None
             provenance["emit"] = {
                 k: v.value for k, v in emit.asset_materialization.metadata.items()
+            }
+            [subs] = instance.fetch_materializations(
+                AssetRecordsFilter(
+                    asset_key=AssetKey(["vod", "subtitles"]), asset_partitions=["clip"]
+                ),
+                limit=1,
+            ).records
+            assert subs.asset_materialization is not None
+            provenance["subtitles"] = {
+                k: v.value for k, v in subs.asset_materialization.metadata.items()
             }
         runs.append((Path(project.settings.delivery_dir) / "clip", provenance))
     return runs
@@ -290,6 +304,7 @@ def test_hls_js_in_chromium_plays_every_h264_and_av1_variant_of_the_cmaf_package
     delivery, _ = multi_codec[0]
     report = play("hls", delivery, "hls/master.m3u8", tmp_path)
     assert played(report) == PLAYABLE
+    assert sorted(report["subtitles"]) == ["en", "fr"]
 
 
 @pytest.mark.slow
@@ -299,11 +314,13 @@ def test_dash_js_in_chromium_plays_every_h264_and_av1_variant_of_the_same_segmen
     delivery, _ = multi_codec[0]
     report = play("dash", delivery, "hls/manifest.mpd", tmp_path)
     assert played(report) == PLAYABLE
+    assert sorted(report["subtitles"]) == ["en", "fr"]
 
 
 def test_hls_and_dash_point_at_one_set_of_cmaf_segments(multi_codec):
     """Each track's folder holds its init segment and media segments once; the DASH MPD's
-    SegmentTemplate and the HLS media playlist of that folder name exactly those files."""
+    SegmentTemplate and the HLS media playlist of that folder name exactly those files (a
+    subtitle track's cues are there twice: WebVTT segments for HLS, fMP4 for dash.js)."""
     delivery, _ = multi_codec[0]
     package = delivery / "hls"
     ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
@@ -323,13 +340,24 @@ def test_hls_and_dash_point_at_one_set_of_cmaf_segments(multi_codec):
             media.replace("$Number%05d$", f"{n:05d}").split("/")[1]
             for n in range(start, start + count)
         }
-    assert set(folders) == {r["name"] for r in LADDER} | {"audio_64k", "audio_128k"}
+    texts = {"subtitles_en", "subtitles_fr"}
+    assert set(folders) == {r["name"] for r in LADDER} | {"audio_64k", "audio_128k"} | texts
     for folder, segments in folders.items():
         on_disk = {p.name for p in (package / folder).iterdir()}
-        assert on_disk == segments | {"init.mp4", "index.m3u8"}, folder
         playlist = (package / folder / "index.m3u8").read_text()
-        assert {ln for ln in playlist.splitlines() if ln.endswith(".m4s")} == segments, folder
-        assert '#EXT-X-MAP:URI="init.mp4"' in playlist
+        listed = {ln for ln in playlist.splitlines() if ln.endswith((".m4s", ".vtt"))}
+        if folder in texts:  # HLS: segmented WebVTT; DASH: the same cues in fMP4 (wvtt)
+            assert listed == {n.replace(".m4s", ".vtt") for n in segments}, folder
+            assert on_disk == segments | listed | {"init.mp4", "index.m3u8"}, folder
+            assert "#EXT-X-MAP" not in playlist
+        else:
+            assert listed == segments, folder
+            assert on_disk == segments | {"init.mp4", "index.m3u8"}, folder
+            assert '#EXT-X-MAP:URI="init.mp4"' in playlist
+    fr = (package / "subtitles_fr" / "00002.vtt").read_text()
+    assert fr.startswith("WEBVTT") and "BONJOUR 2" in fr
+    langs = {a.get("lang") for a in mpd.iterfind(".//d:AdaptationSet[@contentType='text']", ns)}
+    assert langs == {"en", "fr"}
     emitted = multi_codec[0][1]["emit"]
     assert emitted["hls_entry"].endswith("/clip/hls/master.m3u8")
     assert emitted["hls_dash_entry"].endswith("/clip/hls/manifest.mpd")
@@ -337,6 +365,14 @@ def test_hls_and_dash_point_at_one_set_of_cmaf_segments(multi_codec):
     # each rung with the audio it was encoded with (the AV1 and HEVC rungs: the preset's 128 k)
     assert 'AUDIO="audio_64k"' in master.split("180p/index.m3u8")[0].split("\n")[-2]
     assert master.count('TYPE=AUDIO,GROUP-ID="audio_') == 2
+    assert 'TYPE=SUBTITLES,GROUP-ID="subs",NAME="fr",LANGUAGE="fr"' in master
+    assert master.count('SUBTITLES="subs"') == len(LADDER)
+
+
+def test_a_subtitle_file_that_is_not_text_is_left_out_alone_and_named(multi_codec):
+    subtitles = multi_codec[0][1]["subtitles"]
+    assert subtitles["languages"] == "en, fr"
+    assert subtitles["rejected"].startswith("de: the de subtitle file is not a valid SRT or WebVTT")
 
 
 def test_cmaf_without_the_packager_says_how_to_install_it(monkeypatch, tmp_path):

@@ -241,12 +241,14 @@ def test_io_manager_round_trip_through_dagster(s3, bucket, tmp_path):
     )  # the downstream asset read a cached download
 
 
-def test_download_source_streams_the_video_and_its_sidecar(s3, bucket, tmp_path):
+def test_download_source_streams_the_video_and_its_sidecars(s3, bucket, tmp_path):
     client = s3.get_client()
     client.put_object(Bucket=bucket, Key="in/../Ma Vidéo.MP4", Body=b"video-bytes")
     client.put_object(
         Bucket=bucket, Key="in/../Ma Vidéo.srt", Body=b"1\n00:00:00,000 --> 00:00:01,000\nhi\n"
     )
+    for name in ("Ma Vidéo.fr.srt", "Ma Vidéo.pt-BR.vtt", "Ma Vidéo.final.mp4", "Ma Vidéo.x.srt"):
+        client.put_object(Bucket=bucket, Key=f"in/../{name}", Body=name.encode())
     client.put_object(Bucket=bucket, Key="in/plain.mov", Body=b"mov")
 
     path = download_source(client, f"s3://{bucket}/in/../Ma Vidéo.MP4", tmp_path / "dl")
@@ -256,6 +258,10 @@ def test_download_source_streams_the_video_and_its_sidecar(s3, bucket, tmp_path)
         and path.read_bytes() == b"video-bytes"
     )
     assert path.with_suffix(".srt").read_bytes().startswith(b"1\n")
+    # the language-tagged sidecars too, by the source's local stem (`stages.ingest` finds them)
+    beside = {p.name for p in path.parent.iterdir()} - {path.name, path.with_suffix(".srt").name}
+    assert beside == {f"{path.stem}.fr.srt", f"{path.stem}.pt-BR.vtt"}
+    assert path.with_name(f"{path.stem}.fr.srt").read_bytes() == "Ma Vidéo.fr.srt".encode()
     plain = download_source(client, f"s3://{bucket}/in/plain.mov", tmp_path / "dl")
     assert plain.name == "plain.mov" and not plain.with_suffix(".srt").exists()
     with pytest.raises(FileNotFoundError, match="no object at"):

@@ -70,34 +70,66 @@ def packager_version(packager: str) -> str:
     return proc.stdout.strip().rsplit(" ", 1)[-1]
 
 
+SUBTITLES_GROUP = "subs"
+
+
 @dataclass(frozen=True)
 class Track:
-    """One packaged track: `stream` ("video" or "audio") of the MP4 `source`, into folder `name`."""
+    """One packaged track: `stream` ("video", "audio": of the MP4 `source`; "text": the WebVTT
+    file `source`) into folder `name`."""
 
     name: str
     source: Path
     stream: str
     group: Optional[str] = None  # the HLS audio group an audio track belongs to
+    language: Optional[str] = None  # of a text track (BCP 47)
 
 
 def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list[str]:
     """Every track segmented on its keyframes (the renditions have them on common marks every
     gop_s, and segment_s is a multiple of it) into `<name>/init.mp4` and `<name>/NNNNN.m4s` with
-    a media playlist `<name>/index.m3u8`, and a static `manifest.mpd` over all of them."""
+    a media playlist `<name>/index.m3u8` (a text track: `NNNNN.vtt` for HLS beside them), and a
+    static `manifest.mpd` over all of them."""
     out_dir = Path(out_dir).resolve()
     descriptors = []
     for t in tracks:
-        fields = {
-            "in": str(Path(t.source).resolve()),
-            "stream": t.stream,
-            "init_segment": str(out_dir / t.name / "init.mp4"),
-            "segment_template": str(out_dir / t.name / "$Number%05d$.m4s"),
-            "playlist_name": f"{t.name}/index.m3u8",
-            **({"hls_group_id": t.group, "hls_name": t.group} if t.group else {}),
-        }
-        descriptors.append(",".join(f"{k}={v}" for k, v in fields.items()))
+        source = {"in": str(Path(t.source).resolve()), "stream": t.stream}
+        folder = out_dir / t.name
+        if t.stream == "text":
+            # HLS players read segmented WebVTT; dash.js reads WebVTT in fMP4 (wvtt) only: the
+            # same cues twice, side by side in the track's folder
+            language = t.language or "und"
+            descriptors += [
+                {
+                    **source,
+                    "segment_template": str(folder / "$Number%05d$.vtt"),
+                    "playlist_name": f"{t.name}/index.m3u8",
+                    "hls_group_id": SUBTITLES_GROUP,
+                    "hls_name": language,
+                    "language": language,
+                    "hls_only": "1",
+                },
+                {
+                    **source,
+                    "format": "mp4",
+                    "init_segment": str(folder / "init.mp4"),
+                    "segment_template": str(folder / "$Number%05d$.m4s"),
+                    "language": language,
+                    "dash_only": "1",
+                },
+            ]
+        else:
+            descriptors.append(
+                {
+                    **source,
+                    "init_segment": str(folder / "init.mp4"),
+                    "segment_template": str(folder / "$Number%05d$.m4s"),
+                    "playlist_name": f"{t.name}/index.m3u8",
+                    **({"hls_group_id": t.group, "hls_name": t.group} if t.group else {}),
+                }
+            )
     return [
-        *descriptors,
+        *(",".join(f"{k}={v}" for k, v in d.items()) for d in descriptors),
         "--segment_duration",
         str(segment_s),
         "--generate_static_live_mpd",

@@ -264,6 +264,17 @@ def join_args(listing: Path, audio: Optional[Path], out: Path) -> list[str]:
     ).get_args()
 
 
+def webvtt_args(src: Path, out: Path) -> list[str]:
+    """A subtitle file (SRT or WebVTT, as `safety` lets through) as WebVTT, its cues as they are."""
+    return ffmpeg.output(
+        _input(src, formats="srt,webvtt"),
+        _output_name(out),
+        **{"c:s": "webvtt"},
+        f="webvtt",
+        **_BITEXACT,
+    ).get_args()
+
+
 def sprite_args(
     thumb_dir: Path, out: Path, *, columns: int, rows: int, tile_width: int, quality: int
 ) -> list[str]:

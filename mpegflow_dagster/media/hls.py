@@ -18,6 +18,7 @@ class VariantStream:
     peak_bps: int
     average_bps: int
     audio_group: Optional[str] = None  # CMAF: the GROUP-ID of its audio (an AudioGroup)
+    subtitles_group: Optional[str] = None  # CMAF: the GROUP-ID of the subtitle tracks
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,15 @@ class AudioGroup:
     group: str
     uri: str
     channels: int
+
+
+@dataclass(frozen=True)
+class SubtitleTrack:
+    """A selectable subtitle track (segmented WebVTT), one language of the subtitles group."""
+
+    group: str
+    uri: str
+    language: str
 
 
 # A segment this short (the few milliseconds of audio past the last video frame) is mostly its
@@ -58,7 +68,11 @@ def measure_variant(playlist: Path) -> tuple[int, int, int]:
     return int(round(peak)), int(round(sum(b for b, _ in segments) / total_s)), version
 
 
-def master_playlist(variants: list[VariantStream], audio: Sequence[AudioGroup] = ()) -> str:
+def master_playlist(
+    variants: list[VariantStream],
+    audio: Sequence[AudioGroup] = (),
+    subtitles: Sequence[SubtitleTrack] = (),
+) -> str:
     """Variants ordered by bandwidth, lowest first (players start there); with `audio`, a
     variant's BANDWIDTH counts its audio group's too (the caller adds it)."""
     version = max(v.version for v in variants)
@@ -68,6 +82,11 @@ def master_playlist(variants: list[VariantStream], audio: Sequence[AudioGroup] =
             f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{a.group}",NAME="{a.group}",DEFAULT=YES,'
             f'AUTOSELECT=YES,CHANNELS="{a.channels}",URI="{a.uri}"'
         )
+    for t in subtitles:  # offered, never forced on: DEFAULT=NO
+        lines.append(
+            f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{t.group}",NAME="{t.language}",'
+            f'LANGUAGE="{t.language}",DEFAULT=NO,AUTOSELECT=YES,URI="{t.uri}"'
+        )
     for v in sorted(variants, key=lambda v: (v.peak_bps, v.height)):
         attrs = [
             f"BANDWIDTH={v.peak_bps}",
@@ -76,6 +95,7 @@ def master_playlist(variants: list[VariantStream], audio: Sequence[AudioGroup] =
             *([f"FRAME-RATE={v.frame_rate:.3f}"] if v.frame_rate else []),
             f'CODECS="{v.codecs}"',
             *([f'AUDIO="{v.audio_group}"'] if v.audio_group else []),
+            *([f'SUBTITLES="{v.subtitles_group}"'] if v.subtitles_group else []),
         ]
         lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), v.uri]
     return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ from botocore.exceptions import (
 )
 
 from ..media.classify import Classification
+from ..media.sidecars import sidecar_language
 from ..storage import ArtifactRecord, Digest, describe
 from ..videos import video_key
 
@@ -376,7 +377,8 @@ def download_source(
 
     The local file is named `video_key(<basename>)` plus the lowercased extension (any object key
     gives a safe local name); the first existing sidecar (same key stem, one of
-    `caption_extensions`) is downloaded beside it with the same stem, where `stages.ingest` finds it.
+    `caption_extensions`) and every language-tagged one (`<stem>.<language><ext>`, see
+    `media.sidecars`) are downloaded beside it with the same stem, where `stages.ingest` finds them.
     """
     bucket, key = parse_s3_uri(uri)
     name = key.rsplit("/", 1)[-1]
@@ -403,6 +405,15 @@ def download_source(
                 continue
             raise
         break
+    stem = stem_key.rsplit("/", 1)[-1]
+    for entry in iter_objects(s3_client, bucket, f"{stem_key}."):
+        name = entry["Key"].rsplit("/", 1)[-1]
+        language = sidecar_language(name, stem, caption_extensions)
+        if language:
+            ext = name[len(stem) + 1 + len(language) :]
+            s3_client.download_file(
+                bucket, entry["Key"], str(dest.with_name(f"{dest.stem}.{language}{ext}"))
+            )
     return dest
 
 

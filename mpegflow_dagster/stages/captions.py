@@ -15,6 +15,16 @@ from .ingest import captions_file, load_probe
 from .toolkit import MediaRejected, StageOutput, Tools
 
 
+def check_subtitle_file(path: Path, tools: Tools, named: str) -> None:
+    """MediaRejected (`input.invalid_captions`) unless `path` reads as SRT or WebVTT."""
+    try:
+        probe(path, tools.ffprobe, formats="srt,webvtt")
+    except ProbeError as exc:
+        raise MediaRejected(
+            f"{named} is not a valid SRT or WebVTT file ({exc})", reason="input.invalid_captions"
+        ) from exc
+
+
 def burn_captions(
     ingest_dir: Path,
     info: MediaInfo,
@@ -28,13 +38,7 @@ def burn_captions(
     sidecar = captions_file(ingest_dir)
     if sidecar is None:
         return None
-    try:
-        probe(sidecar, tools.ffprobe, formats="srt,webvtt")
-    except ProbeError as exc:
-        raise MediaRejected(
-            f"caption sidecar {sidecar_name} is not a valid SRT or WebVTT file ({exc})",
-            reason="input.invalid_captions",
-        ) from exc
+    check_subtitle_file(sidecar, tools, f"caption sidecar {sidecar_name}")
     rung = spec.rendition(spec.captions.rendition)
     return encode_rendition(
         ingest_dir, info, spec, rung, tools, work, subtitles=sidecar, label="captioned"

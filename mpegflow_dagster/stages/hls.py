@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from dagster import (
+    AssetKey,
     AssetsDefinition,
     Failure,
     MetadataValue,
@@ -16,7 +17,13 @@ from dagster import (
 )
 
 from ..media import cmaf, commands
-from ..media.hls import AudioGroup, VariantStream, master_playlist, measure_variant
+from ..media.hls import (
+    AudioGroup,
+    SubtitleTrack,
+    VariantStream,
+    master_playlist,
+    measure_variant,
+)
 from ..media.mp4 import read_mp4
 from ..media.runner import RunResult
 from ..media.variants import Candidate, choose_variants, dropped_text
@@ -25,6 +32,7 @@ from ..stage import StageContext, StepLayout, pipeline_key, video_asset
 from ..storage import sha256_files
 from .encode import rendition_asset_name
 from .ingest import load_probe
+from .subtitles import load_tracks
 from .toolkit import StageOutput, Tools
 
 
@@ -117,11 +125,13 @@ def package_cmaf(
     cfg: HlsSpec,
     work: Path,
     dropped: Mapping[str, str],
+    subtitles: Mapping[str, Path] = {},
 ) -> StageOutput:
     """One Shaka Packager run: each rendition's video and each distinct audio (by bitrate, from
-    `audio_kbps`: a rung's; None, a rendition of your own, keeps its own) as CMAF segments, a
-    static DASH MPD over them, and our multivariant playlist over Shaka's media playlists, each
-    rung with the audio it was encoded with."""
+    `audio_kbps`: a rung's; None, a rendition of your own, keeps its own) as CMAF segments, each
+    of `subtitles` (WebVTT by language) as segmented WebVTT, a static DASH MPD over them, and our
+    multivariant playlist over Shaka's media playlists, each rung with the audio it was encoded
+    with."""
     out = work / "hls"
     headers = {name: read_mp4(mp4) for name, mp4 in renditions.items()}
     audio_of: dict[str, str] = {}  # rendition -> its audio track's folder
@@ -138,9 +148,19 @@ def package_cmaf(
                 AudioGroup(group, f"{group}/index.m3u8", headers[name].audio_channels or 2)
             )
         audio_of[name] = group
+    texts = [
+        SubtitleTrack(cmaf.SUBTITLES_GROUP, f"subtitles_{lang}/index.m3u8", lang)
+        for lang in subtitles
+    ]
+    tracks += [
+        cmaf.Track(f"subtitles_{lang}", vtt, "text", language=lang)
+        for lang, vtt in subtitles.items()
+    ]
     run = cmaf.run_packager(cmaf.packager_args(tracks, out, segment_s=cfg.segment_s))
     (out / ".shaka-master.m3u8").unlink()
-    measured = {t.name: measure_variant(out / t.name / "index.m3u8") for t in tracks}
+    measured = {
+        t.name: measure_variant(out / t.name / "index.m3u8") for t in tracks if t.stream != "text"
+    }
     variants = []
     for name, header in headers.items():
         peak, average, version = measured[name]
@@ -159,12 +179,14 @@ def package_cmaf(
                 peak,
                 average,
                 group,
+                cmaf.SUBTITLES_GROUP if texts else None,
             )
         )
-    (out / "master.m3u8").write_text(master_playlist(variants, groups))
+    (out / "master.m3u8").write_text(master_playlist(variants, groups, texts))
     facts = {
         "variants": len(variants),
         "audio_tracks": len(groups),
+        "subtitles": ", ".join(subtitles) or "none",
         "segment_s": cfg.segment_s,
         "segment_type": cfg.segment_type,
         "dash": cmaf.DASH_MANIFEST,
@@ -217,9 +239,16 @@ def assets(
     packaged = [pipeline_key(spec, rendition_asset_name(r.name)) for r in spec.ladder]
     packaged += [pipeline_key(spec, name) for name in spec.hls.include]
 
+    ins: dict[str, AssetKey | list[AssetKey]] = {
+        "renditions": packaged,
+        "probe": pipeline_key(spec, "probe"),
+    }
+    if spec.packages_subtitles:
+        ins["subtitles"] = pipeline_key(spec, "subtitles")
+
     @video_asset(
         key=pipeline_key(spec, "hls"),
-        ins={"renditions": packaged, "probe": pipeline_key(spec, "probe")},
+        ins=ins,
         code_version=version(spec.hls),
         announces="package.ready",
         retry=spec.failures.retry_for("package"),
@@ -229,7 +258,12 @@ def assets(
         description="HLS VOD: one variant per rendition (none above the source unless "
         "hls.above_source: keep, one per resolution) and a master playlist.",
     )
-    def hls(context: StageContext, renditions: list[Path], probe: Path) -> StageOutput:
+    def hls(
+        context: StageContext,
+        renditions: list[Path],
+        probe: Path,
+        subtitles: Optional[Path] = None,
+    ) -> StageOutput:
         by_name = {path.stem: path for path in renditions}
         if len(by_name) < len(renditions):
             raise Failure(
@@ -251,7 +285,12 @@ def assets(
         if spec.hls.segment_type == "cmaf":
             rungs = {r.name: r.audio_bitrate_kbps for r in spec.ladder}
             return package_cmaf(
-                kept, {n: rungs.get(n) for n in kept}, spec.hls, context.work, dropped
+                kept,
+                {n: rungs.get(n) for n in kept},
+                spec.hls,
+                context.work,
+                dropped,
+                load_tracks(subtitles) if subtitles is not None else {},
             )
         return package_hls(kept, spec.hls, context.ffmpeg, context.work, dropped)
 

@@ -3,6 +3,7 @@ facts, refusing what must not be encoded. One step, two assets."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from ..media.probe import MediaInfo, ProbeError, probe
 from ..media.safety import MAX_PIXELS, open_in_directory, playlist_signature
+from ..media.sidecars import sidecar_language
 from ..provenance import code_version
 from ..spec import PipelineSpec
 from ..stage import (
@@ -31,6 +33,7 @@ from .toolkit import MediaRejected, StageOutput, Tools
 SOURCE_STEM = "source"
 
 CAPTIONS_STEM = "captions"
+SUBTITLES_STEM = "subtitles"  # subtitles.<language>.<ext>: a language-tagged sidecar
 
 
 def find_sidecar(source: Path, extensions: tuple[str, ...]) -> Optional[Path]:
@@ -41,6 +44,18 @@ def find_sidecar(source: Path, extensions: tuple[str, ...]) -> Optional[Path]:
         if os.path.lexists(candidate):
             return candidate
     return None
+
+
+def language_sidecars(source: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    """The subtitle files named `<source stem>.<language><ext>` (`movie.fr.srt`), by language;
+    the first extension found wins for a language."""
+    found: dict[str, Path] = {}
+    for ext in extensions:
+        for candidate in sorted(source.parent.glob(f"{glob.escape(source.stem)}.*{ext}")):
+            language = sidecar_language(candidate.name, source.stem, [ext])
+            if language:
+                found.setdefault(language, candidate)
+    return found
 
 
 FINGERPRINT_BYTES = 1 << 20
@@ -100,6 +115,9 @@ def ingest(
     copies = {stored: (source, "source")}
     if sidecar:  # a bad one fails the captions stage alone, which names it
         copies[out / f"{CAPTIONS_STEM}{sidecar.suffix.lower()}"] = (sidecar, "caption sidecar")
+    languages = language_sidecars(source, caption_extensions)
+    for language, path in languages.items():  # a bad one is left out of the package alone
+        copies[out / f"{SUBTITLES_STEM}.{language}{path.suffix.lower()}"] = (path, "subtitle file")
     hashed: dict[Path, str] = {}
     for dest, (path, what) in copies.items():
         if origin is None:
@@ -118,6 +136,7 @@ def ingest(
             "original_name": source.name,
             "source_sha256": hashed[stored],
             "caption_sidecar": sidecar.name if sidecar else "none",
+            "subtitle_languages": ", ".join(languages) or "none",
         },
         hashed=hashed,
     )
@@ -125,6 +144,18 @@ def ingest(
 
 def source_file(ingest_dir: Path) -> Path:
     return next(p for p in Path(ingest_dir).iterdir() if p.stem == SOURCE_STEM)
+
+
+def subtitle_files(ingest_dir: Path) -> dict[str, Path]:
+    """The stored subtitle files by language: each language-tagged sidecar, and the plain caption
+    sidecar (`movie.srt`, the one burned in) as `und`, undetermined."""
+    found = {
+        p.name.split(".")[1]: p
+        for p in sorted(Path(ingest_dir).iterdir())
+        if p.name.startswith(f"{SUBTITLES_STEM}.")
+    }
+    plain = captions_file(ingest_dir)
+    return {**({"und": plain} if plain is not None else {}), **found}
 
 
 def captions_file(ingest_dir: Path) -> Optional[Path]:

@@ -1,7 +1,7 @@
 // Plays a package in Debian's headless Chromium, its HLS playlist with hls.js or its DASH MPD
 // with dash.js, and reports as JSON on stdout which variants the player offers and, for each,
-// whether it played: selected, its segments buffered, frames decoded and the clock moving
-// (tests/test_codecs.py asserts on it).
+// whether it played: selected, its segments buffered, frames decoded and the clock moving; and
+// the languages of the subtitle tracks it offers (tests/test_codecs.py asserts on it).
 //
 //   node play.mjs <job.json>
 //   job: {"player": "hls" | "dash", "page": "http://127.0.0.1:PORT/",
@@ -46,6 +46,11 @@ try {
     document.body.appendChild(video);
     const errors = [];
     const buffered = new Set(); // ids of the variants with a segment in the buffer
+    const within = (promise, ms, what) =>
+      Promise.race([
+        promise,
+        new Promise((_, fail) => setTimeout(() => fail(new Error(`no ${what} in ${ms} ms`)), ms)),
+      ]);
     const wait = async (ok, ms) => {
       for (const end = Date.now() + ms; Date.now() < end; ) {
         if (ok()) return true;
@@ -68,7 +73,7 @@ try {
           const parsed = new Promise((r) => hls.on(Hls.Events.MANIFEST_PARSED, r));
           hls.loadSource(manifest);
           hls.attachMedia(video);
-          await parsed;
+          await within(parsed, 30000, "MANIFEST_PARSED");
           if (index !== undefined) hls.currentLevel = index; // and no ABR switching after
           return hls;
         };
@@ -80,6 +85,7 @@ try {
         }));
         return {
           variants: listed,
+          subtitles: hls.subtitleTracks.map((t) => t.lang),
           play: async (v) => (await open(Number(v.id)), () => String(hls.currentLevel)),
         };
       },
@@ -97,7 +103,7 @@ try {
           });
           const ready = new Promise((r) => dash.on(events.STREAM_INITIALIZED, r));
           dash.initialize(video, manifest, false);
-          await ready;
+          await within(ready, 30000, "STREAM_INITIALIZED");
           return dash;
         };
         const listed = [];
@@ -110,6 +116,7 @@ try {
         });
         return {
           variants: listed.map(({ id, uri, codecs, height }) => ({ id, uri, codecs, height })),
+          subtitles: first.getTracksFor("text").map((t) => t.lang),
           play: async (v) => {
             const { t } = listed.find((l) => l.id === v.id);
             await open();
@@ -121,7 +128,7 @@ try {
       },
     };
 
-    const { variants, play } = await adapters[player]();
+    const { variants, subtitles, play } = await adapters[player]();
     const frames = () => video.getVideoPlaybackQuality().totalVideoFrames;
     const played = [];
     for (const v of variants) {
@@ -147,6 +154,7 @@ try {
     }
     return {
       variants: played,
+      subtitles,
       errors,
       supported: Object.fromEntries(
         ["avc1.640028", "hvc1.1.6.L60.90", "av01.0.00M.08"].map((c) => [
