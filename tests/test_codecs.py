@@ -55,7 +55,7 @@ def spec_with(tmp_path: Path, **changes) -> Path:
 
 
 def rung(preset: str, **extra) -> list[dict]:
-    return [{"name": "360p", "height": 360, "video_bitrate_kbps": 500, "preset": preset, **extra}]
+    return [{"name": "360p", "height": 360, "video_bitrate_kbps": 500, "preset": preset} | extra]
 
 
 @pytest.mark.parametrize(
@@ -70,6 +70,15 @@ def rung(preset: str, **extra) -> list[dict]:
         (
             {"ladder": rung("svtav1-vod", level="4.0"), "hls": FMP4},
             "leave level unset (libsvtav1 picks it)",
+        ),
+        (
+            {"ladder": rung("svtav1-vod", video_bitrate_kbps=80000), "hls": FMP4},
+            "its cap (video_bitrate_kbps x maxrate_factor = 120000 kb/s) is above the 100000",
+        ),
+        (
+            {"ladder": rung("x265-main10-vod"), "hls": FMP4},
+            "profile main10 goes with a 10-bit pix_fmt (yuv420p10le) and main with 8 bits; "
+            "the preset's is yuv420p10le",
         ),
     ],
 )
@@ -134,6 +143,15 @@ def tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
+def latest(instance, name: str) -> dict:
+    """The metadata values of asset `vod/<name>`'s latest materialization of video `clip`."""
+    [record] = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(["vod", name]), asset_partitions=["clip"]), limit=1
+    ).records
+    assert record.asset_materialization is not None
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
 @pytest.fixture(scope="module")
 def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
     """Two runs of an H.264 + HEVC + AV1 ladder on the same 29.97 fps source, cut in time chunks
@@ -161,31 +179,10 @@ def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
             assert result.success
             provenance = {}
             for r in LADDER:
-                key = AssetKey(["vod", f"rendition_{r['name']}"])
-                [record] = instance.fetch_materializations(
-                    AssetRecordsFilter(asset_key=key, asset_partitions=["clip"]), limit=1
-                ).records
-                assert record.asset_materialization is not None
-                meta = record.asset_materialization.metadata
-                provenance[r["name"]] = {**meta["provenance"].value, "path": meta["path"].value}
-            [emit] = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=AssetKey(["vod", "emit"]), asset_partitions=["clip"]),
-                limit=1,
-            ).records
-            assert emit.asset_materialization is not None
-            provenance["emit"] = {
-                k: v.value for k, v in emit.asset_materialization.metadata.items()
-            }
-            [subs] = instance.fetch_materializations(
-                AssetRecordsFilter(
-                    asset_key=AssetKey(["vod", "subtitles"]), asset_partitions=["clip"]
-                ),
-                limit=1,
-            ).records
-            assert subs.asset_materialization is not None
-            provenance["subtitles"] = {
-                k: v.value for k, v in subs.asset_materialization.metadata.items()
-            }
+                meta = latest(instance, f"rendition_{r['name']}")
+                provenance[r["name"]] = {**meta["provenance"], "path": meta["path"]}
+            provenance["emit"] = latest(instance, "emit")
+            provenance["subtitles"] = latest(instance, "subtitles")
         runs.append((Path(project.settings.delivery_dir) / "clip", provenance))
     return runs
 
@@ -298,21 +295,14 @@ def played(report: dict) -> set[tuple[str, int]]:
 
 
 @pytest.mark.slow
-def test_hls_js_in_chromium_plays_every_h264_and_av1_variant_of_the_cmaf_package(
-    multi_codec, tmp_path
+@pytest.mark.parametrize("player, manifest", [("hls", "master.m3u8"), ("dash", "manifest.mpd")])
+def test_hls_js_and_dash_js_in_chromium_play_every_h264_and_av1_variant_and_list_subtitles(
+    multi_codec, tmp_path, player, manifest
 ):
+    """One package, one set of segments: hls.js through the HLS playlist, dash.js through the
+    MPD."""
     delivery, _ = multi_codec[0]
-    report = play("hls", delivery, "hls/master.m3u8", tmp_path)
-    assert played(report) == PLAYABLE
-    assert sorted(report["subtitles"]) == ["en", "fr"]
-
-
-@pytest.mark.slow
-def test_dash_js_in_chromium_plays_every_h264_and_av1_variant_of_the_same_segments(
-    multi_codec, tmp_path
-):
-    delivery, _ = multi_codec[0]
-    report = play("dash", delivery, "hls/manifest.mpd", tmp_path)
+    report = play(player, delivery, f"hls/{manifest}", tmp_path)
     assert played(report) == PLAYABLE
     assert sorted(report["subtitles"]) == ["en", "fr"]
 
@@ -384,3 +374,62 @@ def test_cmaf_without_the_packager_says_how_to_install_it(monkeypatch, tmp_path)
     assert classify_exception(err.value).reason == "config.packager_not_found"
     monkeypatch.delenv("MPEGFLOW_PACKAGER")
     assert packager_version(find_packager()).startswith(f"v{PACKAGER_VERSION}-")
+
+
+def pq_source(out: Path, seconds: float = 4.0) -> Path:
+    """A 10-bit HDR10 (PQ, BT.2020) clip with audio: lavfi's pattern tagged as PQ, kept near
+    lossless in HEVC Main 10."""
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi"]
+        + ["-i", f"testsrc2=size=320x180:rate=30:duration={seconds}", "-f", "lavfi"]
+        + ["-i", f"sine=frequency=440:duration={seconds}", "-vf"]
+        + [
+            "format=yuv420p10le,setparams=color_primaries=bt2020:color_trc=smpte2084:colorspace=bt2020nc"
+        ]
+        + ["-c:v", "libx265", "-x265-params", "crf=10:log-level=error", "-pix_fmt", "yuv420p10le"]
+        + ["-color_primaries", "bt2020", "-color_trc", "smpte2084", "-colorspace", "bt2020nc"]
+        + ["-c:a", "aac", "-shortest", str(out)],
+        check=True,
+    )
+    return out
+
+
+def test_an_hdr_source_stays_pq_in_10_bit_rungs_and_is_tone_mapped_to_sdr_in_h264(tmp_path):
+    source = pq_source(tmp_path / "hdr.mp4")
+    ladder = [
+        {"name": "180p", "height": 180, "video_bitrate_kbps": 300},
+        {"name": "180p_hevc", "height": 180, "video_bitrate_kbps": 250, "profile": "main10"}
+        | {"preset": "x265-main10-vod"},
+        {"name": "180p_av1", "height": 180, "video_bitrate_kbps": 200}
+        | {"preset": "svtav1-10bit-vod"},
+    ]
+    changes = {"ladder": ladder, "hls": FMP4, "captions": {"enabled": False}}
+    project = project_with(tmp_path / "p", changes)
+    with instance_for_test() as instance:
+        result = materialize_video(
+            project, project.spec(), "clip", instance=instance, source=source
+        )
+        assert result.success
+    out = Path(project.settings.delivery_dir) / "clip" / "hls"
+    stored = Path(project.settings.storage_dir) / "vod"
+    entries = "stream=pix_fmt,color_transfer,color_primaries,profile"
+    [h264] = ffprobe(stored / "rendition_180p" / "clip" / "180p.mp4", entries)
+    [hevc] = ffprobe(stored / "rendition_180p_hevc" / "clip" / "180p_hevc.mp4", entries)
+    [av1] = ffprobe(stored / "rendition_180p_av1" / "clip" / "180p_av1.mp4", entries)
+    assert (h264["pix_fmt"], h264["color_transfer"], h264["color_primaries"]) == (
+        "yuv420p",
+        "bt709",
+        "bt709",
+    )
+    for kept in (hevc, av1):
+        assert (kept["pix_fmt"], kept["color_transfer"], kept["color_primaries"]) == (
+            "yuv420p10le",
+            "smpte2084",
+            "bt2020",
+        )
+    assert hevc["profile"] == "Main 10"
+    master = (out / "master.m3u8").read_text()
+    lines = {ln.split("\n")[1].split("/")[0]: ln for ln in master.split("#EXT-X-STREAM-INF:")[1:]}
+    assert "VIDEO-RANGE=SDR" in lines["180p"]
+    assert "VIDEO-RANGE=PQ" in lines["180p_hevc"] and 'CODECS="hvc1.2.4.' in lines["180p_hevc"]
+    assert "VIDEO-RANGE=PQ" in lines["180p_av1"] and "M.10," in lines["180p_av1"]

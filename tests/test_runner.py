@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pipeline_helpers import processes_with, wait_for
@@ -134,3 +135,24 @@ def test_ffmpeg_dies_with_the_process_that_ran_it(tmp_path, fallback):
     wait_for(
         lambda: ffmpeg not in processes_with(marker) or None, 5, "FFmpeg to die with its parent"
     )
+
+
+def test_an_svt_av1_encode_runs_at_normal_priority_even_as_root(tmp_path):
+    """SVT-AV1 1.4 gives its threads SCHED_FIFO priority 99 when it may (as root); the runner
+    takes that right away (setpriv), so an AV1 encode cannot starve the machine."""
+    out = tmp_path / "svt.mp4"
+    policies: set[int] = set()
+
+    def look(_progress) -> None:
+        for pid in processes_with("libsvtav1", str(out)):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                try:  # field 41 of stat (after the command in parentheses): the policy
+                    policies.add(int((task / "stat").read_text().rsplit(")", 1)[1].split()[38]))
+                except (OSError, IndexError, ValueError):
+                    pass
+
+    args = ["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=4"]
+    args += ["-c:v", "libsvtav1", "-preset", "10", "-crf", "40", f"file:{out}"]
+    run_ffmpeg(args, duration_s=4.0, on_progress=look)
+    assert policies, "no thread of the encode was seen"
+    assert policies == {0}, policies  # SCHED_OTHER only; 1 is SCHED_FIFO

@@ -46,8 +46,8 @@ class Codec:
     speeds: tuple[str, ...]
     takes_level: bool
     takes_crf: bool
-    # encode CPU per pixel against libx264 at its shipped preset, measured on the bench's sources
-    # (docs/codecs.md): spreads rungs over lanes of similar cost
+    # encoder CPU against libx264, each at its shipped preset, one thread, 720p (bench/codecs.py,
+    # docs/codecs.md): spreads rungs over lanes of similar cost
     relative_cost: float
     mpegts: bool  # hls.js and Apple play it from MPEG-TS segments
 
@@ -76,7 +76,7 @@ CODECS: dict[str, Codec] = {
             _X26X_SPEEDS,
             takes_level=True,
             takes_crf=False,
-            relative_cost=3.0,
+            relative_cost=3.3,
             mpegts=False,  # HLS carries HEVC in fMP4 (Apple's authoring spec, hls.js)
         ),
         Codec(
@@ -88,13 +88,14 @@ CODECS: dict[str, Codec] = {
             tuple(str(p) for p in range(14)),
             takes_level=False,  # SVT-AV1 picks the level from size and rate
             takes_crf=True,
-            relative_cost=2.5,
+            relative_cost=1.8,
             mpegts=False,  # no AV1 mapping for MPEG-TS in HLS
         ),
     )
 }
 
 X264_DEFAULT_LEVEL = "4.0"
+SVT_AV1_MAX_KBPS = 100_000  # the highest cap SVT-AV1 1.4 takes
 
 
 def codec(encoder: str) -> Codec:

@@ -72,6 +72,18 @@ class VideoOutput:
     gop_s: float
     frame_rate: float
     has_audio: bool
+    tone_map: bool = False  # an HDR source into a rung that cannot carry it: to SDR BT.709
+
+
+# PQ or HLG to SDR BT.709: linear light at 100 nits peak, BT.709 primaries, Hable's curve, then
+# BT.709 transfer and matrix in limited range (zscale reads the source's from each frame)
+_TONE_MAP = (
+    ("zscale", {"t": "linear", "npl": 100}),
+    ("format", {"pix_fmts": "gbrpf32le"}),
+    ("zscale", {"p": "bt709"}),
+    ("tonemap", {"tonemap": "hable", "desat": 0}),
+    ("zscale", {"t": "bt709", "m": "bt709", "r": "tv"}),
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,11 @@ def _rendition_output(video, audio, out: Path, enc: VideoOutput, threads: int, s
     """An MP4 with keyframes forced every `gop_s` seconds of source time, so every rendition of
     the same source, in any codec, has its keyframes (and so its HLS segment boundaries) at the
     same times: for a chunk, the frames a whole-source encode would make keyframes."""
-    video = video.filter("scale", -2, enc.height, flags="bicubic").filter("format", enc.pix_fmt)
+    video = video.filter("scale", -2, enc.height, flags="bicubic")
+    if enc.tone_map:  # after scaling: the float pipeline at the rung's size, not the source's
+        for name, options in _TONE_MAP:
+            video = video.filter(name, **options)
+    video = video.filter("format", enc.pix_fmt)
     maxrate = int(enc.video_bitrate_kbps * enc.maxrate_factor)
     opts = codecs.video_options(
         enc.encoder,

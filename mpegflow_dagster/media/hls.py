@@ -19,6 +19,7 @@ class VariantStream:
     average_bps: int
     audio_group: Optional[str] = None  # CMAF: the GROUP-ID of its audio (an AudioGroup)
     subtitles_group: Optional[str] = None  # CMAF: the GROUP-ID of the subtitle tracks
+    video_range: str = "SDR"  # PQ, HLG or SDR (from the stream's colr box)
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,10 @@ def master_playlist(
     subtitles: Sequence[SubtitleTrack] = (),
 ) -> str:
     """Variants ordered by bandwidth, lowest first (players start there); with `audio`, a
-    variant's BANDWIDTH counts its audio group's too (the caller adds it)."""
+    variant's BANDWIDTH counts its audio group's too (the caller adds it). VIDEO-RANGE is said
+    on every variant of a package holding an HDR one (SDR is what a player assumes)."""
     version = max(v.version for v in variants)
+    ranges = any(v.video_range != "SDR" for v in variants)
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     for a in audio:
         lines.append(
@@ -94,6 +97,7 @@ def master_playlist(
             f"RESOLUTION={v.width}x{v.height}",
             *([f"FRAME-RATE={v.frame_rate:.3f}"] if v.frame_rate else []),
             f'CODECS="{v.codecs}"',
+            *([f"VIDEO-RANGE={v.video_range}"] if ranges else []),
             *([f'AUDIO="{v.audio_group}"'] if v.audio_group else []),
             *([f'SUBTITLES="{v.subtitles_group}"'] if v.subtitles_group else []),
         ]

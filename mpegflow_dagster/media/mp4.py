@@ -37,6 +37,12 @@ class Mp4Video:
     frame_rate: Optional[Fraction]  # frames / duration of the track
     codec: str  # RFC 6381, e.g. avc1.64001f, hvc1.2.4.L120.B0, av01.0.08M.10
     codec_name: str  # FFmpeg's name: 'h264', 'hevc' or 'av1', to group variants by codec
+    transfer: Optional[int] = None  # colr nclx transfer_characteristics: 16 PQ, 18 HLG, 1 BT.709
+
+    @property
+    def video_range(self) -> str:
+        """HLS VIDEO-RANGE: PQ, HLG or SDR."""
+        return {16: "PQ", 18: "HLG"}.get(self.transfer or 0, "SDR")
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,15 @@ def _config_box(moov: bytes, start: int, end: int, entry: bytes, kind: bytes) ->
     return moov[found[0] : found[1]]
 
 
+def _transfer(moov: bytes, start: int, end: int) -> Optional[int]:
+    """The transfer characteristics of a visual sample entry's `colr` box of type nclx (ISO
+    14496-12: primaries, transfer, matrix as 16-bit codes of ITU-T H.273), None without one."""
+    for child, cs, ce in _boxes(moov, start, end):
+        if child == b"colr" and ce - cs >= 10 and moov[cs : cs + 4] == b"nclx":
+            return struct.unpack_from(">H", moov, cs + 6)[0]
+    return None
+
+
 def _need(payload: bytes, size: int, kind: str) -> None:
     """Refuse a configuration box too short for its fixed fields: an Mp4Error that names the box,
     not the IndexError or struct.error that reading past its end would raise."""
@@ -249,6 +264,7 @@ def read_mp4(path: Path) -> Mp4Summary:
                 _frame_rate(moov, boxes),
                 _video_codec(moov, kind, es + 78, ee),
                 _VIDEO_ENTRIES[kind],
+                _transfer(moov, es + 78, ee),
             )
         elif handler == b"soun" and kind == b"mp4a" and audio is None:
             audio = _mp4a_codec(_config_box(moov, es + 28, ee, kind, b"esds"))

@@ -32,6 +32,8 @@ class StreamInfo(BaseModel):
     width: Optional[int] = None
     height: Optional[int] = None
     pix_fmt: Optional[str] = None
+    color_transfer: Optional[str] = None  # e.g. smpte2084 (PQ), arib-std-b67 (HLG), bt709
+    color_primaries: Optional[str] = None
     frame_rate: Optional[float] = None
     constant_frame_rate: Optional[str] = (
         None  # exact rate ("30/1") when every frame lasts the same, else None
@@ -40,6 +42,9 @@ class StreamInfo(BaseModel):
     sample_rate: Optional[int] = None
     channels: Optional[int] = None
     duration: Optional[float] = None
+
+
+HDR_TRANSFERS = ("smpte2084", "arib-std-b67")  # PQ, HLG
 
 
 class MediaInfo(BaseModel):
@@ -52,6 +57,11 @@ class MediaInfo(BaseModel):
     @property
     def video(self) -> Optional[StreamInfo]:
         return next((s for s in self.streams if s.codec_type == "video"), None)
+
+    @property
+    def hdr(self) -> bool:
+        """A video in PQ or HLG (high dynamic range)."""
+        return self.video is not None and self.video.color_transfer in HDR_TRANSFERS
 
     @property
     def audio(self) -> Optional[StreamInfo]:
@@ -111,6 +121,8 @@ def parse_probe(data: dict) -> MediaInfo:
             width=_num(s.get("width")),
             height=_num(s.get("height")),
             pix_fmt=s.get("pix_fmt"),
+            color_transfer=s.get("color_transfer"),
+            color_primaries=s.get("color_primaries"),
             frame_rate=_rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate")),
             constant_frame_rate=_constant_rate(s),
             bit_rate=_num(s.get("bit_rate")),

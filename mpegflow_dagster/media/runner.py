@@ -185,13 +185,22 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 @functools.lru_cache(maxsize=1)
-def _setpriv() -> Optional[str]:
-    """util-linux's `setpriv`, if it can set a parent-death signal (2.33+; Debian's is essential)."""
+def _setpriv() -> Optional[list[str]]:
+    """util-linux's `setpriv` (2.33+; Debian's is essential) with the options every FFmpeg runs
+    under: a parent-death signal, and, where this process may drop it (root), no CAP_SYS_NICE.
+    SVT-AV1 1.4 gives its threads and FFmpeg's SCHED_FIFO priority 99 whenever it can (seen here
+    as root), and would then preempt everything else on the machine: Dagster, the other lanes,
+    this watchdog. Without the capability it runs at normal priority, with the same bytes."""
     found = shutil.which("setpriv")
     if found is None:
         return None
     usage = subprocess.run([found, "--help"], capture_output=True, text=True, check=False).stdout
-    return found if "--pdeathsig" in usage else None
+    if "--pdeathsig" not in usage:
+        return None
+    prefix = [found, "--pdeathsig", "KILL"]
+    unniced = [*prefix, "--bounding-set", "-sys_nice"]
+    dropped = subprocess.run([*unniced, "--", "true"], capture_output=True, check=False)
+    return unniced if dropped.returncode == 0 else prefix
 
 
 def spawn_args(argv: list[str]) -> tuple[list[str], Optional[Callable[[], None]]]:
@@ -205,7 +214,7 @@ def spawn_args(argv: list[str]) -> tuple[list[str], Optional[Callable[[], None]]
     calling thread must outlive the child, as `run_ffmpeg`'s does (it waits for the exit)."""
     setpriv = _setpriv()
     if setpriv is not None:
-        return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
+        return [*setpriv, "--", *argv], None
     if _libc is None:
         return argv, None
     parent = os.getpid()

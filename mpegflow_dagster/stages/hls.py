@@ -97,6 +97,7 @@ def package_hls(
             header.codecs,
             peak,
             average,
+            video_range=video.video_range,
         )
         return stream, run, sha256_files(vdir)
 
@@ -180,6 +181,7 @@ def package_cmaf(
                 average,
                 group,
                 cmaf.SUBTITLES_GROUP if texts else None,
+                video.video_range,
             )
         )
     (out / "master.m3u8").write_text(master_playlist(variants, groups, texts))

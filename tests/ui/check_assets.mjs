@@ -8,26 +8,13 @@
 //
 // A page with "picture" waits until an <img> served from the previews URL has loaded; every page
 // reports its status words (Materialized / Failed ...), its visible text and its pictures.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const job = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const profile = mkdtempSync(join(tmpdir(), "mpegflow-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: job.chromium,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
+const { context, close } = await launch(job.chromium, {
+  args: ["--disable-quic", "--disable-sync"],
   viewport: { width: 1400, height: 1000 },
 });
 // The "Join the Dagster community" dialog (shown once on a 127.0.0.1 UI) counts as dismissed.
@@ -79,7 +66,6 @@ try {
     await page.close();
   }
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 process.stdout.write(JSON.stringify(report));

@@ -8,11 +8,9 @@
 //         "manifest": "hls/master.m3u8", "chromium": "/usr/bin/chromium"}
 //
 // `page` is any page of the server that serves the package (same origin, so no CORS).
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const job = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const scripts = {
@@ -20,19 +18,8 @@ const scripts = {
   dash: "dashjs/dist/modern/umd/dash.all.min.js",
 };
 const library = fileURLToPath(new URL(`node_modules/${scripts[job.player]}`, import.meta.url));
-const profile = mkdtempSync(join(tmpdir(), "mpegflow-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: job.chromium,
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
+const { context, close } = await launch(job.chromium, {
+  args: ["--autoplay-policy=no-user-gesture-required"],
 });
 
 let report;
@@ -165,7 +152,6 @@ try {
     };
   }, job);
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 process.stdout.write(JSON.stringify(report) + "\n");
