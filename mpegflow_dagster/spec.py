@@ -90,6 +90,12 @@ class HlsSpec(_Strict):
         ge=1,
         description="Package when at least this many renditions succeed (None: all are required).",
     )
+    encryption: Optional[Literal["cbcs"]] = Field(
+        default=None,
+        description="cmaf only: CENC `cbcs` encryption of the segments (the scheme one segment set "
+        "serves to every DRM) with the deployment's raw key: $MPEGFLOW_CENC_KEY_ID and "
+        "$MPEGFLOW_CENC_KEY, 32 hex digits each (never in a spec or in provenance).",
+    )
     include: tuple[str, ...] = Field(
         default=(),
         description="Further rendition assets of this pipeline (made by your own stages, H.264 MP4 with keyframes "
@@ -212,6 +218,8 @@ class PipelineSpec(_Strict):
             raise ValueError(
                 f"captions.rendition {self.captions.rendition!r} is not a ladder rung (rungs: {', '.join(sorted(rungs))})"
             )
+        if self.hls.encryption and self.hls.segment_type != "cmaf":
+            raise ValueError("hls.encryption needs hls.segment_type: cmaf (CENC is for CMAF)")
         packaged = len(self.ladder) + len(self.hls.include)
         if self.hls.min_renditions is not None and self.hls.min_renditions > packaged:
             raise ValueError(

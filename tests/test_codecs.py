@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 import yaml
@@ -23,7 +23,9 @@ from mpegflow_dagster.media.build import build_encoders, detect_build
 from mpegflow_dagster.media.classify import classify_exception
 from mpegflow_dagster.media.cmaf import (
     PACKAGER_VERSION,
+    MissingKey,
     PackagerNotFound,
+    deployment_key,
     find_packager,
     packager_version,
 )
@@ -252,15 +254,19 @@ def served(root: Path) -> Iterator[str]:
         server.server_close()
 
 
-def play(player: str, delivery: Path, manifest: str, tmp_path: Path) -> dict:
-    """What tests/ui/play.mjs saw playing `manifest` of the delivery folder (served over HTTP)."""
-    job = tmp_path / f"{player}.json"
+def play(
+    player: str, delivery: Path, manifest: str, tmp_path: Path, clearkey: Optional[dict] = None
+) -> dict:
+    """What tests/ui/play.mjs saw playing `manifest` of the delivery folder (served over HTTP),
+    with `clearkey` ({"kid", "key"} in hex) for CENC segments."""
+    job = {"player": player, "manifest": manifest, "chromium": CHROMIUM}
+    if clearkey:
+        job["clearkey"] = clearkey
+    path = tmp_path / f"{player}.json"
     with served(delivery) as base:
-        job.write_text(
-            json.dumps({"player": player, "page": base, "manifest": manifest, "chromium": CHROMIUM})
-        )
+        path.write_text(json.dumps({**job, "page": base}))
         done = subprocess.run(
-            ["node", "play.mjs", str(job)],
+            ["node", "play.mjs", str(path)],
             cwd=ROOT / "tests" / "ui",
             capture_output=True,
             text=True,
@@ -433,3 +439,44 @@ def test_an_hdr_source_stays_pq_in_10_bit_rungs_and_is_tone_mapped_to_sdr_in_h26
     assert "VIDEO-RANGE=SDR" in lines["180p"]
     assert "VIDEO-RANGE=PQ" in lines["180p_hevc"] and 'CODECS="hvc1.2.4.' in lines["180p_hevc"]
     assert "VIDEO-RANGE=PQ" in lines["180p_av1"] and "M.10," in lines["180p_av1"]
+
+
+KID, KEY = "00112233445566778899aabbccddeeff", "0123456789abcdef0123456789abcdef"
+
+
+@pytest.mark.slow
+def test_cenc_cbcs_segments_play_in_dash_js_with_the_clear_key_and_the_key_stays_secret(
+    tmp_path, make_source, monkeypatch
+):
+    ladder = [LADDER[0], LADDER[2]]  # H.264 and AV1
+    changes = {
+        "ladder": ladder,
+        "hls": CMAF | {"encryption": "cbcs"},
+        "captions": {"enabled": False},
+    }
+    project = project_with(tmp_path / "p", changes)
+    source = make_source(duration_s=4.0, width=320, height=180, fps=30)
+    monkeypatch.delenv("MPEGFLOW_CENC_KEY", raising=False)
+    with pytest.raises(MissingKey, match="set MPEGFLOW_CENC_KEY_ID and MPEGFLOW_CENC_KEY"):
+        deployment_key()
+    monkeypatch.setenv("MPEGFLOW_CENC_KEY_ID", KID)
+    monkeypatch.setenv("MPEGFLOW_CENC_KEY", KEY)
+    with instance_for_test() as instance:
+        result = materialize_video(
+            project, project.spec(), "clip", instance=instance, source=source
+        )
+        assert result.success
+        hls = latest(instance, "hls")
+    assert hls["encryption"] == "cbcs (raw key)"
+    argv = json.dumps(hls["provenance"]["argv"])
+    assert KEY not in argv and f"key_id={KID}:key=<redacted>" in argv
+    package = Path(project.settings.delivery_dir) / "clip" / "hls"
+    assert not [p for p in package.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
+    mpd = (package / "manifest.mpd").read_text()
+    assert (
+        'value="cbcs"' in mpd and 'cenc:default_KID="00112233-4455-6677-8899-aabbccddeeff"' in mpd
+    )
+    init = (package / "180p" / "init.mp4").read_bytes()
+    assert b"encv" in init and b"cbcs" in init  # an encrypted sample entry, scheme cbcs
+    report = play("dash", package.parent, "hls/manifest.mpd", tmp_path, {"kid": KID, "key": KEY})
+    assert played(report) == {("avc1", 180), ("av1", 180)}

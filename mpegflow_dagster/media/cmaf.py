@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -83,6 +84,43 @@ class Track:
     stream: str
     group: Optional[str] = None  # the HLS audio group an audio track belongs to
     language: Optional[str] = None  # of a text track (BCP 47)
+
+
+class MissingKey(ValueError):
+    failure_class = "permanent"
+    reason = "config.missing_key"
+
+
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+_KEY_IN_ARGV = re.compile(r"(:key=)[0-9a-fA-F]{32}")
+
+
+def deployment_key() -> tuple[str, str]:
+    """(key id, key) for CENC from $MPEGFLOW_CENC_KEY_ID and $MPEGFLOW_CENC_KEY."""
+    kid, key = os.environ.get("MPEGFLOW_CENC_KEY_ID", ""), os.environ.get("MPEGFLOW_CENC_KEY", "")
+    if not (_HEX32.fullmatch(kid) and _HEX32.fullmatch(key)):
+        raise MissingKey(
+            "hls.encryption needs the deployment's raw key: set MPEGFLOW_CENC_KEY_ID and "
+            "MPEGFLOW_CENC_KEY to 32 hex digits each (16 bytes; a DRM's key server hands out the "
+            "same key id and key to licensed players)"
+        )
+    return kid.lower(), key.lower()
+
+
+def encryption_args(scheme: str, kid: str, key: str) -> list[str]:
+    """Every track encrypted from its first segment with one raw key; the MPD and the media
+    playlists say the scheme and the key id (`cenc:default_KID`), never the key."""
+    return [
+        "--enable_raw_key_encryption",
+        "--keys",
+        f"label=:key_id={kid}:key={key}",
+        "--protection_scheme",
+        scheme,
+        "--clear_lead",
+        "0",
+        "--protection_systems",
+        "CommonSystem",
+    ]
 
 
 def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list[str]:
@@ -157,7 +195,7 @@ def run_packager(args: list[str], *, timeout_s: Optional[float] = None) -> RunRe
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = RunResult(
-        argv=argv,
+        argv=[_KEY_IN_ARGV.sub(r"\1<redacted>", a) for a in argv],  # provenance keeps argv
         returncode=proc.returncode,
         stderr_tail="\n".join(proc.stderr.splitlines()[-60:]),
         wall_s=time.monotonic() - start,

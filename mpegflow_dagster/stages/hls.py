@@ -157,7 +157,10 @@ def package_cmaf(
         cmaf.Track(f"subtitles_{lang}", vtt, "text", language=lang)
         for lang, vtt in subtitles.items()
     ]
-    run = cmaf.run_packager(cmaf.packager_args(tracks, out, segment_s=cfg.segment_s))
+    args = cmaf.packager_args(tracks, out, segment_s=cfg.segment_s)
+    if cfg.encryption:
+        args += cmaf.encryption_args(cfg.encryption, *cmaf.deployment_key())
+    run = cmaf.run_packager(args)
     (out / ".shaka-master.m3u8").unlink()
     measured = {
         t.name: measure_variant(out / t.name / "index.m3u8") for t in tracks if t.stream != "text"
@@ -189,6 +192,7 @@ def package_cmaf(
         "variants": len(variants),
         "audio_tracks": len(groups),
         "subtitles": ", ".join(subtitles) or "none",
+        "encryption": f"{cfg.encryption} (raw key)" if cfg.encryption else "none",
         "segment_s": cfg.segment_s,
         "segment_type": cfg.segment_type,
         "dash": cmaf.DASH_MANIFEST,

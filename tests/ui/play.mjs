@@ -5,7 +5,8 @@
 //
 //   node play.mjs <job.json>
 //   job: {"player": "hls" | "dash", "page": "http://127.0.0.1:PORT/",
-//         "manifest": "hls/master.m3u8", "chromium": "/usr/bin/chromium"}
+//         "manifest": "hls/master.m3u8", "chromium": "/usr/bin/chromium",
+//         "clearkey"?: {"kid": HEX, "key": HEX}}   (dash: CENC segments, W3C Clear Key)
 //
 // `page` is any page of the server that serves the package (same origin, so no CORS).
 import { readFileSync } from "node:fs";
@@ -27,7 +28,16 @@ try {
   const page = await context.newPage();
   await page.goto(job.page, { waitUntil: "domcontentloaded", timeout: 60000 });
   await page.addScriptTag({ path: library });
-  report = await page.evaluate(async ({ player, manifest }) => {
+  report = await page.evaluate(async ({ player, manifest, clearkey }) => {
+    // W3C Clear Key: key id and key (hex) as base64url, as the EME spec has them
+    const b64url = (hex) =>
+      btoa(String.fromCharCode(...hex.match(/../g).map((h) => parseInt(h, 16))))
+        .replace(/=+$/, "")
+        .replace(/\+/g, "-")
+        .replace(/\//g, "_");
+    const clearKeyData = ({ kid, key }) => ({
+      "org.w3.clearkey": { clearkeys: { [b64url(kid)]: b64url(key) } },
+    });
     const video = document.createElement("video");
     video.muted = true;
     document.body.appendChild(video);
@@ -84,6 +94,7 @@ try {
           dash?.reset();
           dash = dashjs.MediaPlayer().create();
           dash.updateSettings({ streaming: { abr: { autoSwitchBitrate: { video: false } } } });
+          if (clearkey) dash.setProtectionData(clearKeyData(clearkey));
           dash.on(events.ERROR, (e) => errors.push(`${JSON.stringify(e.error)} fatal=true`));
           dash.on(events.FRAGMENT_LOADING_COMPLETED, (e) => {
             if (e.request.mediaType === "video") buffered.add(String(e.request.representation.id));
