@@ -11,6 +11,9 @@ import mpegflow_dagster
 DAGSTER_FREE = (
     "mpegflow_dagster.media",
     "mpegflow_dagster.media.stills",
+    "mpegflow_dagster.media.cmaf",
+    "mpegflow_dagster.media.codecs",
+    "mpegflow_dagster.media.sidecars",
     "mpegflow_dagster.previews",
     "mpegflow_dagster.s3.store",
     "mpegflow_dagster.webhooks.outbox",

@@ -13,6 +13,7 @@ in the npm package `shaka-packager` (`make packager`). No Dagster here.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import resource
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..storage import sha256_file
 from .runner import RunResult
 
 DASH_MANIFEST = "manifest.mpd"
@@ -107,13 +109,25 @@ def deployment_key() -> tuple[str, str]:
     return kid.lower(), key.lower()
 
 
-def encryption_args(scheme: str, kid: str, key: str) -> list[str]:
-    """Every track encrypted from its first segment with one raw key; the MPD and the media
-    playlists say the scheme and the key id (`cenc:default_KID`), never the key."""
+def content_iv(kid: str, sources: list[Path]) -> str:
+    """A 16-byte IV (hex) that is the same for the same key id and tracks, and another for other
+    content: Shaka's own is random, which would make every encrypted package a new one."""
+    digest = hashlib.sha256(bytes.fromhex(kid))
+    for source in sources:
+        digest.update(bytes.fromhex(sha256_file(source)))
+    return digest.hexdigest()[:32]
+
+
+def encryption_args(scheme: str, kid: str, key: str, iv: str) -> list[str]:
+    """Every track encrypted from its first segment with one raw key and the constant IV `iv`;
+    the MPD and the media playlists say the scheme and the key id (`cenc:default_KID`), never
+    the key."""
     return [
         "--enable_raw_key_encryption",
         "--keys",
         f"label=:key_id={kid}:key={key}",
+        "--iv",
+        iv,
         "--protection_scheme",
         scheme,
         "--clear_lead",

@@ -159,7 +159,9 @@ def package_cmaf(
     ]
     args = cmaf.packager_args(tracks, out, segment_s=cfg.segment_s)
     if cfg.encryption:
-        args += cmaf.encryption_args(cfg.encryption, *cmaf.deployment_key())
+        kid, key = cmaf.deployment_key()
+        iv = cmaf.content_iv(kid, [t.source for t in tracks])
+        args += cmaf.encryption_args(cfg.encryption, kid, key, iv)
     run = cmaf.run_packager(args)
     (out / ".shaka-master.m3u8").unlink()
     measured = {
