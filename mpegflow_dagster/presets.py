@@ -65,6 +65,15 @@ class Preset(BaseModel):
         return self
 
     @property
+    def ten_bit(self) -> bool:
+        return "10" in self.pix_fmt
+
+    @property
+    def carries_hdr(self) -> bool:
+        """Whether its rungs keep an HDR source's PQ or HLG (else they are tone-mapped to SDR)."""
+        return codec(self.encoder).hdr and self.ten_bit
+
+    @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 

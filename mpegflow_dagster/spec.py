@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .media.chunking import PLAN_VERSION
-from .media.codecs import SVT_AV1_MAX_KBPS, codec
+from .media.codecs import codec
 from .presets import Preset, field_errors, load_presets
 
 _NAME = r"^[a-z][a-z0-9_]*$|^[0-9]+p[a-z0-9_]*$"
@@ -252,17 +252,16 @@ class PipelineSpec(_Strict):
                 f"{where}: profile {rendition.profile!r} is not a {c.label} profile "
                 f"({', '.join(c.profiles)})"
             )
-        ten_bit = "10" in preset.pix_fmt
-        if preset.encoder == "libx265" and (rendition.profile == "main10") != ten_bit:
+        if "main10" in c.profiles and (rendition.profile == "main10") != preset.ten_bit:
             raise ValueError(
                 f"{where}: profile main10 goes with a 10-bit pix_fmt (yuv420p10le) and main with "
                 f"8 bits; the preset's is {preset.pix_fmt}"
             )
         cap = int(rendition.video_bitrate_kbps * rendition.maxrate_factor)
-        if preset.encoder == "libsvtav1" and cap > SVT_AV1_MAX_KBPS:
+        if c.max_cap_kbps is not None and cap > c.max_cap_kbps:
             raise ValueError(
                 f"{where}: its cap (video_bitrate_kbps x maxrate_factor = {cap} kb/s) is above "
-                f"the {SVT_AV1_MAX_KBPS} kb/s SVT-AV1 takes"
+                f"the {c.max_cap_kbps} kb/s {preset.encoder} takes"
             )
         if rendition.level is not None and not c.takes_level:
             raise ValueError(f"{where}: leave level unset ({preset.encoder} picks it)")

@@ -50,6 +50,8 @@ class Codec:
     # docs/codecs.md): spreads rungs over lanes of similar cost
     relative_cost: float
     mpegts: bool  # hls.js and Apple play it from MPEG-TS segments
+    hdr: bool = False  # carries PQ/HLG in a 10-bit pix_fmt (else HDR sources are tone-mapped)
+    max_cap_kbps: Optional[int] = None  # the highest maxrate the encoder takes
 
 
 CODECS: dict[str, Codec] = {
@@ -78,6 +80,7 @@ CODECS: dict[str, Codec] = {
             takes_crf=False,
             relative_cost=3.3,
             mpegts=False,  # HLS carries HEVC in fMP4 (Apple's authoring spec, hls.js)
+            hdr=True,
         ),
         Codec(
             "libsvtav1",
@@ -90,12 +93,13 @@ CODECS: dict[str, Codec] = {
             takes_crf=True,
             relative_cost=1.8,
             mpegts=False,  # no AV1 mapping for MPEG-TS in HLS
+            hdr=True,
+            max_cap_kbps=100_000,  # SVT-AV1 1.4
         ),
     )
 }
 
 X264_DEFAULT_LEVEL = "4.0"
-SVT_AV1_MAX_KBPS = 100_000  # the highest cap SVT-AV1 1.4 takes
 
 
 def codec(encoder: str) -> Codec:

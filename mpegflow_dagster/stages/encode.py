@@ -29,7 +29,6 @@ from ..media.probe import MediaInfo, probe
 from ..media.runner import RunResult
 from ..media.storyboard import storyboard_vtt
 from ..media.verify import OutputRejected, verify_output
-from ..presets import Preset
 from ..spec import PipelineSpec, Rendition, ThumbnailSpec
 from ..stage import (
     IO_MANAGER_KEY,
@@ -49,12 +48,6 @@ from .toolkit import MediaRejected, StageOutput, Tools
 
 def rendition_asset_name(name: str) -> str:
     return f"rendition_{name}"
-
-
-def carries_hdr(preset: Preset) -> bool:
-    """Whether a rung of this preset keeps an HDR source's PQ or HLG: HEVC or AV1 in 10 bits
-    (else the rung is tone-mapped to SDR BT.709)."""
-    return preset.encoder in ("libx265", "libsvtav1") and "10" in preset.pix_fmt
 
 
 def video_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> commands.VideoOutput:
@@ -79,7 +72,7 @@ def video_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> c
         gop_s=spec.gop_s,
         frame_rate=video.frame_rate or 30.0,
         has_audio=info.audio is not None,
-        tone_map=info.hdr and not carries_hdr(preset),
+        tone_map=info.hdr and not preset.carries_hdr,
     )
 
 
