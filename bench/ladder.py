@@ -404,7 +404,7 @@ def v_chunked(plan: Plan) -> None:
         run_all(
             chunks
             + (
-                [commands.audio_args(plan.src, {audio[n]: plan.outputs[n] for n in audio})]
+                [commands.audio_args(plan.src, {audio[n]: plan.outputs[n].audio for n in audio})]
                 if audio
                 else []
             ),

@@ -618,7 +618,7 @@ def test_our_own_commands_on_hostile_names_say_nothing_a_rule_reads(build, tmp_p
             ),
             ffmpeg=build.path,
         ),
-        run_ffmpeg(commands.audio_args(src, {audio: enc}), ffmpeg=build.path),
+        run_ffmpeg(commands.audio_args(src, {audio: enc.audio}), ffmpeg=build.path),
         run_ffmpeg(commands.join_args(listing, audio, joined), ffmpeg=build.path),
         run_ffmpeg(
             commands.hls_variant_args(joined, work / "hls", segment_s=2, segment_type="mpegts"),

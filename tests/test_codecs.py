@@ -154,12 +154,28 @@ def latest(instance, name: str) -> dict:
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
+def with_two_languages(source: Path) -> Path:
+    """`source` with a second audio stream (a higher tone) in its place: English first, French
+    second and flagged the default (so the default is not merely the first)."""
+    both = source.with_name("both.mp4")
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(source), "-f", "lavfi", "-i", "sine=f=880:d=60"]
+        + ["-map", "0:v", "-map", "0:a", "-map", "1:a", "-shortest", "-c:v", "copy"]
+        + ["-c:a", "aac", "-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fre"]
+        + ["-disposition:a:0", "0", "-disposition:a:1", "default", str(both)],
+        check=True,
+    )
+    both.replace(source)
+    return source
+
+
 @pytest.fixture(scope="module")
 def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
     """Two runs of an H.264 + HEVC + AV1 ladder on the same 29.97 fps source, cut in time chunks
     (chunk_s 4, thumbnails every 2 s: cuts on the 2 s marks), each on its own storage: the
     delivery folder and each rendition's provenance."""
     source = make_source(duration_s=10.0, width=320, height=180, fps="30000/1001")
+    with_two_languages(source)
     write_srt(source.with_name("clip.fr.srt"), 10.0, text="BONJOUR")
     write_srt(source.with_name("clip.en.srt"), 10.0, text="HELLO")
     source.with_name("clip.de.srt").write_bytes(b"\x00\xff JFIF not subtitles" * 50)
@@ -184,6 +200,7 @@ def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
                 meta = latest(instance, f"rendition_{r['name']}")
                 provenance[r["name"]] = {**meta["provenance"], "path": meta["path"]}
             provenance["emit"] = latest(instance, "emit")
+            provenance["audio"] = latest(instance, "audio")
             provenance["subtitles"] = latest(instance, "subtitles")
         runs.append((Path(project.settings.delivery_dir) / "clip", provenance))
     return runs
@@ -282,6 +299,8 @@ def play(
         "av01.0.00M.08": True,
     }
     assert not [e for e in report["errors"] if e.endswith("fatal=true")], report["errors"]
+    for track in report["audioPlayed"]:  # switched to, its segments buffered, the clock moving
+        assert track["played"], track
     return report
 
 
@@ -302,7 +321,7 @@ def played(report: dict) -> set[tuple[str, int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("player, manifest", [("hls", "master.m3u8"), ("dash", "manifest.mpd")])
-def test_hls_js_and_dash_js_in_chromium_play_every_h264_and_av1_variant_and_list_subtitles(
+def test_hls_js_and_dash_js_in_chromium_play_every_h264_and_av1_variant_and_audio_language(
     multi_codec, tmp_path, player, manifest
 ):
     """One package, one set of segments: hls.js through the HLS playlist, dash.js through the
@@ -311,6 +330,10 @@ def test_hls_js_and_dash_js_in_chromium_play_every_h264_and_av1_variant_and_list
     report = play(player, delivery, f"hls/{manifest}", tmp_path)
     assert played(report) == PLAYABLE
     assert sorted(report["subtitles"]) == ["en", "fr"]
+    # both languages offered and each played; the source's default (French) picked first
+    assert sorted(a["lang"] for a in report["audio"]) == ["en", "fr"]
+    assert [a["lang"] for a in report["audioPlayed"]] == [a["lang"] for a in report["audio"]]
+    assert report["firstAudio"] == "fr"
 
 
 def test_hls_and_dash_point_at_one_set_of_cmaf_segments(multi_codec):
@@ -337,7 +360,8 @@ def test_hls_and_dash_point_at_one_set_of_cmaf_segments(multi_codec):
             for n in range(start, start + count)
         }
     texts = {"subtitles_en", "subtitles_fr"}
-    assert set(folders) == {r["name"] for r in LADDER} | {"audio_64k", "audio_128k"} | texts
+    audio = {f"audio_{kbps}k_{lang}" for kbps in (64, 128) for lang in ("en", "fr")}
+    assert set(folders) == {r["name"] for r in LADDER} | audio | texts
     for folder, segments in folders.items():
         on_disk = {p.name for p in (package / folder).iterdir()}
         playlist = (package / folder / "index.m3u8").read_text()
@@ -357,12 +381,52 @@ def test_hls_and_dash_point_at_one_set_of_cmaf_segments(multi_codec):
     emitted = multi_codec[0][1]["emit"]
     assert emitted["hls_entry"].endswith("/clip/hls/master.m3u8")
     assert emitted["hls_dash_entry"].endswith("/clip/hls/manifest.mpd")
+    audio_sets = {
+        a.get("lang"): [r.get("value") for r in a.iterfind("d:Role", ns)]
+        for a in mpd.iterfind(".//d:AdaptationSet[@contentType='audio']", ns)
+    }
+    assert audio_sets == {"en": [], "fr": ["main"]}  # one a language, both bitrates in it
     master = (package / "master.m3u8").read_text()
-    # each rung with the audio it was encoded with (the AV1 and HEVC rungs: the preset's 128 k)
+    # each rung with the audio bitrate of its rung (the AV1 and HEVC rungs: the preset's 128 k)
     assert 'AUDIO="audio_64k"' in master.split("180p/index.m3u8")[0].split("\n")[-2]
-    assert master.count('TYPE=AUDIO,GROUP-ID="audio_') == 2
+    for kbps in (64, 128):
+        assert (
+            f'TYPE=AUDIO,GROUP-ID="audio_{kbps}k",LANGUAGE="en",NAME="English",DEFAULT=NO,'
+            f'AUTOSELECT=YES,CHANNELS="2",URI="audio_{kbps}k_en/index.m3u8"'
+        ) in master
+        assert f'GROUP-ID="audio_{kbps}k",LANGUAGE="fr",NAME="français",DEFAULT=YES' in master
+    assert master.count("TYPE=AUDIO") == 4
+    # each track is its stream of the source, its language in its header
+    tracks = Path(multi_codec[0][1]["audio"]["path"])
+    for lang, tag in (("en", "eng"), ("fr", "fra")):
+        rates = []
+        for kbps in (64, 128):
+            m4a = tracks / f"audio_{kbps}k_{lang}.m4a"
+            [stream] = ffprobe(m4a, "stream=bit_rate:stream_tags=language", "a:0")
+            assert stream["tags"]["language"] == tag
+            rates.append(int(stream["bit_rate"]))
+        assert rates[0] < rates[1]
     assert 'TYPE=SUBTITLES,GROUP-ID="subs",NAME="fr",LANGUAGE="fr"' in master
     assert master.count('SUBTITLES="subs"') == len(LADDER)
+
+
+def test_a_source_without_audio_still_packages_as_cmaf(tmp_path, make_source):
+    source = make_source(duration_s=4.0, width=320, height=180, audio=False)
+    ladder = [{"name": "180p", "height": 180, "video_bitrate_kbps": 300}]
+    changes = {"ladder": ladder, "hls": CMAF, "captions": {"enabled": False}}
+    project = project_with(tmp_path / "p", changes)
+    with instance_for_test() as instance:
+        result = materialize_video(
+            project, project.spec(), "clip", instance=instance, source=source
+        )
+        assert result.success
+        assert latest(instance, "audio")["source_streams"] == 0
+    package = Path(project.settings.delivery_dir) / "clip" / "hls"
+    assert sorted(p.name for p in package.iterdir() if p.is_dir()) == ["180p"]
+    master = (package / "master.m3u8").read_text()
+    assert "AUDIO" not in master and master.count("#EXT-X-STREAM-INF:") == 1
+    mpd = (package / "manifest.mpd").read_text()
+    assert 'contentType="video"' in mpd and 'contentType="audio"' not in mpd
 
 
 def test_a_subtitle_file_that_is_not_text_is_left_out_alone_and_named(multi_codec):

@@ -85,7 +85,8 @@ class Track:
     source: Path
     stream: str
     group: Optional[str] = None  # the HLS audio group an audio track belongs to
-    language: Optional[str] = None  # of a text track (BCP 47)
+    language: Optional[str] = None  # BCP 47; None: the stream's own, if any
+    default: bool = False  # an audio track a player picks first: DASH role "main"
 
 
 class MissingKey(ValueError):
@@ -177,7 +178,9 @@ def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list
                     "init_segment": str(folder / "init.mp4"),
                     "segment_template": str(folder / "$Number%05d$.m4s"),
                     "playlist_name": f"{t.name}/index.m3u8",
-                    **({"hls_group_id": t.group, "hls_name": t.group} if t.group else {}),
+                    **({"hls_group_id": t.group, "hls_name": t.name} if t.group else {}),
+                    **({"language": t.language} if t.language else {}),
+                    **({"dash_roles": "main"} if t.default else {}),
                 }
             )
     return [

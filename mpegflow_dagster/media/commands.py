@@ -51,6 +51,18 @@ def rendition_height(target: int, source: int, upscale: bool) -> int:
 
 
 @dataclass(frozen=True)
+class AudioOutput:
+    """One AAC encode of one of the source's audio streams (`stream`: "a:0" is its first), its
+    `language` (ISO 639-2/T) written in the track's header."""
+
+    bitrate_kbps: int
+    sample_rate: int
+    channels: int
+    stream: str = "a:0"
+    language: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class VideoOutput:
     """Everything that shapes one rendition's bytes (besides the source and the build): its
     video encoder's settings (see `codecs`) and its AAC audio."""
@@ -73,6 +85,11 @@ class VideoOutput:
     frame_rate: float
     has_audio: bool
     tone_map: bool = False  # an HDR source into a rung that cannot carry it: to SDR BT.709
+
+    @property
+    def audio(self) -> AudioOutput:
+        """Its audio: the source's first audio stream."""
+        return AudioOutput(self.audio_bitrate_kbps, self.audio_sample_rate, self.audio_channels)
 
 
 # PQ or HLG to SDR BT.709: linear light at 100 nits peak, BT.709 primaries, Hable's curve, then
@@ -142,18 +159,18 @@ def _rendition_output(video, audio, out: Path, enc: VideoOutput, threads: int, s
     streams = [video]
     if enc.has_audio and audio is not None:  # None: a chunk, whose audio is encoded apart
         streams.append(audio)
-        opts.update(_audio_options(enc))
+        opts.update(_audio_options(enc.audio))
     return ffmpeg.output(
         *streams, _output_name(out), movflags="+faststart", f="mp4", **opts, **_BITEXACT
     )
 
 
-def _audio_options(enc: VideoOutput) -> dict[str, object]:
+def _audio_options(audio: AudioOutput) -> dict[str, object]:
     return {
         "c:a": "aac",
-        "b:a": f"{enc.audio_bitrate_kbps}k",
-        "ar": enc.audio_sample_rate,
-        "ac": enc.audio_channels,
+        "b:a": f"{audio.bitrate_kbps}k",
+        "ar": audio.sample_rate,
+        "ac": audio.channels,
     }
 
 
@@ -241,17 +258,22 @@ def encode_ladder_args(
     return ffmpeg.merge_outputs(*outputs).get_args()
 
 
-def audio_args(src: Path, outputs: dict[Path, VideoOutput]) -> list[str]:
-    """The audio of chunked renditions, one output per rendition, encoded in one process from the
-    whole source (AAC cannot be cut and joined without a gap at each cut), as `_rendition_output`
-    would."""
+def audio_args(src: Path, outputs: dict[Path, AudioOutput]) -> list[str]:
+    """AAC files, one per output, encoded in one process from the whole source: the audio of
+    chunked renditions (AAC cannot be cut and joined without a gap at each cut), as
+    `_rendition_output` would encode it, and a CMAF package's audio tracks."""
     inp = _input(src)
     return ffmpeg.merge_outputs(
         *(
             ffmpeg.output(
-                inp["a:0"], _output_name(out), f="mp4", **_audio_options(enc), **_BITEXACT
+                inp[audio.stream],
+                _output_name(out),
+                f="mp4",
+                **_audio_options(audio),
+                **_BITEXACT,
+                **({"metadata:s:a:0": f"language={audio.language}"} if audio.language else {}),
             )
-            for out, enc in outputs.items()
+            for out, audio in outputs.items()
         )
     ).get_args()
 

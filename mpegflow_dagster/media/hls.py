@@ -17,19 +17,22 @@ class VariantStream:
     codecs: str
     peak_bps: int
     average_bps: int
-    audio_group: Optional[str] = None  # CMAF: the GROUP-ID of its audio (an AudioGroup)
+    audio_group: Optional[str] = None  # CMAF: the GROUP-ID of its audio (AudioRenditions)
     subtitles_group: Optional[str] = None  # CMAF: the GROUP-ID of the subtitle tracks
     video_range: str = "SDR"  # PQ, HLG or SDR (from the stream's colr box)
 
 
 @dataclass(frozen=True)
-class AudioGroup:
-    """An audio track of its own (CMAF), the only member of its group: a rung plays with the
-    audio it was encoded with."""
+class AudioRendition:
+    """An audio track of its own (CMAF) in audio group `group`: one per language of the source at
+    one bitrate, the source's default stream the group's DEFAULT."""
 
     group: str
     uri: str
     channels: int
+    name: str  # unique in its group: what a player's menu shows
+    language: Optional[str] = None  # BCP 47; None: undetermined
+    default: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,19 +74,21 @@ def measure_variant(playlist: Path) -> tuple[int, int, int]:
 
 def master_playlist(
     variants: list[VariantStream],
-    audio: Sequence[AudioGroup] = (),
+    audio: Sequence[AudioRendition] = (),
     subtitles: Sequence[SubtitleTrack] = (),
 ) -> str:
     """Variants ordered by bandwidth, lowest first (players start there); with `audio`, a
-    variant's BANDWIDTH counts its audio group's too (the caller adds it). VIDEO-RANGE is said
+    variant's BANDWIDTH counts its audio group's highest too (the caller adds it). VIDEO-RANGE is said
     on every variant of a package holding an HDR one (SDR is what a player assumes)."""
     version = max(v.version for v in variants)
     ranges = any(v.video_range != "SDR" for v in variants)
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    for a in audio:
+    for a in audio:  # every language selectable (AUTOSELECT), one of each group the DEFAULT
+        language = f'LANGUAGE="{a.language}",' if a.language else ""
         lines.append(
-            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{a.group}",NAME="{a.group}",DEFAULT=YES,'
-            f'AUTOSELECT=YES,CHANNELS="{a.channels}",URI="{a.uri}"'
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{a.group}",{language}NAME="{a.name}",'
+            f'DEFAULT={"YES" if a.default else "NO"},AUTOSELECT=YES,CHANNELS="{a.channels}",'
+            f'URI="{a.uri}"'
         )
     for t in subtitles:  # offered, never forced on: DEFAULT=NO
         lines.append(

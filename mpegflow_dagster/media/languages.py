@@ -18,7 +18,7 @@ def bcp47(tag: Optional[str]) -> str:
         return UNDETERMINED
     try:
         standard = langcodes.standardize_tag(tag.strip())
-    except (ValueError, langcodes.LanguageTagError):
+    except ValueError:  # langcodes.LanguageTagError is one
         return UNDETERMINED
     return standard if langcodes.tag_is_valid(standard) else UNDETERMINED
 
@@ -31,3 +31,9 @@ def display_name(tag: str) -> str:
     language = langcodes.Language.get(tag)
     name = language.autonym()
     return tag if name.startswith("Unknown language") else name
+
+
+def iso639_2(tag: str) -> Optional[str]:
+    """The ISO 639-2/T code an MP4 track's header holds (`fr` -> `fra`; `pt-BR` -> `por`: the
+    header has no room for a region); None for `und`."""
+    return None if tag == UNDETERMINED else langcodes.Language.get(tag).to_alpha3()

@@ -42,6 +42,9 @@ class StreamInfo(BaseModel):
     sample_rate: Optional[int] = None
     channels: Optional[int] = None
     duration: Optional[float] = None
+    language: Optional[str] = None  # the stream's tag as the container says it (often ISO 639-2)
+    title: Optional[str] = None
+    default: bool = False  # disposition: the stream a player picks first
 
 
 HDR_TRANSFERS = ("smpte2084", "arib-std-b67")  # PQ, HLG
@@ -66,6 +69,10 @@ class MediaInfo(BaseModel):
     @property
     def audio(self) -> Optional[StreamInfo]:
         return next((s for s in self.streams if s.codec_type == "audio"), None)
+
+    @property
+    def audio_streams(self) -> list[StreamInfo]:
+        return [s for s in self.streams if s.codec_type == "audio"]
 
     def summary(self) -> dict[str, object]:
         """Flat facts a video engineer reads first."""
@@ -129,6 +136,9 @@ def parse_probe(data: dict) -> MediaInfo:
             sample_rate=_num(s.get("sample_rate")),
             channels=_num(s.get("channels")),
             duration=_num(s.get("duration"), float),
+            language=(s.get("tags") or {}).get("language"),
+            title=(s.get("tags") or {}).get("title"),
+            default=bool((s.get("disposition") or {}).get("default")),
         )
         for s in data.get("streams", [])
     ]

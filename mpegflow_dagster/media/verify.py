@@ -62,14 +62,20 @@ def stderr_problems(messages: str, policy: Policy) -> list[str]:
 
 
 def verify_output(
-    output: MediaInfo, source: MediaInfo, *, expect_audio: bool, policy: Policy, messages: str
+    output: MediaInfo,
+    source: MediaInfo,
+    *,
+    expect_audio: bool,
+    policy: Policy,
+    messages: str,
+    expect_video: bool = True,
 ) -> list[str]:
     """Problems with an encoded output compared with its source; an empty list means OK."""
     problems = []
     if output.size_bytes <= 0 or output.duration <= 0:
         problems.append(f"output is empty ({output.size_bytes} bytes, {output.duration:.3f} s)")
     video = output.video
-    if video is None or not video.width or not video.height:
+    if expect_video and (video is None or not video.width or not video.height):
         problems.append("output has no video stream")
     if expect_audio and source.audio is not None and output.audio is None:
         problems.append("source has audio but the output has none")

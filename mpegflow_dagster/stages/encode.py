@@ -274,7 +274,7 @@ class LadderEncode:
         return self.tools.run(
             "encode audio",
             commands.audio_args(
-                self.source, {into / f"{n}.m4a": o for n, o in self.outputs.items()}
+                self.source, {into / f"{n}.m4a": o.audio for n, o in self.outputs.items()}
             ),
             duration_s=self.info.duration,
             cancel=cancel,

@@ -18,7 +18,7 @@ from dagster import (
 
 from ..media import cmaf, commands
 from ..media.hls import (
-    AudioGroup,
+    AudioRendition,
     SubtitleTrack,
     VariantStream,
     master_playlist,
@@ -30,6 +30,7 @@ from ..media.variants import Candidate, choose_variants, dropped_text
 from ..spec import HlsSpec, PipelineSpec
 from ..stage import StageContext, StepLayout, pipeline_key, video_asset
 from ..storage import sha256_files
+from .audio import AudioGroupFiles, load_audio_groups
 from .encode import rendition_asset_name
 from .ingest import load_probe
 from .subtitles import load_tracks
@@ -122,32 +123,43 @@ def package_hls(
 
 def package_cmaf(
     renditions: dict[str, Path],
-    audio_kbps: Mapping[str, Optional[int]],
+    audio: Sequence[AudioGroupFiles],
     cfg: HlsSpec,
     work: Path,
     dropped: Mapping[str, str],
     subtitles: Mapping[str, Path] = {},
 ) -> StageOutput:
-    """One Shaka Packager run: each rendition's video and each distinct audio (by bitrate, from
-    `audio_kbps`: a rung's; None, a rendition of your own, keeps its own) as CMAF segments, each
-    of `subtitles` (WebVTT by language) as segmented WebVTT, a static DASH MPD over them, and our
-    multivariant playlist over Shaka's media playlists, each rung with the audio it was encoded
-    with."""
+    """One Shaka Packager run: each rendition's video, the audio artifact's tracks (each audio
+    group with one track per language, `audio`: the groups of the audio stage) and each of
+    `subtitles` (WebVTT by language) as CMAF segments, a static DASH MPD over them, and our
+    multivariant playlist over Shaka's media playlists, each rung with the audio group it pairs
+    with. A rendition of your own (hls.include) keeps the audio it holds, in a group of its own."""
     out = work / "hls"
     headers = {name: read_mp4(mp4) for name, mp4 in renditions.items()}
-    audio_of: dict[str, str] = {}  # rendition -> its audio track's folder
-    groups: list[AudioGroup] = []
     tracks = [cmaf.Track(name, mp4, "video") for name, mp4 in renditions.items()]
-    for name, mp4 in renditions.items():
-        if headers[name].audio_codec is None:
+    media: list[AudioRendition] = []
+    audio_of: dict[str, str] = {}  # rendition -> its audio group
+    for g in audio:
+        rungs = [r for r in g.rungs if r in renditions]
+        if not rungs:  # its rungs were left out of the package
             continue
-        kbps = audio_kbps.get(name)
-        group = f"audio_{kbps}k" if kbps else f"audio_{name}"
-        if group not in audio_of.values():
-            tracks.append(cmaf.Track(group, mp4, "audio", group=group))
-            groups.append(
-                AudioGroup(group, f"{group}/index.m3u8", headers[name].audio_channels or 2)
+        audio_of.update(dict.fromkeys(rungs, g.group))
+        for t in g.tracks:
+            folder = t.path.stem
+            tracks.append(cmaf.Track(folder, t.path, "audio", g.group, t.language, t.default))
+            media.append(
+                AudioRendition(
+                    g.group, f"{folder}/index.m3u8", g.channels, t.name, t.language, t.default
+                )
             )
+    for name, mp4 in renditions.items():
+        if name in audio_of or headers[name].audio_codec is None:
+            continue
+        group = f"audio_{name}"
+        tracks.append(cmaf.Track(group, mp4, "audio", group))
+        media.append(
+            AudioRendition(group, f"{group}/index.m3u8", headers[name].audio_channels or 2, group)
+        )
         audio_of[name] = group
     texts = [
         SubtitleTrack(cmaf.SUBTITLES_GROUP, f"subtitles_{lang}/index.m3u8", lang)
@@ -167,12 +179,20 @@ def package_cmaf(
     measured = {
         t.name: measure_variant(out / t.name / "index.m3u8") for t in tracks if t.stream != "text"
     }
+    # a variant's BANDWIDTH holds its audio group's most demanding track
+    group_bps = {
+        group: (
+            max(measured[t.name][0] for t in tracks if t.group == group),
+            max(measured[t.name][1] for t in tracks if t.group == group),
+        )
+        for group in set(audio_of.values())
+    }
     variants = []
     for name, header in headers.items():
         peak, average, version = measured[name]
         group = audio_of.get(name)
         if group:
-            peak, average = peak + measured[group][0], average + measured[group][1]
+            peak, average = peak + group_bps[group][0], average + group_bps[group][1]
         video = header.video
         variants.append(
             VariantStream(
@@ -189,10 +209,11 @@ def package_cmaf(
                 video.video_range,
             )
         )
-    (out / "master.m3u8").write_text(master_playlist(variants, groups, texts))
+    (out / "master.m3u8").write_text(master_playlist(variants, media, texts))
     facts = {
         "variants": len(variants),
-        "audio_tracks": len(groups),
+        "audio_tracks": len(media),
+        "audio_languages": ", ".join(sorted({a.language or "und" for a in media})) or "none",
         "subtitles": ", ".join(subtitles) or "none",
         "encryption": f"{cfg.encryption} (raw key)" if cfg.encryption else "none",
         "segment_s": cfg.segment_s,
@@ -251,6 +272,8 @@ def assets(
         "renditions": packaged,
         "probe": pipeline_key(spec, "probe"),
     }
+    if spec.hls.segment_type == "cmaf":
+        ins["audio"] = pipeline_key(spec, "audio")
     if spec.packages_subtitles:
         ins["subtitles"] = pipeline_key(spec, "subtitles")
 
@@ -270,6 +293,7 @@ def assets(
         context: StageContext,
         renditions: list[Path],
         probe: Path,
+        audio: Optional[Path] = None,
         subtitles: Optional[Path] = None,
     ) -> StageOutput:
         by_name = {path.stem: path for path in renditions}
@@ -290,11 +314,10 @@ def assets(
         kept, dropped = packaged_renditions(by_name, spec, video.height)
         if dropped:
             context.log.info(f"left out of the package: {dropped_text(dropped)}")
-        if spec.hls.segment_type == "cmaf":
-            rungs = {r.name: r.audio_bitrate_kbps for r in spec.ladder}
+        if audio is not None:  # CMAF
             return package_cmaf(
                 kept,
-                {n: rungs.get(n) for n in kept},
+                load_audio_groups(audio),
                 spec.hls,
                 context.work,
                 dropped,

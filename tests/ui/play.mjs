@@ -1,7 +1,9 @@
 // Plays a package in Debian's headless Chromium, its HLS playlist with hls.js or its DASH MPD
 // with dash.js, and reports as JSON on stdout which variants the player offers and, for each,
 // whether it played: selected, its segments buffered, frames decoded and the clock moving; and
-// the languages of the subtitle tracks it offers (tests/test_codecs.py asserts on it).
+// the languages of the subtitle tracks it offers; and the audio tracks it offers, the one it
+// picked first, and for each language whether it played after switching to it (its track
+// current, a segment of its folder buffered, the clock moving). tests/test_codecs.py asserts on it.
 //
 //   node play.mjs <job.json>
 //   job: {"player": "hls" | "dash", "page": "http://127.0.0.1:PORT/",
@@ -43,6 +45,9 @@ try {
     document.body.appendChild(video);
     const errors = [];
     const buffered = new Set(); // ids of the variants with a segment in the buffer
+    const audioFolders = new Set(); // the folders of the audio segments buffered
+    const langOf = (track) => track?.lang || "und";
+    const folder = (url) => new URL(url, location.href).pathname.split("/").slice(-2)[0];
     const within = (promise, ms, what) =>
       Promise.race([
         promise,
@@ -66,7 +71,10 @@ try {
           hls?.destroy();
           hls = new Hls({ startLevel: index ?? 0, capLevelToPlayerSize: false });
           hls.on(Hls.Events.ERROR, (_, d) => errors.push(`${d.details} fatal=${d.fatal}`));
-          hls.on(Hls.Events.FRAG_BUFFERED, (_, d) => buffered.add(String(d.frag.level)));
+          hls.on(Hls.Events.FRAG_BUFFERED, (_, d) => {
+            if (d.frag.type === "audio") audioFolders.add(folder(d.frag.url));
+            else buffered.add(String(d.frag.level));
+          });
           const parsed = new Promise((r) => hls.on(Hls.Events.MANIFEST_PARSED, r));
           hls.loadSource(manifest);
           hls.attachMedia(video);
@@ -83,7 +91,14 @@ try {
         return {
           variants: listed,
           subtitles: hls.subtitleTracks.map((t) => t.lang),
+          audio: hls.audioTracks.map((t) => ({ lang: langOf(t), name: t.name })),
+          firstAudio: langOf(hls.audioTracks[hls.audioTrack]),
           play: async (v) => (await open(Number(v.id)), () => String(hls.currentLevel)),
+          playAudio: async (lang) => {
+            await open(0);
+            hls.audioTrack = hls.audioTracks.findIndex((t) => langOf(t) === lang);
+            return () => langOf(hls.audioTracks[hls.audioTrack]);
+          },
         };
       },
       async dash() {
@@ -98,6 +113,7 @@ try {
           dash.on(events.ERROR, (e) => errors.push(`${JSON.stringify(e.error)} fatal=true`));
           dash.on(events.FRAGMENT_LOADING_COMPLETED, (e) => {
             if (e.request.mediaType === "video") buffered.add(String(e.request.representation.id));
+            if (e.request.mediaType === "audio") audioFolders.add(folder(e.request.url));
           });
           const ready = new Promise((r) => dash.on(events.STREAM_INITIALIZED, r));
           dash.initialize(video, manifest, false);
@@ -115,6 +131,13 @@ try {
         return {
           variants: listed.map(({ id, uri, codecs, height }) => ({ id, uri, codecs, height })),
           subtitles: first.getTracksFor("text").map((t) => t.lang),
+          audio: first.getTracksFor("audio").map((t) => ({ lang: langOf(t) })),
+          firstAudio: langOf(first.getCurrentTrackFor("audio")),
+          playAudio: async (lang) => {
+            await open();
+            dash.setCurrentTrack(dash.getTracksFor("audio").find((t) => langOf(t) === lang));
+            return () => langOf(dash.getCurrentTrackFor("audio"));
+          },
           play: async (v) => {
             const { t } = listed.find((l) => l.id === v.id);
             await open();
@@ -126,7 +149,7 @@ try {
       },
     };
 
-    const { variants, subtitles, play } = await adapters[player]();
+    const { variants, subtitles, audio, firstAudio, play, playAudio } = await adapters[player]();
     const frames = () => video.getVideoPlaybackQuality().totalVideoFrames;
     const played = [];
     for (const v of variants) {
@@ -150,9 +173,27 @@ try {
         seen: { current: current(), buffered: [...buffered], frames: frames() - before.frames },
       });
     }
+    const audioPlayed = [];
+    for (const { lang } of audio) {
+      audioFolders.clear();
+      const current = await playAudio(lang);
+      const before = video.currentTime;
+      await video.play();
+      const ok = await wait(
+        () =>
+          current() === lang &&
+          [...audioFolders].some((f) => f.endsWith(`_${lang}`)) &&
+          video.currentTime > before + 0.3,
+        20000,
+      );
+      audioPlayed.push({ lang, played: ok, seen: { current: current(), folders: [...audioFolders] } });
+    }
     return {
       variants: played,
       subtitles,
+      audio,
+      firstAudio,
+      audioPlayed,
       errors,
       supported: Object.fromEntries(
         ["avc1.640028", "hvc1.1.6.L60.90", "av01.0.00M.08"].map((c) => [

@@ -1,0 +1,225 @@
+"""Audio tracks of a CMAF package: every audio stream of the source, in AAC at each audio tier of
+the ladder (a bitrate, sample rate and channel count its rungs are encoded with), all from one
+decode. A tier is an HLS audio group holding one track per source stream, LANGUAGE and NAME from
+the stream's tags and the source's default stream the group's DEFAULT; DASH gets an
+AdaptationSet per language. A source without audio gives an artifact holding no track, and the
+package has video only."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from dagster import AssetsDefinition
+
+from ..media import commands
+from ..media.languages import UNDETERMINED, bcp47, display_name, iso639_2
+from ..media.probe import MediaInfo, probe
+from ..media.verify import OutputRejected, Policy, verify_output
+from ..spec import PipelineSpec
+from ..stage import StageContext, StepLayout, pipeline_key, video_asset
+from .ingest import load_probe, source_file
+from .toolkit import StageOutput, Tools
+
+TRACKS = "tracks.json"
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One audio encode settings the ladder uses, and the rungs that pair with it."""
+
+    group: str  # the HLS GROUP-ID, also the stem of its tracks' files
+    bitrate_kbps: int
+    sample_rate: int
+    channels: int
+    rungs: tuple[str, ...]
+
+
+def audio_tiers(spec: PipelineSpec) -> list[Tier]:
+    """The ladder's distinct audio settings, in ladder order: `audio_<kbps>k`, with the channels
+    and rate in the name only where two tiers share a bitrate."""
+    rungs: dict[tuple[int, int, int], list[str]] = {}
+    for rendition in spec.ladder:
+        preset = spec.preset_for(rendition)
+        key = (rendition.audio_bitrate_kbps, preset.audio_sample_rate, preset.audio_channels)
+        rungs.setdefault(key, []).append(rendition.name)
+    shared = Counter(kbps for kbps, _, _ in rungs)
+    return [
+        Tier(
+            f"audio_{kbps}k" + (f"_{channels}ch_{rate}" if shared[kbps] > 1 else ""),
+            kbps,
+            rate,
+            channels,
+            tuple(names),
+        )
+        for (kbps, rate, channels), names in rungs.items()
+    ]
+
+
+@dataclass(frozen=True)
+class SourceAudio:
+    """One audio stream of the source as a track: `stream` for FFmpeg ("a:1": its second),
+    `key` naming its files (the language, made unique), `name` unique among them."""
+
+    stream: str
+    key: str
+    language: str
+    name: str
+    default: bool
+
+
+def source_audio(info: MediaInfo) -> list[SourceAudio]:
+    """Every audio stream of the source, the first one flagged default (else the first) being the
+    default; a stream's name is its title, else its language's own name."""
+    streams = info.audio_streams
+    default = next((i for i, s in enumerate(streams) if s.default), 0)
+    found: list[SourceAudio] = []
+    for i, stream in enumerate(streams):
+        language = bcp47(stream.language)
+        taken_keys, taken_names = {a.key for a in found}, {a.name for a in found}
+        key = _unique(language, taken_keys, "-{}")
+        name = _unique(stream.title or display_name(language), taken_names, " ({})")
+        found.append(SourceAudio(f"a:{i}", key, language, name, i == default))
+    return found
+
+
+def _unique(wanted: str, taken: set[str], suffix: str) -> str:
+    n, made = 2, wanted
+    while made in taken:
+        made, n = wanted + suffix.format(n), n + 1
+    return made
+
+
+def encode_audio_tracks(
+    source: Path, info: MediaInfo, tiers: list[Tier], tools: Tools, work: Path, policy: Policy
+) -> StageOutput:
+    """`<group>_<key>.m4a` per tier and source stream, from one FFmpeg run, each verified
+    against the source, and `tracks.json` saying which track is what."""
+    out = work / "audio"
+    out.mkdir()
+    streams = source_audio(info)
+    outputs = {out / f"{tier.group}_{a.key}.m4a": (tier, a) for tier in tiers for a in streams}
+    runs = []
+    if outputs:
+        encodes = {
+            path: commands.AudioOutput(
+                t.bitrate_kbps, t.sample_rate, t.channels, a.stream, iso639_2(a.language)
+            )
+            for path, (t, a) in outputs.items()
+        }
+        run = tools.run("audio", commands.audio_args(source, encodes), duration_s=info.duration)
+        runs.append(run)
+        for path in outputs:
+            problems = verify_output(
+                probe(path, tools.ffprobe),
+                info,
+                expect_audio=True,
+                expect_video=False,
+                policy=policy,
+                messages=run.messages,
+            )
+            if problems:
+                raise OutputRejected([f"{path.name}: {p}" for p in problems])
+    listing = [
+        {
+            **asdict(tier),
+            "tracks": [
+                {
+                    "file": path.name,
+                    "language": a.language,
+                    "name": a.name,
+                    "default": a.default,
+                }
+                for path, (t, a) in outputs.items()
+                if t == tier
+            ],
+        }
+        for tier in tiers
+        if streams
+    ]
+    (out / TRACKS).write_text(json.dumps({"groups": listing}, indent=2))
+    facts: dict[str, object] = {
+        "source_streams": len(streams),
+        "languages": ", ".join(f"{a.language} ({a.name})" for a in streams) or "none",
+        "groups": "; ".join(f"{t.group}: {', '.join(t.rungs)}" for t in tiers)
+        if streams
+        else "none",
+    }
+    return StageOutput(out, facts, runs)
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    path: Path
+    language: Optional[str]  # None: undetermined
+    name: str
+    default: bool
+
+
+@dataclass(frozen=True)
+class AudioGroupFiles:
+    """One tier's tracks in an audio artifact, and the rungs that play with it."""
+
+    group: str
+    channels: int
+    rungs: tuple[str, ...]
+    tracks: tuple[AudioTrack, ...]
+
+
+def load_audio_groups(audio_dir: Path) -> list[AudioGroupFiles]:
+    listed = json.loads((Path(audio_dir) / TRACKS).read_text())["groups"]
+    return [
+        AudioGroupFiles(
+            g["group"],
+            g["channels"],
+            tuple(g["rungs"]),
+            tuple(
+                AudioTrack(
+                    Path(audio_dir) / t["file"],
+                    None if t["language"] == UNDETERMINED else t["language"],
+                    t["name"],
+                    t["default"],
+                )
+                for t in g["tracks"]
+            ),
+        )
+        for g in listed
+    ]
+
+
+ORDER = 34  # after ingest, before packaging
+
+
+def assets(
+    spec: PipelineSpec,
+    version: Callable[..., str],
+    built: Sequence[AssetsDefinition],
+    layout: StepLayout,
+) -> list[AssetsDefinition]:
+    """The audio asset of a CMAF package (hls.segment_type: cmaf)."""
+    if spec.hls.segment_type != "cmaf":
+        return []
+    tiers = audio_tiers(spec)
+
+    @video_asset(
+        key=pipeline_key(spec, "audio"),
+        ins={"ingest": pipeline_key(spec, "ingest"), "probe": pipeline_key(spec, "probe")},
+        code_version=version([asdict(t) for t in tiers], spec.failures.verification),
+        retry=spec.failures.retry_for("encode"),
+        description="Every audio stream of the source in AAC at each audio bitrate of the "
+        "ladder: the package's audio tracks, one per language in each audio group.",
+    )
+    def audio(context: StageContext, ingest: Path, probe: Path) -> StageOutput:
+        return encode_audio_tracks(
+            source_file(ingest),
+            load_probe(probe),
+            tiers,
+            context.ffmpeg,
+            context.work,
+            spec.failures.verification,
+        )
+
+    return [audio]
