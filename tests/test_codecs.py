@@ -154,6 +154,16 @@ def latest(instance, name: str) -> dict:
     return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
+def audio_packets(path: Path) -> str:
+    """The MD5 of a file's first audio stream's packets, whatever the container."""
+    return subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:a:0", "-c", "copy", "-f", "md5", "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 def with_two_languages(source: Path) -> Path:
     """`source` with a second audio stream (a higher tone) in its place: English first, French
     second and flagged the default (so the default is not merely the first)."""
@@ -406,6 +416,10 @@ def test_hls_and_dash_point_at_one_set_of_cmaf_segments(multi_codec):
             assert stream["tags"]["language"] == tag
             rates.append(int(stream["bit_rate"]))
         assert rates[0] < rates[1]
+    # a rendition holds the source's default audio (French, the second stream): the same packets
+    rendition = Path(multi_codec[0][1]["180p"]["path"])
+    assert audio_packets(rendition) == audio_packets(tracks / "audio_64k_fr.m4a")
+    assert audio_packets(rendition) != audio_packets(tracks / "audio_64k_en.m4a")
     assert 'TYPE=SUBTITLES,GROUP-ID="subs",NAME="fr",LANGUAGE="fr"' in master
     assert master.count('SUBTITLES="subs"') == len(LADDER)
 

@@ -85,11 +85,13 @@ class VideoOutput:
     frame_rate: float
     has_audio: bool
     tone_map: bool = False  # an HDR source into a rung that cannot carry it: to SDR BT.709
+    audio_stream: str = "a:0"  # the source's default audio stream
 
     @property
     def audio(self) -> AudioOutput:
-        """Its audio: the source's first audio stream."""
-        return AudioOutput(self.audio_bitrate_kbps, self.audio_sample_rate, self.audio_channels)
+        return AudioOutput(
+            self.audio_bitrate_kbps, self.audio_sample_rate, self.audio_channels, self.audio_stream
+        )
 
 
 # PQ or HLG to SDR BT.709: linear light at 100 nits peak, BT.709 primaries, Hable's curve, then
@@ -215,7 +217,7 @@ def encode_rendition_args(
         video = video.filter(
             "subtitles", filename=subtitles, force_style=f"FontSize={subtitle_font_size}"
         )
-    return _rendition_output(video, inp["a:0"], out, enc, threads).get_args()
+    return _rendition_output(video, inp[enc.audio_stream], out, enc, threads).get_args()
 
 
 def encode_ladder_args(
@@ -240,7 +242,6 @@ def encode_ladder_args(
         if span.duration_s is not None:
             options["t"] = _seconds(span.duration_s + span.lead_s)
     inp = _input(src, **options)
-    audio = inp["a:0"] if span.whole else None
     branches = len(renditions) + (1 if thumbnails else 0)
     split = inp["v:0"].filter_multi_output("split", branches) if branches > 1 else None
 
@@ -248,7 +249,9 @@ def encode_ladder_args(
         return split.stream(i) if split is not None else inp["v:0"]
 
     outputs = [
-        _rendition_output(branch(i), audio, out, enc, threads, span)
+        _rendition_output(
+            branch(i), inp[enc.audio_stream] if span.whole else None, out, enc, threads, span
+        )
         for i, (out, enc) in enumerate(renditions.items())
     ]
     if thumbnails:

@@ -74,6 +74,12 @@ class MediaInfo(BaseModel):
     def audio_streams(self) -> list[StreamInfo]:
         return [s for s in self.streams if s.codec_type == "audio"]
 
+    @property
+    def default_audio(self) -> int:
+        """Which audio stream a player picks first (0: the first): the first one flagged
+        default, else the first."""
+        return next((i for i, s in enumerate(self.audio_streams) if s.default), 0)
+
     def summary(self) -> dict[str, object]:
         """Flat facts a video engineer reads first."""
         v, a = self.video, self.audio

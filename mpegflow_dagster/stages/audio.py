@@ -72,10 +72,9 @@ class SourceAudio:
 
 
 def source_audio(info: MediaInfo) -> list[SourceAudio]:
-    """Every audio stream of the source, the first one flagged default (else the first) being the
-    default; a stream's name is its title, else its language's own name."""
-    streams = info.audio_streams
-    default = next((i for i, s in enumerate(streams) if s.default), 0)
+    """Every audio stream of the source (`info.default_audio` the default); a stream's name is its
+    title, else its language's own name."""
+    streams, default = info.audio_streams, info.default_audio
     found: list[SourceAudio] = []
     for i, stream in enumerate(streams):
         language = bcp47(stream.language)
