@@ -118,6 +118,40 @@ class SubtitleSpec(_Strict):
     )
 
 
+class ExtraAudio(_Strict):
+    """A further codec for every audio language of a CMAF package, beside the rungs' AAC: an audio
+    group of its own that every rung is offered with."""
+
+    codec: Literal["eac3", "ac3", "opus"] = Field(
+        description="eac3 (Dolby Digital Plus: surround for TVs and set-top boxes), ac3 (Dolby "
+        "Digital) or opus (by libopus)."
+    )
+    bitrate_kbps: int = Field(gt=0, le=1024)
+    channels: int = Field(
+        default=2, ge=1, le=8, description="6: 5.1, downmixed or upmixed by FFmpeg"
+    )
+    sample_rate: int = Field(default=48000)
+
+    @model_validator(mode="after")
+    def _encodable(self) -> "ExtraAudio":
+        rates = (48000,) if self.codec == "opus" else (32000, 44100, 48000)
+        if self.sample_rate not in rates:
+            raise ValueError(f"{self.codec} takes sample_rate {' or '.join(map(str, rates))}")
+        if self.codec != "opus" and self.channels > 6:
+            raise ValueError(f"{self.codec} carries at most 6 channels (5.1)")
+        if self.codec == "ac3" and self.bitrate_kbps > 640:
+            raise ValueError("ac3 takes at most 640 kb/s")
+        return self
+
+
+class AudioSpec(_Strict):
+    extra: tuple[ExtraAudio, ...] = Field(
+        default=(),
+        description="Further audio codecs of a CMAF package (hls.segment_type: cmaf), each an "
+        "audio group holding every language; every rung is offered with each.",
+    )
+
+
 StepKind = Literal["ingest", "encode", "captions", "package", "emit"]
 
 
@@ -192,6 +226,7 @@ class PipelineSpec(_Strict):
     captions: CaptionSpec = CaptionSpec()
     hls: HlsSpec = HlsSpec()
     subtitles: SubtitleSpec = SubtitleSpec()
+    audio: AudioSpec = AudioSpec()
     emit: EmitSpec = EmitSpec()
     failures: FailureSpec = FailureSpec()
     presets: dict[str, Preset] = Field(
@@ -220,6 +255,11 @@ class PipelineSpec(_Strict):
             )
         if self.hls.encryption and self.hls.segment_type != "cmaf":
             raise ValueError("hls.encryption needs hls.segment_type: cmaf (CENC is for CMAF)")
+        if self.audio.extra and self.hls.segment_type != "cmaf":
+            raise ValueError(
+                "audio.extra needs hls.segment_type: cmaf (audio tracks of their own; the mpegts "
+                "and fmp4 packages carry each rendition's AAC)"
+            )
         packaged = len(self.ladder) + len(self.hls.include)
         if self.hls.min_renditions is not None and self.hls.min_renditions > packaged:
             raise ValueError(

@@ -93,6 +93,36 @@ def test_a_rung_that_its_codec_cannot_make_fails_the_load_naming_rung_and_codec(
 
 
 @pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        (
+            {"audio": {"extra": [{"codec": "eac3", "bitrate_kbps": 384}]}},
+            "(top level)",
+            "audio.extra needs hls.segment_type: cmaf",
+        ),
+        (
+            {"audio": {"extra": [{"codec": "opus", "bitrate_kbps": 96, "sample_rate": 44100}]}}
+            | {"hls": CMAF},
+            "audio.extra.0",
+            "opus takes sample_rate 48000",
+        ),
+        (
+            {"audio": {"extra": [{"codec": "ac3", "bitrate_kbps": 384, "channels": 8}]}}
+            | {"hls": CMAF},
+            "audio.extra.0",
+            "ac3 carries at most 6 channels (5.1)",
+        ),
+    ],
+)
+def test_an_audio_codec_that_cannot_be_made_fails_the_load_naming_the_field(
+    tmp_path, changes, field, message
+):
+    with pytest.raises(SpecError) as err:
+        load_spec(spec_with(tmp_path, **changes), PRESETS)
+    assert f"{field}: " in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize(
     "preset, message",
     [
         ("encoder: libsvtav1\nspeed: 10\n", "libsvtav1 needs crf"),
@@ -441,6 +471,63 @@ def test_a_source_without_audio_still_packages_as_cmaf(tmp_path, make_source):
     assert "AUDIO" not in master and master.count("#EXT-X-STREAM-INF:") == 1
     mpd = (package / "manifest.mpd").read_text()
     assert 'contentType="video"' in mpd and 'contentType="audio"' not in mpd
+
+
+def test_a_second_audio_codec_is_a_group_of_its_own_that_every_rung_is_offered_with(
+    tmp_path, make_source
+):
+    source = with_two_languages(make_source(duration_s=4.0, width=320, height=180))
+    ladder = [
+        {"name": "120p", "height": 120, "video_bitrate_kbps": 150, "audio_bitrate_kbps": 64},
+        {"name": "180p", "height": 180, "video_bitrate_kbps": 300, "audio_bitrate_kbps": 64},
+    ]
+    extra = [
+        {"codec": "eac3", "bitrate_kbps": 384, "channels": 6},
+        {"codec": "opus", "bitrate_kbps": 96},
+    ]
+    changes = {
+        "ladder": ladder,
+        "hls": CMAF,
+        "audio": {"extra": extra},
+        "captions": {"enabled": False},
+    }
+    project = project_with(tmp_path / "p", changes)
+    with instance_for_test() as instance:
+        result = materialize_video(
+            project, project.spec(), "clip", instance=instance, source=source
+        )
+        assert result.success
+    package = Path(project.settings.delivery_dir) / "clip" / "hls"
+    master = (package / "master.m3u8").read_text()
+    offered = {}
+    for entry in master.split("#EXT-X-STREAM-INF:")[1:]:
+        attrs, uri = entry.split("\n")[:2]
+        group = attrs.split('AUDIO="')[1].split('"')[0]
+        offered.setdefault(uri, {})[group] = attrs.split('CODECS="')[1].split('"')[0]
+    assert set(offered) == {"120p/index.m3u8", "180p/index.m3u8"}
+    for uri, groups in offered.items():
+        assert set(groups) == {"audio_64k", "audio_eac3_384k", "audio_opus_96k"}, uri
+        avc = groups["audio_64k"].split(",")[0]
+        assert groups == {
+            "audio_64k": f"{avc},mp4a.40.2",
+            "audio_eac3_384k": f"{avc},ec-3",
+            "audio_opus_96k": f"{avc},opus",
+        }
+    for group in ("audio_eac3_384k", "audio_opus_96k"):  # every language in each codec
+        assert f'GROUP-ID="{group}",LANGUAGE="fr",NAME="français",DEFAULT=YES' in master
+        assert f'GROUP-ID="{group}",LANGUAGE="en",NAME="English",DEFAULT=NO' in master
+    [eac3] = ffprobe(
+        package / "audio_eac3_384k_fr" / "init.mp4", "stream=codec_name,channels", "a:0"
+    )
+    assert (eac3["codec_name"], eac3["channels"]) == ("eac3", 6)
+    ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+    mpd = ET.parse(package / "manifest.mpd").getroot()
+    sets = {
+        (a.get("lang"), rep.get("codecs"))
+        for a in mpd.iterfind(".//d:AdaptationSet[@contentType='audio']", ns)
+        for rep in a.iterfind("d:Representation", ns)
+    }
+    assert sets == {(lang, c) for lang in ("en", "fr") for c in ("mp4a.40.2", "ec-3", "opus")}
 
 
 def test_a_subtitle_file_that_is_not_text_is_left_out_alone_and_named(multi_codec):

@@ -60,6 +60,12 @@ class AudioOutput:
     channels: int
     stream: str = "a:0"
     language: Optional[str] = None
+    codec: str = "aac"  # or eac3, ac3, opus (AUDIO_ENCODERS)
+
+
+# FFmpeg's encoder of each audio codec: its own AAC, AC-3 and E-AC-3, libopus for Opus (FFmpeg's
+# own Opus encoder is experimental)
+AUDIO_ENCODERS = {"aac": "aac", "ac3": "ac3", "eac3": "eac3", "opus": "libopus"}
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ def _rendition_output(video, audio, out: Path, enc: VideoOutput, threads: int, s
 
 def _audio_options(audio: AudioOutput) -> dict[str, object]:
     return {
-        "c:a": "aac",
+        "c:a": AUDIO_ENCODERS[audio.codec],
         "b:a": f"{audio.bitrate_kbps}k",
         "ar": audio.sample_rate,
         "ac": audio.channels,

@@ -10,7 +10,8 @@ profile names would guess the constraint flags):
   Annex E);
 - AV1 (`av01`): `av01.0.04M.08` and the like from the av1C box (AV1 Codec ISO Media File Format
   Binding, "Codecs Parameter String", the short form without the colour fields);
-- AAC and other MPEG-4 audio (`mp4a`): `mp4a.40.N` from the esds box.
+- AAC and other MPEG-4 audio (`mp4a`): `mp4a.40.N` from the esds box; AC-3, E-AC-3 and Opus:
+  `ac-3`, `ec-3`, `opus`.
 """
 
 from __future__ import annotations
@@ -238,9 +239,14 @@ def _video_codec(moov: bytes, entry: bytes, start: int, end: int) -> str:
     return _av01_codec(_config_box(moov, start, end, entry, b"av1C"))
 
 
-def read_mp4(path: Path) -> Mp4Summary:
-    """The first H.264, HEVC or AV1 video track (size, frame rate, codec string and name) and
-    the audio codec of an MP4."""
+# Audio sample entries whose codec string is the entry's own (ETSI TS 102 366 Annex F, Opus in
+# ISOBMFF 5.1); an mp4a one's is read from its esds
+_AUDIO_ENTRIES = {b"ac-3": "ac-3", b"ec-3": "ec-3", b"Opus": "opus"}
+
+
+def _scan(path: Path) -> tuple[bytes, Optional[Mp4Video], Optional[str], Optional[int]]:
+    """The moov, its first H.264/HEVC/AV1 video track, and its first audio track's codec string
+    and channel count."""
     with open(path, "rb") as fh:
         moov = _read_moov(fh)
     video: Optional[Mp4Video] = None
@@ -266,13 +272,32 @@ def read_mp4(path: Path) -> Mp4Summary:
                 _VIDEO_ENTRIES[kind],
                 _transfer(moov, es + 78, ee),
             )
-        elif handler == b"soun" and kind == b"mp4a" and audio is None:
-            audio = _mp4a_codec(_config_box(moov, es + 28, ee, kind, b"esds"))
+        elif handler == b"soun" and audio is None and (kind == b"mp4a" or kind in _AUDIO_ENTRIES):
+            audio = (
+                _mp4a_codec(_config_box(moov, es + 28, ee, kind, b"esds"))
+                if kind == b"mp4a"
+                else _AUDIO_ENTRIES[kind]
+            )
             # the audio sample entry: 8 bytes of sample entry, 8 reserved, then channelcount
             (channels,) = struct.unpack_from(">H", moov, es + 16)
+    return moov, video, audio, channels
+
+
+def read_mp4(path: Path) -> Mp4Summary:
+    """The first H.264, HEVC or AV1 video track (size, frame rate, codec string and name) and
+    the audio codec of an MP4."""
+    moov, video, audio, channels = _scan(path)
     if video is None:
         raise Mp4Error(f"{Path(path).name} has no {_ACCEPTED} video track")
     return Mp4Summary(_movie_duration(moov), video, audio, channels)
+
+
+def read_audio_codec(path: Path) -> str:
+    """The codec string (RFC 6381) of an MP4's first audio track: mp4a.40.2, ec-3, opus, ..."""
+    audio = _scan(path)[2]
+    if audio is None:
+        raise Mp4Error(f"{Path(path).name} has no AAC, AC-3, E-AC-3 or Opus audio track")
+    return audio
 
 
 def _movie_duration(moov: bytes) -> float:

@@ -1,9 +1,9 @@
 """Audio tracks of a CMAF package: every audio stream of the source, in AAC at each audio tier of
-the ladder (a bitrate, sample rate and channel count its rungs are encoded with), all from one
-decode. A tier is an HLS audio group holding one track per source stream, LANGUAGE and NAME from
-the stream's tags and the source's default stream the group's DEFAULT; DASH gets an
-AdaptationSet per language. A source without audio gives an artifact holding no track, and the
-package has video only."""
+the ladder (a bitrate, sample rate and channel count its rungs are encoded with) and in each
+further codec of `audio.extra` (E-AC-3, AC-3, Opus), all from one decode. A tier is an HLS audio
+group holding one track per source stream, LANGUAGE and NAME from the stream's tags and the
+source's default stream the group's DEFAULT; DASH gets an AdaptationSet per language and codec.
+A source without audio gives an artifact holding no track, and the package has video only."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dagster import AssetsDefinition
 
 from ..media import commands
 from ..media.languages import UNDETERMINED, bcp47, display_name, iso639_2
+from ..media.mp4 import read_audio_codec
 from ..media.probe import MediaInfo, probe
 from ..media.verify import OutputRejected, Policy, verify_output
 from ..spec import PipelineSpec
@@ -29,9 +30,10 @@ TRACKS = "tracks.json"
 
 @dataclass(frozen=True)
 class Tier:
-    """One audio encode settings the ladder uses, and the rungs that pair with it."""
+    """One audio encode setting of the package, and the rungs offered with it."""
 
     group: str  # the HLS GROUP-ID, also the stem of its tracks' files
+    codec: str  # commands.AUDIO_ENCODERS
     bitrate_kbps: int
     sample_rate: int
     channels: int
@@ -39,23 +41,31 @@ class Tier:
 
 
 def audio_tiers(spec: PipelineSpec) -> list[Tier]:
-    """The ladder's distinct audio settings, in ladder order: `audio_<kbps>k`, with the channels
-    and rate in the name only where two tiers share a bitrate."""
-    rungs: dict[tuple[int, int, int], list[str]] = {}
+    """The ladder's distinct AAC settings, in ladder order, each with the rungs encoded with it,
+    then each of `audio.extra`, offered with every rung. Named `audio_<kbps>k` (AAC) and
+    `audio_<codec>_<kbps>k`, with the channels and rate where two tiers would share a name."""
+    rungs: dict[tuple[str, int, int, int], list[str]] = {}
     for rendition in spec.ladder:
         preset = spec.preset_for(rendition)
-        key = (rendition.audio_bitrate_kbps, preset.audio_sample_rate, preset.audio_channels)
+        key = ("aac", rendition.audio_bitrate_kbps, preset.audio_sample_rate, preset.audio_channels)
         rungs.setdefault(key, []).append(rendition.name)
-    shared = Counter(kbps for kbps, _, _ in rungs)
+    for extra in spec.audio.extra:
+        key = (extra.codec, extra.bitrate_kbps, extra.sample_rate, extra.channels)
+        rungs[key] = [r.name for r in spec.ladder]
+    shared = Counter((codec, kbps) for codec, kbps, _, _ in rungs)
     return [
         Tier(
-            f"audio_{kbps}k" + (f"_{channels}ch_{rate}" if shared[kbps] > 1 else ""),
+            "audio_"
+            + ("" if codec == "aac" else f"{codec}_")
+            + f"{kbps}k"
+            + (f"_{channels}ch_{rate}" if shared[codec, kbps] > 1 else ""),
+            codec,
             kbps,
             rate,
             channels,
             tuple(names),
         )
-        for (kbps, rate, channels), names in rungs.items()
+        for (codec, kbps, rate, channels), names in rungs.items()
     ]
 
 
@@ -105,7 +115,7 @@ def encode_audio_tracks(
     if outputs:
         encodes = {
             path: commands.AudioOutput(
-                t.bitrate_kbps, t.sample_rate, t.channels, a.stream, iso639_2(a.language)
+                t.bitrate_kbps, t.sample_rate, t.channels, a.stream, iso639_2(a.language), t.codec
             )
             for path, (t, a) in outputs.items()
         }
@@ -125,6 +135,8 @@ def encode_audio_tracks(
     listing = [
         {
             **asdict(tier),
+            # the codec string, read from a track as encoded (all of a tier's are alike)
+            "codecs": read_audio_codec(next(p for p, (t, _) in outputs.items() if t == tier)),
             "tracks": [
                 {
                     "file": path.name,
@@ -163,6 +175,7 @@ class AudioGroupFiles:
     """One tier's tracks in an audio artifact, and the rungs that play with it."""
 
     group: str
+    codecs: str  # RFC 6381: mp4a.40.2, ec-3, opus, ...
     channels: int
     rungs: tuple[str, ...]
     tracks: tuple[AudioTrack, ...]
@@ -173,6 +186,7 @@ def load_audio_groups(audio_dir: Path) -> list[AudioGroupFiles]:
     return [
         AudioGroupFiles(
             g["group"],
+            g["codecs"],
             g["channels"],
             tuple(g["rungs"]),
             tuple(

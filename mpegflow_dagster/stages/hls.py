@@ -138,12 +138,13 @@ def package_cmaf(
     headers = {name: read_mp4(mp4) for name, mp4 in renditions.items()}
     tracks = [cmaf.Track(name, mp4, "video") for name, mp4 in renditions.items()]
     media: list[AudioRendition] = []
-    audio_of: dict[str, str] = {}  # rendition -> its audio group
+    audio_of: dict[str, list[tuple[str, str]]] = {}  # rendition -> (its audio groups, CODECS)
     for g in audio:
         rungs = [r for r in g.rungs if r in renditions]
         if not rungs:  # its rungs were left out of the package
             continue
-        audio_of.update(dict.fromkeys(rungs, g.group))
+        for r in rungs:
+            audio_of.setdefault(r, []).append((g.group, f"{headers[r].video.codec},{g.codecs}"))
         for t in g.tracks:
             folder = t.path.stem
             tracks.append(cmaf.Track(folder, t.path, "audio", g.group, t.language, t.default))
@@ -160,7 +161,7 @@ def package_cmaf(
         media.append(
             AudioRendition(group, f"{group}/index.m3u8", headers[name].audio_channels or 2, group)
         )
-        audio_of[name] = group
+        audio_of[name] = [(group, headers[name].codecs)]
     texts = [
         SubtitleTrack(cmaf.SUBTITLES_GROUP, f"subtitles_{lang}/index.m3u8", lang)
         for lang in subtitles
@@ -185,30 +186,32 @@ def package_cmaf(
             max(measured[t.name][0] for t in tracks if t.group == group),
             max(measured[t.name][1] for t in tracks if t.group == group),
         )
-        for group in set(audio_of.values())
+        for group in {g for groups in audio_of.values() for g, _ in groups}
     }
     variants = []
     for name, header in headers.items():
-        peak, average, version = measured[name]
-        group = audio_of.get(name)
-        if group:
-            peak, average = peak + group_bps[group][0], average + group_bps[group][1]
+        video_peak, video_average, version = measured[name]
         video = header.video
-        variants.append(
-            VariantStream(
-                f"{name}/index.m3u8",
-                version,
-                video.width,
-                video.height,
-                float(video.frame_rate) if video.frame_rate else None,
-                header.codecs,
-                peak,
-                average,
-                group,
-                cmaf.SUBTITLES_GROUP if texts else None,
-                video.video_range,
+        # a rung is offered once per audio group it pairs with (one per audio codec)
+        for group, codecs in audio_of.get(name) or [(None, header.codecs)]:
+            peak, average = video_peak, video_average
+            if group:
+                peak, average = peak + group_bps[group][0], average + group_bps[group][1]
+            variants.append(
+                VariantStream(
+                    f"{name}/index.m3u8",
+                    version,
+                    video.width,
+                    video.height,
+                    float(video.frame_rate) if video.frame_rate else None,
+                    codecs,
+                    peak,
+                    average,
+                    group,
+                    cmaf.SUBTITLES_GROUP if texts else None,
+                    video.video_range,
+                )
             )
-        )
     (out / "master.m3u8").write_text(master_playlist(variants, media, texts))
     facts = {
         "variants": len(variants),
