@@ -73,6 +73,7 @@ def video_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> c
         frame_rate=video.frame_rate or 30.0,
         has_audio=info.audio is not None,
         tone_map=info.hdr and not preset.carries_hdr,
+        hdr10=info.hdr10 if preset.carries_hdr else None,
     )
 
 
