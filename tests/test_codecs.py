@@ -9,6 +9,7 @@ import subprocess
 import threading
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
+from fractions import Fraction
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator, Optional
@@ -29,7 +30,9 @@ from mpegflow_dagster.media.cmaf import (
     find_packager,
     packager_version,
 )
+from mpegflow_dagster.media.codecs import hdr10_params, video_options
 from mpegflow_dagster.media.mp4 import read_mp4
+from mpegflow_dagster.media.probe import ContentLight, Hdr10Metadata, parse_hdr10
 from mpegflow_dagster.media.synth import write_srt
 from mpegflow_dagster.presets import PresetError, load_presets
 from mpegflow_dagster.project import refuse_missing_encoders
@@ -547,9 +550,22 @@ def test_cmaf_without_the_packager_says_how_to_install_it(monkeypatch, tmp_path)
     assert packager_version(find_packager()).startswith(f"v{PACKAGER_VERSION}-")
 
 
+# HDR10 static metadata as x265 takes it: a P3-D65 mastering display of 0.005-1000 cd/m² (ST 2086
+# units: 0.00002 for x and y, 0.0001 cd/m²), MaxCLL 1000 and MaxFALL 400 cd/m²
+MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+HDR10_SIDE_DATA = {
+    "Mastering display metadata": {
+        **{"green_x": 13250, "green_y": 34500, "blue_x": 7500, "blue_y": 3000},
+        **{"red_x": 34000, "red_y": 16000, "white_point_x": 15635, "white_point_y": 16450},
+        **{"max_luminance": 10000000, "min_luminance": 50},
+    },
+    "Content light level metadata": {"max_content": 1000, "max_average": 400},
+}
+
+
 def pq_source(out: Path, seconds: float = 4.0) -> Path:
-    """A 10-bit HDR10 (PQ, BT.2020) clip with audio: lavfi's pattern tagged as PQ, kept near
-    lossless in HEVC Main 10."""
+    """A 10-bit HDR10 (PQ, BT.2020) clip with audio and HDR10 metadata: lavfi's pattern tagged as
+    PQ, kept near lossless in HEVC Main 10."""
     subprocess.run(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi"]
         + ["-i", f"testsrc2=size=320x180:rate=30:duration={seconds}", "-f", "lavfi"]
@@ -557,7 +573,8 @@ def pq_source(out: Path, seconds: float = 4.0) -> Path:
         + [
             "format=yuv420p10le,setparams=color_primaries=bt2020:color_trc=smpte2084:colorspace=bt2020nc"
         ]
-        + ["-c:v", "libx265", "-x265-params", "crf=10:log-level=error", "-pix_fmt", "yuv420p10le"]
+        + ["-c:v", "libx265", "-pix_fmt", "yuv420p10le", "-x265-params"]
+        + [f"crf=10:log-level=error:master-display={MASTER_DISPLAY}:max-cll=1000,400"]
         + ["-color_primaries", "bt2020", "-color_trc", "smpte2084", "-colorspace", "bt2020nc"]
         + ["-c:a", "aac", "-shortest", str(out)],
         check=True,
@@ -565,8 +582,79 @@ def pq_source(out: Path, seconds: float = 4.0) -> Path:
     return out
 
 
+def hdr10_side_data(path: Path) -> dict[str, dict[str, int]]:
+    """The HDR10 side data of the first frame, each chromaticity and luminance in ST 2086's units
+    (the precision HEVC has and AV1 exceeds: AV1 states x and y in 1/65536)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-read_intervals", "%+#1", "-select_streams", "v:0"]
+        + ["-show_frames", "-show_entries", "frame=side_data_list", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    [frame] = json.loads(out)["frames"]
+    found = {}
+    for side in frame.get("side_data_list", []):
+        kind = side.pop("side_data_type")
+        if kind in HDR10_SIDE_DATA:
+            unit = {k: 10_000 if k.endswith("luminance") else 50_000 for k in side}
+            found[kind] = {
+                k: v if isinstance(v, int) else round(Fraction(v) * unit[k])
+                for k, v in side.items()
+            }
+    return found
+
+
+# ffprobe's side data of the first frame of an AV1 encode of MASTER_DISPLAY: x and y in 1/65536,
+# luminance in 1/256 (max) and 1/16384 cd/m² (min)
+AV1_MASTERING = {
+    "side_data_type": "Mastering display metadata",
+    **{"red_x": "44564/65536", "red_y": "20972/65536", "green_x": "17367/65536"},
+    **{"green_y": "45220/65536", "blue_x": "9830/65536", "blue_y": "3932/65536"},
+    **{"white_point_x": "20493/65536", "white_point_y": "21561/65536"},
+    **{"min_luminance": "82/16384", "max_luminance": "256000/256"},
+}
+CONTENT_LIGHT = {
+    "side_data_type": "Content light level metadata",
+    "max_content": 1000,
+    "max_average": 400,
+}
+
+
+def test_hdr10_metadata_becomes_each_encoders_parameters_in_its_own_syntax():
+    """x265 gets ST 2086's integers (an AV1 source's finer values rounded back), SVT-AV1 decimals;
+    a preset's own pair wins, and a mastering display with a part unset is left out."""
+    hdr10 = parse_hdr10({"frames": [{"side_data_list": [AV1_MASTERING, CONTENT_LIGHT]}]})
+    assert hdr10 is not None
+    x265 = {"master-display": MASTER_DISPLAY, "max-cll": "1000,400"}
+    assert hdr10_params("libx265", hdr10) == x265
+    assert hdr10_params("libsvtav1", hdr10) == {
+        "mastering-display": "G(0.2649993896484375,0.69000244140625)"
+        "B(0.149993896484375,0.05999755859375)R(0.67999267578125,0.32000732421875)"
+        "WP(0.3126983642578125,0.3289947509765625)L(1000.0,0.0050048828125)",
+        "content-light": "1000,400",
+    }
+    options = video_options(
+        "libx265",
+        **{"speed": "fast", "profile": None, "level": None, "crf": None, "threads": 1},
+        **{"bitrate_kbps": 300, "maxrate_kbps": 450, "gop_frames": 60, "keyframes": "1"},
+        params=[("max-cll", "0,0")],
+        hdr10=hdr10,
+    )
+    pairs = str(options["x265-params"]).split(":")
+    assert f"master-display={MASTER_DISPLAY}" in pairs
+    assert [p for p in pairs if p.startswith("max-cll=")] == ["max-cll=0,0"]
+    unset = AV1_MASTERING | {"min_luminance": "0/0"}
+    assert parse_hdr10({"frames": [{"side_data_list": [unset, CONTENT_LIGHT]}]}) == Hdr10Metadata(
+        content_light=ContentLight(max_cll=1000, max_fall=400)
+    )
+
+
 def test_an_hdr_source_stays_pq_in_10_bit_rungs_and_is_tone_mapped_to_sdr_in_h264(tmp_path):
+    """Its HDR10 metadata too, which FFmpeg 5.1 does not hand the encoders: in the 10-bit rungs
+    (and their recorded argv), not in the tone-mapped one."""
     source = pq_source(tmp_path / "hdr.mp4")
+    assert hdr10_side_data(source) == HDR10_SIDE_DATA
     ladder = [
         {"name": "180p", "height": 180, "video_bitrate_kbps": 300},
         {"name": "180p_hevc", "height": 180, "video_bitrate_kbps": 250, "profile": "main10"}
@@ -581,6 +669,8 @@ def test_an_hdr_source_stays_pq_in_10_bit_rungs_and_is_tone_mapped_to_sdr_in_h26
             project, project.spec(), "clip", instance=instance, source=source
         )
         assert result.success
+        [hevc_argv] = latest(instance, "rendition_180p_hevc")["provenance"]["argv"]
+        assert f"master-display={MASTER_DISPLAY}" in hevc_argv[hevc_argv.index("-x265-params") + 1]
     out = Path(project.settings.delivery_dir) / "clip" / "hls"
     stored = Path(project.settings.storage_dir) / "vod"
     entries = "stream=pix_fmt,color_transfer,color_primaries,profile"
@@ -599,6 +689,9 @@ def test_an_hdr_source_stays_pq_in_10_bit_rungs_and_is_tone_mapped_to_sdr_in_h26
             "bt2020",
         )
     assert hevc["profile"] == "Main 10"
+    for n in ("180p_hevc", "180p_av1"):
+        assert hdr10_side_data(stored / f"rendition_{n}" / "clip" / f"{n}.mp4") == HDR10_SIDE_DATA
+    assert hdr10_side_data(stored / "rendition_180p" / "clip" / "180p.mp4") == {}
     master = (out / "master.m3u8").read_text()
     lines = {ln.split("\n")[1].split("/")[0]: ln for ln in master.split("#EXT-X-STREAM-INF:")[1:]}
     assert "VIDEO-RANGE=SDR" in lines["180p"]

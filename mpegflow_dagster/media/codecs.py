@@ -9,6 +9,8 @@ switches cleanly and encodes the same bytes twice:
 Measured on Debian 12's FFmpeg 5.1 (x264 core 164, x265 3.5, SVT-AV1 1.4.1): x265 gives the same
 bytes with `pools=none:frame-threads=1`, SVT-AV1 with `lp=1`. SVT-AV1 1.4 forces keyframes only
 in CRF mode, so its rungs are capped CRF: the preset's `crf`, with the rung's maxrate as the cap.
+FFmpeg 5.1 hands neither encoder the source frames' HDR10 side data, so a source's mastering
+display and content light levels are given to them as parameters (`hdr10`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import functools
 import re
 import subprocess
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal, Mapping, Optional, Sequence
+
+from .probe import Hdr10Metadata
 
 Encoder = Literal["libx264", "libx265", "libsvtav1"]
 
@@ -124,10 +129,12 @@ def video_options(
     keyframes: str,
     params: Sequence[tuple[str, str]],
     threads: int,
+    hdr10: Optional[Hdr10Metadata] = None,
 ) -> dict[str, object]:
     """The output options of one video stream: `keyframes` is the force_key_frames expression
     that puts a keyframe on each mark; the encoder's own keyframe cadence (`g` twice the marks'
-    spacing) is never reached."""
+    spacing) is never reached. `hdr10`: the source's static HDR metadata, for a rung that keeps
+    its PQ (HEVC and AV1 only; H.264 rungs are tone-mapped)."""
     forced = {
         "g": 2 * gop_frames,
         "force_key_frames": f"expr:{keyframes}",
@@ -155,6 +162,8 @@ def video_options(
             own["level-idc"] = level
         if threads == 1:  # x265's thread pool otherwise runs wavefronts and frames side by side
             own.update({"pools": "none", "frame-threads": "1"})
+        if hdr10:
+            own.update(hdr10_params(encoder, hdr10))
         return {
             "c:v": "libx265",
             "preset": speed,
@@ -170,6 +179,8 @@ def video_options(
         own = {"scd": "0", "irefresh-type": "2", "enable-force-key-frames": "1"}
         if threads == 1:
             own["lp"] = "1"
+        if hdr10:
+            own.update(hdr10_params(encoder, hdr10))
         return {
             "c:v": "libsvtav1",
             "preset": int(speed),
@@ -187,6 +198,31 @@ def _vbv(bitrate_kbps: int, maxrate_kbps: int) -> dict[str, str]:
         "maxrate:v": f"{maxrate_kbps}k",
         "bufsize:v": f"{2 * maxrate_kbps}k",
     }
+
+
+def hdr10_params(encoder: str, hdr10: Hdr10Metadata) -> dict[str, str]:
+    """The x265-params or svtav1-params that write `hdr10` into the stream: a mastering display
+    as `G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)`, content light as `MaxCLL,MaxFALL`. x265 3.5 writes
+    both SEI messages from these keys alone (no `hdr10=1` needed). SVT-AV1 1.4.1 reads
+    decimals; x265's integers it takes silently as out of range (chromaticities 65535/65536)."""
+    x265 = encoder == "libx265"
+
+    def xy(v: Fraction) -> str:  # x265: integers in ST 2086's unit, 0.00002
+        return str(round(v * 50_000)) if x265 else str(float(v))
+
+    def nits(v: Fraction) -> str:  # x265: in units of 0.0001 cd/m²
+        return str(round(v * 10_000)) if x265 else str(float(v))
+
+    params = {}
+    if md := hdr10.mastering_display:
+        points = (("G", md.green), ("B", md.blue), ("R", md.red), ("WP", md.white_point))
+        params["master-display" if x265 else "mastering-display"] = (
+            "".join(f"{name}({xy(x)},{xy(y)})" for name, (x, y) in points)
+            + f"L({nits(md.max_luminance)},{nits(md.min_luminance)})"
+        )
+    if cl := hdr10.content_light:
+        params["max-cll" if x265 else "content-light"] = f"{cl.max_cll},{cl.max_fall}"
+    return params
 
 
 def _params(own: Mapping[str, str], extra: Sequence[tuple[str, str]]) -> str:

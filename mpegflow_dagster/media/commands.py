@@ -19,6 +19,7 @@ import ffmpeg
 
 from . import codecs
 from .chunking import WHOLE, Span, marks_before
+from .probe import Hdr10Metadata
 from .safety import SAFE_INPUT, SOURCE_FORMATS
 
 _CHUNK_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2"  # what our own chunk and audio files are
@@ -92,6 +93,7 @@ class VideoOutput:
     has_audio: bool
     tone_map: bool = False  # an HDR source into a rung that cannot carry it: to SDR BT.709
     audio_stream: str = "a:0"  # the source's default audio stream
+    hdr10: Optional[Hdr10Metadata] = None  # the HDR source's, for a rung that keeps its PQ
 
     @property
     def audio(self) -> AudioOutput:
@@ -161,6 +163,7 @@ def _rendition_output(video, audio, out: Path, enc: VideoOutput, threads: int, s
         keyframes=_at_marks(span, enc.gop_s, "n_forced", in_lead=True),
         params=enc.encoder_params,
         threads=threads,
+        hdr10=enc.hdr10,
     )
     if enc.tune:
         opts["tune"] = enc.tune

@@ -8,7 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .build import resolve_binary
 from .runner import spawn_args
@@ -49,6 +49,40 @@ class StreamInfo(BaseModel):
 
 HDR_TRANSFERS = ("smpte2084", "arib-std-b67")  # PQ, HLG
 
+Chromaticity = tuple[Fraction, Fraction]  # CIE 1931 x, y
+
+
+class MasteringDisplay(BaseModel):
+    """SMPTE ST 2086: the colour volume of the display the video was graded on, exactly as the
+    stream states it (luminance in cd/m²)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    red: Chromaticity
+    green: Chromaticity
+    blue: Chromaticity
+    white_point: Chromaticity
+    min_luminance: Fraction
+    max_luminance: Fraction
+
+
+class ContentLight(BaseModel):
+    """CTA-861.3, in cd/m²: the brightest pixel (MaxCLL) and brightest frame average (MaxFALL)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_cll: int
+    max_fall: int
+
+
+class Hdr10Metadata(BaseModel):
+    """HDR10's static metadata: what a display needs to map the PQ signal to its own range."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mastering_display: Optional[MasteringDisplay] = None
+    content_light: Optional[ContentLight] = None
+
 
 class MediaInfo(BaseModel):
     format_name: str
@@ -56,6 +90,9 @@ class MediaInfo(BaseModel):
     size_bytes: int
     bit_rate: Optional[int] = None
     streams: list[StreamInfo]
+    # of the first video stream, from its first frame (`probe(hdr10=True)`); left out of the JSON
+    # when there is none, so a probe without it stays the same bytes
+    hdr10: Optional[Hdr10Metadata] = Field(default=None, exclude_if=lambda v: v is None)
 
     @property
     def video(self) -> Optional[StreamInfo]:
@@ -157,12 +194,54 @@ def parse_probe(data: dict) -> MediaInfo:
     )
 
 
+_MASTERING = "Mastering display metadata"
+_CONTENT_LIGHT = "Content light level metadata"
+
+
+def parse_hdr10(data: dict) -> Optional[Hdr10Metadata]:
+    """The HDR10 side data of the first frame in ffprobe's `-show_frames` JSON."""
+    frames = data.get("frames") or [{}]
+    side = {d.get("side_data_type"): d for d in frames[0].get("side_data_list", [])}
+    mastering = None
+    if md := side.get(_MASTERING):
+        points = ("red", "green", "blue", "white_point")
+        fields = {c: (md.get(f"{c}_x"), md.get(f"{c}_y")) for c in points}
+        fields.update({k: md.get(k) for k in ("min_luminance", "max_luminance")})
+        try:
+            mastering = MasteringDisplay.model_validate(fields)
+        except ValidationError:  # a part unset ("0/0", absent): no encoder takes half a display
+            mastering = None
+    light = None
+    if cl := side.get(_CONTENT_LIGHT):
+        light = ContentLight(max_cll=cl["max_content"], max_fall=cl["max_average"])
+    if mastering is None and light is None:
+        return None
+    return Hdr10Metadata(mastering_display=mastering, content_light=light)
+
+
 def probe(
-    path: Path, ffprobe: str = "ffprobe", timeout_s: float = 60.0, formats: str = SOURCE_FORMATS
+    path: Path,
+    ffprobe: str = "ffprobe",
+    timeout_s: float = 60.0,
+    formats: str = SOURCE_FORMATS,
+    *,
+    hdr10: bool = False,
 ) -> MediaInfo:
     """Probe a local file with the untrusted-input restrictions (only `formats` demuxers, the
     pixel cap). The path is passed with the `file:` protocol so names like `-x.mp4` or
-    `concat:a|b` are read as plain files."""
+    `concat:a|b` are read as plain files. `hdr10`: of a PQ or HLG video also read the static
+    metadata on its first frame (a second ffprobe run, which decodes that frame)."""
+    info = parse_probe(_ffprobe(path, ffprobe, timeout_s, formats, "-show_format", "-show_streams"))
+    if hdr10 and info.hdr:
+        first_frame = ("-read_intervals", "%+#1", "-select_streams", "v:0", "-show_frames")
+        # `-show_frames` too: `-show_entries` alone prints each side data entry empty
+        only_side_data = ("-show_entries", "frame=side_data_list")
+        frames = _ffprobe(path, ffprobe, timeout_s, formats, *first_frame, *only_side_data)
+        info.hdr10 = parse_hdr10(frames)
+    return info
+
+
+def _ffprobe(path: Path, ffprobe: str, timeout_s: float, formats: str, *shown: str) -> dict:
     argv = [
         resolve_binary(ffprobe),
         "-v",
@@ -171,8 +250,7 @@ def probe(
         *safe_input_args(formats),
         "-print_format",
         "json",
-        "-show_format",
-        "-show_streams",
+        *shown,
         f"file:{Path(path).resolve()}",
     ]
     try:
@@ -192,7 +270,7 @@ def probe(
             f"ffprobe cannot read {Path(path).name}: {proc.stderr.strip()[-500:] or 'no output'}",
             stderr_tail=proc.stderr[-4000:],
         )
-    return parse_probe(json.loads(proc.stdout or "{}"))
+    return json.loads(proc.stdout or "{}")
 
 
 def keyframe_times(path: Path, ffprobe: str = "ffprobe") -> list[float]:

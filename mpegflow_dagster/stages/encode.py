@@ -74,6 +74,7 @@ def video_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> c
         has_audio=info.audio is not None,
         tone_map=info.hdr and not preset.carries_hdr,
         audio_stream=f"a:{info.default_audio}",
+        hdr10=info.hdr10 if preset.carries_hdr else None,
     )
 
 

@@ -175,7 +175,7 @@ def probe_source(ingest_dir: Path, work: Path, tools: Tools, name: str) -> Stage
             failure_class="security",
         )
     try:
-        info = probe(source, tools.ffprobe)
+        info = probe(source, tools.ffprobe, hdr10=True)  # the renditions that keep HDR write it
     except ProbeError as exc:
         raise ProbeError(f"{label}: {exc}", exc.stderr_tail) from exc
     video = info.video
