@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 import pytest
 import yaml
-from dagster import AssetKey, AssetRecordsFilter, instance_for_test
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, instance_for_test
 from pipeline_helpers import ROOT, project_with
 
 from mpegflow_dagster import SpecError, load_spec
@@ -35,7 +35,7 @@ from mpegflow_dagster.media.mp4 import read_mp4
 from mpegflow_dagster.media.probe import ContentLight, Hdr10Metadata, parse_hdr10
 from mpegflow_dagster.media.synth import write_srt
 from mpegflow_dagster.presets import PresetError, load_presets
-from mpegflow_dagster.project import refuse_missing_encoders
+from mpegflow_dagster.project import Project, refuse_missing_encoders
 from mpegflow_dagster.runs import materialize_video
 
 PRESETS = ROOT / "resources" / "presets"
@@ -212,6 +212,19 @@ def with_two_languages(source: Path) -> Path:
     return source
 
 
+@contextmanager
+def ran(base: Path, changes: dict, source: Path) -> Iterator[tuple[Project, DagsterInstance]]:
+    """Video `clip` (`source`) through a project of the default spec with `changes`, on a Dagster
+    instance of its own, which stays open for reading back what it recorded."""
+    project = project_with(base, changes)
+    with instance_for_test() as instance:
+        result = materialize_video(
+            project, project.spec(), "clip", instance=instance, source=source
+        )
+        assert result.success
+        yield project, instance
+
+
 @pytest.fixture(scope="module")
 def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
     """Two runs of an H.264 + HEVC + AV1 ladder on the same 29.97 fps source, cut in time chunks
@@ -232,12 +245,7 @@ def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
     runs = []
     for n in (1, 2):
         base = tmp_path_factory.mktemp(f"codecs{n}")
-        project = project_with(base, changes)
-        with instance_for_test() as instance:
-            result = materialize_video(
-                project, project.spec(), "clip", instance=instance, source=source
-            )
-            assert result.success
+        with ran(base, changes, source) as (project, instance):
             provenance = {}
             for r in LADDER:
                 meta = latest(instance, f"rendition_{r['name']}")
@@ -461,12 +469,7 @@ def test_a_source_without_audio_still_packages_as_cmaf(tmp_path, make_source):
     source = make_source(duration_s=4.0, width=320, height=180, audio=False)
     ladder = [{"name": "180p", "height": 180, "video_bitrate_kbps": 300}]
     changes = {"ladder": ladder, "hls": CMAF, "captions": {"enabled": False}}
-    project = project_with(tmp_path / "p", changes)
-    with instance_for_test() as instance:
-        result = materialize_video(
-            project, project.spec(), "clip", instance=instance, source=source
-        )
-        assert result.success
+    with ran(tmp_path / "p", changes, source) as (project, instance):
         assert latest(instance, "audio")["source_streams"] == 0
     package = Path(project.settings.delivery_dir) / "clip" / "hls"
     assert sorted(p.name for p in package.iterdir() if p.is_dir()) == ["180p"]
@@ -494,13 +497,8 @@ def test_a_second_audio_codec_is_a_group_of_its_own_that_every_rung_is_offered_w
         "audio": {"extra": extra},
         "captions": {"enabled": False},
     }
-    project = project_with(tmp_path / "p", changes)
-    with instance_for_test() as instance:
-        result = materialize_video(
-            project, project.spec(), "clip", instance=instance, source=source
-        )
-        assert result.success
-    package = Path(project.settings.delivery_dir) / "clip" / "hls"
+    with ran(tmp_path / "p", changes, source) as (project, _):
+        package = Path(project.settings.delivery_dir) / "clip" / "hls"
     master = (package / "master.m3u8").read_text()
     offered = {}
     for entry in master.split("#EXT-X-STREAM-INF:")[1:]:
@@ -663,12 +661,7 @@ def test_an_hdr_source_stays_pq_in_10_bit_rungs_and_is_tone_mapped_to_sdr_in_h26
         | {"preset": "svtav1-10bit-vod"},
     ]
     changes = {"ladder": ladder, "hls": FMP4, "captions": {"enabled": False}}
-    project = project_with(tmp_path / "p", changes)
-    with instance_for_test() as instance:
-        result = materialize_video(
-            project, project.spec(), "clip", instance=instance, source=source
-        )
-        assert result.success
+    with ran(tmp_path / "p", changes, source) as (project, instance):
         [hevc_argv] = latest(instance, "rendition_180p_hevc")["provenance"]["argv"]
         assert f"master-display={MASTER_DISPLAY}" in hevc_argv[hevc_argv.index("-x265-params") + 1]
     out = Path(project.settings.delivery_dir) / "clip" / "hls"
@@ -720,12 +713,7 @@ def test_cenc_cbcs_segments_play_in_dash_js_with_the_clear_key_and_the_key_stays
     monkeypatch.setenv("MPEGFLOW_CENC_KEY", KEY)
     packages = []
     for n in (1, 2):  # the IV comes from the key id and the tracks: the same package twice
-        project = project_with(tmp_path / f"p{n}", changes)
-        with instance_for_test() as instance:
-            result = materialize_video(
-                project, project.spec(), "clip", instance=instance, source=source
-            )
-            assert result.success
+        with ran(tmp_path / f"p{n}", changes, source) as (project, instance):
             hls = latest(instance, "hls")
         packages.append(Path(project.settings.delivery_dir) / "clip" / "hls")
     assert tree_hashes(packages[0]) == tree_hashes(packages[1])
