@@ -34,6 +34,7 @@ from s3_server import bucket, free_port, list_keys, moto_endpoint, s3, s3_resour
 from mpegflow_dagster.events import Event
 from mpegflow_dagster.project import Project, S3Settings, Settings
 from mpegflow_dagster.runs import materialize_video
+from mpegflow_dagster.spec import PipelineSpec
 from mpegflow_dagster.webhooks.sensor import DELIVERY_SENSOR
 from mpegflow_dagster.webhooks.signing import verify_signature
 
@@ -586,3 +587,46 @@ def test_hostile_upload_keys_get_safe_partitions_and_ingest_from_s3(
         list_keys(client, bucket, "x.mp4") == []
         and list_keys(client, bucket, "uploads/x.mp4") == []
     )  # no escape
+
+
+def test_a_cmaf_package_reaches_the_delivery_bucket_with_dash_and_segment_headers(
+    moto_endpoint, s3, bucket, make_source, tmp_path, monkeypatch
+):
+    """A CMAF spec through S3 storage into the delivery bucket: every file either manifest names
+    is there, the MPD as `application/dash+xml` cached briefly, segments and init segments cached
+    for good."""
+    aws_env(monkeypatch)
+    client = s3.get_client()
+    project = s3_project(tmp_path, moto_endpoint, storage_bucket=bucket, delivery_bucket=bucket)
+    spec = PipelineSpec.model_validate(
+        {
+            **project.spec("vod").model_dump(),
+            "ladder": [{"name": "180p", "height": 180, "video_bitrate_kbps": 300}],
+            "hls": {"segment_s": 2, "segment_type": "cmaf"},
+            "captions": {"enabled": False},
+        }
+    )
+    source = make_source("clip", duration_s=4.0, width=320, height=180)
+    with instance_for_test() as instance:
+        assert materialize_video(project, spec, "clip", instance=instance, source=source).success
+    keys = set(list_keys(client, bucket, "clip/hls/"))
+    mpd = get_text(client, bucket, "clip/hls/manifest.mpd")
+    named = set()
+    for template in re.findall(r"<SegmentTemplate [^>]*>", mpd):
+        init = re.search(r'initialization="([^"]+)"', template)
+        media = re.search(r'media="([^"]+)"', template)
+        assert init and media
+        named |= {f"clip/hls/{init[1]}", f"clip/hls/{media[1].replace('$Number%05d$', '00001')}"}
+    assert {k.split("/")[2] for k in named} == {"180p", "audio_128k_und"}
+    assert named <= keys
+    expected = {
+        ".mpd": ("application/dash+xml", SHORT_CACHE),
+        ".m3u8": (PLAYLIST, SHORT_CACHE),
+        ".m4s": ("video/iso.segment", IMMUTABLE_CACHE),
+        ".mp4": ("video/mp4", IMMUTABLE_CACHE),
+    }
+    for key in ["clip/hls/manifest.mpd", "clip/hls/master.m3u8", *sorted(named)]:
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert (head["ContentType"], head.get("CacheControl")) == expected[
+            PurePosixPath(key).suffix
+        ], key
