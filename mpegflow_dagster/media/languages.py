@@ -18,7 +18,7 @@ def bcp47(tag: Optional[str]) -> str:
         return UNDETERMINED
     try:
         standard = langcodes.standardize_tag(tag.strip())
-    except (ValueError, langcodes.LanguageTagError):
+    except ValueError:  # langcodes.LanguageTagError is one
         return UNDETERMINED
     return standard if langcodes.tag_is_valid(standard) else UNDETERMINED
 
