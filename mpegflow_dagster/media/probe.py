@@ -42,9 +42,14 @@ class StreamInfo(BaseModel):
     sample_rate: Optional[int] = None
     channels: Optional[int] = None
     duration: Optional[float] = None
+    language: Optional[str] = None  # the stream's language tag as the container has it (`fre`)
 
 
 HDR_TRANSFERS = ("smpte2084", "arib-std-b67")  # PQ, HLG
+# Subtitle codecs by what FFmpeg can make of them: cues of text (into WebVTT), or pictures, which
+# no encoder of FFmpeg 5.1 turns into text
+TEXT_SUBTITLE_CODECS = frozenset({"subrip", "ass", "ssa", "webvtt", "mov_text", "text"})
+BITMAP_SUBTITLE_CODECS = frozenset({"dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle", "xsub"})
 
 
 class MediaInfo(BaseModel):
@@ -66,6 +71,10 @@ class MediaInfo(BaseModel):
     @property
     def audio(self) -> Optional[StreamInfo]:
         return next((s for s in self.streams if s.codec_type == "audio"), None)
+
+    @property
+    def subtitles(self) -> list[StreamInfo]:
+        return [s for s in self.streams if s.codec_type == "subtitle"]
 
     def summary(self) -> dict[str, object]:
         """Flat facts a video engineer reads first."""
@@ -129,6 +138,7 @@ def parse_probe(data: dict) -> MediaInfo:
             sample_rate=_num(s.get("sample_rate")),
             channels=_num(s.get("channels")),
             duration=_num(s.get("duration"), float),
+            language=(s.get("tags") or {}).get("language"),
         )
         for s in data.get("streams", [])
     ]
