@@ -32,7 +32,7 @@ from ..stage import StageContext, StepLayout, pipeline_key, video_asset
 from ..storage import sha256_files
 from .encode import rendition_asset_name
 from .ingest import load_probe
-from .subtitles import load_tracks
+from .subtitles import WebvttTrack, load_tracks
 from .toolkit import StageOutput, Tools
 
 
@@ -126,13 +126,12 @@ def package_cmaf(
     cfg: HlsSpec,
     work: Path,
     dropped: Mapping[str, str],
-    subtitles: Mapping[str, Path] = {},
+    subtitles: Sequence[WebvttTrack] = (),
 ) -> StageOutput:
     """One Shaka Packager run: each rendition's video and each distinct audio (by bitrate, from
     `audio_kbps`: a rung's; None, a rendition of your own, keeps its own) as CMAF segments, each
-    of `subtitles` (WebVTT by language) as segmented WebVTT, a static DASH MPD over them, and our
-    multivariant playlist over Shaka's media playlists, each rung with the audio it was encoded
-    with."""
+    of `subtitles` as segmented WebVTT, a static DASH MPD over them, and our multivariant
+    playlist over Shaka's media playlists, each rung with the audio it was encoded with."""
     out = work / "hls"
     headers = {name: read_mp4(mp4) for name, mp4 in renditions.items()}
     audio_of: dict[str, str] = {}  # rendition -> its audio track's folder
@@ -150,12 +149,12 @@ def package_cmaf(
             )
         audio_of[name] = group
     texts = [
-        SubtitleTrack(cmaf.SUBTITLES_GROUP, f"subtitles_{lang}/index.m3u8", lang)
-        for lang in subtitles
+        SubtitleTrack(cmaf.SUBTITLES_GROUP, f"subtitles_{t.name}/index.m3u8", t.language, t.name)
+        for t in subtitles
     ]
     tracks += [
-        cmaf.Track(f"subtitles_{lang}", vtt, "text", language=lang)
-        for lang, vtt in subtitles.items()
+        cmaf.Track(f"subtitles_{t.name}", t.path, "text", language=t.language, label=t.name)
+        for t in subtitles
     ]
     args = cmaf.packager_args(tracks, out, segment_s=cfg.segment_s)
     if cfg.encryption:
@@ -193,7 +192,7 @@ def package_cmaf(
     facts = {
         "variants": len(variants),
         "audio_tracks": len(groups),
-        "subtitles": ", ".join(subtitles) or "none",
+        "subtitles": ", ".join(t.name for t in subtitles) or "none",
         "encryption": f"{cfg.encryption} (raw key)" if cfg.encryption else "none",
         "segment_s": cfg.segment_s,
         "segment_type": cfg.segment_type,
@@ -298,7 +297,7 @@ def assets(
                 spec.hls,
                 context.work,
                 dropped,
-                load_tracks(subtitles) if subtitles is not None else {},
+                load_tracks(subtitles) if subtitles is not None else [],
             )
         return package_hls(kept, spec.hls, context.ffmpeg, context.work, dropped)
 
