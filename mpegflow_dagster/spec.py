@@ -113,8 +113,9 @@ class SubtitleSpec(_Strict):
     enabled: bool = Field(
         default=True,
         description="A CMAF package (hls.segment_type: cmaf) gets a selectable WebVTT track per "
-        "subtitle sidecar of the source: `movie.<language>.srt|vtt` (BCP 47, e.g. fr, pt-BR) "
-        "and the plain `movie.srt` as `und`. False: no subtitles asset.",
+        "subtitle sidecar of the source (`movie.<language>.srt|vtt`, e.g. fr, fre, pt-BR; the "
+        "plain `movie.srt` as `und`) and per text subtitle stream inside it (subrip, ASS, "
+        "WebVTT, mov_text: its language tag). False: no subtitles asset.",
     )
 
 

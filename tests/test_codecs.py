@@ -461,7 +461,7 @@ def test_hls_and_dash_point_at_one_set_of_cmaf_segments(multi_codec):
     rendition = Path(multi_codec[0][1]["180p"]["path"])
     assert audio_packets(rendition) == audio_packets(tracks / "audio_64k_fr.m4a")
     assert audio_packets(rendition) != audio_packets(tracks / "audio_64k_en.m4a")
-    assert 'TYPE=SUBTITLES,GROUP-ID="subs",NAME="fr",LANGUAGE="fr"' in master
+    assert 'TYPE=SUBTITLES,GROUP-ID="subs",NAME="français",LANGUAGE="fr"' in master
     assert master.count('SUBTITLES="subs"') == len(LADDER)
 
 
@@ -535,6 +535,93 @@ def test_a_subtitle_file_that_is_not_text_is_left_out_alone_and_named(multi_code
     subtitles = multi_codec[0][1]["subtitles"]
     assert subtitles["languages"] == "en, fr"
     assert subtitles["rejected"].startswith("de: the de subtitle file is not a valid SRT or WebVTT")
+
+
+def dvd_subtitle_stream(out: Path) -> Path:
+    """An MPEG program stream of one DVD subtitle (a 2x2 picture shown at 1 s), written by hand:
+    FFmpeg 5.1 encodes bitmap subtitles from bitmap ones only."""
+    show = bytes.fromhex("0000 0020 01 033210 04fff0 05000001000001 0600040006 ff")
+    hide = bytes.fromhex("0064 0020 02 ff")
+    body = bytes.fromhex("0001 0001") + show + hide  # each field one line of color 1
+    spu = (4 + len(body)).to_bytes(2, "big") + (8).to_bytes(2, "big") + body
+    pts = bytes.fromhex("210005bf21")  # 90000: 1 s
+    payload = bytes.fromhex("818005") + pts + b"\x20" + spu  # private stream 1, subpicture 0
+    pes = bytes.fromhex("000001bd") + len(payload).to_bytes(2, "big") + payload
+    out.write_bytes(bytes.fromhex("000001ba4400040004010189c3f8") + pes + bytes.fromhex("000001b9"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def embedded_subtitles(tmp_path_factory, make_source) -> tuple[Path, dict]:
+    """One run of one H.264 rung on an MKV with a Spanish subrip stream, a French one without a
+    cue and a DVD (bitmap) one, beside sidecars `clip.es.srt` and `clip.fre.srt`: the delivery
+    folder and the subtitles asset's metadata."""
+    tmp_path = tmp_path_factory.mktemp("embedded")
+    clip = make_source(duration_s=4.0, width=320, height=180, fps=30)
+    source = tmp_path / "in" / "clip.mkv"
+    source.parent.mkdir()
+    hola = write_srt(tmp_path / "hola.srt", 4.0, text="HOLA")
+    late = tmp_path / "late.srt"  # its one cue is past the 4 s kept: a stream without a cue
+    late.write_text("1\n00:01:40,000 --> 00:01:42,000\nTARDE\n")
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(clip), "-i", str(hola)]
+        + ["-i", str(late), "-i", str(dvd_subtitle_stream(tmp_path / "dvd.mpg"))]
+        + ["-map", "0:v", "-map", "0:a", "-map", "1", "-map", "2", "-map", "3", "-c", "copy"]
+        + ["-metadata:s:s:0", "language=spa", "-metadata:s:s:0", "title=Comentarios"]
+        + ["-metadata:s:s:1", "language=fre", "-t", "4"]
+        + [str(source)],
+        check=True,
+    )
+    write_srt(source.with_name("clip.es.srt"), 4.0, text="ADIOS")
+    write_srt(source.with_name("clip.fre.srt"), 4.0, text="SALUT")
+    changes = {"ladder": [LADDER[0]], "hls": CMAF, "captions": {"enabled": False}}
+    with ran(tmp_path / "p", changes, source) as (project, instance):
+        subtitles = latest(instance, "subtitles")
+    return Path(project.settings.delivery_dir) / "clip", subtitles
+
+
+@pytest.mark.pipeline
+def test_text_subtitle_streams_of_the_source_become_tracks_beside_the_sidecars(
+    embedded_subtitles,
+):
+    """The sidecars come first, the stream of a language already there is `es-2`, named by its
+    title (HLS NAME, DASH Label; a sidecar by its language's own name), the stream without a cue
+    and the bitmap one are left out and named."""
+    delivery, subtitles = embedded_subtitles
+    assert subtitles["tracks"] == (
+        "es: the es subtitle file; fr: the fre subtitle file; es-2: stream 2 (subrip)"
+    )
+    assert subtitles["rejected"] == (
+        "stream 3 (subrip): it holds no cue; stream 4 (dvd_subtitle): bitmap, not text"
+    )
+    package = delivery / "hls"
+    master = (package / "master.m3u8").read_text()
+    tracks = [("es", "es", "español"), ("fr", "fr", "français"), ("es-2", "es", "Comentarios")]
+    for folder, language, name in tracks:
+        assert (
+            f'TYPE=SUBTITLES,GROUP-ID="subs",NAME="{name}",LANGUAGE="{language}",DEFAULT=NO,'
+            f'AUTOSELECT=YES,URI="subtitles_{folder}/index.m3u8"'
+        ) in master
+    cues = "".join(p.read_text() for p in sorted((package / "subtitles_es-2").glob("*.vtt")))
+    assert "HOLA 1" in cues and "HOLA 2" in cues
+    assert "ADIOS 1" in (package / "subtitles_es" / "00001.vtt").read_text()
+    ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+    mpd = ET.parse(package / "manifest.mpd").getroot()
+    texts = mpd.iterfind(".//d:AdaptationSet[@contentType='text']", ns)
+    labels = {(a.get("lang"), a.findtext("d:Label", namespaces=ns)) for a in texts}
+    assert labels == {("es", "español"), ("fr", "français"), ("es", "Comentarios")}
+
+
+@pytest.mark.slow
+@pytest.mark.pipeline
+@pytest.mark.parametrize("player, manifest", [("hls", "master.m3u8"), ("dash", "manifest.mpd")])
+def test_hls_js_and_dash_js_list_both_tracks_of_one_language(
+    embedded_subtitles, tmp_path, player, manifest
+):
+    delivery, _ = embedded_subtitles
+    report = play(player, delivery, f"hls/{manifest}", tmp_path)
+    assert played(report) == {("avc1", 180)}
+    assert sorted(report["subtitles"]) == ["es", "es", "fr"]
 
 
 def test_cmaf_without_the_packager_says_how_to_install_it(monkeypatch, tmp_path):

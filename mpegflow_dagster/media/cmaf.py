@@ -87,6 +87,7 @@ class Track:
     group: Optional[str] = None  # the HLS audio group an audio track belongs to
     language: Optional[str] = None  # BCP 47; None: the stream's own, if any
     default: bool = False  # an audio track a player picks first: DASH role "main"
+    label: Optional[str] = None  # of a text track, unique in the package: its name in menus
 
 
 class MissingKey(ValueError):
@@ -150,15 +151,17 @@ def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list
         folder = out_dir / t.name
         if t.stream == "text":
             # HLS players read segmented WebVTT; dash.js reads WebVTT in fMP4 (wvtt) only: the
-            # same cues twice, side by side in the track's folder
+            # same cues twice, side by side in the track's folder. The label keeps two tracks of
+            # one language apart: Shaka puts them in one AdaptationSet (one track) without it.
             language = t.language or "und"
+            label = (t.label or language).replace(",", " ")  # a comma ends a descriptor field
             descriptors += [
                 {
                     **source,
                     "segment_template": str(folder / "$Number%05d$.vtt"),
                     "playlist_name": f"{t.name}/index.m3u8",
                     "hls_group_id": SUBTITLES_GROUP,
-                    "hls_name": language,
+                    "hls_name": label,
                     "language": language,
                     "hls_only": "1",
                 },
@@ -168,6 +171,7 @@ def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list
                     "init_segment": str(folder / "init.mp4"),
                     "segment_template": str(folder / "$Number%05d$.m4s"),
                     "language": language,
+                    "dash_label": label,
                     "dash_only": "1",
                 },
             ]

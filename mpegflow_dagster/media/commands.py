@@ -314,10 +314,12 @@ def join_args(listing: Path, audio: Optional[Path], out: Path) -> list[str]:
     ).get_args()
 
 
-def webvtt_args(src: Path, out: Path) -> list[str]:
-    """A subtitle file (SRT or WebVTT, as `safety` lets through) as WebVTT, its cues as they are."""
+def webvtt_args(src: Path, out: Path, stream: Optional[int] = None) -> list[str]:
+    """Text subtitles as WebVTT, their cues as they are: a subtitle file (SRT or WebVTT, as
+    `safety` lets through), or with `stream` that stream (by index) of the source."""
+    subtitles = _input(src, formats="srt,webvtt") if stream is None else _input(src)[str(stream)]
     return ffmpeg.output(
-        _input(src, formats="srt,webvtt"),
+        subtitles,
         _output_name(out),
         **{"c:s": "webvtt"},
         f="webvtt",

@@ -37,11 +37,12 @@ class AudioRendition:
 
 @dataclass(frozen=True)
 class SubtitleTrack:
-    """A selectable subtitle track (segmented WebVTT), one language of the subtitles group."""
+    """A selectable subtitle track (segmented WebVTT) of the subtitles group."""
 
     group: str
     uri: str
     language: str
+    name: str  # unique in the group, as HLS wants: two tracks may share a language
 
 
 # A segment this short (the few milliseconds of audio past the last video frame) is mostly its
@@ -92,7 +93,7 @@ def master_playlist(
         )
     for t in subtitles:  # offered, never forced on: DEFAULT=NO
         lines.append(
-            f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{t.group}",NAME="{t.language}",'
+            f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{t.group}",NAME="{t.name}",'
             f'LANGUAGE="{t.language}",DEFAULT=NO,AUTOSELECT=YES,URI="{t.uri}"'
         )
     for v in sorted(variants, key=lambda v: (v.peak_bps, v.height)):

@@ -48,6 +48,10 @@ class StreamInfo(BaseModel):
 
 
 HDR_TRANSFERS = ("smpte2084", "arib-std-b67")  # PQ, HLG
+# Subtitle codecs by what FFmpeg can make of them: cues of text (into WebVTT), or pictures, which
+# no encoder of FFmpeg 5.1 turns into text
+TEXT_SUBTITLE_CODECS = frozenset({"subrip", "ass", "ssa", "webvtt", "mov_text", "text"})
+BITMAP_SUBTITLE_CODECS = frozenset({"dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle", "xsub"})
 
 Chromaticity = tuple[Fraction, Fraction]  # CIE 1931 x, y
 
@@ -116,6 +120,10 @@ class MediaInfo(BaseModel):
         """Which audio stream a player picks first (0: the first): the first one flagged
         default, else the first."""
         return next((i for i, s in enumerate(self.audio_streams) if s.default), 0)
+
+    @property
+    def subtitles(self) -> list[StreamInfo]:
+        return [s for s in self.streams if s.codec_type == "subtitle"]
 
     def summary(self) -> dict[str, object]:
         """Flat facts a video engineer reads first."""

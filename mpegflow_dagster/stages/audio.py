@@ -23,7 +23,7 @@ from ..media.verify import OutputRejected, Policy, verify_output
 from ..spec import PipelineSpec
 from ..stage import StageContext, StepLayout, pipeline_key, video_asset
 from .ingest import load_probe, source_file
-from .toolkit import StageOutput, Tools
+from .toolkit import IN_MENUS, StageOutput, Tools, unique_name
 
 TRACKS = "tracks.json"
 
@@ -88,18 +88,12 @@ def source_audio(info: MediaInfo) -> list[SourceAudio]:
     found: list[SourceAudio] = []
     for i, stream in enumerate(streams):
         language = bcp47(stream.language)
-        taken_keys, taken_names = {a.key for a in found}, {a.name for a in found}
-        key = _unique(language, taken_keys, "-{}")
-        name = _unique(stream.title or display_name(language), taken_names, " ({})")
+        key = unique_name(language, {a.key for a in found})
+        name = unique_name(
+            stream.title or display_name(language), {a.name for a in found}, IN_MENUS
+        )
         found.append(SourceAudio(f"a:{i}", key, language, name, i == default))
     return found
-
-
-def _unique(wanted: str, taken: set[str], suffix: str) -> str:
-    n, made = 2, wanted
-    while made in taken:
-        made, n = wanted + suffix.format(n), n + 1
-    return made
 
 
 def encode_audio_tracks(

@@ -33,7 +33,7 @@ from ..storage import sha256_files
 from .audio import AudioGroupFiles, load_audio_groups
 from .encode import rendition_asset_name
 from .ingest import load_probe
-from .subtitles import load_tracks
+from .subtitles import WebvttTrack, load_tracks
 from .toolkit import StageOutput, Tools
 
 
@@ -127,7 +127,7 @@ def package_cmaf(
     cfg: HlsSpec,
     work: Path,
     dropped: Mapping[str, str],
-    subtitles: Mapping[str, Path] = {},
+    subtitles: Sequence[WebvttTrack] = (),
 ) -> StageOutput:
     """One Shaka Packager run: each rendition's video, the audio artifact's tracks (each audio
     group with one track per language, `audio`: the groups of the audio stage) and each of
@@ -163,12 +163,12 @@ def package_cmaf(
         )
         audio_of[name] = [(group, headers[name].codecs)]
     texts = [
-        SubtitleTrack(cmaf.SUBTITLES_GROUP, f"subtitles_{lang}/index.m3u8", lang)
-        for lang in subtitles
+        SubtitleTrack(cmaf.SUBTITLES_GROUP, f"subtitles_{t.name}/index.m3u8", t.language, t.label)
+        for t in subtitles
     ]
     tracks += [
-        cmaf.Track(f"subtitles_{lang}", vtt, "text", language=lang)
-        for lang, vtt in subtitles.items()
+        cmaf.Track(f"subtitles_{t.name}", t.path, "text", language=t.language, label=t.label)
+        for t in subtitles
     ]
     args = cmaf.packager_args(tracks, out, segment_s=cfg.segment_s)
     if cfg.encryption:
@@ -217,7 +217,7 @@ def package_cmaf(
         "variants": len(variants),
         "audio_tracks": len(media),
         "audio_languages": ", ".join(sorted({a.language or "und" for a in media})) or "none",
-        "subtitles": ", ".join(subtitles) or "none",
+        "subtitles": ", ".join(t.name for t in subtitles) or "none",
         "encryption": f"{cfg.encryption} (raw key)" if cfg.encryption else "none",
         "segment_s": cfg.segment_s,
         "segment_type": cfg.segment_type,
@@ -324,7 +324,7 @@ def assets(
                 spec.hls,
                 context.work,
                 dropped,
-                load_tracks(subtitles) if subtitles is not None else {},
+                load_tracks(subtitles) if subtitles is not None else [],
             )
         return package_hls(kept, spec.hls, context.ffmpeg, context.work, dropped)
 

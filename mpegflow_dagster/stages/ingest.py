@@ -146,16 +146,17 @@ def source_file(ingest_dir: Path) -> Path:
     return next(p for p in Path(ingest_dir).iterdir() if p.stem == SOURCE_STEM)
 
 
-def subtitle_files(ingest_dir: Path) -> dict[str, Path]:
-    """The stored subtitle files by language: each language-tagged sidecar, and the plain caption
-    sidecar (`movie.srt`, the one burned in) as `und`, undetermined."""
-    found = {
-        p.name.split(".")[1]: p
+def subtitle_files(ingest_dir: Path) -> list[tuple[str, Path]]:
+    """The stored subtitle files with the language tag of their name (as the sidecar's name said
+    it: `fre`, `pt-BR`): the plain caption sidecar (`movie.srt`, the one burned in) first, as
+    `und`, undetermined, then each language-tagged one by name."""
+    plain = captions_file(ingest_dir)
+    tagged = [
+        (p.name.split(".")[1], p)
         for p in sorted(Path(ingest_dir).iterdir())
         if p.name.startswith(f"{SUBTITLES_STEM}.")
-    }
-    plain = captions_file(ingest_dir)
-    return {**({"und": plain} if plain is not None else {}), **found}
+    ]
+    return ([("und", plain)] if plain is not None else []) + tagged
 
 
 def captions_file(ingest_dir: Path) -> Optional[Path]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Collection, Iterable, Optional, Sequence
 
 from ..media.progress import ProgressBoard
 from ..media.runner import RunLimits, RunResult, run_ffmpeg
@@ -91,3 +91,15 @@ class StageOutput:
     runs: list[RunResult] = field(default_factory=list)
     hashed: dict[Path, str] = field(default_factory=dict)  # sha256 of files hashed while written
     display: dict[str, object] = field(default_factory=dict)
+
+
+IN_MENUS = "{} ({})"  # `unique_name`'s numbering of a name players show: `English (2)`
+
+
+def unique_name(wanted: str, taken: Collection[str], numbered: str = "{}-{}") -> str:
+    """`wanted`, or if taken `numbered` with 2, 3, ...: `en`, `en-2`; `English`, `English (2)`."""
+    name, n = wanted, 1
+    while name in taken:
+        n += 1
+        name = numbered.format(wanted, n)
+    return name
