@@ -240,7 +240,11 @@ def cmd_previews(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     clip = sample_with_captions(
-        Path(args.directory), name=args.name, duration_s=args.duration, height=args.height
+        Path(args.directory),
+        name=args.name,
+        duration_s=args.duration,
+        height=args.height,
+        languages=[x for x in args.languages.split(",") if x],
     )
     print(clip)
     return 0
@@ -382,6 +386,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sample.add_argument("--name", default="sample")
     sample.add_argument("--duration", type=float, default=12.0)
     sample.add_argument("--height", type=int, default=1080)
+    sample.add_argument(
+        "--languages",
+        default="",
+        help="e.g. en,fr: an audio stream and a subtitle sidecar per language (the first the "
+        "default audio)",
+    )
     sample.set_defaults(func=cmd_sample)
 
     grid = sub.add_parser(

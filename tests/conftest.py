@@ -20,7 +20,8 @@ def clip_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def make_source(clip_cache: Path) -> ClipFactory:
-    """make_source(name, duration_s=, width=, height=, fps=, audio=, captions=) -> a fresh copy of a cached clip.
+    """make_source(name, duration_s=, width=, height=, fps=, audio=, captions=, languages=,
+    default_language=) -> a fresh copy of a cached clip.
 
     Each call returns a new file in its own directory (tests may rename or damage it); encoding
     happens once per distinct parameter set."""
@@ -35,12 +36,24 @@ def make_source(clip_cache: Path) -> ClipFactory:
         fps: int | str = 25,
         audio: bool = True,
         captions: bool = False,
+        languages: tuple[str, ...] = (),
+        default_language: str | None = None,
     ) -> Path:
         rate = str(fps).replace("/", "over")
-        cached = clip_cache / f"{duration_s:g}s_{width}x{height}_{rate}_{int(audio)}.mp4"
+        tagged = "".join(f"_{lang}" for lang in languages) + (
+            f"_d{default_language}" * bool(default_language)
+        )
+        cached = clip_cache / f"{duration_s:g}s_{width}x{height}_{rate}_{int(audio)}{tagged}.mp4"
         if not cached.exists():
             make_clip(
-                cached, duration_s=duration_s, width=width, height=height, fps=fps, audio=audio
+                cached,
+                duration_s=duration_s,
+                width=width,
+                height=height,
+                fps=fps,
+                audio=audio,
+                languages=languages,
+                default_language=default_language,
             )
         counter["n"] += 1
         directory = clip_cache / "copies" / str(counter["n"])

@@ -197,19 +197,8 @@ def audio_packets(path: Path) -> str:
     ).stdout.strip()
 
 
-def with_two_languages(source: Path) -> Path:
-    """`source` with a second audio stream (a higher tone) in its place: English first, French
-    second and flagged the default (so the default is not merely the first)."""
-    both = source.with_name("both.mp4")
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(source), "-f", "lavfi", "-i", "sine=f=880:d=60"]
-        + ["-map", "0:v", "-map", "0:a", "-map", "1:a", "-shortest", "-c:v", "copy"]
-        + ["-c:a", "aac", "-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fre"]
-        + ["-disposition:a:0", "0", "-disposition:a:1", "default", str(both)],
-        check=True,
-    )
-    both.replace(source)
-    return source
+# English first, French second and flagged the default (so the default is not merely the first)
+TWO_LANGUAGES = {"languages": ("en", "fr"), "default_language": "fr"}
 
 
 @contextmanager
@@ -230,8 +219,7 @@ def multi_codec(tmp_path_factory, make_source) -> list[tuple[Path, dict]]:
     """Two runs of an H.264 + HEVC + AV1 ladder on the same 29.97 fps source, cut in time chunks
     (chunk_s 4, thumbnails every 2 s: cuts on the 2 s marks), each on its own storage: the
     delivery folder and each rendition's provenance."""
-    source = make_source(duration_s=10.0, width=320, height=180, fps="30000/1001")
-    with_two_languages(source)
+    source = make_source(duration_s=10.0, width=320, height=180, fps="30000/1001", **TWO_LANGUAGES)
     write_srt(source.with_name("clip.fr.srt"), 10.0, text="BONJOUR")
     write_srt(source.with_name("clip.en.srt"), 10.0, text="HELLO")
     source.with_name("clip.de.srt").write_bytes(b"\x00\xff JFIF not subtitles" * 50)
@@ -482,7 +470,7 @@ def test_a_source_without_audio_still_packages_as_cmaf(tmp_path, make_source):
 def test_a_second_audio_codec_is_a_group_of_its_own_that_every_rung_is_offered_with(
     tmp_path, make_source
 ):
-    source = with_two_languages(make_source(duration_s=4.0, width=320, height=180))
+    source = make_source(duration_s=4.0, width=320, height=180, **TWO_LANGUAGES)
     ladder = [
         {"name": "120p", "height": 120, "video_bitrate_kbps": 150, "audio_bitrate_kbps": 64},
         {"name": "180p", "height": 180, "video_bitrate_kbps": 300, "audio_bitrate_kbps": 64},
@@ -610,18 +598,6 @@ def test_text_subtitle_streams_of_the_source_become_tracks_beside_the_sidecars(
     texts = mpd.iterfind(".//d:AdaptationSet[@contentType='text']", ns)
     labels = {(a.get("lang"), a.findtext("d:Label", namespaces=ns)) for a in texts}
     assert labels == {("es", "español"), ("fr", "français"), ("es", "Comentarios")}
-
-
-@pytest.mark.slow
-@pytest.mark.pipeline
-@pytest.mark.parametrize("player, manifest", [("hls", "master.m3u8"), ("dash", "manifest.mpd")])
-def test_hls_js_and_dash_js_list_both_tracks_of_one_language(
-    embedded_subtitles, tmp_path, player, manifest
-):
-    delivery, _ = embedded_subtitles
-    report = play(player, delivery, f"hls/{manifest}", tmp_path)
-    assert played(report) == {("avc1", 180)}
-    assert sorted(report["subtitles"]) == ["es", "es", "fr"]
 
 
 def test_cmaf_without_the_packager_says_how_to_install_it(monkeypatch, tmp_path):

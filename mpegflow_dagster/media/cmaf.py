@@ -153,8 +153,9 @@ def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list
             # HLS players read segmented WebVTT; dash.js reads WebVTT in fMP4 (wvtt) only: the
             # same cues twice, side by side in the track's folder. The label keeps two tracks of
             # one language apart: Shaka puts them in one AdaptationSet (one track) without it.
-            language = t.language or "und"
-            label = (t.label or language).replace(",", " ")  # a comma ends a descriptor field
+            # Shaka refuses `und`: an undetermined language is left unsaid
+            language = {"language": t.language} if t.language else {}
+            label = (t.label or t.name).replace(",", " ")  # a comma ends a descriptor field
             descriptors += [
                 {
                     **source,
@@ -162,7 +163,7 @@ def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list
                     "playlist_name": f"{t.name}/index.m3u8",
                     "hls_group_id": SUBTITLES_GROUP,
                     "hls_name": label,
-                    "language": language,
+                    **language,
                     "hls_only": "1",
                 },
                 {
@@ -170,7 +171,7 @@ def packager_args(tracks: list[Track], out_dir: Path, *, segment_s: int) -> list
                     "format": "mp4",
                     "init_segment": str(folder / "init.mp4"),
                     "segment_template": str(folder / "$Number%05d$.m4s"),
-                    "language": language,
+                    **language,
                     "dash_label": label,
                     "dash_only": "1",
                 },

@@ -41,7 +41,7 @@ class SubtitleTrack:
 
     group: str
     uri: str
-    language: str
+    language: Optional[str]  # BCP 47; None: undetermined
     name: str  # unique in the group, as HLS wants: two tracks may share a language
 
 
@@ -92,9 +92,10 @@ def master_playlist(
             f'URI="{a.uri}"'
         )
     for t in subtitles:  # offered, never forced on: DEFAULT=NO
+        language = f'LANGUAGE="{t.language}",' if t.language else ""
         lines.append(
-            f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{t.group}",NAME="{t.name}",'
-            f'LANGUAGE="{t.language}",DEFAULT=NO,AUTOSELECT=YES,URI="{t.uri}"'
+            f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{t.group}",NAME="{t.name}",{language}'
+            f'DEFAULT=NO,AUTOSELECT=YES,URI="{t.uri}"'
         )
     for v in sorted(variants, key=lambda v: (v.peak_bps, v.height)):
         attrs = [

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Optional, Sequence
 
 import ffmpeg
 
+from .languages import bcp47, iso639_2
 from .runner import run_ffmpeg
 
 
@@ -19,10 +21,14 @@ def make_clip(
     fps: int | str = 30,
     audio: bool = True,
     noisy: bool = False,
+    languages: Sequence[str] = (),
+    default_language: Optional[str] = None,
     ffmpeg_bin: str = "ffmpeg",
 ) -> Path:
     """An H.264/AAC MP4 test pattern with a moving clock; `noisy` adds grain (hard to encode).
-    `fps` may be a rational such as "30000/1001"."""
+    `fps` may be a rational such as "30000/1001". `languages`: one audio stream per language
+    instead of one (each its own tone: 440, 660, 880 Hz...), tagged, `default_language` (else
+    the first) flagged default."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     video = ffmpeg.input(
@@ -31,12 +37,14 @@ def make_clip(
     if noisy:
         video = video.filter("noise", alls=40, allf="t+u")
     streams = [video]
-    if audio:
-        streams.append(
-            ffmpeg.input(
-                f"sine=frequency=440:sample_rate=48000:duration={duration_s:g}", f="lavfi"
-            )["a"]
-        )
+    tags: dict[str, str] = {}
+    for i, language in enumerate((languages or [None]) if audio else []):
+        tone = f"sine=frequency={220 * (i + 2)}:sample_rate=48000:duration={duration_s:g}"
+        streams.append(ffmpeg.input(tone, f="lavfi")["a"])
+        if language:
+            default = language == (default_language or languages[0])
+            tags[f"metadata:s:a:{i}"] = f"language={iso639_2(bcp47(language))}"
+            tags[f"disposition:a:{i}"] = "default" if default else "0"
     args = ffmpeg.output(
         *streams,
         str(out),
@@ -47,6 +55,7 @@ def make_clip(
             "g": round(Fraction(fps)),
         },
         **({"c:a": "aac", "b:a": "128k"} if audio else {}),
+        **tags,
     ).get_args()
     run_ffmpeg(args, ffmpeg=ffmpeg_bin, duration_s=duration_s)
     return out
@@ -72,12 +81,23 @@ def write_srt(
 
 
 def sample_with_captions(
-    directory: Path, name: str = "sample", duration_s: float = 12.0, height: int = 1080
+    directory: Path,
+    name: str = "sample",
+    duration_s: float = 12.0,
+    height: int = 1080,
+    languages: Sequence[str] = (),
 ) -> Path:
-    """The demo's source: a 16:9 clip with audio and a `.srt` beside it."""
+    """The demo's source: a 16:9 clip with audio and a `.srt` beside it; with `languages`, an
+    audio stream and a subtitle sidecar (`<name>.<language>.srt`) per language."""
     width = (height * 16 // 9) // 2 * 2
     clip = make_clip(
-        Path(directory) / f"{name}.mp4", duration_s=duration_s, width=width, height=height
+        Path(directory) / f"{name}.mp4",
+        duration_s=duration_s,
+        width=width,
+        height=height,
+        languages=languages,
     )
     write_srt(clip.with_suffix(".srt"), duration_s)
+    for language in languages:
+        write_srt(clip.with_suffix(f".{language}.srt"), duration_s, text=language.upper())
     return clip

@@ -15,7 +15,7 @@ from dagster import AssetsDefinition
 
 from ..media import commands
 from ..media.classify import classify_exception
-from ..media.languages import bcp47, display_name
+from ..media.languages import UNDETERMINED, bcp47, display_name
 from ..media.probe import BITMAP_SUBTITLE_CODECS, TEXT_SUBTITLE_CODECS, MediaInfo
 from ..spec import PipelineSpec
 from ..stage import StageContext, StepLayout, pipeline_key, video_asset
@@ -30,7 +30,7 @@ TRACKS = "tracks.json"
 @dataclass(frozen=True)
 class WebvttTrack:
     name: str  # unique in the package, its folder: `es`, `es-2` (the language stays a valid tag)
-    language: str  # BCP 47
+    language: Optional[str]  # BCP 47; None: undetermined
     path: Path
     label: str  # unique, its name in menus: the stream's title, else the language's own name
 
@@ -104,7 +104,12 @@ def load_tracks(subtitles_dir: Path) -> list[WebvttTrack]:
     """The WebVTT tracks of a subtitles artifact, in package order."""
     listed = json.loads((Path(subtitles_dir) / TRACKS).read_text())["tracks"]
     return [
-        WebvttTrack(t["name"], t["language"], Path(subtitles_dir) / t["file"], t["label"])
+        WebvttTrack(
+            t["name"],
+            None if t["language"] == UNDETERMINED else t["language"],
+            Path(subtitles_dir) / t["file"],
+            t["label"],
+        )
         for t in listed
     ]
 
