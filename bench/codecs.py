@@ -72,7 +72,7 @@ import ffmpeg
 # bench/seams.py the comparison against the scaled source and the encode step run in a fresh
 # directory.
 from ladder import ROOT, WORK, cached_clip, log, repo_project
-from seams import compare
+from seams import compare, video_csv
 from seams import encode as seams_encode
 
 from mpegflow_dagster.media import commands
@@ -195,14 +195,7 @@ def bench_spec(
 
 def video_track(path: Path, fps: Fraction) -> dict:
     """The video track's size: bytes of its samples, frames, and kb/s over frames / fps."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=size"]
-        + ["-of", "csv=p=0", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    sizes = [int(line) for line in out.split()]
+    sizes = [int(line) for line in video_csv(path, "packet=size").split()]
     seconds = len(sizes) / fps
     return {
         "video_bytes": sum(sizes),
@@ -741,6 +734,12 @@ def _row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _header(*columns: str) -> None:
+    """A Markdown table's header row and the rule under it."""
+    print(_row(*columns))
+    print(_row(*["---"] * len(columns)))
+
+
 def print_tables(r: dict) -> None:
     print(f"\n{r['ffmpeg_version']} | {r['git']}\n")
     with_rd = [(k, s) for k, s in r["sources"].items() if "heights" in s]
@@ -748,12 +747,9 @@ def print_tables(r: dict) -> None:
         print("Rate-quality points (video kb/s: the video track's bytes x 8 / duration; PSNR-Y and")
         print("SSIM-Y against the source scaled to the rung, bicubic; CPU s of each encode, run")
         print(f"{r['jobs']} at a time):\n")
-        print(
-            _row(
-                "source", "height", "codec", "setting", "video kb/s", "PSNR-Y dB", "SSIM-Y", "CPU s"
-            )
+        _header(
+            "source", "height", "codec", "setting", "video kb/s", "PSNR-Y dB", "SSIM-Y", "CPU s"
         )
-        print(_row(*["---"] * 8))
         for kind, s in with_rd:
             for h, x in s["heights"].items():
                 for curve in CURVES:
@@ -779,18 +775,15 @@ def print_tables(r: dict) -> None:
             "quality), over the quality range both curves reach (points of H.264/of the codec in it);"
         )
         print("BD-PSNR: dB more at the same bitrate:\n")
-        print(
-            _row(
-                "source",
-                "height",
-                "codec",
-                "BD-rate PSNR-Y",
-                "PSNR range dB",
-                "BD-rate SSIM-Y",
-                "BD-PSNR dB",
-            )
+        _header(
+            "source",
+            "height",
+            "codec",
+            "BD-rate PSNR-Y",
+            "PSNR range dB",
+            "BD-rate SSIM-Y",
+            "BD-PSNR dB",
         )
-        print(_row(*["---"] * 7))
         for kind, s in with_rd:
             for h, x in s["heights"].items():
                 for test in ("hevc", "av1"):
@@ -812,19 +805,16 @@ def print_tables(r: dict) -> None:
                     )
         print("\nAt each H.264 point, the bitrate the HEVC and the AV1 curve need for its PSNR-Y")
         print("(interpolated as for the BD-rate; '-': outside the curve):\n")
-        print(
-            _row(
-                "source",
-                "height",
-                "H.264 kb/s",
-                "PSNR-Y dB",
-                "HEVC kb/s",
-                "HEVC: fewer bits",
-                "AV1 kb/s",
-                "AV1: fewer bits",
-            )
+        _header(
+            "source",
+            "height",
+            "H.264 kb/s",
+            "PSNR-Y dB",
+            "HEVC kb/s",
+            "HEVC: fewer bits",
+            "AV1 kb/s",
+            "AV1: fewer bits",
         )
-        print(_row(*["---"] * 8))
         for kind, s in with_rd:
             for h, x in s["heights"].items():
                 for p in sorted(
@@ -847,23 +837,20 @@ def print_tables(r: dict) -> None:
         print(
             "bound': the AV1 video differs from the uncapped crf-35 encode's (its bits against it):\n"
         )
-        print(
-            _row(
-                "source",
-                "height",
-                "rung kb/s",
-                "H.264 kb/s / dB",
-                "HEVC kb/s / dB",
-                "H.264 at equal PSNR",
-                "HEVC saves",
-                "AV1 cap kb/s",
-                "AV1 kb/s / dB",
-                "cap bound",
-                "H.264 at equal PSNR",
-                "AV1 saves",
-            )
+        _header(
+            "source",
+            "height",
+            "rung kb/s",
+            "H.264 kb/s / dB",
+            "HEVC kb/s / dB",
+            "H.264 at equal PSNR",
+            "HEVC saves",
+            "AV1 cap kb/s",
+            "AV1 kb/s / dB",
+            "cap bound",
+            "H.264 at equal PSNR",
+            "AV1 saves",
         )
-        print(_row(*["---"] * 12))
         for kind, s in with_rd:
             for h, x in s["heights"].items():
                 by = {p["name"]: p for p in x["points"]}
@@ -900,22 +887,19 @@ def print_tables(r: dict) -> None:
             f"{r['settings_ffmpeg']['threads']}; chunked: chunk_s {t0['chunk_s']:g}, "
             f"lanes {t0['lanes']} (wall: machine shared with other work):\n"
         )
-        print(
-            _row(
-                "source",
-                "codec",
-                "whole wall s",
-                "whole CPU s",
-                "encoder CPU s",
-                "vs H.264",
-                "chunked wall s",
-                "chunked CPU s",
-                "speed-up",
-                "bound",
-                "kb/s whole / chunked",
-            )
+        _header(
+            "source",
+            "codec",
+            "whole wall s",
+            "whole CPU s",
+            "encoder CPU s",
+            "vs H.264",
+            "chunked wall s",
+            "chunked CPU s",
+            "speed-up",
+            "bound",
+            "kb/s whole / chunked",
         )
-        print(_row(*["---"] * 11))
         for kind, t in with_time:
             for name in PRESETS:
                 x = t[name]

@@ -147,16 +147,20 @@ def mean(values: Sequence[float]) -> float:
     return round(statistics.fmean(values), 3)
 
 
-def video_kbps(path: Path) -> float:
-    """The video stream's bitrate (the overlapped candidate has no audio, the others do)."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=bit_rate"]
+def video_csv(path: Path, entries: str) -> str:
+    """ffprobe's `entries` of the first video stream, as bare CSV."""
+    return subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", entries]
         + ["-of", "csv=p=0", str(path)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return round(int(out.strip()) / 1000, 1)
+
+
+def video_kbps(path: Path) -> float:
+    """The video stream's bitrate (the overlapped candidate has no audio, the others do)."""
+    return round(int(video_csv(path, "stream=bit_rate").strip()) / 1000, 1)
 
 
 def safe(label: str) -> str:

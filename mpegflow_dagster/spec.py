@@ -329,9 +329,15 @@ class PipelineSpec(_Strict):
         return self.hls.above_source == "keep"
 
     @property
+    def packages_tracks(self) -> bool:
+        """Whether the package holds audio and subtitle tracks of their own (an audio asset, and
+        a subtitles asset unless disabled): CMAF only."""
+        return self.hls.segment_type == "cmaf"
+
+    @property
     def packages_subtitles(self) -> bool:
-        """Whether the package gets subtitle tracks (a subtitles asset): CMAF only."""
-        return self.subtitles.enabled and self.hls.segment_type == "cmaf"
+        """Whether the package gets subtitle tracks (a subtitles asset)."""
+        return self.subtitles.enabled and self.packages_tracks
 
     @property
     def renditions_required(self) -> int:

@@ -40,9 +40,9 @@ def make_source(clip_cache: Path) -> ClipFactory:
         default_language: str | None = None,
     ) -> Path:
         rate = str(fps).replace("/", "over")
-        tagged = "".join(f"_{lang}" for lang in languages) + (
-            f"_d{default_language}" * bool(default_language)
-        )
+        tagged = "".join(f"_{lang}" for lang in languages)
+        if default_language:
+            tagged += f"_default-{default_language}"
         cached = clip_cache / f"{duration_s:g}s_{width}x{height}_{rate}_{int(audio)}{tagged}.mp4"
         if not cached.exists():
             make_clip(

@@ -126,32 +126,25 @@ def encode_audio_tracks(
             )
             if problems:
                 raise OutputRejected([f"{path.name}: {p}" for p in problems])
-    listing = [
-        {
-            **asdict(tier),
-            # the codec string, read from a track as encoded (all of a tier's are alike)
-            "codecs": read_audio_codec(next(p for p, (t, _) in outputs.items() if t == tier)),
-            "tracks": [
-                {
-                    "file": path.name,
-                    "language": a.language,
-                    "name": a.name,
-                    "default": a.default,
-                }
-                for path, (t, a) in outputs.items()
-                if t == tier
-            ],
-        }
-        for tier in tiers
-        if streams
-    ]
+    listing = []
+    for tier in tiers if streams else []:
+        mine = [(path, a) for path, (t, a) in outputs.items() if t == tier]
+        listing.append(
+            {
+                **asdict(tier),
+                # the codec string, read from a track as encoded (all of a tier's are alike)
+                "codecs": read_audio_codec(mine[0][0]),
+                "tracks": [
+                    {"file": p.name, "language": a.language, "name": a.name, "default": a.default}
+                    for p, a in mine
+                ],
+            }
+        )
     (out / TRACKS).write_text(json.dumps({"groups": listing}, indent=2))
     facts: dict[str, object] = {
         "source_streams": len(streams),
         "languages": ", ".join(f"{a.language} ({a.name})" for a in streams) or "none",
-        "groups": "; ".join(f"{t.group}: {', '.join(t.rungs)}" for t in tiers)
-        if streams
-        else "none",
+        "groups": "; ".join(f"{g['group']}: {', '.join(g['rungs'])}" for g in listing) or "none",
     }
     return StageOutput(out, facts, runs)
 
@@ -207,7 +200,7 @@ def assets(
     layout: StepLayout,
 ) -> list[AssetsDefinition]:
     """The audio asset of a CMAF package (hls.segment_type: cmaf)."""
-    if spec.hls.segment_type != "cmaf":
+    if not spec.packages_tracks:
         return []
     tiers = audio_tiers(spec)
 

@@ -24,6 +24,7 @@ from ..media.hls import (
     master_playlist,
     measure_variant,
 )
+from ..media.languages import UNDETERMINED
 from ..media.mp4 import read_mp4
 from ..media.runner import RunResult
 from ..media.variants import Candidate, choose_variants, dropped_text
@@ -216,7 +217,7 @@ def package_cmaf(
     facts = {
         "variants": len(variants),
         "audio_tracks": len(media),
-        "audio_languages": ", ".join(sorted({a.language or "und" for a in media})) or "none",
+        "audio_languages": ", ".join(sorted({a.language or UNDETERMINED for a in media})) or "none",
         "subtitles": ", ".join(t.name for t in subtitles) or "none",
         "encryption": f"{cfg.encryption} (raw key)" if cfg.encryption else "none",
         "segment_s": cfg.segment_s,
@@ -275,7 +276,7 @@ def assets(
         "renditions": packaged,
         "probe": pipeline_key(spec, "probe"),
     }
-    if spec.hls.segment_type == "cmaf":
+    if spec.packages_tracks:
         ins["audio"] = pipeline_key(spec, "audio")
     if spec.packages_subtitles:
         ins["subtitles"] = pipeline_key(spec, "subtitles")
