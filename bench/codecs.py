@@ -71,7 +71,7 @@ import ffmpeg
 # bench/ladder.py owns the sources (and their cache), the project as shipped and the log format;
 # bench/seams.py the comparison against the scaled source and the encode step run in a fresh
 # directory.
-from ladder import ROOT, WORK, cached_clip, log, repo_project
+from ladder import ROOT, WORK, cached_clip, ffmpeg_version_line, git_head, log, repo_project
 from seams import compare, video_csv
 from seams import encode as seams_encode
 
@@ -654,12 +654,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     project = repo_project()
     base = project.spec(SPEC_NAME)
     spec, points = bench_spec(base, heights, args.crfs)
-    ffmpeg_version = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True
-    ).stdout.splitlines()[0]
-    git_state = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
-    ).stdout.strip()
+    ffmpeg_version = ffmpeg_version_line()
+    git_state = git_head()
     dirty = subprocess.run(
         ["git", "-C", str(ROOT), "status", "--porcelain", "--", "mpegflow_dagster", "resources"],
         capture_output=True,

@@ -87,6 +87,20 @@ def mb(kb: float) -> float:
 _REPO: list[Project] = []
 
 
+def ffmpeg_version_line() -> str:
+    """The first line of `ffmpeg -version`: what every figure was measured with."""
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True)
+    return out.stdout.splitlines()[0]
+
+
+def git_head() -> str:
+    """The library's commit, `<short hash> <subject>`."""
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
 def repo_project() -> Project:
     """resources/ as it was when the benchmark started (loaded once: the tree may change under a long run)."""
     if not _REPO:
@@ -806,17 +820,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     same_threads = (
         project.settings.ffmpeg.threads
     )  # the pipeline's x264 threads: what its bytes depend on
-    ffmpeg_version = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True
-    ).stdout.splitlines()[0]
+    ffmpeg_version = ffmpeg_version_line()
     log(
         f"{ffmpeg_version}; {os.cpu_count()} CPUs; threads={threads}; ladder "
         f"{', '.join(r.name for r in spec.ladder)}; duration {args.duration:g}s x {args.repeats} repeat(s)"
     )
 
-    git_state = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
-    ).stdout.strip()
+    git_state = git_head()
     if subprocess.run(
         ["git", "-C", str(ROOT), "status", "--porcelain", "--", "mpegflow_dagster", "resources"],
         capture_output=True,

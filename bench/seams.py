@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 import ffmpeg
 
 # bench/ladder.py owns the sources (and their cache), the project as shipped and the log format.
-from ladder import ROOT, WORK, cached_clip, log, repo_project
+from ladder import ROOT, WORK, cached_clip, ffmpeg_version_line, git_head, log, repo_project
 
 from mpegflow_dagster.media.probe import MediaInfo, probe
 from mpegflow_dagster.spec import PipelineSpec, Rendition
@@ -313,12 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     leads = args.lead_gops or sorted({0, spec.chunk_lead_gops})
     if not rungs:
         raise SystemExit(f"no such rung; the ladder has {', '.join(r.name for r in spec.ladder)}")
-    ffmpeg_version = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-version"], capture_output=True, text=True
-    ).stdout.splitlines()[0]
-    git_state = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
-    ).stdout.strip()
+    ffmpeg_version = ffmpeg_version_line()
+    git_state = git_head()
     log(f"{ffmpeg_version}; library at {git_state}")
     sources = {}
     for kind in args.sources:
