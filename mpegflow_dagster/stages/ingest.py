@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Config, Failure, Output
 from pydantic import Field
 
+from ..media.languages import UNDETERMINED
 from ..media.probe import MediaInfo, ProbeError, probe
 from ..media.safety import MAX_PIXELS, open_in_directory, playlist_signature
 from ..media.sidecars import sidecar_language
@@ -156,7 +157,7 @@ def subtitle_files(ingest_dir: Path) -> list[tuple[str, Path]]:
         for p in sorted(Path(ingest_dir).iterdir())
         if p.name.startswith(f"{SUBTITLES_STEM}.")
     ]
-    return ([("und", plain)] if plain is not None else []) + tagged
+    return ([(UNDETERMINED, plain)] if plain is not None else []) + tagged
 
 
 def captions_file(ingest_dir: Path) -> Optional[Path]:
