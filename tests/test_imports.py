@@ -13,6 +13,7 @@ DAGSTER_FREE = (
     "mpegflow_dagster.media.stills",
     "mpegflow_dagster.media.cmaf",
     "mpegflow_dagster.media.codecs",
+    "mpegflow_dagster.media.package_qc",
     "mpegflow_dagster.media.languages",
     "mpegflow_dagster.media.sidecars",
     "mpegflow_dagster.previews",
