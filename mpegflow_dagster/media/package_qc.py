@@ -239,7 +239,7 @@ def _timeline(template: ET.Element, period_s: float) -> list[tuple[int, int]]:
 
 
 def _representations(mpd: ET.Element) -> Iterator[tuple[list[ET.Element], float]]:
-    """(Period, AdaptationSet, Representation) of each representation, with the period's
+    """[MPD, Period, AdaptationSet, Representation] of each representation, with the period's
     duration (its own, else the presentation's)."""
     total = _seconds(mpd.get("mediaPresentationDuration"))
     for period in mpd.iterfind(_DASH_NS + "Period"):
