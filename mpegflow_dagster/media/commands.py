@@ -52,9 +52,34 @@ def rendition_height(target: int, source: int, upscale: bool) -> int:
 
 
 @dataclass(frozen=True)
+class LoudnormTarget:
+    """EBU R 128 loudness to normalize to: integrated loudness, true peak, loudness range."""
+
+    integrated_lufs: float = -23.0
+    true_peak_dbtp: float = -1.0
+    range_lu: float = 7.0
+
+
+@dataclass(frozen=True)
+class Loudnorm:
+    """The second pass of a two-pass loudnorm: the target and the first pass's measurement of
+    the stream (`source_qc.loudnorm_for`). FFmpeg applies one linear gain when it can reach the
+    target that way (the stream's range within the target's, its peak after the gain under the
+    target's), else it falls back to its dynamic mode."""
+
+    target: LoudnormTarget
+    measured_i: float
+    measured_tp: float
+    measured_lra: float
+    measured_thresh: float
+    offset: float
+
+
+@dataclass(frozen=True)
 class AudioOutput:
     """One AAC encode of one of the source's audio streams (`stream`: "a:0" is its first), its
-    `language` (ISO 639-2/T) written in the track's header."""
+    `language` (ISO 639-2/T) written in the track's header; with `loudnorm`, normalized in
+    loudness (two-pass loudnorm) before it is encoded."""
 
     bitrate_kbps: int
     sample_rate: int
@@ -62,6 +87,7 @@ class AudioOutput:
     stream: str = "a:0"
     language: Optional[str] = None
     codec: str = "aac"  # or eac3, ac3, opus (AUDIO_ENCODERS)
+    loudnorm: Optional[Loudnorm] = None
 
 
 # FFmpeg's encoder of each audio codec: its own AAC, AC-3 and E-AC-3, libopus for Opus (FFmpeg's
@@ -94,11 +120,16 @@ class VideoOutput:
     tone_map: bool = False  # an HDR source into a rung that cannot carry it: to SDR BT.709
     audio_stream: str = "a:0"  # the source's default audio stream
     hdr10: Optional[Hdr10Metadata] = None  # the HDR source's, for a rung that keeps its PQ
+    loudnorm: Optional[Loudnorm] = None  # of the audio (see AudioOutput)
 
     @property
     def audio(self) -> AudioOutput:
         return AudioOutput(
-            self.audio_bitrate_kbps, self.audio_sample_rate, self.audio_channels, self.audio_stream
+            self.audio_bitrate_kbps,
+            self.audio_sample_rate,
+            self.audio_channels,
+            self.audio_stream,
+            loudnorm=self.loudnorm,
         )
 
 
@@ -176,6 +207,48 @@ def _rendition_output(video, audio, out: Path, enc: VideoOutput, threads: int, s
     )
 
 
+def _audio_streams(inp, audios: Sequence[Optional[AudioOutput]]) -> list:
+    """The stream each of `audios` encodes from (None: no audio): the input's stream as it is,
+    or normalized in loudness. Outputs of the same stream with the same loudnorm and sample rate
+    share one loudnorm (split with asplit): it is the costly part of an audio encode."""
+    wanted: dict[tuple[str, Loudnorm, int], int] = {}
+    for audio in audios:
+        if audio is not None and audio.loudnorm is not None:
+            key = (audio.stream, audio.loudnorm, audio.sample_rate)
+            wanted[key] = wanted.get(key, 0) + 1
+    branches: dict[tuple[str, Loudnorm, int], list] = {}
+    for (stream, norm, rate), count in wanted.items():
+        normalized = inp[stream].filter(
+            "loudnorm",
+            I=norm.target.integrated_lufs,
+            TP=norm.target.true_peak_dbtp,
+            LRA=norm.target.range_lu,
+            measured_I=norm.measured_i,
+            measured_TP=norm.measured_tp,
+            measured_LRA=norm.measured_lra,
+            measured_thresh=norm.measured_thresh,
+            offset=norm.offset,
+            linear="true",
+            print_format="none",
+        )
+        # loudnorm's output is 192 kHz, whatever its input's rate
+        normalized = normalized.filter("aresample", rate)
+        if count == 1:
+            branches[(stream, norm, rate)] = [normalized]
+        else:
+            split = normalized.filter_multi_output("asplit", count)
+            branches[(stream, norm, rate)] = [split.stream(i) for i in range(count)]
+    streams = []
+    for audio in audios:
+        if audio is None:
+            streams.append(None)
+        elif audio.loudnorm is None:
+            streams.append(inp[audio.stream])
+        else:
+            streams.append(branches[(audio.stream, audio.loudnorm, audio.sample_rate)].pop(0))
+    return streams
+
+
 def _audio_options(audio: AudioOutput) -> dict[str, object]:
     return {
         "c:a": AUDIO_ENCODERS[audio.codec],
@@ -226,7 +299,8 @@ def encode_rendition_args(
         video = video.filter(
             "subtitles", filename=subtitles, force_style=f"FontSize={subtitle_font_size}"
         )
-    return _rendition_output(video, inp[enc.audio_stream], out, enc, threads).get_args()
+    (audio,) = _audio_streams(inp, [enc.audio if enc.has_audio else None])
+    return _rendition_output(video, audio, out, enc, threads).get_args()
 
 
 def encode_ladder_args(
@@ -257,11 +331,12 @@ def encode_ladder_args(
     def branch(i: int):
         return split.stream(i) if split is not None else inp["v:0"]
 
+    audios = _audio_streams(
+        inp, [enc.audio if span.whole and enc.has_audio else None for enc in renditions.values()]
+    )
     outputs = [
-        _rendition_output(
-            branch(i), inp[enc.audio_stream] if span.whole else None, out, enc, threads, span
-        )
-        for i, (out, enc) in enumerate(renditions.items())
+        _rendition_output(branch(i), audio, out, enc, threads, span)
+        for i, ((out, enc), audio) in enumerate(zip(renditions.items(), audios, strict=True))
     ]
     if thumbnails:
         outputs.append(
@@ -275,17 +350,18 @@ def audio_args(src: Path, outputs: dict[Path, AudioOutput]) -> list[str]:
     chunked renditions (AAC cannot be cut and joined without a gap at each cut), as
     `_rendition_output` would encode it, and a CMAF package's audio tracks."""
     inp = _input(src)
+    streams = _audio_streams(inp, list(outputs.values()))
     return ffmpeg.merge_outputs(
         *(
             ffmpeg.output(
-                inp[audio.stream],
+                stream,
                 _output_name(out),
                 f="mp4",
                 **_audio_options(audio),
                 **_BITEXACT,
                 **({"metadata:s:a:0": f"language={audio.language}"} if audio.language else {}),
             )
-            for out, audio in outputs.items()
+            for (out, audio), stream in zip(outputs.items(), streams, strict=True)
         )
     ).get_args()
 
