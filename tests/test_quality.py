@@ -228,6 +228,8 @@ def test_bad_inputs_raise_clear_errors(clips, tmp_path):
         )
     with pytest.raises(QualityError, match="no such file"):
         keyframe_times(tmp_path / "missing.mp4")
+    with pytest.raises(QualityError, match="not the size it was given as"):
+        compare(clips["source"], [Compared("fed", clips["fed"], 320, 180)], tmp_path, debian)
     audio_only = tmp_path / "audio.mp4"
     run_ffmpeg(
         ffmpeg.output(
