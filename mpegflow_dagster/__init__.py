@@ -42,6 +42,8 @@ _EXPORTS = {
     "video_multi_asset": "stage",
     "video_partitions": "stage",
     "StageOutput": "stages.toolkit",
+    "StageCheck": "checks",
+    "CheckOutcome": "checks",
     "source_file": "stages.ingest",
     "video_key": "videos",
     "WebhookResource": "webhooks.resources",

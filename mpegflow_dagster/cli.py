@@ -20,6 +20,8 @@ from .media.classify import classify_exception
 from .media.synth import sample_with_captions
 from .previews import server
 from .project import Project
+from .qc_report import check_results
+from .qc_report import render as render_checks
 from .runs import (
     fail_abandoned_runs,
     materialize_video,
@@ -181,6 +183,20 @@ def cmd_why(args: argparse.Namespace) -> int:
         )
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
+
+
+def cmd_qc(args: argparse.Namespace) -> int:
+    root = Path(args.project).resolve()
+    project = Project.load(root, [Path(args.spec)] if args.spec else None)
+    report = check_results(_instance(root), project.spec(args.pipeline), args.video)
+    checks = [c for a in report["assets"].values() for c in a.values()]
+    if all(c["status"] == "not_run" for c in checks):
+        raise MediaRejected(
+            f"no check of video {args.video!r} has run in {os.environ['DAGSTER_HOME']}",
+            reason="input.unknown_video",
+        )
+    print(json.dumps(report, indent=2, default=str) if args.json else render_checks(report))
+    return 1 if any(c["status"] == "failed" for c in checks) else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -359,6 +375,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     why.add_argument("asset", nargs="?", help="one asset name (e.g. rendition_720p); default: all")
     _location_options(why)
     why.set_defaults(func=cmd_why)
+
+    qc = sub.add_parser(
+        "qc",
+        help="a video's quality checks: each check's latest result, its figures and floors",
+    )
+    qc.add_argument("video", help="video id (partition key)")
+    _location_options(qc)
+    qc.set_defaults(func=cmd_qc)
 
     status = sub.add_parser(
         "status",

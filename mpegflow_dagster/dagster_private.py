@@ -7,6 +7,7 @@ At each Dagster upgrade, check that these names still exist and mean the same:
   `ConfigurableClassData`: what `sqlite_event_log.py` subclasses (see its docstring);
 - `StaleStatus` and the stale-status resolver used by tests;
 - `UnresolvedAssetJobDefinition`: what `define_asset_job` returns (for type hints);
+- `PartitionKeyFilter`: how the event log's check queries take a partition (`latest_checks`);
 - `ExecutionPlanSnapshot` (what `instance.get_execution_plan_snapshot` returns): a run's steps,
   the asset keys of their outputs and the steps their inputs come from.
 """
@@ -14,6 +15,7 @@ At each Dagster upgrade, check that these names still exist and mean the same:
 from typing import Any, Optional
 
 from dagster import (
+    AssetCheckKey,
     AssetKey,
     DagsterInstance,
     DagsterRun,
@@ -29,6 +31,8 @@ from dagster._core.definitions.data_version import (
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecord
 from dagster._core.storage.event_log import SqliteEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
@@ -45,6 +49,7 @@ __all__ = [
     "data_provenance",
     "data_version",
     "get_stale_status_resolver",
+    "latest_checks",
     "planned_steps",
     "step_key",
 ]
@@ -61,6 +66,18 @@ def data_version(record: Optional[EventLogRecord]) -> Optional[str]:
 def data_provenance(record: Optional[EventLogRecord]) -> Optional[DataProvenance]:
     """The code version and input data versions a materialization record carries, if any."""
     return extract_data_provenance_from_entry(record.event_log_entry) if record else None
+
+
+def latest_checks(
+    instance: DagsterInstance, keys: list[AssetCheckKey], partition: str
+) -> dict[AssetCheckKey, AssetCheckExecutionRecord]:
+    """The latest execution of each check for one partition (the instance's own accessor has no
+    partition argument)."""
+    return dict(
+        instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            keys, partition_filter=PartitionKeyFilter(key=partition)
+        )
+    )
 
 
 def step_key(context: Any) -> str:

@@ -44,6 +44,29 @@ class Rendition(_Strict):
     )
     audio_bitrate_kbps: int = Field(default=128, gt=0)
     preset: str = Field(default="x264-vod", description="Name of a preset in resources/presets/.")
+    psnr_min: Optional[float] = Field(
+        default=None,
+        gt=0,
+        description="This rung's PSNR floor (dB); default qc.renditions.psnr_min.",
+    )
+    ssim_min: Optional[float] = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="This rung's SSIM floor; default qc.renditions.ssim_min.",
+    )
+    vmaf_min: Optional[float] = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="This rung's VMAF floor; default qc.renditions.vmaf_min.",
+    )
+
+    @property
+    def encoding(self) -> dict[str, object]:
+        """What shapes the rung's bytes (its code version): not the quality floors, which judge
+        the output and change no byte of it."""
+        return self.model_dump(mode="json", exclude={"psnr_min", "ssim_min", "vmaf_min"})
 
 
 class ThumbnailSpec(_Strict):
@@ -145,12 +168,108 @@ class ExtraAudio(_Strict):
         return self
 
 
+class LoudnormSpec(_Strict):
+    """Two-pass EBU R128 loudness normalization of every audio encode (FFmpeg's `loudnorm`, linear:
+    the first pass is the source QC's measurement)."""
+
+    target_lufs: float = Field(default=-23.0, ge=-70, le=-5, description="Integrated loudness.")
+    true_peak_dbtp: float = Field(default=-1.0, ge=-9, le=0, description="Maximum true peak.")
+    range_lu: float = Field(default=7.0, ge=1, le=50, description="Target loudness range.")
+
+
 class AudioSpec(_Strict):
     extra: tuple[ExtraAudio, ...] = Field(
         default=(),
         description="Further audio codecs of a CMAF package (hls.segment_type: cmaf), each an "
         "audio group holding every language; every rung is offered with each.",
     )
+    loudnorm: Optional[LoudnormSpec] = Field(
+        default=None,
+        description="Normalize the loudness of every audio encode (renditions and tracks) to this "
+        "target; unset: the source's loudness is kept.",
+    )
+
+
+# What a failing check does: `block` refuses the output (a rendition is then a failed rendition,
+# isolated like any other), `warn` records the failure and lets the output through.
+Action = Literal["block", "warn"]
+
+
+class RenditionQc(_Strict):
+    """Checks of every rendition against its source (Dagster asset checks of the rendition)."""
+
+    enabled: bool = Field(default=True, description="Measure and check every rendition.")
+    every_nth_frame: int = Field(
+        default=7,
+        ge=1,
+        description="PSNR/SSIM/VMAF on every Nth frame of both sides (1: every frame); every "
+        "frame is still decoded (the decode-health check). 7 divides no usual GOP (48, 50, 60 "
+        "frames), so the sample is not all keyframes, the best frames of a GOP.",
+    )
+    metrics_binary: str = Field(
+        default="ffmpeg",
+        description="The FFmpeg that scores: `ffmpeg` (the pipeline's), `imageio-ffmpeg` (the "
+        "static 9.0 build of that package, with libvmaf), or a path.",
+    )
+    vmaf: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="VMAF: auto = when the metrics binary has libvmaf; on = required (fails at "
+        "load of the code location otherwise); off.",
+    )
+    vmaf_model: str = Field(
+        default="version=vmaf_v0.6.1", description="libvmaf's model option (its built-in model)."
+    )
+    psnr_min: float = Field(default=28.0, gt=0, description="PSNR floor (dB, average of Y/U/V).")
+    ssim_min: float = Field(default=0.85, gt=0, le=1, description="SSIM floor (All).")
+    vmaf_min: float = Field(default=50.0, ge=0, le=100, description="VMAF floor (mean).")
+    quality: Action = Field(default="block", description="A score below its floor.")
+    decode: Action = Field(default="block", description="Decode errors or missing frames.")
+    keyframes: Action = Field(
+        default="block", description="A keyframe missing at a forced time (every gop_s)."
+    )
+
+
+class SourceQc(_Strict):
+    """Checks of the source at ingest (Dagster asset checks of the `source_qc` asset)."""
+
+    enabled: bool = Field(default=True, description="Analyse and check every source.")
+    max_black_s: float = Field(default=2.0, ge=0, description="Longest black stretch allowed.")
+    black: Action = "warn"
+    max_freeze_s: float = Field(default=5.0, ge=0, description="Longest frozen stretch allowed.")
+    freeze: Action = "warn"
+    max_silence_s: float = Field(default=5.0, ge=0, description="Longest silence allowed.")
+    silence: Action = "warn"
+    loudness_standard: Literal["ebu_r128", "atsc_a85"] = Field(
+        default="ebu_r128",
+        description="ebu_r128: -23 LUFS, true peak <= -1 dBTP; atsc_a85: -24 LKFS, <= -2 dBTP.",
+    )
+    loudness_tolerance_lu: float = Field(
+        default=2.0, gt=0, description="Allowed distance of the integrated loudness from target."
+    )
+    loudness: Action = "warn"
+    interlaced: Action = Field(default="warn", description="An interlaced source (idet).")
+
+    @property
+    def loudness_target(self) -> tuple[float, float]:
+        """(integrated loudness target, maximum true peak) of the standard."""
+        return (-23.0, -1.0) if self.loudness_standard == "ebu_r128" else (-24.0, -2.0)
+
+
+class PackageQc(_Strict):
+    """Checks of the package (Dagster asset checks of `hls`)."""
+
+    enabled: bool = Field(default=True, description="Check every package.")
+    action: Action = Field(
+        default="block",
+        description="References missing, a segment above the target duration, variants whose "
+        "segments do not line up.",
+    )
+
+
+class QcSpec(_Strict):
+    renditions: RenditionQc = RenditionQc()
+    source: SourceQc = SourceQc()
+    package: PackageQc = PackageQc()
 
 
 StepKind = Literal["ingest", "encode", "captions", "package", "emit"]
@@ -230,6 +349,7 @@ class PipelineSpec(_Strict):
     audio: AudioSpec = AudioSpec()
     emit: EmitSpec = EmitSpec()
     failures: FailureSpec = FailureSpec()
+    qc: QcSpec = QcSpec()
     presets: dict[str, Preset] = Field(
         default_factory=dict, description="Resolved presets, by name."
     )
@@ -319,6 +439,8 @@ class PipelineSpec(_Strict):
             "chunk_lead_gops": self.chunk_lead_gops,
             "chunk_plan": PLAN_VERSION,
             "upscale": self.upscale,
+            # only when set, so the code versions of specs without it are what they were
+            **({"loudnorm": self.audio.loudnorm.model_dump()} if self.audio.loudnorm else {}),
         }
 
     @property
@@ -338,6 +460,26 @@ class PipelineSpec(_Strict):
     def packages_subtitles(self) -> bool:
         """Whether the package gets subtitle tracks (a subtitles asset)."""
         return self.subtitles.enabled and self.packages_tracks
+
+    @property
+    def analyses_source(self) -> bool:
+        """Whether a source_qc asset analyses each source (its checks, or loudnorm's first pass)."""
+        return self.qc.source.enabled or self.audio.loudnorm is not None
+
+    @property
+    def encodes_after_source_qc(self) -> bool:
+        """Whether the encodes wait for source_qc: they normalize loudness with its measurement,
+        or a failing source check must stop them (a check set to block). Otherwise it runs
+        beside them."""
+        cfg = self.qc.source
+        blocks = cfg.enabled and "block" in (
+            cfg.black,
+            cfg.freeze,
+            cfg.silence,
+            cfg.loudness,
+            cfg.interlaced,
+        )
+        return self.audio.loudnorm is not None or blocks
 
     @property
     def renditions_required(self) -> int:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import AbstractSet, Any, Callable, Iterator, Mapping, Optional, Sequence, Union, cast
 
 from dagster import (
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -64,6 +65,7 @@ from dagster import (
     op,
 )
 
+from .checks import ChecksFailed, StageCheck, Verdict, judge, results
 from .dagster_private import data_version, step_key
 from .events import Event, failure_version
 from .io_manager import PROVENANCE_KEY, RECORD_METADATA, ArtifactIOManager, Reused
@@ -160,6 +162,7 @@ class VideoStage:
     kinds: frozenset[str] = frozenset({"ffmpeg"})
     publish_as: Optional[str] = None  # emit publishes the output as `<video>/<publish_as>`
     entry: Optional[str] = None  # the file of a published tree a viewer opens (e.g. master.m3u8)
+    checks: tuple[StageCheck, ...] = ()  # asset checks judging each output's facts
 
     @property
     def pipeline(self) -> str:
@@ -259,6 +262,8 @@ class StageRun:
         self.threads = self.ffmpeg.threads
         self.lanes = self.ffmpeg.encode_lanes
         self.earlier: list[dict[str, Any]] = []  # failed attempts of this output in this run
+        # What the step yields after its outputs: the checks' results (see `checks`).
+        self.check_events: list[Any] = []
 
     def run(
         self, produce: Callable[[StageContext], Union[Path, StageOutput, None]]
@@ -348,7 +353,9 @@ class StageRun:
         )
 
     def finish(self, out: StageOutput, started: float) -> Output:
-        """Hash the output (inside the scratch dir, so a failure here still cleans up) and describe it."""
+        """Judge the output by its checks (`ChecksFailed` if one refuses it), hash it (inside the
+        scratch dir, so a failure here still cleans up) and describe it."""
+        self._judged(out.facts)
         sha, size, files = describe(out.path, out.hashed)
         provenance = Provenance(
             pipeline=self.stage.pipeline,
@@ -377,6 +384,16 @@ class StageRun:
         return self._output(
             out.path, sha, {**self._display(out), **self._metadata(provenance, out.facts)}
         )
+
+    def _judged(self, facts: Mapping[str, Any]) -> None:
+        """The checks' verdicts on an output with these facts, queued for the step to yield after
+        its outputs (a check result follows the materialization it judges)."""
+        verdicts: list[Verdict] = judge(self.stage.checks, facts)
+        if any(v.refuses for v in verdicts):
+            refused = ChecksFailed(self.stage.key, self.video, verdicts)
+            self.check_events.extend(refused.evaluations())
+            raise refused
+        self.check_events.extend(results(self.stage.key, verdicts))
 
     def _display(self, out: StageOutput) -> dict[str, Any]:
         """What the UI shows of the output (never in provenance): pictures stored as previews and
@@ -478,6 +495,7 @@ class StageRun:
         # The same artifact, described as before (its facts and what the UI shows of it, e.g.
         # previews), with this run's bookkeeping; the IO manager writes its record anew.
         described = {k: v for k, v in meta.items() if k not in RECORD_METADATA}
+        self._judged({k: v.value for k, v in described.items()})  # today's thresholds
         return self._output(
             Reused(stored), prov.output_sha256, {**described, **self._metadata(prov, {})}
         )
@@ -613,6 +631,35 @@ class StageRun:
 # -- decorators -------------------------------------------------------------------------------
 
 
+def _with_checks(runs: Sequence[StageRun], outputs: Iterator[Output]) -> Iterator[Any]:
+    """The outputs, then the checks' results on them; on a failure, the results so far first."""
+    try:
+        yield from outputs
+    except Exception:
+        for run in runs:
+            yield from run.check_events
+        raise
+    for run in runs:
+        yield from run.check_events
+
+
+def _check_outs(
+    stages: Sequence[VideoStage], partitions: DynamicPartitionsDefinition
+) -> dict[str, Out]:
+    """An op's outputs for its stages' checks, in a graph-backed asset (Dagster names them)."""
+    return {
+        c.spec(s.key, partitions).get_python_identifier(): Out(dagster_type=None, is_required=False)
+        for s in stages
+        for c in s.checks
+    }
+
+
+def _check_specs(
+    stages: Sequence[VideoStage], partitions: DynamicPartitionsDefinition
+) -> list[AssetCheckSpec]:
+    return [c.spec(s.key, partitions) for s in stages for c in s.checks]
+
+
 def _split_ins(
     ins: Optional[Mapping[str, Union[KeyLike, list[AssetKey]]]],
 ) -> tuple[dict[str, AssetKey], dict[str, list[AssetKey]]]:
@@ -664,6 +711,7 @@ def video_asset(
     run_with_missing: bool = False,
     publish_as: Optional[str] = None,
     entry: Optional[str] = None,
+    checks: Sequence[StageCheck] = (),
 ) -> Callable[[StageFunction], AssetsDefinition]:
     """Make `fn(context: StageContext, **inputs: Path) -> Path | StageOutput | None` a video stage.
 
@@ -689,6 +737,8 @@ def video_asset(
         run_with_missing: Run when some upstream outputs were not produced (e.g. a packager with a
             partial ladder); lists then hold what exists. Such a stage is materialized together
             with its inputs: Dagster cannot load a fan-in from storage alone.
+        checks: Asset checks judging each output's facts (`StageOutput.facts`, see `checks`);
+            a failing blocking one refuses the output.
     """
     asset_key = _key(key)
     plain_ins, fans = _split_ins(ins)
@@ -710,6 +760,7 @@ def video_asset(
         kinds=frozenset(kinds),
         publish_as=publish_as,
         entry=entry,
+        checks=tuple(checks),
     )
     partitions = partitions_def or video_partitions(stage.pipeline)
     resources = STAGE_RESOURCES | set(required_resource_keys)
@@ -717,10 +768,15 @@ def video_asset(
     def decorator(fn: StageFunction) -> AssetsDefinition:
         doc = description or (fn.__doc__ or "").strip() or None
 
-        def body(context: Context, inputs: dict[str, Any]) -> Iterator[Output]:
-            output = StageRun(context, stage).run(lambda sc: fn(sc, **inputs))
-            if output is not None:
-                yield output
+        def body(context: Context, inputs: dict[str, Any]) -> Iterator[Any]:
+            run = StageRun(context, stage)
+
+            def made() -> Iterator[Output]:
+                output = run.run(lambda sc: fn(sc, **inputs))
+                if output is not None:
+                    yield output
+
+            yield from _with_checks([run], made())
 
         if not run_with_missing:
 
@@ -738,6 +794,7 @@ def video_asset(
                 output_required=not optional,
                 metadata=stage.metadata,
                 hooks={video_failed},
+                check_specs=_check_specs([stage], partitions),
             )
             def single(context: AssetExecutionContext, **loaded: Any) -> Iterator[Output]:
                 yield from body(
@@ -761,7 +818,10 @@ def video_asset(
         @op(
             name=f"{name}_stage",
             ins={n: In() for n in names},
-            out=Out(io_manager_key=IO_MANAGER_KEY, is_required=not optional),
+            out={
+                "result": Out(io_manager_key=IO_MANAGER_KEY, is_required=not optional),
+                **_check_outs([stage], partitions),
+            },
             retry_policy=retry_policy(retry),
             required_resource_keys=resources,
         )
@@ -788,15 +848,21 @@ def video_asset(
                     metadata=stage.metadata,
                 )
             },
+            check_specs=_check_specs([stage], partitions),
         )
         def fanned(**upstream: Any) -> Any:
-            return stage_op(
+            made = stage_op(
                 **{
                     n: [upstream[f"{n}_{i}"] for i in range(len(fans[n]))]
                     if n in fans
                     else [upstream[n]]
                     for n in names
                 }
+            )
+            return (
+                dict(zip(["result", *_check_outs([stage], partitions)], made, strict=True))
+                if stage.checks
+                else made
             )
 
         return fanned
@@ -878,12 +944,14 @@ def video_multi_asset(
             retry_policy=retry_policy(retry),
             required_resource_keys=resources,
             hooks={video_failed},
+            check_specs=_check_specs(stages, partitions),
         )
         if config is None:
 
             @multi_asset(**common)
             def plain(context: AssetExecutionContext, **inputs: Any) -> Iterator[Output]:
-                yield from fn(context, runs_for(context), **inputs)
+                runs = runs_for(context)
+                yield from _with_checks(list(runs.values()), fn(context, runs, **inputs))
 
             return plain
 
@@ -895,7 +963,8 @@ def video_multi_asset(
             config: config_class,  # pyright: ignore[reportInvalidTypeForm] (Dagster reads it at run time)
             **inputs: Any,
         ) -> Iterator[Output]:
-            yield from fn(context, runs_for(context), config=config, **inputs)
+            runs = runs_for(context)
+            yield from _with_checks(list(runs.values()), fn(context, runs, config=config, **inputs))
 
         return configured
 
@@ -946,19 +1015,24 @@ def _with_work_steps(
         return work_step
 
     outs = {s.key.to_python_identifier(): s for s in stages}
+    check_outs = _check_outs(stages, partitions)
 
     @op(
         name=f"{name}_outputs",
         ins={**{n: In() for n in input_keys}, "after": In(Nothing)},
         out={
-            n: Out(io_manager_key=IO_MANAGER_KEY, is_required=not s.optional)
-            for n, s in outs.items()
+            **{
+                n: Out(io_manager_key=IO_MANAGER_KEY, is_required=not s.optional)
+                for n, s in outs.items()
+            },
+            **check_outs,
         },
         retry_policy=policy,
         required_resource_keys=op_resources,
     )
     def main(context: OpExecutionContext, **inputs: Any) -> Iterator[Output]:
-        yield from fn(context, runs_for(context), **inputs)
+        runs = runs_for(context)
+        yield from _with_checks(list(runs.values()), fn(context, runs, **inputs))
 
     workers = [work_op(i) for i in range(steps)]
 
@@ -981,10 +1055,12 @@ def _with_work_steps(
         can_subset=can_subset,
         hooks={video_failed},
         group_name=stages[0].pipeline,  # an AssetOut's own group is not applied to a graph's
+        check_specs=_check_specs(stages, partitions),
     )
     def graph(**inputs: Any) -> Any:
         made = main(after=[w(**inputs) for w in workers], **inputs)
-        return dict(zip(outs, made, strict=True)) if len(outs) > 1 else {next(iter(outs)): made}
+        names = [*outs, *check_outs]
+        return dict(zip(names, made, strict=True)) if len(names) > 1 else {names[0]: made}
 
     return graph
 

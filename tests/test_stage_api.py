@@ -9,7 +9,15 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for_test
 from pipeline_helpers import ffmpeg_wrapper, temp_project
 
-from mpegflow_dagster import RetrySpec, StageContext, source_file, video_asset
+from mpegflow_dagster import (
+    CheckOutcome,
+    RetrySpec,
+    StageCheck,
+    StageContext,
+    StageOutput,
+    source_file,
+    video_asset,
+)
 from mpegflow_dagster.runs import materialize_video
 
 pytestmark = pytest.mark.pipeline
@@ -156,3 +164,64 @@ def test_an_output_outside_the_scratch_directory_is_refused_and_nothing_is_lost(
         assert [p.name for p in ingested.iterdir()] == [
             "source.mp4"
         ]  # the input it returned is untouched
+
+
+def checked_stage(floor: float):
+    """A stage measuring its output's size, with a warning check and a blocking one."""
+
+    def size_floor(facts):
+        size = facts["size_kb"]
+        return CheckOutcome(
+            passed=size >= floor,
+            description=f"{size} kB against a floor of {floor} kB",
+            metadata={"size_kb": size},
+            reason="size.below_floor",
+        )
+
+    @video_asset(
+        key=["vod", "sized"],
+        ins={"ingest": ["vod", "ingest"]},
+        code_version="sized 1",
+        retry=FAST,
+        checks=[
+            StageCheck(
+                "has_size",
+                "the output has bytes",
+                lambda f: CheckOutcome(f["size_kb"] > 0, "not empty"),
+            ),
+            StageCheck("size_floor", "the output is big enough", size_floor, blocking=True),
+        ],
+    )
+    def sized(context: StageContext, ingest: Path) -> StageOutput:
+        out = context.work / "copy.mp4"
+        out.write_bytes(source_file(ingest).read_bytes())
+        return StageOutput(out, {"size_kb": round(out.stat().st_size / 1024, 1)})
+
+    return sized
+
+
+def test_checks_are_dagster_asset_checks_and_a_blocking_one_refuses_the_output(
+    tmp_path, make_source
+):
+    source = make_source(duration_s=1.0, width=160, height=120)
+    project = temp_project(tmp_path)
+    with instance_for_test() as instance:
+        result, _ = run(project, instance, checked_stage(floor=1.0), source)
+        assert result.success
+        key = AssetKey(["vod", "sized"])
+        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert evaluations["has_size"].passed and evaluations["size_floor"].passed
+        assert evaluations["size_floor"].target_materialization_data is not None
+        # an unchanged output is reused and judged again, against today's floor
+        result, _ = run(project, instance, checked_stage(floor=10**9), source)
+        assert not result.success
+        refused = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not refused["size_floor"].passed and refused["has_size"].passed
+        assert "against a floor of" in refused["size_floor"].description
+        failures = [
+            r.asset_observation
+            for r in instance.fetch_observations(
+                AssetRecordsFilter(asset_key=key, asset_partitions=["clip"]), limit=5
+            ).records
+        ]
+        assert failures[0].metadata["reason"].value == "size.below_floor"

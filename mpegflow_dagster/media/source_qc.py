@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 import ffmpeg
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 
 from .commands import Loudnorm, LoudnormTarget, _input, _output_name
 from .probe import MediaInfo
@@ -108,6 +108,7 @@ class Interlace(BaseModel):
     progressive: int
     undetermined: int
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def field_order(self) -> str:
         """ "tff" or "bff" when that field order wins clearly: over the progressive frames, and
@@ -119,6 +120,7 @@ class Interlace(BaseModel):
                 return order
         return "progressive"
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def interlaced(self) -> bool:
         return self.field_order != "progressive"

@@ -23,6 +23,7 @@ from ..media.verify import OutputRejected, Policy, verify_output
 from ..spec import PipelineSpec
 from ..stage import StageContext, StepLayout, pipeline_key, video_asset
 from .ingest import load_probe, source_file
+from .source_qc import source_inputs, source_loudnorm
 from .toolkit import IN_MENUS, StageOutput, Tools, unique_name
 
 TRACKS = "tracks.json"
@@ -97,10 +98,17 @@ def source_audio(info: MediaInfo) -> list[SourceAudio]:
 
 
 def encode_audio_tracks(
-    source: Path, info: MediaInfo, tiers: list[Tier], tools: Tools, work: Path, policy: Policy
+    source: Path,
+    info: MediaInfo,
+    tiers: list[Tier],
+    tools: Tools,
+    work: Path,
+    policy: Policy,
+    loudnorm: Optional[commands.Loudnorm] = None,
 ) -> StageOutput:
     """`<group>_<key>.m4a` per tier and source stream, from one FFmpeg run, each verified
-    against the source, and `tracks.json` saying which track is what."""
+    against the source, and `tracks.json` saying which track is what. `loudnorm` (measured on
+    the default stream) normalizes the default stream's tracks."""
     out = work / "audio"
     out.mkdir()
     streams = source_audio(info)
@@ -109,7 +117,13 @@ def encode_audio_tracks(
     if outputs:
         encodes = {
             path: commands.AudioOutput(
-                t.bitrate_kbps, t.sample_rate, t.channels, a.stream, iso639_2(a.language), t.codec
+                t.bitrate_kbps,
+                t.sample_rate,
+                t.channels,
+                a.stream,
+                iso639_2(a.language),
+                t.codec,
+                loudnorm=loudnorm if a.default else None,
             )
             for path, (t, a) in outputs.items()
         }
@@ -206,13 +220,19 @@ def assets(
 
     @video_asset(
         key=pipeline_key(spec, "audio"),
-        ins={"ingest": pipeline_key(spec, "ingest"), "probe": pipeline_key(spec, "probe")},
-        code_version=version([asdict(t) for t in tiers], spec.failures.verification),
+        ins=source_inputs(spec),
+        code_version=version(
+            [asdict(t) for t in tiers],
+            spec.failures.verification,
+            *([spec.audio.loudnorm] if spec.audio.loudnorm else []),
+        ),
         retry=spec.failures.retry_for("encode"),
         description="Every audio stream of the source in AAC at each audio bitrate of the "
         "ladder: the package's audio tracks, one per language in each audio group.",
     )
-    def audio(context: StageContext, ingest: Path, probe: Path) -> StageOutput:
+    def audio(
+        context: StageContext, ingest: Path, probe: Path, source_qc: Optional[Path] = None
+    ) -> StageOutput:
         return encode_audio_tracks(
             source_file(ingest),
             load_probe(probe),
@@ -220,6 +240,7 @@ def assets(
             context.ffmpeg,
             context.work,
             spec.failures.verification,
+            source_loudnorm(spec, source_qc),
         )
 
     return [audio]

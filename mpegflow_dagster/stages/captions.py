@@ -7,11 +7,13 @@ from typing import Any, Callable, Optional, Sequence
 
 from dagster import AssetKey, AssetsDefinition
 
+from ..media.commands import Loudnorm
 from ..media.probe import MediaInfo, ProbeError, probe
 from ..spec import PipelineSpec
 from ..stage import StageContext, StepLayout, latest_metadata, pipeline_key, video_asset
 from .encode import encode_rendition
 from .ingest import captions_file, load_probe
+from .source_qc import source_inputs, source_loudnorm
 from .toolkit import MediaRejected, StageOutput, Tools
 
 
@@ -32,6 +34,7 @@ def burn_captions(
     tools: Tools,
     work: Path,
     sidecar_name: str,
+    loudnorm: Optional[Loudnorm] = None,
 ) -> Optional[StageOutput]:
     """The captioned rendition, or None when the source has no caption sidecar. `sidecar_name`
     (where the sidecar was ingested from) is what a message about it names."""
@@ -41,7 +44,15 @@ def burn_captions(
     check_subtitle_file(sidecar, tools, f"caption sidecar {sidecar_name}")
     rung = spec.rendition(spec.captions.rendition)
     return encode_rendition(
-        ingest_dir, info, spec, rung, tools, work, subtitles=sidecar, label="captioned"
+        ingest_dir,
+        info,
+        spec,
+        rung,
+        tools,
+        work,
+        subtitles=sidecar,
+        label="captioned",
+        loudnorm=loudnorm,
     )
 
 
@@ -70,8 +81,10 @@ def assets(
 
     @video_asset(
         key=pipeline_key(spec, "captions"),
-        ins={"ingest": ingest_key, "probe": pipeline_key(spec, "probe")},
-        code_version=version(spec.captions, rung, spec.preset_for(rung), spec.encode_settings()),
+        ins=source_inputs(spec),
+        code_version=version(
+            spec.captions, rung.encoding, spec.preset_for(rung), spec.encode_settings()
+        ),
         rendition="captioned",
         optional=True,
         retry=spec.failures.retry_for("captions"),
@@ -79,7 +92,9 @@ def assets(
         publish_as="captioned.mp4",
         description="A rendition with the sidecar captions burned in; skipped when there is no sidecar.",
     )
-    def captions(context: StageContext, ingest: Path, probe: Path) -> Optional[StageOutput]:
+    def captions(
+        context: StageContext, ingest: Path, probe: Path, source_qc: Optional[Path] = None
+    ) -> Optional[StageOutput]:
         if captions_file(ingest) is None:
             context.log.info(
                 f"no caption sidecar ({', '.join(spec.captions.sidecar_extensions)}) beside the source: skipped"
@@ -92,6 +107,7 @@ def assets(
             context.ffmpeg,
             context.work,
             sidecar_name=_sidecar_origin(context.dagster, ingest_key),
+            loudnorm=source_loudnorm(spec, source_qc),
         )
 
     return [captions]

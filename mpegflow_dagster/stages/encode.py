@@ -20,6 +20,8 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Seque
 
 from dagster import AssetsDefinition, Failure, Output
 
+from .. import qc
+from ..checks import ChecksFailed
 from ..chunk_store import ChunkStore, local_chunks
 from ..media import commands, stills
 from ..media.chunking import WHOLE, Span, boundary_step, plan_spans
@@ -28,7 +30,7 @@ from ..media.codecs import codec
 from ..media.probe import MediaInfo, probe
 from ..media.runner import RunResult
 from ..media.storyboard import storyboard_vtt
-from ..media.verify import OutputRejected, verify_output
+from ..media.verify import verify_output
 from ..spec import PipelineSpec, Rendition, ThumbnailSpec
 from ..stage import (
     IO_MANAGER_KEY,
@@ -43,6 +45,8 @@ from ..stage import (
 )
 from ..storage import CHUNK_CACHE, scratch_dir, sha256_files
 from .ingest import CAPTIONS_STEM, load_probe, source_file
+from .rendition_qc import measure_renditions
+from .source_qc import source_inputs, source_loudnorm
 from .toolkit import MediaRejected, StageOutput, Tools
 
 
@@ -50,7 +54,12 @@ def rendition_asset_name(name: str) -> str:
     return f"rendition_{name}"
 
 
-def video_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> commands.VideoOutput:
+def video_output(
+    spec: PipelineSpec,
+    rendition: Rendition,
+    info: MediaInfo,
+    loudnorm: Optional[commands.Loudnorm] = None,
+) -> commands.VideoOutput:
     preset = spec.preset_for(rendition)
     video = info.video
     assert video is not None and video.height  # probe_source guarantees it
@@ -75,6 +84,7 @@ def video_output(spec: PipelineSpec, rendition: Rendition, info: MediaInfo) -> c
         tone_map=info.hdr and not preset.carries_hdr,
         audio_stream=f"a:{info.default_audio}",
         hdr10=info.hdr10 if preset.carries_hdr else None,
+        loudnorm=loudnorm,
     )
 
 
@@ -88,8 +98,9 @@ def _checked_rendition(
     *,
     preview_at_s: Optional[float] = None,
 ) -> StageOutput:
-    """Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output.
-    The UI shows a frame decoded from the rendition itself (at `preview_at_s`, else its middle)."""
+    """Exit 0 is not success: a truncated or damaged source can encode "fine" into a short output,
+    which the rendition's `streams_and_duration` check refuses (see `qc`). The UI shows a frame
+    decoded from the rendition itself (at `preview_at_s`, else its middle)."""
     result = probe(out, tools.ffprobe)
     problems = verify_output(
         result,
@@ -98,15 +109,16 @@ def _checked_rendition(
         policy=spec.failures.verification,
         messages="\n".join(r.messages for r in runs),
     )
-    if problems:
-        raise OutputRejected(problems)
     wall = max(r.started_at + r.wall_s for r in runs) - min(r.started_at for r in runs)
     facts = {
         **result.summary(),
         "preset": spec.preset_for(rendition).ref,
         "target_kbps": rendition.video_bitrate_kbps,
         "encode_speed_x": round(info.duration / wall, 2) if wall else None,
+        qc.VERIFICATION: problems,
     }
+    if problems:  # refused by its check: nothing to show or measure
+        return StageOutput(out, facts, runs)
     frame = out.with_name("preview-frame.jpg")
     at_s = stills.middle(result.duration) if preview_at_s is None else preview_at_s
     video = result.video
@@ -126,6 +138,7 @@ def encode_rendition(
     *,
     subtitles: Optional[Path] = None,
     label: Optional[str] = None,
+    loudnorm: Optional[commands.Loudnorm] = None,
 ) -> StageOutput:
     """One rendition by its own FFmpeg run (optionally with captions burned in)."""
     cwd = None
@@ -139,7 +152,7 @@ def encode_rendition(
     args = commands.encode_rendition_args(
         source_file(ingest_dir),
         out,
-        video_output(spec, rendition, info),
+        video_output(spec, rendition, info, loudnorm),
         threads=tools.threads,
         subtitles=subtitle_name,
         subtitle_font_size=spec.captions.font_size,
@@ -183,6 +196,7 @@ class LadderEncode:
         tools: Tools,
         chunks: ChunkStore,
         source_id: Optional[str] = None,
+        loudnorm: Optional[commands.Loudnorm] = None,
     ) -> None:
         self.source, self.info, self.tools, self.chunks = (
             source_file(ingest_dir),
@@ -199,7 +213,7 @@ class LadderEncode:
             if with_thumbnails
             else None
         )
-        self.outputs = {r.name: video_output(spec, r, info) for r in rungs}
+        self.outputs = {r.name: video_output(spec, r, info, loudnorm) for r in rungs}
         self.spans = encode_spans(info, spec)
         self.has_audio = info.audio is not None and bool(self.outputs)  # not for thumbnails alone
 
@@ -371,6 +385,7 @@ def encode_ladder(
     *,
     chunks: Optional[ChunkStore] = None,
     source_id: Optional[str] = None,
+    loudnorm: Optional[commands.Loudnorm] = None,
 ) -> dict[str, StageOutput]:
     """Several renditions (and the thumbnails), up to `tools.lanes` FFmpeg processes at once.
     FFmpeg 5.1 runs the encoders of one process one after another, and x264 must run one thread
@@ -401,6 +416,7 @@ def encode_ladder(
         tools,
         chunks or local_chunks(root),
         source_id,
+        loudnorm,
     )
     frames = work["thumbnails"] / "thumbnails" / "frames" if with_thumbnails else None
     if frames is not None:
@@ -443,7 +459,10 @@ def encode_ladder(
                 frames if with_thumbs else None,
                 cancel,
             )
-            return finish({n: [run] for n in [*names, *(["thumbnails"] if with_thumbs else [])]})
+            done = finish({n: [run] for n in [*names, *(["thumbnails"] if with_thumbs else [])]})
+            # while the other lanes still encode
+            measure_renditions({n: done[n] for n in names}, encode.source, spec, tools, root)
+            return done
 
         finished = _together(
             [lambda cancel, i=i: lane(i, cancel) for i in range(len(lanes))], at_once=len(lanes)
@@ -486,6 +505,10 @@ def encode_ladder(
             finished = _together(joins, at_once=len(joins))
         encode.forget()  # everything made from them is done: a retry needs them no more
     results = {name: out for done in finished for name, out in done.items()}
+    if encode.chunked:
+        measure_renditions(
+            {r.name: results[r.name] for r in rungs}, encode.source, spec, tools, root
+        )
     return {
         name: results[name]
         for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]
@@ -620,6 +643,7 @@ def _encode_shared(
     ingest: Path,
     probe: Path,
     chunks: Optional[ChunkStore] = None,
+    loudnorm: Optional[commands.Loudnorm] = None,
 ) -> Iterator[Output]:
     """The selected renditions and thumbnails of one video, encoded together (`stages.encode_ladder`:
     time chunks that each decode their part once, or lanes of renditions for a short source),
@@ -641,7 +665,9 @@ def _encode_shared(
         else:
             todo.append(name)
     if todo:
-        failed.update((yield from _encode_todo(context, spec, runs, todo, ingest, probe, chunks)))
+        failed.update(
+            (yield from _encode_todo(context, spec, runs, todo, ingest, probe, chunks, loudnorm))
+        )
     _settle(context, spec, failed, renditions_done=_renditions(runs, exclude=failed))
 
 
@@ -653,6 +679,7 @@ def _encode_todo(
     ingest: Path,
     probe: Path,
     chunks: Optional[ChunkStore],
+    loudnorm: Optional[commands.Loudnorm],
 ) -> Generator[Output, None, dict[str, Exception]]:
     """Encode the outputs `todo` together, or one by one after a permanent failure of the shared
     run; yields what was made, returns the failures by output."""
@@ -676,8 +703,15 @@ def _encode_todo(
                 work,
                 chunks=chunks,
                 source_id=runs[todo[0]].inputs.get("ingest"),
+                loudnorm=loudnorm,
             )
-            finished = [runs[n].finish(outs[n.removeprefix("rendition_")], started) for n in todo]
+            finished: list[Output] = []
+            refused: dict[str, Exception] = {}
+            for n in todo:
+                try:
+                    finished.append(runs[n].finish(outs[n.removeprefix("rendition_")], started))
+                except ChecksFailed as exc:  # this output alone: its siblings are fine
+                    refused[n] = runs[n].failure(exc)
     except Exception as exc:
         first = runs[todo[0]]
         if len(todo) == 1 or first.retryable(first.classification(exc)):
@@ -688,9 +722,9 @@ def _encode_todo(
         context.log.warning(
             f"shared encode of {', '.join(todo)} failed ({exc}); encoding each alone to isolate it"
         )
-        return (yield from _encode_each(spec, {n: runs[n] for n in todo}, ingest, info))
+        return (yield from _encode_each(spec, {n: runs[n] for n in todo}, ingest, info, loudnorm))
     yield from finished
-    return {}
+    return refused
 
 
 def _settle(
@@ -727,7 +761,11 @@ def _renditions(names: Iterable[str], exclude: Iterable[str] = ()) -> int:
 
 
 def _encode_each(
-    spec: PipelineSpec, runs: dict[str, StageRun], ingest: Path, info: MediaInfo
+    spec: PipelineSpec,
+    runs: dict[str, StageRun],
+    ingest: Path,
+    info: MediaInfo,
+    loudnorm: Optional[commands.Loudnorm],
 ) -> Generator[Output, None, dict[str, Exception]]:
     failures: dict[str, Exception] = {}
     for name, run in runs.items():
@@ -737,7 +775,14 @@ def _encode_each(
                 [] if key == "thumbnails" else [spec.rendition(key)]
             )  # the same chunks and bytes as shared
             return encode_ladder(
-                ingest, info, spec, rungs, key == "thumbnails", sc.ffmpeg, {key: sc.work}
+                ingest,
+                info,
+                spec,
+                rungs,
+                key == "thumbnails",
+                sc.ffmpeg,
+                {key: sc.work},
+                loudnorm=loudnorm,
             )[key]
 
         try:
@@ -780,6 +825,7 @@ def _encode_ahead(
     steps: int,
     ingest: Path,
     probe: Path,
+    source_qc: Optional[Path] = None,
     *,
     spec: PipelineSpec,
 ) -> None:
@@ -798,6 +844,7 @@ def _encode_ahead(
         _tools(runs, todo),
         shared_chunks(context, runs),
         runs[todo[0]].inputs.get("ingest"),
+        source_loudnorm(spec, source_qc),
     )
     if not encode.chunked:
         context.log.info("the source is not cut in time chunks: the encode step encodes it whole")
@@ -826,11 +873,11 @@ def assets(
 ) -> list[AssetsDefinition]:
     """The encode step: rendition_<rung> per ladder rung, and thumbnails."""
     retry = spec.failures.retry_for("encode")
-    source = {"ingest": pipeline_key(spec, "ingest"), "probe": pipeline_key(spec, "probe")}
+    source = source_inputs(spec)
     stages = [
         VideoStage(
             pipeline_key(spec, rendition_asset_name(r.name)),
-            version(r, spec.preset_for(r), spec.encode_settings()),
+            version(r.encoding, spec.preset_for(r), spec.encode_settings()),
             inputs=source,
             description=f"{r.name}: {_codec_text(spec, r)} {r.video_bitrate_kbps} kb/s, "
             f"keyframes every {spec.gop_s:g}s.",
@@ -839,6 +886,7 @@ def assets(
             optional=True,
             retry=retry,
             preset=spec.preset_for(r).ref,
+            checks=qc.rendition_checks(spec, r),
         )
         for r in spec.ladder
     ]
@@ -869,10 +917,15 @@ def assets(
         work=functools.partial(_encode_ahead, spec=spec) if steps else None,
     )
     def encode(
-        context: Context, runs: dict[str, StageRun], ingest: Path, probe: Path
+        context: Context,
+        runs: dict[str, StageRun],
+        ingest: Path,
+        probe: Path,
+        source_qc: Optional[Path] = None,
     ) -> Iterator[Output]:
         chunks = shared_chunks(context, runs) if steps and runs else None
-        yield from _encode_shared(context, spec, runs, ingest, probe, chunks)
+        loudnorm = source_loudnorm(spec, source_qc)
+        yield from _encode_shared(context, spec, runs, ingest, probe, chunks, loudnorm)
         if chunks is not None and (collected := chunks.collect_stale()):
             context.log.info(
                 f"removed {collected} pieces from {SHARED_CHUNKS}/ that no run came back for "

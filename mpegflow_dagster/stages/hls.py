@@ -16,6 +16,7 @@ from dagster import (
     TableSchema,
 )
 
+from .. import qc
 from ..media import cmaf, commands
 from ..media.hls import (
     AudioRendition,
@@ -26,6 +27,7 @@ from ..media.hls import (
 )
 from ..media.languages import UNDETERMINED
 from ..media.mp4 import read_mp4
+from ..media.package_qc import check_package
 from ..media.runner import RunResult
 from ..media.variants import Candidate, choose_variants, dropped_text
 from ..spec import HlsSpec, PipelineSpec
@@ -292,6 +294,7 @@ def assets(
         run_with_missing=spec.hls.min_renditions is not None,
         description="HLS VOD: one variant per rendition (none above the source unless "
         "hls.above_source: keep, one per resolution) and a master playlist.",
+        checks=qc.package_checks(spec),
     )
     def hls(
         context: StageContext,
@@ -319,7 +322,7 @@ def assets(
         if dropped:
             context.log.info(f"left out of the package: {dropped_text(dropped)}")
         if audio is not None:  # CMAF
-            return package_cmaf(
+            out = package_cmaf(
                 kept,
                 load_audio_groups(audio),
                 spec.hls,
@@ -327,6 +330,13 @@ def assets(
                 dropped,
                 load_tracks(subtitles) if subtitles is not None else [],
             )
-        return package_hls(kept, spec.hls, context.ffmpeg, context.work, dropped)
+        else:
+            out = package_hls(kept, spec.hls, context.ffmpeg, context.work, dropped)
+        if spec.qc.package.enabled:
+            # one frame of the source's rate (the variants keep it)
+            frame_s = 1 / (video.frame_rate or 30.0)
+            report = check_package(out.path, segment_s=spec.hls.segment_s, tolerance_s=frame_s)
+            out.facts[qc.PACKAGE_QC] = report.asdict()
+        return out
 
     return [hls]

@@ -1,0 +1,107 @@
+"""What the rendition checks judge (`qc.rendition_checks`), measured on renditions just encoded:
+keyframes at the forced times (packets, no decode), and from one FFmpeg run that decodes the
+source once and each rendition fully, decode health and PSNR/SSIM (and VMAF) against the source
+scaled to each rung's size, on every Nth frame."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import qc
+from ..media import quality
+from ..media.runner import run_ffmpeg
+from ..spec import PipelineSpec
+from ..storage import scratch_dir
+from .toolkit import StageOutput, Tools
+
+# PSNR of identical frames is infinite; metadata (JSON) holds this instead
+PSNR_IDENTICAL = 100.0
+
+
+def _finite(value: float) -> float:
+    return PSNR_IDENTICAL if math.isinf(value) else round(value, 3)
+
+
+def measure_renditions(
+    outs: Mapping[str, StageOutput],
+    source: Path,
+    spec: PipelineSpec,
+    tools: Tools,
+    scratch: Path,
+) -> None:
+    """Add the measurements to each rendition's facts (by rung name in `outs`); renditions that
+    failed their verification are left alone (refused already). `scratch`: where the run's
+    metric files go (removed after)."""
+    cfg = spec.qc.renditions
+    todo = {n: o for n, o in outs.items() if not o.facts.get(qc.VERIFICATION)}
+    if not cfg.enabled or not todo:
+        return
+    for out in todo.values():
+        times = quality.keyframe_times(out.path, tools.ffprobe)
+        rate = float(str(out.facts.get("frame_rate") or 30.0))
+        # the video's own extent: its frames (the container's duration counts the audio too)
+        extent = quality.frame_count(out.path, tools.ffprobe) / rate
+        out.facts[qc.KEYFRAMES] = quality.keyframe_problems(
+            times, every_s=spec.gop_s, duration_s=extent, tolerance_s=1.0 / rate
+        )
+    binary = quality.metrics_binary(cfg.metrics_binary, tools.ffmpeg)
+    vmaf = {"auto": binary.vmaf, "on": True, "off": False}[cfg.vmaf]
+    compared = [
+        quality.Compared(n, o.path, *map(int, str(o.facts["resolution"]).split("x")))
+        for n, o in todo.items()
+    ]
+    started = time.monotonic()
+    with scratch_dir(scratch, "qc", temporary=True) as work:
+        scores, run = quality.compare(
+            source, compared, work, binary, every=cfg.every_nth_frame, vmaf=vmaf
+        )
+    wall = round(time.monotonic() - started, 3)
+    errors = {n: quality.decode_errors(run.messages) for n in todo}
+    if any(errors.values()):  # the joint run cannot say whose: decode each alone
+        for name, out in todo.items():
+            alone = run_ffmpeg(quality.decode_args(out.path), ffmpeg=tools.ffmpeg)
+            errors[name] = quality.decode_errors(alone.messages)
+    source_frames = quality.frame_count(source, tools.ffprobe)
+    expected = quality.expected_frames(source_frames, cfg.every_nth_frame)
+    for name, out in todo.items():
+        s = scores[name]
+        out.facts[qc.DECODE] = {
+            "errors": len(errors[name]),
+            "first_error": errors[name][0] if errors[name] else None,
+            "frames": s.frames,
+            "frames_expected": expected,
+        }
+        out.facts[qc.QUALITY] = _quality_facts(
+            s, cfg.every_nth_frame, binary, vmaf, cfg.vmaf_model, wall
+        )
+
+
+def _quality_facts(
+    s: quality.Scores,
+    every: int,
+    binary: quality.MetricsBinary,
+    vmaf: bool,
+    model: str,
+    wall_s: float,
+) -> dict[str, Any]:
+    return {
+        "psnr": _finite(s.psnr_avg),
+        "psnr_y": _finite(s.psnr_y),
+        "psnr_min": _finite(s.psnr_min),
+        "ssim": s.ssim,
+        "ssim_min": s.ssim_min,
+        "vmaf": round(s.vmaf_mean, 3) if s.vmaf_mean is not None else None,
+        "vmaf_min": round(s.vmaf_min, 3) if s.vmaf_min is not None else None,
+        "vmaf_harmonic_mean": round(s.vmaf_harmonic_mean, 3)
+        if s.vmaf_harmonic_mean is not None
+        else None,
+        "frames": s.frames,
+        "every_nth_frame": every,
+        "binary": binary.path,
+        "binary_version": binary.version,
+        "vmaf_model": model if vmaf else None,
+        "wall_s": wall_s,  # of the run scoring every rendition measured with this one
+    }
