@@ -15,6 +15,7 @@ then leaves running (see `ChecksFailed.evaluations`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -25,6 +26,7 @@ from dagster import (
     AssetCheckSpec,
     AssetKey,
     PartitionsDefinition,
+    PreviewWarning,
 )
 
 
@@ -38,8 +40,11 @@ class CheckOutcome:
     reason: str = ""  # a failure's stable dotted code, e.g. "quality.vmaf_below_threshold"
 
 
+NOTHING_TO_JUDGE = CheckOutcome(True, "nothing to judge in this output")
+
 # The output's facts (its metadata values: what the stage measured) -> the verdict; None when the
-# facts hold no measurement for it (e.g. a source without audio has no loudness to judge).
+# facts hold no measurement for it (e.g. a source without audio has no loudness to judge): the
+# check then passes, saying so (Dagster expects a result of every check of a materialization).
 Judge = Callable[[Mapping[str, Any]], Optional[CheckOutcome]]
 
 
@@ -58,13 +63,17 @@ class StageCheck:
     stops_downstream: Optional[bool] = None
 
     def spec(self, key: AssetKey, partitions_def: Optional[PartitionsDefinition]) -> AssetCheckSpec:
-        return AssetCheckSpec(
-            self.name,
-            asset=key,
-            description=self.description,
-            blocking=self.blocking if self.stops_downstream is None else self.stops_downstream,
-            partitions_def=partitions_def,
-        )
+        # a check per video, as the asset: Dagster 1.13 marks partitioned checks preview and
+        # warns at every definition, which says nothing to a user of this API
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PreviewWarning)
+            return AssetCheckSpec(
+                self.name,
+                asset=key,
+                description=self.description,
+                blocking=self.blocking if self.stops_downstream is None else self.stops_downstream,
+                partitions_def=partitions_def,
+            )
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,8 @@ class ChecksFailed(Exception):
         super().__init__("; ".join(v.outcome.description for v in refused))
 
     def evaluations(self) -> list[AssetCheckEvaluation]:
-        """Every verdict of the refused output, for no materialization (there is none)."""
+        """The verdicts on the refused output, for no materialization (there is none); a check
+        with nothing to judge in it (not measured, as it was refused) has none."""
         return [
             AssetCheckEvaluation(
                 asset_key=self.key,
@@ -102,6 +112,7 @@ class ChecksFailed(Exception):
                 partition=self.partition,
             )
             for v in self.verdicts
+            if v.outcome is not NOTHING_TO_JUDGE
         ]
 
 
@@ -110,12 +121,7 @@ def _severity(check: StageCheck) -> AssetCheckSeverity:
 
 
 def judge(checks: Sequence[StageCheck], facts: Mapping[str, Any]) -> list[Verdict]:
-    verdicts = []
-    for c in checks:
-        outcome = c.judge(facts)
-        if outcome is not None:
-            verdicts.append(Verdict(c, outcome))
-    return verdicts
+    return [Verdict(c, c.judge(facts) or NOTHING_TO_JUDGE) for c in checks]
 
 
 def results(key: AssetKey, verdicts: Sequence[Verdict]) -> list[AssetCheckResult]:

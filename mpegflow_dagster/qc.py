@@ -55,7 +55,9 @@ def rendition_checks(spec: PipelineSpec, rung: Rendition) -> tuple[StageCheck, .
         if not found:
             return None
         errors, frames, expected = found["errors"], found["frames"], found["frames_expected"]
-        short = frames < expected
+        # one frame short is the end of the pairing: the last sampled frames of the two sides
+        # may not meet (a source whose video starts late); a missing decode is more
+        short = frames + 1 < expected
         problems = ([f"{errors} decode error(s): {found['first_error']}"] if errors else []) + (
             [f"decodes to {frames} compared frames, {expected} expected"] if short else []
         )
@@ -136,6 +138,8 @@ def _intervals(kind: str, label: str, longest_allowed: float) -> Any:
         report = facts.get(SOURCE_QC)
         if not report or report.get(kind) is None:
             return None
+        if kind == "silence" and not report.get("audio_stream"):
+            return CheckOutcome(True, "the source has no audio")
         spans = [(float(i["start_s"]), float(i["end_s"])) for i in report[kind]]
         longest = max((e - s for s, e in spans), default=0.0)
         listed = ", ".join(f"{s:.2f}-{e:.2f} s" for s, e in spans[:5]) + (
@@ -161,6 +165,8 @@ def source_checks(spec: PipelineSpec) -> tuple[StageCheck, ...]:
 
     def loudness(facts: Mapping[str, Any]) -> Optional[CheckOutcome]:
         report = facts.get(SOURCE_QC)
+        if report and not report.get("audio_stream"):
+            return CheckOutcome(True, "the source has no audio")
         found = report.get("loudness") if report else None
         if not found:
             return None

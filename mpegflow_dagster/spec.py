@@ -219,8 +219,8 @@ class RenditionQc(_Strict):
     vmaf_model: str = Field(
         default="version=vmaf_v0.6.1", description="libvmaf's model option (its built-in model)."
     )
-    psnr_min: float = Field(default=28.0, gt=0, description="PSNR floor (dB, average of Y/U/V).")
-    ssim_min: float = Field(default=0.85, gt=0, le=1, description="SSIM floor (All).")
+    psnr_min: float = Field(default=24.0, gt=0, description="PSNR floor (dB, Y/U/V pooled).")
+    ssim_min: float = Field(default=0.3, gt=0, le=1, description="SSIM floor (All).")
     vmaf_min: float = Field(default=50.0, ge=0, le=100, description="VMAF floor (mean).")
     quality: Action = Field(default="block", description="A score below its floor.")
     decode: Action = Field(default="block", description="Decode errors or missing frames.")

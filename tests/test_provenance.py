@@ -195,6 +195,7 @@ def test_a_new_encoder_build_marks_the_ffmpeg_stages_stale(first_run):
         if resolver.get_status(k, "clip") == StaleStatus.STALE
     }
     assert stale == {
+        "source_qc",  # an FFmpeg stage too: its analysis names the build
         "rendition_240p",
         "rendition_480p",
         "rendition_720p",

@@ -239,6 +239,7 @@ def test_run_succeeds_and_every_stage_materializes(deployment):
     assert materialized == {
         "ingest",
         "probe",
+        "source_qc",
         *(f"rendition_{r}" for r in RUNGS),
         "thumbnails",
         "captions",
@@ -293,6 +294,7 @@ def test_artifacts_live_in_the_storage_bucket_and_nothing_is_staged(deployment):
     for stage in (
         "ingest",
         "probe",
+        "source_qc",
         *(f"rendition_{r}" for r in RUNGS),
         "thumbnails",
         "captions",

@@ -1,7 +1,8 @@
 """The Dagster UI in a real browser: `dagster dev` and `mpegflow previews` as a user starts them,
 Debian's headless Chromium driven by playwright-core (tests/ui, installed by `make browser`).
-A video that went through shows its poster on its thumbnails asset, a frame on a rendition and
-its ladder on hls; a video whose probe failed shows that failure on its probe asset."""
+A video that went through shows its poster on its thumbnails asset, a frame on a rendition, its
+asset checks on the rendition's Checks tab and its ladder on hls; a video whose probe failed
+shows that failure on its probe asset."""
 
 from __future__ import annotations
 
@@ -94,15 +95,17 @@ def test_ui_shows_the_poster_and_a_failed_probe(tmp_path, make_source):
     previews = f"http://127.0.0.1:{previews_port}"
     env = {"MPEGFLOW_PREVIEWS_DIR": str(tmp_path / "previews"), "MPEGFLOW_PREVIEWS_URL": previews}
 
-    good = make_source("clip", duration_s=2.0, width=640, height=360, captions=True)
-    ran = run_cli(["run", str(good), "--out", str(tmp_path / "out"), "--json"], tmp_path, **env)
-    assert ran.returncode == 0, ran.stderr[-3000:]
     (tmp_path / "in").mkdir()
     bad = corpus.random_bytes(tmp_path / "in")  # noise.mp4: no container ffprobe can read
     failed = run_cli(["run", str(bad), "--out", str(tmp_path / "out"), "--json"], tmp_path, **env)
     assert failed.returncode == 1, failed.stderr[-3000:]
     failed_report = json.loads(failed.stdout)
     assert failed_report["stages"]["probe"]["status"] == "failed"
+    # the good video last: a Checks tab details its checks' latest execution, of any video
+    # (the failed one's run planned them and never ran them; the list counts that as Failed)
+    good = make_source("clip", duration_s=2.0, width=640, height=360, captions=True)
+    ran = run_cli(["run", str(good), "--out", str(tmp_path / "out"), "--json"], tmp_path, **env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
 
     shots = tmp_path / "screens"
     shots.mkdir()
@@ -138,6 +141,12 @@ def test_ui_shows_the_poster_and_a_failed_probe(tmp_path, make_source):
                     "picture": True,
                 },
                 {"name": "hls", "path": "/assets/vod/hls?view=partitions&partition=clip"},
+                # the rendition's asset checks, as its Checks tab lists them
+                {
+                    "name": "rendition_checks",
+                    "path": "/assets/vod/rendition_240p?view=checks",
+                    "ready": "decode_health",
+                },
                 {"name": "probe", "path": "/assets/vod/probe?view=partitions&partition=noise"},
             ],
         )
@@ -158,5 +167,11 @@ def test_ui_shows_the_poster_and_a_failed_probe(tmp_path, make_source):
     probe, run = seen["probe"]["text"], failed_report["run_id"][:8]
     assert re.search(rf"{run}.{{0,80}}failed|failed.{{0,80}}{run}", probe, re.I | re.S), probe
     assert "Failed (1)" in probe
-    for name in ("thumbnails", "rendition_240p", "hls", "probe"):
+    checks = seen["rendition_checks"]["text"]
+    for name in ("streams_and_duration", "keyframes", "decode_health", "quality"):
+        assert name in checks, checks[-3000:]
+    # the first check's latest execution, of video clip: its result and its figure
+    assert re.search(r"Evaluation result\s+Passed", checks), checks[-3000:]
+    assert "decoded cleanly" in checks and "This is a blocking asset check." in checks
+    for name in ("thumbnails", "rendition_240p", "hls", "probe", "rendition_checks"):
         assert (shots / f"{name}.png").stat().st_size > 10_000

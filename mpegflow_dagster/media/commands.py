@@ -135,7 +135,7 @@ class VideoOutput:
 
 # PQ or HLG to SDR BT.709: linear light at 100 nits peak, BT.709 primaries, Hable's curve, then
 # BT.709 transfer and matrix in limited range (zscale reads the source's from each frame)
-_TONE_MAP = (
+TONE_MAP = (
     ("zscale", {"t": "linear", "npl": 100}),
     ("format", {"pix_fmts": "gbrpf32le"}),
     ("zscale", {"p": "bt709"}),
@@ -178,7 +178,7 @@ def _rendition_output(video, audio, out: Path, enc: VideoOutput, threads: int, s
     same times: for a chunk, the frames a whole-source encode would make keyframes."""
     video = video.filter("scale", -2, enc.height, flags="bicubic")
     if enc.tone_map:  # after scaling: the float pipeline at the rung's size, not the source's
-        for name, options in _TONE_MAP:
+        for name, options in TONE_MAP:
             video = video.filter(name, **options)
     video = video.filter("format", enc.pix_fmt)
     maxrate = int(enc.video_bitrate_kbps * enc.maxrate_factor)

@@ -11,9 +11,11 @@ encode used (bicubic, as `commands._rendition_output`): for a yuv420p source tha
 picture the encoder was given, so the scores measure what encoding lost and nothing of a second,
 different scaler. (They say nothing of how the rendition looks upscaled on a large screen.)
 
-Assumptions: a rendition keeps the source's frame rate and frames (the pipeline never changes
-them; both sides are put on a zero start, `setpts=PTS-STARTPTS`, and paired by timestamp); a
-tone-mapped (HDR to SDR) rendition is not comparable with its PQ source and must not be passed.
+Assumptions: a rendition keeps the source's frames (the pipeline never drops, adds or
+reorders them), so both sides are paired by frame number: each frame's timestamp is set to its
+index over the frame rate (`setpts=N/(FRAME_RATE*TB)`), as the timestamps of a rendition joined from time chunks drift from the
+source's by microseconds, enough to pair its last frame with nothing. A tone-mapped (HDR to SDR)
+rendition is compared with its source tone-mapped alike (`Compared.tone_map`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import ffmpeg
 from pydantic import BaseModel, ConfigDict
 
 from .build import resolve_binary
+from .commands import TONE_MAP
 from .runner import FFmpegFailed, RunResult, run_ffmpeg, spawn_args
 from .safety import SAFE_INPUT, SOURCE_FORMATS
 from .verify import STDERR_SIGNATURES
@@ -105,6 +108,7 @@ class Compared:
     path: Path
     width: int
     height: int
+    tone_map: bool = False  # an SDR rendition of an HDR source: the reference is tone-mapped alike
 
 
 def _stats_names(i: int) -> tuple[str, str, str]:
@@ -159,7 +163,8 @@ def compare_args(
         raise ValueError("rendition names must be unique")
 
     def sampled(stream):
-        stream = stream.filter("setpts", "PTS-STARTPTS")
+        # paired by frame number (see the docstring), in seconds: the time bases differ
+        stream = stream.filter("setpts", "N/(FRAME_RATE*TB)")
         return stream.filter("framestep", every) if every > 1 else stream
 
     reference = sampled(_open(source, SOURCE_FORMATS)["v:0"])
@@ -173,6 +178,10 @@ def compare_args(
     for i, (c, ref) in enumerate(zip(compared, references, strict=True)):
         psnr_log, ssim_log, vmaf_log = _stats_names(i)
         ref = ref.filter("scale", c.width, c.height, flags=REFERENCE_SCALER)
+        if c.tone_map:  # as the encode does it (after scaling), so only encoding is measured
+            for filter_name, options in TONE_MAP:
+                ref = ref.filter(filter_name, **options)
+            ref = ref.filter("format", "yuv420p")  # the SDR rungs' (x264-vod)
         refs = ref.filter_multi_output("split", metrics)
         # libvmaf takes the distorted picture first (FFmpeg 5+); psnr and ssim do not mind
         dist = sampled(_open(c.path, "mov,mp4,m4a,3gp,3g2,mj2,mpegts,matroska,webm")["v:0"])

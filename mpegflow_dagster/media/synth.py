@@ -11,6 +11,8 @@ import ffmpeg
 from .languages import bcp47, iso639_2
 from .runner import run_ffmpeg
 
+PINK_LUFS = -18.1  # the integrated loudness of `anoisesrc=c=pink:a=0.5` in both stereo channels
+
 
 def make_clip(
     out: Path,
@@ -23,12 +25,17 @@ def make_clip(
     noisy: bool = False,
     languages: Sequence[str] = (),
     default_language: Optional[str] = None,
+    black_s: Optional[tuple[float, float]] = None,
+    silence_s: Optional[tuple[float, float]] = None,
+    loud_db: Optional[float] = None,
     ffmpeg_bin: str = "ffmpeg",
 ) -> Path:
     """An H.264/AAC MP4 test pattern with a moving clock; `noisy` adds grain (hard to encode).
     `fps` may be a rational such as "30000/1001". `languages`: one audio stream per language
     instead of one (each its own tone: 440, 660, 880 Hz...), tagged, `default_language` (else
-    the first) flagged default."""
+    the first) flagged default. For source QC: `black_s` (start, end) black video, `silence_s`
+    silent audio, `loud_db`: pink noise (a tone's loudness range is 0, which loudnorm will not
+    normalize linearly) that many LU above -23 LUFS instead of the tone."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     video = ffmpeg.input(
@@ -36,11 +43,26 @@ def make_clip(
     )["v"]
     if noisy:
         video = video.filter("noise", alls=40, allf="t+u")
+    if black_s is not None:
+        video = video.filter(
+            "drawbox", color="black", t="fill", enable=f"gte(t,{black_s[0]:g})*lt(t,{black_s[1]:g})"
+        )
     streams = [video]
     tags: dict[str, str] = {}
     for i, language in enumerate((languages or [None]) if audio else []):
         tone = f"sine=frequency={220 * (i + 2)}:sample_rate=48000:duration={duration_s:g}"
-        streams.append(ffmpeg.input(tone, f="lavfi")["a"])
+        if loud_db is not None:  # pink noise of amplitude 0.5, in stereo, measures PINK_LUFS
+            amplitude = 0.5 * 10 ** ((-23 + loud_db - PINK_LUFS) / 20)
+            tone = f"anoisesrc=c=pink:r=48000:a={amplitude:.4f}:d={duration_s:g}:seed=7"
+        sound = ffmpeg.input(tone, f="lavfi")["a"]
+        if loud_db is not None:  # in both channels of stereo: 3 LU louder, unclipped
+            both = sound.filter_multi_output("asplit")
+            sound = ffmpeg.filter([both.stream(0), both.stream(1)], "amerge", inputs=2)
+        if silence_s is not None:
+            sound = sound.filter(
+                "volume", 0, enable=f"gte(t,{silence_s[0]:g})*lt(t,{silence_s[1]:g})"
+            )
+        streams.append(sound)
         if language:
             default = language == (default_language or languages[0])
             tags[f"metadata:s:a:{i}"] = f"language={iso639_2(bcp47(language))}"

@@ -218,6 +218,11 @@ class LadderEncode:
         self.has_audio = info.audio is not None and bool(self.outputs)  # not for thumbnails alone
 
     @property
+    def tone_mapped(self) -> frozenset[str]:
+        """The rungs that tone-map an HDR source to SDR."""
+        return frozenset(n for n, o in self.outputs.items() if o.tone_map)
+
+    @property
     def chunked(self) -> bool:
         return len(self.spans) > 1
 
@@ -461,7 +466,15 @@ def encode_ladder(
             )
             done = finish({n: [run] for n in [*names, *(["thumbnails"] if with_thumbs else [])]})
             # while the other lanes still encode
-            measure_renditions({n: done[n] for n in names}, encode.source, spec, tools, root)
+            measure_renditions(
+                {n: done[n] for n in names},
+                encode.source,
+                spec,
+                tools,
+                root,
+                loudnorm,
+                encode.tone_mapped,
+            )
             return done
 
         finished = _together(
@@ -507,7 +520,13 @@ def encode_ladder(
     results = {name: out for done in finished for name, out in done.items()}
     if encode.chunked:
         measure_renditions(
-            {r.name: results[r.name] for r in rungs}, encode.source, spec, tools, root
+            {r.name: results[r.name] for r in rungs},
+            encode.source,
+            spec,
+            tools,
+            root,
+            loudnorm,
+            encode.tone_mapped,
         )
     return {
         name: results[name]

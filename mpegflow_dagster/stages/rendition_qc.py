@@ -8,14 +8,19 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from .. import qc
 from ..media import quality
+from ..media.commands import Loudnorm
+from ..media.probe import probe
 from ..media.runner import run_ffmpeg
+from ..media.source_qc import read_source_qc, source_qc_args
 from ..spec import PipelineSpec
 from ..storage import scratch_dir
 from .toolkit import StageOutput, Tools
+
+LOUDNORM = "loudnorm"  # the facts of a normalized rendition's loudness
 
 # PSNR of identical frames is infinite; metadata (JSON) holds this instead
 PSNR_IDENTICAL = 100.0
@@ -31,26 +36,38 @@ def measure_renditions(
     spec: PipelineSpec,
     tools: Tools,
     scratch: Path,
+    loudnorm: Optional[Loudnorm] = None,
+    tone_mapped: frozenset[str] = frozenset(),
 ) -> None:
     """Add the measurements to each rendition's facts (by rung name in `outs`); renditions that
     failed their verification are left alone (refused already). `scratch`: where the run's
-    metric files go (removed after)."""
+    metric files go (removed after). `tone_mapped`: SDR renditions of an HDR source (their
+    reference is tone-mapped as they were). With `loudnorm` (the audio was normalized), the loudness
+    measured and reached (provenance)."""
     cfg = spec.qc.renditions
     todo = {n: o for n, o in outs.items() if not o.facts.get(qc.VERIFICATION)}
+    if loudnorm is not None:
+        for out in todo.values():
+            out.facts[LOUDNORM] = _loudness_reached(out.path, loudnorm, tools, scratch)
     if not cfg.enabled or not todo:
         return
-    for out in todo.values():
+    frames: dict[str, int] = {}
+    for name, out in todo.items():
         times = quality.keyframe_times(out.path, tools.ffprobe)
         rate = float(str(out.facts.get("frame_rate") or 30.0))
-        # the video's own extent: its frames (the container's duration counts the audio too)
-        extent = quality.frame_count(out.path, tools.ffprobe) / rate
+        # a mark needs a keyframe if a frame starts at or after it: up to the last frame's
+        # time (the container's duration counts the audio too)
+        frames[name] = quality.frame_count(out.path, tools.ffprobe)
+        last_frame_s = (frames[name] - 1) / rate
         out.facts[qc.KEYFRAMES] = quality.keyframe_problems(
-            times, every_s=spec.gop_s, duration_s=extent, tolerance_s=1.0 / rate
+            times, every_s=spec.gop_s, duration_s=last_frame_s + 1e-3, tolerance_s=1.0 / rate
         )
     binary = quality.metrics_binary(cfg.metrics_binary, tools.ffmpeg)
     vmaf = {"auto": binary.vmaf, "on": True, "off": False}[cfg.vmaf]
     compared = [
-        quality.Compared(n, o.path, *map(int, str(o.facts["resolution"]).split("x")))
+        quality.Compared(
+            n, o.path, *map(int, str(o.facts["resolution"]).split("x")), tone_map=n in tone_mapped
+        )
         for n, o in todo.items()
     ]
     started = time.monotonic()
@@ -65,9 +82,10 @@ def measure_renditions(
             alone = run_ffmpeg(quality.decode_args(out.path), ffmpeg=tools.ffmpeg)
             errors[name] = quality.decode_errors(alone.messages)
     source_frames = quality.frame_count(source, tools.ffprobe)
-    expected = quality.expected_frames(source_frames, cfg.every_nth_frame)
     for name, out in todo.items():
         s = scores[name]
+        # every frame the rendition holds decoded (the source's count bounds what is compared)
+        expected = quality.expected_frames(min(frames[name], source_frames), cfg.every_nth_frame)
         out.facts[qc.DECODE] = {
             "errors": len(errors[name]),
             "first_error": errors[name][0] if errors[name] else None,
@@ -77,6 +95,34 @@ def measure_renditions(
         out.facts[qc.QUALITY] = _quality_facts(
             s, cfg.every_nth_frame, binary, vmaf, cfg.vmaf_model, wall
         )
+
+
+def _loudness_reached(
+    path: Path, loudnorm: Loudnorm, tools: Tools, scratch: Path
+) -> dict[str, Any]:
+    """The source's loudness as loudnorm's first pass measured it, the target, and what the
+    normalized audio measures (ebur128 on the output's first audio stream)."""
+    with scratch_dir(scratch, "loudness", temporary=True) as work:
+        run = run_ffmpeg(
+            source_qc_args(path, work, video=False, audio_stream="a:0"), ffmpeg=tools.ffmpeg
+        )
+        reached = read_source_qc(
+            work,
+            duration_s=probe(path, tools.ffprobe).duration,
+            stderr_tail=run.stderr_tail,
+            audio_stream="a:0",
+        ).loudness
+    target = loudnorm.target
+    return {
+        "target_lufs": target.integrated_lufs,
+        "target_true_peak_dbtp": target.true_peak_dbtp,
+        "measured_lufs": loudnorm.measured_i,
+        "measured_true_peak_dbtp": loudnorm.measured_tp,
+        "measured_range_lu": loudnorm.measured_lra,
+        "result_lufs": reached.integrated_lufs if reached else None,
+        "result_true_peak_dbtp": reached.true_peak_dbtp if reached else None,
+        "result_range_lu": reached.range_lu if reached else None,
+    }
 
 
 def _quality_facts(

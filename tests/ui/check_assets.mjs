@@ -4,7 +4,8 @@
 //
 //   node check_assets.mjs <job.json>
 //   job: {"ui": "http://127.0.0.1:PORT", "previews": "http://127.0.0.1:PORT", "out": "DIR",
-//         "chromium": "/usr/bin/chromium", "pages": [{"name", "path", "picture"?: true}]}
+//         "chromium": "/usr/bin/chromium", "pages": [{"name", "path", "picture"?: true,
+//         "ready"?: "a regular expression of text the page shows when ready"}]}
 //
 // A page with "picture" waits until an <img> served from the previews URL has loaded; every page
 // reports its status words (Materialized / Failed ...), its visible text and its pictures.
@@ -31,7 +32,7 @@ try {
     await page.goto(job.ui + spec.path, { waitUntil: "domcontentloaded", timeout: 120000 });
     // The asset page is ready when its partition's status is shown.
     await page
-      .getByText(/Materialized|Failed|Missing/)
+      .getByText(spec.ready ? new RegExp(spec.ready) : /Materialized|Failed|Missing/)
       .first()
       .waitFor({ timeout: 120000 });
     if (spec.picture) {
