@@ -27,42 +27,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mpegflow_dagster.media import quality  # noqa: E402
-from mpegflow_dagster.media.commands import VideoOutput, encode_ladder_args  # noqa: E402
+from mpegflow_dagster.media.commands import encode_ladder_args  # noqa: E402
 from mpegflow_dagster.media.probe import probe  # noqa: E402
 from mpegflow_dagster.media.runner import RunResult, run_ffmpeg  # noqa: E402
-from mpegflow_dagster.media.synth import make_clip  # noqa: E402
+from mpegflow_dagster.media.synth import make_clip, x264_rung  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "quality"
 RUNGS = {1080: 5000, 720: 3000, 480: 1400, 240: 400}
-
-
-def rung(height: int, kbps: int) -> VideoOutput:
-    return VideoOutput(
-        encoder="libx264",
-        height=height,
-        video_bitrate_kbps=kbps,
-        maxrate_factor=1.5,
-        profile=None,
-        level=None,
-        crf=None,
-        audio_bitrate_kbps=128,
-        speed="veryfast",
-        tune=None,
-        pix_fmt="yuv420p",
-        encoder_params=(),
-        audio_sample_rate=48000,
-        audio_channels=2,
-        gop_s=2.0,
-        frame_rate=30.0,
-        has_audio=True,
-    )
 
 
 def prepare() -> tuple[Path, list[quality.Compared]]:
     source = WORK / "source-20s-1080p30.mp4"
     if not source.is_file():
         make_clip(source, duration_s=20.0, width=1920, height=1080, fps=30)
-    outs = {WORK / f"{h}p.mp4": rung(h, kbps) for h, kbps in RUNGS.items()}
+    outs = {WORK / f"{h}p.mp4": x264_rung(h, kbps) for h, kbps in RUNGS.items()}
     if not all(p.is_file() for p in outs):
         t0 = time.monotonic()
         run_ffmpeg(encode_ladder_args(source, outs, threads=2))

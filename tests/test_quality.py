@@ -27,31 +27,15 @@ from mpegflow_dagster.media.quality import (
     metrics_binary,
 )
 from mpegflow_dagster.media.runner import run_ffmpeg
-from mpegflow_dagster.media.synth import make_clip
+from mpegflow_dagster.media.synth import make_clip, x264_rung
 
 FPS, SECONDS = 25, 4.0
 FRAMES = int(FPS * SECONDS)
 
 
 def rung(height: int, kbps: int, gop_s: float = 2.0) -> VideoOutput:
-    return VideoOutput(
-        encoder="libx264",
-        height=height,
-        video_bitrate_kbps=kbps,
-        maxrate_factor=1.5,
-        profile=None,
-        level=None,
-        crf=None,
-        audio_bitrate_kbps=64,
-        speed="veryfast",
-        tune=None,
-        pix_fmt="yuv420p",
-        encoder_params=(),
-        audio_sample_rate=48000,
-        audio_channels=2,
-        gop_s=gop_s,
-        frame_rate=FPS,
-        has_audio=False,
+    return x264_rung(
+        height, kbps, audio_bitrate_kbps=64, gop_s=gop_s, frame_rate=FPS, has_audio=False
     )
 
 

@@ -22,6 +22,7 @@ from mpegflow_dagster.media.source_qc import (
     run_source_qc,
     source_qc_args,
 )
+from mpegflow_dagster.media.synth import x264_rung
 
 SIZE = "320x240"
 FPS = 25
@@ -201,25 +202,8 @@ def test_nothing_to_analyse_is_an_error(tmp_path):
 
 
 def _rung(height: int, kbps: int, loudnorm=None) -> VideoOutput:
-    return VideoOutput(
-        encoder="libx264",
-        height=height,
-        video_bitrate_kbps=kbps,
-        maxrate_factor=1.5,
-        profile=None,
-        level=None,
-        crf=None,
-        audio_bitrate_kbps=96,
-        speed="ultrafast",
-        tune=None,
-        pix_fmt="yuv420p",
-        encoder_params=(),
-        audio_sample_rate=48000,
-        audio_channels=2,
-        gop_s=2.0,
-        frame_rate=25.0,
-        has_audio=True,
-        loudnorm=loudnorm,
+    return x264_rung(
+        height, kbps, audio_bitrate_kbps=96, speed="ultrafast", frame_rate=25.0, loudnorm=loudnorm
     )
 
 

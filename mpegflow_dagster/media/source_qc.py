@@ -31,7 +31,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import ffmpeg
 from pydantic import BaseModel, ConfigDict, computed_field
@@ -373,11 +373,16 @@ def run_source_qc(
     settings: Detectors = Detectors(),
     loudnorm: Optional[LoudnormTarget] = None,
     ffmpeg_bin: str = "ffmpeg",
+    run: Optional[Callable[[list[str], float], RunResult]] = None,
+    video: bool = True,
 ) -> tuple[SourceReport, RunResult]:
-    """Probe facts in, report out: the source's first video stream and default audio stream
-    checked in one run (`source_qc_args`), its findings read (`read_source_qc`)."""
+    """Probe facts in, report out: the source's first video stream (unless not `video`) and
+    default audio stream checked in one run (`source_qc_args`), its findings read
+    (`read_source_qc`). `run(args, duration_s)` runs FFmpeg (default: `run_ffmpeg` of
+    `ffmpeg_bin`), e.g. a stage's runner, for its progress and provenance."""
     audio = f"a:{info.default_audio}" if info.audio is not None else None
-    if info.video is None and audio is None:
+    video = video and info.video is not None
+    if not video and audio is None:
         raise SourceQcError(f"source {Path(src).name}: no video and no audio stream to check")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -387,12 +392,16 @@ def run_source_qc(
     args = source_qc_args(
         src,
         out_dir,
-        video=info.video is not None,
+        video=video,
         audio_stream=audio,
         settings=settings,
         loudnorm=loudnorm,
     )
-    result = run_ffmpeg(args, ffmpeg=ffmpeg_bin, duration_s=info.duration)
+    result = (
+        run(args, info.duration)
+        if run is not None
+        else run_ffmpeg(args, ffmpeg=ffmpeg_bin, duration_s=info.duration)
+    )
     report = read_source_qc(
         out_dir,
         duration_s=info.duration,

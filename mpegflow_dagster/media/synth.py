@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence
 
 import ffmpeg
 
+from .commands import VideoOutput
 from .languages import bcp47, iso639_2
 from .runner import run_ffmpeg
 
@@ -81,6 +83,31 @@ def make_clip(
     ).get_args()
     run_ffmpeg(args, ffmpeg=ffmpeg_bin, duration_s=duration_s)
     return out
+
+
+def x264_rung(height: int, video_bitrate_kbps: int, **changes: object) -> VideoOutput:
+    """An H.264/AAC rendition's settings, as the x264-vod preset's (veryfast, 2 s GOP, 30 fps,
+    128 kb/s stereo AAC), with `changes`: for tests and benchmarks that encode without a spec."""
+    rung = VideoOutput(
+        encoder="libx264",
+        height=height,
+        video_bitrate_kbps=video_bitrate_kbps,
+        maxrate_factor=1.5,
+        profile=None,
+        level=None,
+        crf=None,
+        audio_bitrate_kbps=128,
+        speed="veryfast",
+        tune=None,
+        pix_fmt="yuv420p",
+        encoder_params=(),
+        audio_sample_rate=48000,
+        audio_channels=2,
+        gop_s=2.0,
+        frame_rate=30.0,
+        has_audio=True,
+    )
+    return dataclasses.replace(rung, **changes)  # pyright: ignore[reportArgumentType]
 
 
 def write_srt(

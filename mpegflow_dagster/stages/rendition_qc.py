@@ -15,7 +15,7 @@ from ..media import quality
 from ..media.commands import Loudnorm
 from ..media.probe import probe
 from ..media.runner import run_ffmpeg
-from ..media.source_qc import read_source_qc, source_qc_args
+from ..media.source_qc import run_source_qc
 from ..spec import PipelineSpec
 from ..storage import scratch_dir
 from .toolkit import StageOutput, Tools
@@ -103,15 +103,10 @@ def _loudness_reached(
     """The source's loudness as loudnorm's first pass measured it, the target, and what the
     normalized audio measures (ebur128 on the output's first audio stream)."""
     with scratch_dir(scratch, "loudness", temporary=True) as work:
-        run = run_ffmpeg(
-            source_qc_args(path, work, video=False, audio_stream="a:0"), ffmpeg=tools.ffmpeg
+        report, _ = run_source_qc(
+            path, work, probe(path, tools.ffprobe), video=False, ffmpeg_bin=tools.ffmpeg
         )
-        reached = read_source_qc(
-            work,
-            duration_s=probe(path, tools.ffprobe).duration,
-            stderr_tail=run.stderr_tail,
-            audio_stream="a:0",
-        ).loudness
+    reached = report.loudness
     target = loudnorm.target
     return {
         "target_lufs": target.integrated_lufs,

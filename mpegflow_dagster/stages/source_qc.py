@@ -13,13 +13,7 @@ from dagster import AssetKey, AssetsDefinition
 
 from .. import qc
 from ..media.commands import Loudnorm, LoudnormTarget
-from ..media.source_qc import (
-    Detectors,
-    SourceReport,
-    loudnorm_for,
-    read_source_qc,
-    source_qc_args,
-)
+from ..media.source_qc import Detectors, SourceReport, loudnorm_for, run_source_qc
 from ..spec import PipelineSpec
 from ..stage import StageContext, StepLayout, pipeline_key, video_asset
 from .ingest import load_probe, source_file
@@ -43,29 +37,13 @@ def analyse_source(
 ) -> StageOutput:
     """The source's report (`source_qc.json`), its findings also in the facts the checks judge."""
     info = load_probe(probe)
-    audio = f"a:{info.default_audio}" if info.audio is not None else None
-    target = loudnorm_target(spec) if audio is not None else None
-    findings = context.work / "findings"
-    findings.mkdir()
-    run = context.ffmpeg.run(
-        "source qc",
-        source_qc_args(
-            source_file(ingest_dir),
-            findings,
-            video=info.video is not None,
-            audio_stream=audio,
-            settings=DETECTORS,
-            loudnorm=target,
-        ),
-        duration_s=info.duration,
-    )
-    report = read_source_qc(
-        findings,
-        duration_s=info.duration,
-        stderr_tail=run.stderr_tail,
+    report, _ = run_source_qc(
+        source_file(ingest_dir),
+        context.work / "findings",
+        info,
         settings=DETECTORS,
-        audio_stream=audio,
-        loudnorm=target,
+        loudnorm=loudnorm_target(spec),
+        run=lambda args, duration_s: context.ffmpeg.run("source qc", args, duration_s=duration_s),
     )
     out = context.work / REPORT
     out.write_text(report.model_dump_json(indent=2))
