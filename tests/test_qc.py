@@ -69,6 +69,8 @@ def test_a_starved_rung_fails_its_vmaf_check_and_is_left_out(tmp_path: Path):
     assert "VMAF" in failed["reason"] and "< 50 (vmaf_min)" in failed["reason"]
     master = (out / "clip" / "hls" / "master.m3u8").read_text()
     assert master.count("#EXT-X-STREAM-INF") == 2 and "1080p/" not in master
+    assert not list((tmp_path / "work").iterdir())  # the refused rendition's files are gone
+    assert not (tmp_path / "storage" / "vod" / "rendition_1080p").exists()
 
     shown = run_cli(["qc", "clip", "--spec", str(spec_file), "--json"], tmp_path)
     assert shown.returncode == 1  # a check failed

@@ -731,6 +731,8 @@ def _encode_todo(
                     finished.append(runs[n].finish(outs[n.removeprefix("rendition_")], started))
                 except ChecksFailed as exc:  # this output alone: its siblings are fine
                     refused[n] = runs[n].failure(exc)
+                    # nothing publishes it: its files go now, as a failed stage's do
+                    shutil.rmtree(work[n.removeprefix("rendition_")], ignore_errors=True)
     except Exception as exc:
         first = runs[todo[0]]
         if len(todo) == 1 or first.retryable(first.classification(exc)):
