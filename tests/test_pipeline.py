@@ -9,7 +9,8 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, instance_for_test
 from pipeline_helpers import decode_errors, gray_crop, mean_abs_diff, project_with, temp_project
 
-from mpegflow_dagster.media.probe import keyframe_times, probe
+from mpegflow_dagster.media.probe import probe
+from mpegflow_dagster.media.quality import keyframe_times
 from mpegflow_dagster.runs import materialize_video, stage_report
 from mpegflow_dagster.storage import describe
 

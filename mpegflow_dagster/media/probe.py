@@ -279,25 +279,3 @@ def _ffprobe(path: Path, ffprobe: str, timeout_s: float, formats: str, *shown: s
             stderr_tail=proc.stderr[-4000:],
         )
     return json.loads(proc.stdout or "{}")
-
-
-def keyframe_times(path: Path, ffprobe: str = "ffprobe") -> list[float]:
-    """Presentation times of the video keyframes (used to check GOP alignment across renditions)."""
-    argv = [
-        resolve_binary(ffprobe),
-        "-v",
-        "error",
-        "-select_streams",
-        "v:0",
-        "-skip_frame",
-        "nokey",
-        "-show_entries",
-        "frame=pts_time",
-        "-of",
-        "csv=p=0",
-        f"file:{Path(path).resolve()}",
-    ]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
-    return [
-        round(float(x.strip().strip(",")), 3) for x in proc.stdout.split() if x.strip().strip(",")
-    ]

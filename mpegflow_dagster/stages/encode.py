@@ -451,6 +451,12 @@ def encode_ladder(
         # the ffprobe, sprite and hashes of a lane's outputs, all at once
         return dict(_together([functools.partial(one, name) for name in runs], at_once=len(runs)))
 
+    def measure(outs: dict[str, StageOutput]) -> None:
+        """What the renditions' checks judge (`rendition_qc`): one run for all of `outs`."""
+        measure_renditions(
+            outs, encode.source, spec, tools, root, loudnorm, tone_mapped=encode.tone_mapped
+        )
+
     if not encode.chunked:
         lanes = _lanes(spec, rungs, max(1, tools.lanes))
 
@@ -466,15 +472,7 @@ def encode_ladder(
             )
             done = finish({n: [run] for n in [*names, *(["thumbnails"] if with_thumbs else [])]})
             # while the other lanes still encode
-            measure_renditions(
-                {n: done[n] for n in names},
-                encode.source,
-                spec,
-                tools,
-                root,
-                loudnorm,
-                encode.tone_mapped,
-            )
+            measure({n: done[n] for n in names})
             return done
 
         finished = _together(
@@ -519,15 +517,7 @@ def encode_ladder(
         encode.forget()  # everything made from them is done: a retry needs them no more
     results = {name: out for done in finished for name, out in done.items()}
     if encode.chunked:
-        measure_renditions(
-            {r.name: results[r.name] for r in rungs},
-            encode.source,
-            spec,
-            tools,
-            root,
-            loudnorm,
-            encode.tone_mapped,
-        )
+        measure({r.name: results[r.name] for r in rungs})
     return {
         name: results[name]
         for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]
