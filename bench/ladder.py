@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -574,23 +574,52 @@ def union_length(
     return total
 
 
-def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str) -> dict:
-    base = WORK / "pipeline" / tag
+def step_name(step_key: str) -> str:
+    """`vod__ingest` -> `ingest`; `vod__hls.vod__package_hls` -> `hls`."""
+    return step_key.split("__", 1)[-1].split(".")[0]
+
+
+@contextlib.contextmanager
+def forced_run(
+    instance: DagsterInstance,
+    src: Path,
+    tag: str,
+    log_level: str,
+    kind: str = "pipeline",
+    spec: Optional[PipelineSpec] = None,
+) -> Iterator[tuple[Any, dict]]:
+    """A forced run of the pipeline (default: the shipped spec) on a copy of `src` in a project of
+    its own under WORK/<kind>/<tag>, removed afterwards: its result and its measured figures."""
+    base = WORK / kind / tag
     shutil.rmtree(base, ignore_errors=True)
     incoming = base / "incoming"
     incoming.mkdir(parents=True)
     source = incoming / src.name  # no caption sidecar beside it: the captions stage skips
     shutil.copyfile(src, source)
     project = bench_project(base)
-    spec = project.spec(SPEC_NAME)
+    logfile = WORK / "logs" / f"{kind}-{tag}.log"
     rec: dict = {}
-    with stderr_to(WORK / "logs" / f"pipeline-{tag}.log"), measured(rec):
-        result = materialize_video(
-            project, spec, tag, instance=instance, source=source, force=True, log_level=log_level
-        )
-    if not result.success:
-        raise RuntimeError(f"pipeline run failed; see {WORK / 'logs' / f'pipeline-{tag}.log'}")
-    entries = instance.all_logs(result.run_id)
+    try:
+        with stderr_to(logfile), measured(rec):
+            result = materialize_video(
+                project,
+                spec or project.spec(SPEC_NAME),
+                tag,
+                instance=instance,
+                source=source,
+                force=True,
+                log_level=log_level,
+            )
+        if not result.success:
+            raise RuntimeError(f"pipeline run failed; see {logfile}")
+        yield result, rec
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str) -> dict:
+    with forced_run(instance, src, tag, log_level) as (result, rec):
+        entries = instance.all_logs(result.run_id)
     steps: dict[str, dict] = {}
     runs: set[tuple[float, float]] = set()
     shas: dict[str, str] = {}
@@ -599,9 +628,7 @@ def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str)
         ev = entry.dagster_event
         if ev is None or ev.step_key is None:
             continue
-        step = ev.step_key.split("__", 1)[-1].split(".")[
-            0
-        ]  # "vod__ingest" -> "ingest"; "vod__hls.vod__package_hls" -> "hls"
+        step = step_name(ev.step_key)
         st = steps.setdefault(step, {"ffmpeg_runs": set(), "assets": []})
         if ev.event_type == DagsterEventType.STEP_START:
             st["start"] = entry.timestamp
@@ -651,7 +678,6 @@ def run_pipeline(instance: DagsterInstance, src: Path, tag: str, log_level: str)
             for n, s in steps.items()
         },
     )
-    shutil.rmtree(base, ignore_errors=True)
     return rec
 
 

@@ -49,21 +49,20 @@ from ladder import (
     ROOT,
     SPEC_NAME,
     WORK,
-    bench_project,
     cached_clip,
     ffmpeg_version_line,
+    forced_run,
     git_head,
     local_instance,
     log,
-    measured,
     median,
     paired_ratios,
     repo_project,
-    stderr_to,
+    step_name,
 )
+from ladder import summarize as ladder_summary
 
 from mpegflow_dagster.media.probe import probe
-from mpegflow_dagster.runs import materialize_video
 from mpegflow_dagster.spec import PackageQc, PipelineSpec, QcSpec, RenditionQc, SourceQc
 
 RESULTS = ROOT / "bench" / "qc_cost.json"
@@ -83,36 +82,18 @@ def without_qc(spec: PipelineSpec) -> PipelineSpec:
     return spec.model_copy(update={"qc": off})
 
 
-def step_name(step_key: str) -> str:
-    """`vod__ingest` -> `ingest`; `vod__hls.vod__package_hls` -> `hls`."""
-    return step_key.split("__", 1)[-1].split(".")[0]
-
-
 def run_once(
     instance: DagsterInstance, src: Path, spec: PipelineSpec, tag: str, log_level: str
 ) -> dict:
     """One forced pipeline run of `src` with `spec`: wall and CPU, each step's wall, the scoring
     runs' walls; its directories removed after."""
-    base = WORK / "qc_cost" / tag
-    shutil.rmtree(base, ignore_errors=True)
-    incoming = base / "incoming"
-    incoming.mkdir(parents=True)
-    source = incoming / src.name  # no caption sidecar beside it: the captions stage skips
-    shutil.copyfile(src, source)
-    project = bench_project(base)
-    logfile = WORK / "logs" / f"qc_cost-{tag}.log"
-    rec: dict = {}
-    with stderr_to(logfile), measured(rec):
-        result = materialize_video(
-            project, spec, tag, instance=instance, source=source, force=True, log_level=log_level
-        )
-    if not result.success:
-        raise RuntimeError(f"pipeline run failed; see {logfile}")
+    with forced_run(instance, src, tag, log_level, kind="qc_cost", spec=spec) as (result, rec):
+        entries = instance.all_logs(result.run_id)
     starts: dict[str, float] = {}
     ends: dict[str, float] = {}
     scoring: dict[str, float] = {}  # rendition -> quality.wall_s
     asset_walls: dict[str, float] = {}
-    for entry in instance.all_logs(result.run_id):
+    for entry in entries:
         ev = entry.dagster_event
         if ev is None or ev.step_key is None:
             continue
@@ -144,7 +125,6 @@ def run_once(
         scoring_runs_wall_s=lanes,
         scoring_wall_s=round(sum(lanes), 3),
     )
-    shutil.rmtree(base, ignore_errors=True)
     return rec
 
 
@@ -152,14 +132,9 @@ def summarize(runs: list[dict]) -> dict:
     """Medians over rounds; a step missing from a run (source_qc without its checks) counts 0."""
     names = sorted({s for r in runs for s in r["steps"]})
     return {
-        "wall_s": median([r["wall_s"] for r in runs]),
-        "wall_min_s": min(r["wall_s"] for r in runs),
-        "cpu_s": median([r["cpu_s"] for r in runs]),
-        "python_cpu_s": median([r["python_cpu_s"] for r in runs]),
-        "other_cpu_s": median([r["other_cpu_s"] for r in runs]),
+        **ladder_summary(runs),
         "scoring_wall_s": median([r["scoring_wall_s"] for r in runs]),
         "steps_wall_s": {n: median([r["steps"].get(n, 0.0) for r in runs]) for n in names},
-        "runs": runs,
     }
 
 

@@ -17,6 +17,7 @@ DECODE = "decode"
 QUALITY = "quality"
 SOURCE_QC = "source_qc"
 PACKAGE_QC = "package_qc"
+LOUDNORM = "loudnorm"  # a normalized rendition's loudness, measured and reached (no check reads it)
 
 
 def _problems(name: str, reason: str, what: str) -> Any:
@@ -133,7 +134,11 @@ def rendition_checks(spec: PipelineSpec, rung: Rendition) -> tuple[StageCheck, .
     )
 
 
-def _intervals(kind: str, label: str, longest_allowed: float) -> Any:
+def _stretches(
+    kind: str, label: str, detector: str, longest_allowed: float, action: str
+) -> StageCheck:
+    """The check of one kind of stretch the source analysis found (black, freeze, silence)."""
+
     def judge(facts: Mapping[str, Any]) -> Optional[CheckOutcome]:
         report = facts.get(SOURCE_QC)
         if not report or report.get(kind) is None:
@@ -156,7 +161,12 @@ def _intervals(kind: str, label: str, longest_allowed: float) -> Any:
             reason=f"source.{kind}",
         )
 
-    return judge
+    return StageCheck(
+        kind,
+        f"No {label} longer than {longest_allowed:g} s ({detector}).",
+        judge,
+        blocking=action == "block",
+    )
 
 
 def source_checks(spec: PipelineSpec) -> tuple[StageCheck, ...]:
@@ -209,24 +219,9 @@ def source_checks(spec: PipelineSpec) -> tuple[StageCheck, ...]:
     if not cfg.enabled:
         return ()
     return (
-        StageCheck(
-            "black",
-            f"No black stretch longer than {cfg.max_black_s:g} s (blackdetect).",
-            _intervals("black", "black video", cfg.max_black_s),
-            blocking=cfg.black == "block",
-        ),
-        StageCheck(
-            "freeze",
-            f"No frozen stretch longer than {cfg.max_freeze_s:g} s (freezedetect).",
-            _intervals("freeze", "frozen video", cfg.max_freeze_s),
-            blocking=cfg.freeze == "block",
-        ),
-        StageCheck(
-            "silence",
-            f"No silence longer than {cfg.max_silence_s:g} s (silencedetect).",
-            _intervals("silence", "silence", cfg.max_silence_s),
-            blocking=cfg.silence == "block",
-        ),
+        _stretches("black", "black video", "blackdetect", cfg.max_black_s, cfg.black),
+        _stretches("freeze", "frozen video", "freezedetect", cfg.max_freeze_s, cfg.freeze),
+        _stretches("silence", "silence", "silencedetect", cfg.max_silence_s, cfg.silence),
         StageCheck(
             "loudness",
             f"Integrated loudness within {cfg.loudness_tolerance_lu:g} LU of {target:g} LUFS and true peak at most {peak:g} dBTP ({cfg.loudness_standard}, ebur128).",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from dagster import DagsterInstance
@@ -10,6 +9,7 @@ from dagster import DagsterInstance
 from .assets import build_video_assets
 from .dagster_private import latest_checks
 from .spec import PipelineSpec
+from .why import utc_time
 
 
 def check_results(instance: DagsterInstance, spec: PipelineSpec, video: str) -> dict[str, Any]:
@@ -27,16 +27,14 @@ def check_results(instance: DagsterInstance, spec: PipelineSpec, video: str) -> 
             if record and record.event and record.event.dagster_event
             else None
         )
-        if record is not None and evaluation is not None:
+        if record is not None and evaluation is not None:  # a planned, never run check has none
             entry = {
                 "status": "passed" if evaluation.passed else "failed",
                 "severity": evaluation.severity.value.lower(),
                 "blocking": specs[key].blocking,
                 "description": evaluation.description,
                 "run_id": record.run_id,
-                "at": dt.datetime.fromtimestamp(record.create_timestamp, dt.timezone.utc).isoformat(
-                    timespec="seconds"
-                ),
+                "at": utc_time(record.create_timestamp),
                 "metadata": {k: v.value for k, v in evaluation.metadata.items()},
             }
         assets.setdefault(key.asset_key.path[-1], {})[key.name] = entry

@@ -26,7 +26,8 @@ from .spec import PipelineSpec, SpecError
 from .stage import step_keys, step_node
 
 
-def _when(ts: Optional[float]) -> Optional[str]:
+def utc_time(ts: Optional[float]) -> Optional[str]:
+    """An epoch time as ISO 8601 in UTC, to the second (None for none)."""
     return (
         dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
     )
@@ -81,8 +82,8 @@ def explain(
             entry.update(
                 status=stat.status.value.lower() if stat.status else "unknown",
                 run_id=run_id,
-                start=_when(stat.start_time),
-                end=_when(stat.end_time),
+                start=utc_time(stat.start_time),
+                end=utc_time(stat.end_time),
                 attempts=stat.attempts,
             )
             if stat.status and stat.status.value == "FAILURE" and step_key in failures:
@@ -137,7 +138,7 @@ def _materialization(
     return {
         "materialized": {
             "run_id": record.run_id,
-            "at": _when(record.timestamp),
+            "at": utc_time(record.timestamp),
             "path": meta["path"].value if "path" in meta else None,
             "published": entries(values),  # what an emit stage published, by part
             **({"poster": values["poster"]} if "poster" in values else {}),

@@ -384,16 +384,22 @@ def _ffprobe(path: Path, ffprobe: str, *shown: str) -> str:
     return proc.stdout
 
 
+def video_packets(path: Path, ffprobe: str = "ffprobe") -> list[tuple[float, bool]]:
+    """(presentation time, keyframe) of each video packet with a time, in presentation order,
+    read without decoding: the frames a file holds and where its keyframes are, in one read."""
+    out = _ffprobe(path, ffprobe, "-show_entries", "packet=pts_time,flags")
+    packets = []
+    for line in out.splitlines():
+        pts, _, flags = line.partition(",")
+        if pts not in ("", "N/A"):
+            packets.append((float(pts), "K" in flags))
+    return sorted(packets)
+
+
 def keyframe_times(path: Path, ffprobe: str = "ffprobe") -> list[float]:
     """Presentation times of the video's keyframes, in order, from the packets' K flag (no
     decode: fast on any length)."""
-    out = _ffprobe(path, ffprobe, "-show_entries", "packet=pts_time,flags")
-    times = []
-    for line in out.splitlines():
-        pts, _, flags = line.partition(",")
-        if "K" in flags and pts not in ("", "N/A"):
-            times.append(float(pts))
-    return sorted(times)
+    return [t for t, key in video_packets(path, ffprobe) if key]
 
 
 def keyframe_problems(

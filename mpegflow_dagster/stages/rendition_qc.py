@@ -20,8 +20,6 @@ from ..spec import PipelineSpec
 from ..storage import scratch_dir
 from .toolkit import StageOutput, Tools
 
-LOUDNORM = "loudnorm"  # the facts of a normalized rendition's loudness
-
 # PSNR of identical frames is infinite; metadata (JSON) holds this instead
 PSNR_IDENTICAL = 100.0
 
@@ -48,19 +46,22 @@ def measure_renditions(
     todo = {n: o for n, o in outs.items() if not o.facts.get(qc.VERIFICATION)}
     if loudnorm is not None:
         for out in todo.values():
-            out.facts[LOUDNORM] = _loudness_reached(out.path, loudnorm, tools, scratch)
+            out.facts[qc.LOUDNORM] = _loudness_reached(out.path, loudnorm, tools, scratch)
     if not cfg.enabled or not todo:
         return
     frames: dict[str, int] = {}
     for name, out in todo.items():
-        times = quality.keyframe_times(out.path, tools.ffprobe)
+        packets = quality.video_packets(out.path, tools.ffprobe)
+        frames[name] = len(packets)
         rate = float(str(out.facts.get("frame_rate") or 30.0))
         # a mark needs a keyframe if a frame starts at or after it: up to the last frame's
         # time (the container's duration counts the audio too)
-        frames[name] = quality.frame_count(out.path, tools.ffprobe)
         last_frame_s = (frames[name] - 1) / rate
         out.facts[qc.KEYFRAMES] = quality.keyframe_problems(
-            times, every_s=spec.gop_s, duration_s=last_frame_s + 1e-3, tolerance_s=1.0 / rate
+            [t for t, key in packets if key],
+            every_s=spec.gop_s,
+            duration_s=last_frame_s + 1e-3,
+            tolerance_s=1.0 / rate,
         )
     binary = quality.metrics_binary(cfg.metrics_binary, tools.ffmpeg)
     vmaf = {"auto": binary.vmaf, "on": True, "off": False}[cfg.vmaf]
@@ -76,16 +77,16 @@ def measure_renditions(
             source, compared, work, binary, every=cfg.every_nth_frame, vmaf=vmaf
         )
     wall = round(time.monotonic() - started, 3)
-    errors = {n: quality.decode_errors(run.messages) for n in todo}
-    if any(errors.values()):  # the joint run cannot say whose: decode each alone
+    errors = {n: [] for n in todo}
+    if quality.decode_errors(run.messages):  # the joint run cannot say whose: decode each alone
         for name, out in todo.items():
             alone = run_ffmpeg(quality.decode_args(out.path), ffmpeg=tools.ffmpeg)
             errors[name] = quality.decode_errors(alone.messages)
-    source_frames = quality.frame_count(source, tools.ffprobe)
     for name, out in todo.items():
         s = scores[name]
-        # every frame the rendition holds decoded (the source's count bounds what is compared)
-        expected = quality.expected_frames(min(frames[name], source_frames), cfg.every_nth_frame)
+        # every frame the rendition holds decoded (it keeps the source's frames: no need to
+        # count the source's, which would read the whole source again for each lane)
+        expected = quality.expected_frames(frames[name], cfg.every_nth_frame)
         out.facts[qc.DECODE] = {
             "errors": len(errors[name]),
             "first_error": errors[name][0] if errors[name] else None,
