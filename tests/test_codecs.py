@@ -351,7 +351,7 @@ def played(report: dict) -> set[tuple[str, int]]:
     """(codec family, height) of every variant the player offered, each of which must have
     played: selected, its segments buffered, frames decoded and the clock moving."""
     for v in report["variants"]:
-        assert v["played"], v
+        assert v["played"], json.dumps(v)  # whole: what it saw (pytest shortens a dict)
     return {
         ("av1" if v["codecs"].startswith("av01") else v["codecs"][:4], v["height"])
         for v in report["variants"]

@@ -53,6 +53,9 @@ try {
         promise,
         new Promise((_, fail) => setTimeout(() => fail(new Error(`no ${what} in ${ms} ms`)), ms)),
       ]);
+    // How long a variant or language may take to start playing: on a loaded CI machine (the
+    // other test worker encoding beside it) an encrypted H.264 variant once took over 20 s.
+    const PLAY_WAIT_MS = 45000;
     const wait = async (ok, ms) => {
       for (const end = Date.now() + ms; Date.now() < end; ) {
         if (ok()) return true;
@@ -163,7 +166,7 @@ try {
           buffered.has(v.id) &&
           frames() > before.frames + 10 &&
           video.currentTime > before.time + 0.3,
-        20000,
+        PLAY_WAIT_MS,
       );
       played.push({
         uri: v.uri,
@@ -184,7 +187,7 @@ try {
           current() === lang &&
           [...audioFolders].some((f) => f.endsWith(`_${lang}`)) &&
           video.currentTime > before + 0.3,
-        20000,
+        PLAY_WAIT_MS,
       );
       audioPlayed.push({ lang, played: ok, seen: { current: current(), folders: [...audioFolders] } });
     }
