@@ -6,9 +6,10 @@ them), in one invocation, measures wall and children-CPU (ffmpeg/ffprobe) second
 
   qc        the `pipeline` of bench/ladder.py: materialize_video(..., force=True) on a temp project
             with the shipped settings (resources/settings.yaml) and the shipped `vod` spec with its
-            default `qc:` (a source_qc asset decoding the source once for black, freeze, silence,
-            loudness and interlacing; per rendition, in the encode step, keyframes by ffprobe and
-            one FFmpeg run per lane scoring PSNR/SSIM on every 7th frame; package checks in hls);
+            default `qc:` (the source_qc asset made in the encode step, its detectors riding on the
+            encode's own decodes of the source; per rendition, in the encode step, keyframes by
+            ffprobe and PSNR/SSIM on every 7th frame of one GOP in 5, one FFmpeg run per GOP, two
+            at a time, after the renditions are made; package checks in hls);
   noqc      the same with every check off: the spec's `qc:` set to
             {renditions: {enabled: false}, source: {enabled: false}, package: {enabled: false}}.
 
@@ -17,12 +18,13 @@ run of each, on a short source, pays its one-time costs unmeasured). The variant
 noqc; then noqc, qc; ...) for --repeats rounds, so a host that drifts over a round favours
 neither. Reported per source: each variant's wall and children CPU (median over rounds); the ratio
 qc/noqc of wall taken round by round and its median, the headline ("default checks' cost, % of
-pipeline wall"; the worst source counts); and the parts: the source_qc step's wall (from its
-STEP_START/STEP_SUCCESS events), the wall the encode step spent scoring (the renditions'
-`quality.wall_s` in their materialization metadata: the run that scored them; renditions of one
-lane share a run, so its distinct values, one per lane, summed: the lanes may overlap), and the
-encode and hls steps' walls in both variants. `quality.wall_s` leaves out the keyframe probes;
-the encode step's wall, qc minus noqc, holds everything. Prints a table, writes bench/qc_cost.json
+pipeline wall"; the worst source counts); and the parts: the source_qc step's wall when it is a
+step of its own (from its STEP_START/STEP_SUCCESS events; 0 by default: it is made in the encode
+step), the wall the encode step spent scoring (the renditions' `quality.wall_s` in their
+materialization metadata: the runs that scored them; renditions scored together share it, so its
+distinct values, summed: lanes scored apart may overlap), and the encode and hls steps' walls in
+both variants. `quality.wall_s` leaves out the keyframe probes; the encode step's wall, qc minus
+noqc, holds everything. Prints a table, writes bench/qc_cost.json
 (with every round's raw figures). Everything generated lives in bench/work/ (gitignored).
 
     .venv/bin/python bench/qc_cost.py                           # 60 s sources, 2 alternating rounds

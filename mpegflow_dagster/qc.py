@@ -56,15 +56,17 @@ def rendition_checks(spec: PipelineSpec, rung: Rendition) -> tuple[StageCheck, .
         if not found:
             return None
         errors, frames, expected = found["errors"], found["frames"], found["frames_expected"]
-        # one frame short is the end of the pairing: the last sampled frames of the two sides
-        # may not meet (a source whose video starts late); a missing decode is more
-        short = frames + 1 < expected
+        # one frame short (per run) is the end of the pairing: the last sampled frames of the
+        # two sides may not meet (a source whose video starts late); a missing decode is more
+        runs = found.get("gops", 1) if found.get("every_nth_gop", 1) > 1 else 1
+        short = frames + runs < expected
         problems = ([f"{errors} decode error(s): {found['first_error']}"] if errors else []) + (
             [f"decodes to {frames} compared frames, {expected} expected"] if short else []
         )
         return CheckOutcome(
             passed=not problems,
-            description="; ".join(problems) or f"decoded cleanly ({frames} frames compared)",
+            description="; ".join(problems)
+            or f"decoded cleanly ({frames} frames compared, of {_gops(found)})",
             metadata=dict(found),
             reason="quality.decode_errors" if errors else "quality.frames_missing",
         )
@@ -90,7 +92,10 @@ def rendition_checks(spec: PipelineSpec, rung: Rendition) -> tuple[StageCheck, .
             for m in ("vmaf", "psnr", "ssim")
             if scores.get(m) is not None
         )
-        sample = f"{scores['frames']} frames (every {scores['every_nth_frame']}th), scored by {scores['binary_version']}"
+        sample = (
+            f"{scores['frames']} frames (every {scores['every_nth_frame']}th of "
+            f"{_gops(scores)}), scored by {scores['binary_version']}"
+        )
         if below:
             description = "; ".join(
                 f"{m.upper()} {scores[m]:g}{units[m]} < {floors[m]:g}{units[m]} ({m}_min)"
@@ -117,7 +122,8 @@ def rendition_checks(spec: PipelineSpec, rung: Rendition) -> tuple[StageCheck, .
         ),
         StageCheck(
             "decode_health",
-            "The whole rendition decodes with no error and to every frame.",
+            "The GOPs decoded for the checks (one in every_nth_gop = "
+            f"{cfg.every_nth_gop}; 1: the whole rendition) decode with no error and to every frame.",
             decode,
             blocking=cfg.decode == "block",
             stops_downstream=not isolated and cfg.decode == "block",
@@ -125,13 +131,20 @@ def rendition_checks(spec: PipelineSpec, rung: Rendition) -> tuple[StageCheck, .
         StageCheck(
             "quality",
             "PSNR and SSIM (and VMAF where the metrics binary has libvmaf) against the source "
-            f"scaled to the rung's size, on every {cfg.every_nth_frame}th frame; floors: "
+            f"scaled to the rung's size, on every {cfg.every_nth_frame}th frame of one GOP in "
+            f"{cfg.every_nth_gop}; floors: "
             + ", ".join(f"{m}_min {v:g}" for m, v in floors.items()),
             quality,
             blocking=cfg.quality == "block",
             stops_downstream=not isolated and cfg.quality == "block",
         ),
     )
+
+
+def _gops(found: Mapping[str, Any]) -> str:
+    """Which GOPs a rendition's measurement covered, from its facts (older ones: every GOP)."""
+    every = found.get("every_nth_gop", 1)
+    return "every GOP" if every == 1 else f"{found['gops']} GOPs, 1 in {every}"
 
 
 def _stretches(

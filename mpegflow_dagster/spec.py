@@ -199,12 +199,21 @@ class RenditionQc(_Strict):
     """Checks of every rendition against its source (Dagster asset checks of the rendition)."""
 
     enabled: bool = Field(default=True, description="Measure and check every rendition.")
+    every_nth_gop: int = Field(
+        default=5,
+        ge=1,
+        description="Decode and score one GOP in N of each rendition (and the source over the "
+        "same times), spread evenly, at least one: about 1/N of the cost of whole files. 1: "
+        "every GOP, a full decode of every rendition (the decode-health check then covers every "
+        "frame).",
+    )
     every_nth_frame: int = Field(
         default=7,
         ge=1,
-        description="PSNR/SSIM/VMAF on every Nth frame of both sides (1: every frame); every "
-        "frame is still decoded (the decode-health check). 7 divides no usual GOP (48, 50, 60 "
-        "frames), so the sample is not all keyframes, the best frames of a GOP.",
+        description="PSNR/SSIM/VMAF on every Nth frame of the GOPs decoded, both sides (1: every "
+        "frame); every frame of them is still decoded (the decode-health check). 7 divides no "
+        "usual GOP (48, 50, 60 frames), so the sample is not all keyframes, the best frames of a "
+        "GOP.",
     )
     metrics_binary: str = Field(
         default="ffmpeg",

@@ -40,7 +40,10 @@ def test_a_score_under_its_floor_refuses_the_rendition_with_the_figure():
     [verdict] = judge([checks_of(spec, "720p")["quality"]], {qc.QUALITY: SCORES})
     assert verdict.refuses and verdict.outcome.reason == "quality.vmaf_below_threshold"
     assert verdict.outcome.description.startswith("VMAF 42 < 50 (vmaf_min)")
-    assert "13 frames (every 7th), scored by ffmpeg version n9.0.2" in verdict.outcome.description
+    assert (
+        "13 frames (every 7th of every GOP), scored by ffmpeg version n9.0.2"
+        in verdict.outcome.description
+    )
     refused = ChecksFailed(KEY, "clip", [verdict])
     assert refused.reason == "quality.vmaf_below_threshold" and "VMAF 42" in str(refused)
 

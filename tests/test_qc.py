@@ -25,11 +25,20 @@ pytestmark = pytest.mark.pipeline
 FPS = 25
 
 
-def evaluation(instance, asset: str, check: str, video: str = "clip"):
+def _evaluated(instance, asset: str, check: str, video: str):
     key = AssetCheckKey(AssetKey(["vod", asset]), check)
     record = latest_checks(instance, [key], video).get(key)
     assert record is not None and record.event is not None, f"{asset} {check} never evaluated"
-    return record.event.dagster_event.asset_check_evaluation_data
+    return record.event
+
+
+def evaluation(instance, asset: str, check: str, video: str = "clip"):
+    return _evaluated(instance, asset, check, video).dagster_event.asset_check_evaluation_data
+
+
+def evaluated_in(instance, asset: str, check: str, video: str = "clip") -> str:
+    """The step that evaluated the check."""
+    return _evaluated(instance, asset, check, video).step_key
 
 
 def events(tmp_path: Path) -> list[dict]:
@@ -114,7 +123,9 @@ def test_black_and_silence_in_the_middle_are_flagged_and_can_block(tmp_path: Pat
         black_s=(5.0, 10.0),
         silence_s=(5.0, 10.0),
     )
-    project = project_with(tmp_path / "warn", {"captions": {"enabled": False}})
+    # in 4 s time chunks: the black stretch crosses the cut at 8 s, found by two chunks' decodes
+    chunked = {"chunk_s": 4, "thumbnails": {"interval_s": 2}}
+    project = project_with(tmp_path / "warn", {"captions": {"enabled": False}, **chunked})
     with instance_for_test() as instance:
         result = materialize_video(
             project, project.spec(), "clip", instance=instance, source=source
@@ -130,6 +141,13 @@ def test_black_and_silence_in_the_middle_are_flagged_and_can_block(tmp_path: Pat
         assert "5.00-10.00 s" in black.description
         assert evaluation(instance, "source_qc", "interlacing").passed
         assert evaluation(instance, "rendition_240p", "quality").passed
+        # warn only: the analysis rode on the encode's decodes (chunks, audio), in its step
+        assert evaluated_in(instance, "source_qc", "black") == "vod__encode"
+        [record] = instance.fetch_materializations(AssetKey(["vod", "source_qc"]), limit=1).records
+        argv = record.asset_materialization.metadata["provenance"].value["argv"]
+        assert sum("libx264" in a for a in argv) == 4 and any(
+            "blackdetect" in " ".join(a) for a in argv
+        )
 
     blocking = project_with(
         tmp_path / "block", {"captions": {"enabled": False}, "qc": {"source": {"black": "block"}}}
@@ -144,6 +162,7 @@ def test_black_and_silence_in_the_middle_are_flagged_and_can_block(tmp_path: Pat
         assert report["source_qc"]["reason_code"] == "source.black"
         assert report["rendition_240p"]["status"] == "not_run"  # the encode waited for it
         assert not evaluation(instance, "source_qc", "black").passed
+        assert evaluated_in(instance, "source_qc", "black") == "vod__source_qc"
 
 
 def test_a_loud_source_is_flagged_and_normalized_to_the_target(tmp_path: Path):

@@ -109,7 +109,8 @@ def test_an_untouched_copy_scores_as_identical(joint):
 
 
 def test_a_starved_rendition_scores_clearly_lower_in_the_same_run(joint):
-    compared, scores, result = joint
+    compared, scores, results = joint
+    (result,) = results  # whole files: one run
     assert [a for a in result.argv if a == "-i"].count("-i") == 1 + len(compared)
     fed, starved, small = scores["fed"], scores["starved"], scores["small"]
     for s in (fed, starved, small):
@@ -148,6 +149,31 @@ def test_every_sets_how_many_frames_are_compared(clips, tmp_path):
             f" expected ({source_frames} / {every})"
         ]
         assert scores["short"].frames == expected_frames(frame_count(short), every)
+
+
+def test_sampled_gops_pair_the_same_frames_and_score_like_the_whole_files(joint, clips, tmp_path):
+    """One GOP in N: each run seeks every input to a GOP of the renditions; an untouched copy
+    still scores as identical there (a pairing off by one frame would not), and a rendition
+    scores close to its whole-file score on the frames of that GOP alone."""
+    debian = metrics_binary("ffmpeg")
+    packets = quality.video_packets(clips["fed"])
+    assert len(packets) == FRAMES
+    # two 2 s GOPs: one in five is still one, the centred one; every GOP is both
+    (window,) = quality.sample_windows(packets, 5, 1 / FPS)
+    assert (window.start_s, window.frames) == (2.0, 2 * FPS - 1)
+    assert [w.start_s for w in quality.sample_windows(packets, 1, 1 / FPS)] == [0.0, 2.0]
+    compared = renditions(clips, "copy", "fed", "starved")
+    scores, runs = compare(clips["source"], compared, tmp_path, debian, every=1, windows=[window])
+    assert len(runs) == 1 and all(s.frames == window.frames for s in scores.values())
+    assert scores["copy"].psnr_avg == math.inf and scores["copy"].ssim == 1.0
+    whole = joint[1]
+    for name in ("fed", "starved"):
+        assert abs(scores[name].psnr_avg - whole[name].psnr_avg) < 1.5, name
+    assert scores["fed"].psnr_avg > scores["starved"].psnr_avg + 10
+    with pytest.raises(QualityError, match="no GOP"):
+        quality.sample_windows([(0.0, True)], 5, 1 / FPS)
+    with pytest.raises(ValueError, match="every_nth_gop"):
+        quality.sample_windows(packets, 0, 1 / FPS)
 
 
 def test_keyframes_are_at_the_forced_times(clips, tmp_path):
@@ -195,7 +221,7 @@ def test_decode_damage_shows_in_a_decode_of_that_file(clips, tmp_path):
     assert errors, "the damaged rendition decoded clean"
     assert decode_errors(run_ffmpeg(decode_args(clips["fed"])).messages) == []
     # the joint run shows it too (it cannot say which input it came from)
-    _, result = compare(
+    _, (result,) = compare(
         clips["source"],
         [Compared("damaged", damaged, 640, 360)],
         tmp_path / "joint",

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import ffmpeg
 
@@ -310,9 +310,13 @@ def encode_ladder_args(
     threads: int,
     thumbnails: Optional[tuple[Path, ThumbnailOutput]] = None,
     span: Span = WHOLE,
+    analysis: Optional[Callable[[Any, Any], list]] = None,
 ) -> list[str]:
     """Every rendition (and the thumbnails) from one decode of the source: the video is split
     once, each branch scaled and encoded with exactly the options `encode_rendition_args` uses.
+    `analysis(video, input)` adds streams on a branch of the decoded video (of the span, lead
+    included) and on the input's other streams, into one null output: the source's analysis
+    (`source_qc.Analysis.streams`) riding on this decode instead of making its own.
 
     For a chunk (`span` other than the whole source) only that part is decoded (seeking is
     frame-exact: frames before the start are decoded and dropped), the renditions are written
@@ -325,7 +329,7 @@ def encode_ladder_args(
         if span.duration_s is not None:
             options["t"] = _seconds(span.duration_s + span.lead_s)
     inp = _input(src, **options)
-    branches = len(renditions) + (1 if thumbnails else 0)
+    branches = len(renditions) + (1 if thumbnails else 0) + (1 if analysis else 0)
     split = inp["v:0"].filter_multi_output("split", branches) if branches > 1 else None
 
     def branch(i: int):
@@ -342,28 +346,36 @@ def encode_ladder_args(
         outputs.append(
             _thumbnail_output(branch(len(renditions)), thumbnails[0], thumbnails[1], threads, span)
         )
+    if analysis is not None:
+        outputs.append(ffmpeg.output(*analysis(branch(branches - 1), inp), "-", f="null"))
     return ffmpeg.merge_outputs(*outputs).get_args()
 
 
-def audio_args(src: Path, outputs: dict[Path, AudioOutput]) -> list[str]:
+def audio_args(
+    src: Path,
+    outputs: dict[Path, AudioOutput],
+    analysis: Optional[Callable[[Any, Any], list]] = None,
+) -> list[str]:
     """AAC files, one per output, encoded in one process from the whole source: the audio of
     chunked renditions (AAC cannot be cut and joined without a gap at each cut), as
-    `_rendition_output` would encode it, and a CMAF package's audio tracks."""
+    `_rendition_output` would encode it, and a CMAF package's audio tracks. `analysis(None,
+    input)`: the source's audio analysis on the same decode (see `encode_ladder_args`)."""
     inp = _input(src)
     streams = _audio_streams(inp, list(outputs.values()))
-    return ffmpeg.merge_outputs(
-        *(
-            ffmpeg.output(
-                stream,
-                _output_name(out),
-                f="mp4",
-                **_audio_options(audio),
-                **_BITEXACT,
-                **({"metadata:s:a:0": f"language={audio.language}"} if audio.language else {}),
-            )
-            for (out, audio), stream in zip(outputs.items(), streams, strict=True)
+    encoded = [
+        ffmpeg.output(
+            stream,
+            _output_name(out),
+            f="mp4",
+            **_audio_options(audio),
+            **_BITEXACT,
+            **({"metadata:s:a:0": f"language={audio.language}"} if audio.language else {}),
         )
-    ).get_args()
+        for (out, audio), stream in zip(outputs.items(), streams, strict=True)
+    ]
+    if analysis is not None:
+        encoded.append(ffmpeg.output(*analysis(None, inp), "-", f="null"))
+    return ffmpeg.merge_outputs(*encoded).get_args()
 
 
 def concat_listing(chunks: list[Path], spans: Sequence[Span] = ()) -> str:

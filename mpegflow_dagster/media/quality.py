@@ -1,10 +1,14 @@
 """Per-rendition quality checks: PSNR, SSIM and (where the build has libvmaf) VMAF of every
-rendition against its source in one FFmpeg run, decode health, and keyframes at the forced times.
+rendition against its source, decode health, and keyframes at the forced times.
 
-One run (`compare_args`) decodes the source once and each rendition fully: the full decode of a
-rendition is its decode-health check too (`decode_errors` on what FFmpeg said). Metrics are
-written to files in a scratch directory (`read_scores`), never parsed from stderr, of which the
-runner keeps only a tail.
+One run (`compare_args`) decodes the source once and each rendition: its decode is the
+rendition's decode-health check too (`decode_errors` on what FFmpeg said). By default not the
+whole file is decoded but sampled GOPs (`sample_windows`: one GOP in N, spread evenly), one run
+per GOP, each input seeking to it: the renditions' GOPs are closed and cut at the same forced
+times, so a GOP decodes on its own, and the cost is about 1/N of a full decode of every
+rendition and of the source (which the pipeline decodes anyway, in every encode lane). Metrics
+are written to files in a scratch directory (`read_frames`), never parsed from stderr, of which
+the runner keeps only a tail, and pooled over every run (`Scores.pooled`).
 
 The reference of a rendition is the source scaled to the rendition's size with the scaler the
 encode used (bicubic, as `commands._rendition_output`): for a yuv420p source that is the very
@@ -25,6 +29,7 @@ import json
 import math
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -111,16 +116,63 @@ class Compared:
     tone_map: bool = False  # an SDR rendition of an HDR source: the reference is tone-mapped alike
 
 
+@dataclass(frozen=True)
+class Window:
+    """A stretch compared on both sides: the `frames` frames that follow the keyframe at
+    `start_s` (`frame_s`: one frame's duration). Every input seeks a quarter frame past the
+    keyframe (`compare_args`): a rendition's seek lands on that keyframe, the source's on its own
+    keyframe before it, and both decode from there and drop what is before the seek point, so
+    both sides start on the same frame, the one after the keyframe, without either side's exact
+    timestamps having to agree (a chunked rendition's drift by microseconds). The keyframe is
+    decoded (its errors count) but not scored: one frame of a GOP, the best one."""
+
+    start_s: float
+    frames: int
+    frame_s: float
+
+    @property
+    def seek_s(self) -> float:
+        return self.start_s + self.frame_s / 4
+
+
+def sample_windows(
+    packets: Sequence[tuple[float, bool]], every_nth_gop: int, frame_s: float
+) -> list[Window]:
+    """One GOP in `every_nth_gop` of a rendition whose `video_packets` are `packets`, spread
+    evenly over it (centred: neither only the first GOP, often a fade or a title, nor only the
+    last), at least one; every GOP for 1. GOPs of a single frame have nothing to score."""
+    if every_nth_gop < 1:
+        raise ValueError(f"every_nth_gop must be >= 1, not {every_nth_gop}")
+    keys = [i for i, (_, key) in enumerate(packets) if key]
+    gops = [
+        Window(packets[k][0], end - k - 1, frame_s)
+        for k, end in zip(keys, [*keys[1:], len(packets)], strict=True)
+        if end - k > 1
+    ]
+    if not gops:
+        raise QualityError("no GOP of more than one frame to compare")
+    count = math.ceil(len(gops) / every_nth_gop)
+    return [gops[int((k + 0.5) * len(gops) / count)] for k in range(count)]
+
+
 def _stats_names(i: int) -> tuple[str, str, str]:
     """The plain file names (in `out_dir`) the i-th rendition's metrics are written to."""
     return f"psnr-{i}.log", f"ssim-{i}.log", f"vmaf-{i}.json"
 
 
-def _open(path: Path, formats: str):
+def _open(path: Path, formats: str, window: Optional[Window] = None):
     path = Path(path)
     if not path.is_file():
         raise QualityError(f"no such file: {path}")
-    return ffmpeg.input(f"file:{path.resolve()}", **{**SAFE_INPUT, "format_whitelist": formats})
+    options: dict[str, object] = {**SAFE_INPUT, "format_whitelist": formats}
+    if window is not None:
+        # -t stops the decode after the window's frames (see `Window`): frame k >= 1 after the
+        # keyframe lies k - 1/4 frames past the seek point, kept while under `frames` frames
+        options.update(ss=f"{window.seek_s:.6f}", t=f"{window.frames * window.frame_s:.6f}")
+    return ffmpeg.input(f"file:{path.resolve()}", **options)
+
+
+RENDITION_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,mpegts,matroska,webm"
 
 
 def compare_args(
@@ -132,22 +184,24 @@ def compare_args(
     vmaf: bool,
     vmaf_model: str = "version=vmaf_v0.6.1",
     threads: int = 2,
+    window: Optional[Window] = None,
 ) -> list[str]:
-    """The argv (for `run_ffmpeg`) of one run that scores every rendition against `source`.
+    """The argv (for `run_ffmpeg`) of one run that scores every rendition against `source`, over
+    the whole files or over `window` of them.
 
     The caller must run it with `cwd=out_dir`: the metrics files are named plainly
     (`psnr-0.log`, ...) relative to it, so no path needs escaping inside the filter graph.
     Building the argv creates `out_dir` and removes those files of an earlier run there (a run
     without VMAF would otherwise leave an older VMAF log to be read).
 
-    The source is decoded once, the renditions fully; of both, every `every`-th frame (1: all)
-    is kept. The source is split once per rendition and scaled to its size (bicubic:
-    REFERENCE_SCALER); then psnr, ssim and, with `vmaf`, libvmaf (`threads` threads,
-    `vmaf_model`) run in a chain, each passing the rendition's frames on, into one null output
-    per rendition. Each metric filter ends with the shorter input (`shortest=1`), so a rendition
-    that decodes to fewer frames shows as fewer frames compared (`frame_problems`) instead of
-    its last frame being repeated. Only video is read (extra audio streams are ignored); the log
-    level is `warning` so that the stderr tail holds decode errors, not summaries.
+    The source is decoded once, the renditions fully (over the window); of both, every
+    `every`-th frame (1: all) is kept. The source is split once per rendition and scaled to its
+    size (bicubic: REFERENCE_SCALER); then psnr, ssim and, with `vmaf`, libvmaf (`threads`
+    threads, `vmaf_model`) run in a chain, each passing the rendition's frames on, into one null
+    output per rendition. Each metric filter ends with the shorter input (`shortest=1`), so a
+    rendition that decodes to fewer frames shows as fewer frames compared instead of its last
+    frame being repeated. Only video is read (extra audio streams are ignored); the log level is
+    `warning` so that the stderr tail holds decode errors, not summaries.
 
     Sampling keeps frames 0, every, 2 every, ...: with an `every` that divides the keyframe
     interval (10 and 60-frame GOPs) every keyframe is sampled, which are the best frames, so
@@ -167,7 +221,7 @@ def compare_args(
         stream = stream.filter("setpts", "N/(FRAME_RATE*TB)")
         return stream.filter("framestep", every) if every > 1 else stream
 
-    reference = sampled(_open(source, SOURCE_FORMATS)["v:0"])
+    reference = sampled(_open(source, SOURCE_FORMATS, window)["v:0"])
     if len(compared) > 1:
         split = reference.filter_multi_output("split", len(compared))
         references = [split.stream(i) for i in range(len(compared))]
@@ -184,7 +238,7 @@ def compare_args(
             ref = ref.filter("format", "yuv420p")  # the SDR rungs' (x264-vod)
         refs = ref.filter_multi_output("split", metrics)
         # libvmaf takes the distorted picture first (FFmpeg 5+); psnr and ssim do not mind
-        dist = sampled(_open(c.path, "mov,mp4,m4a,3gp,3g2,mj2,mpegts,matroska,webm")["v:0"])
+        dist = sampled(_open(c.path, RENDITION_FORMATS, window)["v:0"])
         dist = ffmpeg.filter([dist, refs.stream(0)], "psnr", stats_file=psnr_log, shortest=1)
         dist = ffmpeg.filter([dist, refs.stream(1)], "ssim", stats_file=ssim_log, shortest=1)
         if vmaf:
@@ -204,6 +258,21 @@ def compare_args(
     return ffmpeg.merge_outputs(*outputs).global_args("-loglevel", "warning").get_args()
 
 
+@dataclass
+class Frames:
+    """Per-frame values of one rendition, from one run or several (`extend`): psnr's and ssim's
+    stats lines, libvmaf's per-frame scores (empty without VMAF)."""
+
+    psnr: list[dict[str, float]]
+    ssim: list[dict[str, float]]
+    vmaf: list[float]
+
+    def extend(self, more: Frames) -> None:
+        self.psnr += more.psnr
+        self.ssim += more.ssim
+        self.vmaf += more.vmaf
+
+
 class Scores(BaseModel):
     """The scores of one rendition over the frames compared.
 
@@ -212,8 +281,9 @@ class Scores(BaseModel):
     Y, U and V; `psnr_min` is the worst frame's `psnr_avg` (FFmpeg's `min:`). Identical frames
     have an infinite PSNR: kept as float('inf') (only if every frame compared is identical does
     the pooled value become inf), written in JSON as the string "Infinity", which reads back.
-    `ssim` is the mean of the per-frame `All`, `ssim_min` the worst frame's. The VMAF values are
-    libvmaf's pooled ones, None when VMAF was not computed."""
+    `ssim` is the mean of the per-frame `All`, `ssim_min` the worst frame's. The VMAF values pool
+    the per-frame scores as libvmaf does (mean, min, harmonic mean), None when VMAF was not
+    computed."""
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="strings")
 
@@ -226,6 +296,27 @@ class Scores(BaseModel):
     vmaf_mean: Optional[float] = None
     vmaf_min: Optional[float] = None
     vmaf_harmonic_mean: Optional[float] = None
+
+    @classmethod
+    def pooled(cls, name: str, f: Frames) -> Scores:
+        if not f.psnr or len(f.psnr) != len(f.ssim) or (f.vmaf and len(f.vmaf) != len(f.psnr)):
+            raise QualityError(
+                f"{name}: {len(f.psnr)} frames in the PSNR stats but {len(f.ssim)} in the SSIM's"
+                + (f" and {len(f.vmaf)} in the VMAF log" if f.vmaf else "")
+            )
+        v = f.vmaf
+        return cls(
+            frames=len(f.psnr),
+            psnr_y=_pooled_psnr([x["psnr_y"] for x in f.psnr]),
+            psnr_avg=_pooled_psnr([x["psnr_avg"] for x in f.psnr]),
+            psnr_min=min(x["psnr_avg"] for x in f.psnr),
+            ssim=round(sum(x["All"] for x in f.ssim) / len(f.ssim), 6),  # the file's precision
+            ssim_min=min(x["All"] for x in f.ssim),
+            vmaf_mean=sum(v) / len(v) if v else None,
+            vmaf_min=min(v) if v else None,
+            # libvmaf's harmonic mean: of the scores plus one, minus one
+            vmaf_harmonic_mean=len(v) / sum(1 / (x + 1) for x in v) - 1 if v else None,
+        )
 
 
 _FIELD = re.compile(r"(\w+):(\S+)")
@@ -249,38 +340,23 @@ def _pooled_psnr(values: Sequence[float]) -> float:
     return math.inf if mean == 0 else -10 * math.log10(mean)
 
 
-def read_scores(out_dir: Path, compared: Sequence[Compared]) -> dict[str, Scores]:
-    """The scores `compare_args`'s run wrote in `out_dir`, by rendition name."""
-    scores = {}
+def read_frames(out_dir: Path, compared: Sequence[Compared]) -> dict[str, Frames]:
+    """The per-frame values `compare_args`'s run wrote in `out_dir`, by rendition name."""
+    found = {}
     for i, c in enumerate(compared):
         psnr_log, ssim_log, vmaf_log = (out_dir / n for n in _stats_names(i))
-        psnr, ssim = _stats_lines(psnr_log), _stats_lines(ssim_log)
-        if not psnr or len(psnr) != len(ssim):
-            raise QualityError(
-                f"{c.name}: {len(psnr)} frames in the PSNR stats but {len(ssim)} in the SSIM's"
-            )
-        vmaf: dict[str, Optional[float]] = dict.fromkeys(("mean", "min", "harmonic_mean"))
-        if vmaf_log.is_file():
-            log = json.loads(vmaf_log.read_text())
-            if len(log["frames"]) != len(psnr):
-                raise QualityError(
-                    f"{c.name}: {len(psnr)} frames in the PSNR stats but {len(log['frames'])} "
-                    "in the VMAF log"
-                )
-            pooled = log["pooled_metrics"]["vmaf"]
-            vmaf = {k: pooled[k] for k in vmaf}
-        scores[c.name] = Scores(
-            frames=len(psnr),
-            psnr_y=_pooled_psnr([f["psnr_y"] for f in psnr]),
-            psnr_avg=_pooled_psnr([f["psnr_avg"] for f in psnr]),
-            psnr_min=min(f["psnr_avg"] for f in psnr),
-            ssim=round(sum(f["All"] for f in ssim) / len(ssim), 6),  # the file's precision
-            ssim_min=min(f["All"] for f in ssim),
-            vmaf_mean=vmaf["mean"],
-            vmaf_min=vmaf["min"],
-            vmaf_harmonic_mean=vmaf["harmonic_mean"],
+        vmaf = (
+            [x["metrics"]["vmaf"] for x in json.loads(vmaf_log.read_text())["frames"]]
+            if vmaf_log.is_file()
+            else []
         )
-    return scores
+        found[c.name] = Frames(_stats_lines(psnr_log), _stats_lines(ssim_log), vmaf)
+    return found
+
+
+def read_scores(out_dir: Path, compared: Sequence[Compared]) -> dict[str, Scores]:
+    """The scores `compare_args`'s run wrote in `out_dir`, by rendition name."""
+    return {n: Scores.pooled(n, f) for n, f in read_frames(out_dir, compared).items()}
 
 
 def compare(
@@ -292,25 +368,49 @@ def compare(
     every: int = 10,
     vmaf: Optional[bool] = None,
     threads: int = 2,
-) -> tuple[dict[str, Scores], RunResult]:
-    """`compare_args` run (in `out_dir`) with `binary` and read: the scores and the run (whose
-    `messages` `decode_errors` reads). `vmaf` defaults to whether the binary has libvmaf."""
+    windows: Optional[Sequence[Window]] = None,
+    at_once: int = 1,
+) -> tuple[dict[str, Scores], list[RunResult]]:
+    """`compare_args` run (in `out_dir`) with `binary` over the whole files, or once per window
+    of `windows` (in its own subdirectory, `at_once` runs at a time), and read: the scores,
+    pooled over every run, and the runs (whose `messages` `decode_errors` reads). `vmaf`
+    defaults to whether the binary has libvmaf."""
     use_vmaf = binary.vmaf if vmaf is None else vmaf
     if use_vmaf and not binary.vmaf:
         raise QualityError(f"{binary.path} ({binary.version}) has no libvmaf filter")
-    args = compare_args(source, compared, out_dir, every=every, vmaf=use_vmaf, threads=threads)
-    try:
-        result = run_ffmpeg(args, ffmpeg=binary.path, cwd=out_dir)
-    except FFmpegFailed as exc:
-        tail = exc.result.messages
-        if "matches no streams" in tail:  # FFmpeg does not say which input: name them all
-            names = ", ".join(Path(p).name for p in (source, *(c.path for c in compared)))
-            raise QualityError(f"an input has no video stream (of {names})") from exc
-        if "must be same" in tail:  # psnr: "Width and height of input videos must be same."
-            sizes = ", ".join(f"{c.name} {c.width}x{c.height}" for c in compared)
-            raise QualityError(f"a rendition is not the size it was given as ({sizes})") from exc
-        raise
-    return read_scores(out_dir, compared), result
+    if windows is not None and not windows:
+        raise ValueError("no window to compare")
+    runs = (
+        [(out_dir, None)]
+        if windows is None
+        else [(out_dir / f"window-{k}", w) for k, w in enumerate(windows)]
+    )
+
+    def run(where: Path, window: Optional[Window]) -> RunResult:
+        args = compare_args(
+            source, compared, where, every=every, vmaf=use_vmaf, threads=threads, window=window
+        )
+        try:
+            return run_ffmpeg(args, ffmpeg=binary.path, cwd=where)
+        except FFmpegFailed as exc:
+            tail = exc.result.messages
+            if "matches no streams" in tail:  # FFmpeg does not say which input: name them all
+                names = ", ".join(Path(p).name for p in (source, *(c.path for c in compared)))
+                raise QualityError(f"an input has no video stream (of {names})") from exc
+            if "must be same" in tail:  # psnr: "Width and height of input videos must be same."
+                sizes = ", ".join(f"{c.name} {c.width}x{c.height}" for c in compared)
+                raise QualityError(
+                    f"a rendition is not the size it was given as ({sizes})"
+                ) from exc
+            raise
+
+    with ThreadPoolExecutor(max_workers=max(1, at_once)) as pool:
+        results = list(pool.map(lambda r: run(*r), runs))
+    frames = {c.name: Frames([], [], []) for c in compared}
+    for where, _ in runs:
+        for name, found in read_frames(where, compared).items():
+            frames[name].extend(found)
+    return {n: Scores.pooled(n, f) for n, f in frames.items()}, results
 
 
 # --- decode health ------------------------------------------------------------------------
@@ -330,7 +430,7 @@ def decode_args(path: Path) -> list[str]:
     """A full decode of one file's video to the null muxer, saying only warnings and errors:
     run it for each rendition when the joint run showed errors, which it cannot attribute to
     an input; `decode_errors(result.messages)` then holds that file's."""
-    inp = _open(path, "mov,mp4,m4a,3gp,3g2,mj2,mpegts,matroska,webm")
+    inp = _open(path, RENDITION_FORMATS)
     return ffmpeg.output(inp["v:0"], "-", f="null").global_args("-loglevel", "warning").get_args()
 
 

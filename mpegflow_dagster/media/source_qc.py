@@ -1,5 +1,8 @@
 """Source QC: black, frozen and silent stretches, loudness (EBU R 128), interlacing, and the first
-pass of a two-pass loudness normalization, all from ONE decode of the source.
+pass of a two-pass loudness normalization, all from ONE decode of the source: a run of its own
+(`source_qc_args`), or branches of an encode's filter graph on the decode it makes anyway
+(`Analysis.streams`); an encode cut in time chunks analyses each chunk's video and its audio
+piece's audio, read back as one (`read_parts`).
 
 Every detector writes what it finds into a file of `out_dir` (FFmpeg's `metadata`/`ametadata`
 filters in print mode, which write a frame's metadata only when it has some), so nothing is read
@@ -151,34 +154,32 @@ class SourceReport(BaseModel):
     loudnorm_target: Optional[LoudnormTarget] = None
 
 
-def source_qc_args(
-    src: Path,
+def detector_streams(
+    video,
+    audio,
     out_dir: Path,
     *,
-    video: bool,
-    audio_stream: Optional[str],
     settings: Detectors = Detectors(),
     loudnorm: Optional[LoudnormTarget] = None,
-) -> list[str]:
-    """One FFmpeg run, one decode of `src`, every detector writing into `out_dir` (by absolute
-    `file:` paths, escaped by ffmpeg-python, so it runs from any working directory), its outputs
-    to the null muxer. `video`: check the first video stream; `audio_stream` ("a:0"...): the
-    audio stream to check, None for none; `loudnorm`: also measure for a two-pass loudnorm to
-    that target (read from the log, see the module's docstring)."""
-    src = Path(src)
-    if not src.is_file():
-        raise SourceQcError(f"source {src} does not exist or is not a file")
-    if not video and audio_stream is None:
-        raise SourceQcError(f"source {src.name}: no video and no audio stream to check")
-    out_dir = Path(out_dir)
+    idet: bool = True,
+    skip_s: float = 0.0,
+) -> list:
+    """The detectors as ffmpeg-python streams, for one null output: on `video` (the source's
+    first video stream as decoded, or a branch of it; None: none) and `audio` (its audio stream
+    to check; None: none), each writing what it finds into `out_dir` (by absolute `file:` paths,
+    escaped by ffmpeg-python, so it runs from any working directory); with `loudnorm`, loudnorm's
+    measuring pass for that target too (read from the log, see the module's docstring). An
+    encode adds them to its own decode of the source (`commands.encode_ladder_args`); a time
+    chunk's decode skips its lead first (`skip_s`) and only the first chunk runs `idet`."""
 
     def file(name: str) -> str:
-        return _output_name(out_dir / name)
+        return _output_name(Path(out_dir) / name)
 
-    inp = _input(src)
     streams = []
-    if video:
-        v = inp["v:0"].filter("setpts", "PTS-STARTPTS").filter_multi_output("split", 2)
+    if video is not None:
+        if skip_s:
+            video = video.filter("trim", start=f"{skip_s:.6f}")
+        v = video.filter("setpts", "PTS-STARTPTS").filter_multi_output("split", 1 + idet)
         streams.append(
             v.stream(0)
             .filter("scale", settings.analysis_width, -2, flags="fast_bilinear")
@@ -191,16 +192,16 @@ def source_qc_args(
             .filter("freezedetect", n=f"{settings.freeze_noise_db:g}dB", d=settings.freeze_min_s)
             .filter("metadata", mode="print", file=file(VIDEO_FILE))
         )
-        streams.append(
-            v.stream(1)
-            .filter("trim", end_frame=settings.idet_frames)
-            .filter("idet")
-            .filter("metadata", mode="print", file=file(IDET_FILE))
-        )
-    if audio_stream is not None:
+        if idet:
+            streams.append(
+                v.stream(1)
+                .filter("trim", end_frame=settings.idet_frames)
+                .filter("idet")
+                .filter("metadata", mode="print", file=file(IDET_FILE))
+            )
+    if audio is not None:
         a = (
-            inp[audio_stream]
-            .filter("asetpts", "PTS-STARTPTS")
+            audio.filter("asetpts", "PTS-STARTPTS")
             .filter("silencedetect", n=f"{settings.silence_noise_db:g}dB", d=settings.silence_min_s)
             .filter("ametadata", mode="print", file=file(SILENCE_FILE))
         )
@@ -221,6 +222,35 @@ def source_qc_args(
                 "ametadata", mode="print", file=file(LOUDNESS_FILE)
             )
         )
+    return streams
+
+
+def source_qc_args(
+    src: Path,
+    out_dir: Path,
+    *,
+    video: bool,
+    audio_stream: Optional[str],
+    settings: Detectors = Detectors(),
+    loudnorm: Optional[LoudnormTarget] = None,
+) -> list[str]:
+    """One FFmpeg run, one decode of `src`, every detector (`detector_streams`) writing into
+    `out_dir`, its outputs to the null muxer. `video`: check the first video stream;
+    `audio_stream` ("a:0"...): the audio stream to check, None for none; `loudnorm`: also
+    measure for a two-pass loudnorm to that target."""
+    src = Path(src)
+    if not src.is_file():
+        raise SourceQcError(f"source {src} does not exist or is not a file")
+    if not video and audio_stream is None:
+        raise SourceQcError(f"source {src.name}: no video and no audio stream to check")
+    inp = _input(src)
+    streams = detector_streams(
+        inp["v:0"] if video else None,
+        inp[audio_stream] if audio_stream is not None else None,
+        out_dir,
+        settings=settings,
+        loudnorm=loudnorm,
+    )
     return ffmpeg.output(*streams, "-", f="null").get_args()
 
 
@@ -314,6 +344,91 @@ def _frames_in_log(stderr_tail: str) -> Optional[int]:
     return int(counts[-1]) if counts else None
 
 
+@dataclass(frozen=True)
+class Part:
+    """The findings of one run over a part of the source: where they are, where the part starts
+    in the source and how long it is, the run's log tail, and how many frames the log counts that
+    are no part of it (a time chunk's lead)."""
+
+    out_dir: Path
+    start_s: float
+    duration_s: float
+    stderr_tail: str = ""
+    frames_skipped: int = 0
+
+
+def _joined(parts: list[tuple[float, list[Interval]]], min_s: float) -> list[Interval]:
+    """The parts' stretches in source time; one running up to a part's end and the next part's
+    starting there are one stretch (a chunk's closes at its end, see `_intervals`)."""
+    found: list[Interval] = []
+    for start, intervals in parts:
+        for i in intervals:
+            i = Interval(start_s=start + i.start_s, end_s=start + i.end_s)
+            if found and i.start_s - found[-1].end_s <= 1e-3:
+                found[-1] = Interval(start_s=found[-1].start_s, end_s=i.end_s)
+            else:
+                found.append(i)
+    return [i for i in found if i.duration_s >= min_s]
+
+
+def read_parts(
+    video: list[Part],
+    audio: Optional[Part],
+    *,
+    duration_s: float,
+    settings: Detectors = Detectors(),
+    audio_stream: Optional[str] = None,
+    loudnorm: Optional[LoudnormTarget] = None,
+) -> SourceReport:
+    """The findings of the runs that analysed the source: its video in `video`'s parts, in order
+    (idet's in the first), its audio in `audio`'s (see `read_source_qc`)."""
+    runs = [*video, *([audio] if audio is not None else [])]
+    if not any((p.out_dir / n).exists() for p in runs for n in _FILES) and not any(
+        p.stderr_tail for p in runs
+    ):
+        raise SourceQcError("no source QC findings: did the run happen?")
+    tail = audio.stderr_tail if audio is not None else ""
+    measured = parse_loudnorm(tail) if loudnorm is not None else None
+    if loudnorm is not None and measured is None:
+        raise SourceQcError("loudnorm's first-pass measurement is not in the end of FFmpeg's log")
+
+    def stretches(parts: list[Part], file: str, start: str, end: str, min_s: float = 0.0):
+        return _joined(
+            [
+                (
+                    p.start_s,
+                    _intervals(_frames(p.out_dir / file), start, end, duration_s=p.duration_s),
+                )
+                for p in parts
+            ],
+            min_s,
+        )
+
+    audio_parts = [audio] if audio is not None else []
+    return SourceReport(
+        black=stretches(
+            video, VIDEO_FILE, "lavfi.black_start", "lavfi.black_end", settings.black_min_s
+        ),
+        freeze=stretches(
+            video, VIDEO_FILE, "lavfi.freezedetect.freeze_start", "lavfi.freezedetect.freeze_end"
+        ),
+        silence=stretches(audio_parts, SILENCE_FILE, "lavfi.silence_start", "lavfi.silence_end"),
+        loudness=_loudness(_frames(audio.out_dir / LOUDNESS_FILE, tail_bytes=8192))
+        if audio is not None
+        else None,
+        interlace=_interlace(_frames(video[0].out_dir / IDET_FILE, tail_bytes=8192))
+        if video
+        else None,
+        loudnorm=measured,
+        frames_analysed=sum(
+            max(0, (_frames_in_log(p.stderr_tail) or 0) - p.frames_skipped) for p in video
+        ),
+        duration_s=duration_s,
+        audio_stream=audio_stream,
+        loudnorm_target=loudnorm,
+    )
+
+
 def read_source_qc(
     out_dir: Path,
     *,
@@ -328,40 +443,102 @@ def read_source_qc(
     stretches still open when the source ends; `stderr_tail` gives loudnorm's measurement (when
     `loudnorm` was asked for it is required: SourceQcError if the log does not have it) and the
     number of video frames."""
-    out_dir = Path(out_dir)
-    if not any((out_dir / name).exists() for name in _FILES) and not stderr_tail:
-        raise SourceQcError(f"no source QC findings in {out_dir}: did the run happen?")
-    video = _frames(out_dir / VIDEO_FILE)
-    measured = parse_loudnorm(stderr_tail) if loudnorm is not None else None
-    if loudnorm is not None and measured is None:
-        raise SourceQcError("loudnorm's first-pass measurement is not in the end of FFmpeg's log")
-    return SourceReport(
-        black=_intervals(
-            video,
-            "lavfi.black_start",
-            "lavfi.black_end",
-            duration_s=duration_s,
-            min_s=settings.black_min_s,
-        ),
-        freeze=_intervals(
-            video,
-            "lavfi.freezedetect.freeze_start",
-            "lavfi.freezedetect.freeze_end",
-            duration_s=duration_s,
-        ),
-        silence=_intervals(
-            _frames(out_dir / SILENCE_FILE),
-            "lavfi.silence_start",
-            "lavfi.silence_end",
-            duration_s=duration_s,
-        ),
-        loudness=_loudness(_frames(out_dir / LOUDNESS_FILE, tail_bytes=8192)),
-        interlace=_interlace(_frames(out_dir / IDET_FILE, tail_bytes=8192)),
-        loudnorm=measured,
-        frames_analysed=_frames_in_log(stderr_tail) or 0,
+    whole = Part(Path(out_dir), 0.0, duration_s, stderr_tail)
+    return read_parts(
+        [whole],
+        whole,
         duration_s=duration_s,
+        settings=settings,
         audio_stream=audio_stream,
-        loudnorm_target=loudnorm,
+        loudnorm=loudnorm,
+    )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis of a source (made by `analysis_of`): its first video stream (if `video`) and
+    `audio_stream` (None: none) through the detectors, into `out_dir`."""
+
+    out_dir: Path
+    duration_s: float
+    video: bool
+    audio_stream: Optional[str]
+    settings: Detectors = Detectors()
+    loudnorm: Optional[LoudnormTarget] = None
+    idet: bool = True
+    skip_s: float = 0.0  # of the decoded video (a time chunk's lead)
+
+    def streams(self, video, inp) -> list:
+        """The detectors (`detector_streams`) on `video` (the decoded first video stream of
+        `inp`, the source's ffmpeg-python input, or a branch of it) and on `inp`'s audio."""
+        return detector_streams(
+            video if self.video else None,
+            inp[self.audio_stream] if self.audio_stream is not None else None,
+            self.out_dir,
+            settings=self.settings,
+            loudnorm=self.loudnorm,
+            idet=self.idet,
+            skip_s=self.skip_s,
+        )
+
+    def args(self, src: Path) -> list[str]:
+        """The run of this analysis alone (`source_qc_args`) of the whole source."""
+        if self.skip_s or not self.idet:
+            raise ValueError("a run of its own analyses the whole source")
+        return source_qc_args(
+            src,
+            self.out_dir,
+            video=self.video,
+            audio_stream=self.audio_stream,
+            settings=self.settings,
+            loudnorm=self.loudnorm,
+        )
+
+    def read(self, result: RunResult) -> SourceReport:
+        """The findings of the run that made them (`read_source_qc`)."""
+        return read_source_qc(
+            self.out_dir,
+            duration_s=self.duration_s,
+            stderr_tail=result.stderr_tail,
+            settings=self.settings,
+            audio_stream=self.audio_stream,
+            loudnorm=self.loudnorm,
+        )
+
+
+def analysis_of(
+    src: Path,
+    out_dir: Path,
+    info: MediaInfo,
+    *,
+    settings: Detectors = Detectors(),
+    loudnorm: Optional[LoudnormTarget] = None,
+    video: bool = True,
+    audio: bool = True,
+    part: Optional[tuple[float, float]] = None,
+) -> Analysis:
+    """The analysis of the source's first video stream (unless not `video`) and default audio
+    stream (unless not `audio`), with `out_dir` made and cleared of an earlier run's findings.
+    `part`: (skip_s, duration_s) of a time chunk's decode (its video only, `idet` only for the
+    chunk at the start, skip_s 0)."""
+    audio_stream = f"a:{info.default_audio}" if audio and info.audio is not None else None
+    video = video and info.video is not None
+    if not video and audio_stream is None:
+        raise SourceQcError(f"source {Path(src).name}: no video and no audio stream to check")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in _FILES:  # a finding of an earlier run must not be read as this one's
+        (out_dir / name).unlink(missing_ok=True)
+    skip_s, duration_s = part if part is not None else (0.0, info.duration)
+    return Analysis(
+        out_dir,
+        duration_s,
+        video,
+        audio_stream,
+        settings,
+        loudnorm if audio_stream is not None else None,  # nothing to normalize
+        idet=part is None or skip_s == 0,
+        skip_s=skip_s,
     )
 
 
@@ -377,40 +554,17 @@ def run_source_qc(
     video: bool = True,
 ) -> tuple[SourceReport, RunResult]:
     """Probe facts in, report out: the source's first video stream (unless not `video`) and
-    default audio stream checked in one run (`source_qc_args`), its findings read
-    (`read_source_qc`). `run(args, duration_s)` runs FFmpeg (default: `run_ffmpeg` of
-    `ffmpeg_bin`), e.g. a stage's runner, for its progress and provenance."""
-    audio = f"a:{info.default_audio}" if info.audio is not None else None
-    video = video and info.video is not None
-    if not video and audio is None:
-        raise SourceQcError(f"source {Path(src).name}: no video and no audio stream to check")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in _FILES:  # a finding of an earlier run must not be read as this one's
-        (out_dir / name).unlink(missing_ok=True)
-    loudnorm = loudnorm if audio is not None else None  # nothing to normalize
-    args = source_qc_args(
-        src,
-        out_dir,
-        video=video,
-        audio_stream=audio,
-        settings=settings,
-        loudnorm=loudnorm,
-    )
+    default audio stream checked in one run of their own (`analysis_of`), its findings read.
+    `run(args, duration_s)` runs FFmpeg (default: `run_ffmpeg` of `ffmpeg_bin`), e.g. a stage's
+    runner, for its progress and provenance."""
+    analysis = analysis_of(src, out_dir, info, settings=settings, loudnorm=loudnorm, video=video)
+    args = analysis.args(src)
     result = (
         run(args, info.duration)
         if run is not None
         else run_ffmpeg(args, ffmpeg=ffmpeg_bin, duration_s=info.duration)
     )
-    report = read_source_qc(
-        out_dir,
-        duration_s=info.duration,
-        stderr_tail=result.stderr_tail,
-        settings=settings,
-        audio_stream=audio,
-        loudnorm=loudnorm,
-    )
-    return report, result
+    return analysis.read(result), result
 
 
 def loudnorm_for(report: SourceReport, target: LoudnormTarget) -> Optional[Loudnorm]:

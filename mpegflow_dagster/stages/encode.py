@@ -29,6 +29,7 @@ from ..media.classify import classify_exception
 from ..media.codecs import codec
 from ..media.probe import MediaInfo, probe
 from ..media.runner import RunResult
+from ..media.source_qc import Analysis, Part, SourceReport, analysis_of, read_parts
 from ..media.storyboard import storyboard_vtt
 from ..media.verify import verify_output
 from ..spec import PipelineSpec, Rendition, ThumbnailSpec
@@ -46,8 +47,22 @@ from ..stage import (
 from ..storage import CHUNK_CACHE, scratch_dir, sha256_files
 from .ingest import CAPTIONS_STEM, load_probe, source_file
 from .rendition_qc import measure_renditions
-from .source_qc import source_inputs, source_loudnorm
+from .source_qc import (
+    DETECTORS,
+    FINDINGS,
+    analyse_alone,
+    report_output,
+    rides_on_encode,
+    source_analysis,
+    source_inputs,
+    source_loudnorm,
+    source_qc_stage,
+)
 from .toolkit import MediaRejected, StageOutput, Tools
+
+# The source's analysis (`stages.source_qc`) when it is an output of the encode step: its asset
+# name, its key in `encode_ladder`'s `work` and result.
+SOURCE_QC = "source_qc"
 
 
 def rendition_asset_name(name: str) -> str:
@@ -197,6 +212,7 @@ class LadderEncode:
         chunks: ChunkStore,
         source_id: Optional[str] = None,
         loudnorm: Optional[commands.Loudnorm] = None,
+        analyse: bool = False,
     ) -> None:
         self.source, self.info, self.tools, self.chunks = (
             source_file(ingest_dir),
@@ -216,6 +232,10 @@ class LadderEncode:
         self.outputs = {r.name: video_output(spec, r, info, loudnorm) for r in rungs}
         self.spans = encode_spans(info, spec)
         self.has_audio = info.audio is not None and bool(self.outputs)  # not for thumbnails alone
+        # the source's analysis rides on the pieces: each chunk's video, the audio piece's audio.
+        # No part of a piece's recipe (the analysis changes no byte of it): a piece made without
+        # it has no findings, and the source is then analysed alone (`findings`)
+        self.analyse = analyse and self.chunked and bool(self.outputs)
 
     @property
     def tone_mapped(self) -> frozenset[str]:
@@ -233,10 +253,13 @@ class LadderEncode:
         into: Callable[[str], Path],
         thumbs_dir: Optional[Path],
         cancel: threading.Event,
+        analysis: Optional[Analysis] = None,
     ) -> RunResult:
         """One FFmpeg process: `span` of the source decoded once into the outputs `names` (and the
-        thumbnails into `thumbs_dir`)."""
-        label = "encode " + ",".join([*names, *(["thumbnails"] if thumbs_dir else [])])
+        thumbnails into `thumbs_dir`, and the source's `analysis` on the same decode)."""
+        label = "encode " + ",".join(
+            [*names, *(["thumbnails"] if thumbs_dir else []), *([SOURCE_QC] if analysis else [])]
+        )
         if not span.whole:
             label += f" {float(span.start_s):g}s+"
         if thumbs_dir is not None:
@@ -247,12 +270,9 @@ class LadderEncode:
             threads=self.tools.threads,
             thumbnails=(thumbs_dir, self.thumbs) if self.thumbs and thumbs_dir else None,
             span=span,
+            analysis=analysis.streams if analysis is not None else None,
         )
-        duration = (
-            float(span.duration_s)
-            if span.duration_s is not None
-            else self.info.duration - float(span.start_s)
-        )
+        duration = self._span_s(span)
         made = [rendition_asset_name(n) for n in names] + (["thumbnails"] if thumbs_dir else [])
         return self.tools.run(label, args, duration_s=duration, outputs=made, cancel=cancel)
 
@@ -282,6 +302,31 @@ class LadderEncode:
     def audio_key(self) -> str:
         return self._key({"audio": True})
 
+    def _span_s(self, span: Span) -> float:
+        return (
+            float(span.duration_s)
+            if span.duration_s is not None
+            else self.info.duration - float(span.start_s)
+        )
+
+    def _analysis(self, into: Path, span: Optional[Span]) -> Optional[Analysis]:
+        """The source's analysis in a piece (`analyse`): a chunk's video, its lead skipped
+        (`span`), or the audio piece's audio (None)."""
+        if not self.analyse:
+            return None
+        if span is None:
+            return analysis_of(
+                self.source, into / FINDINGS, self.info, settings=DETECTORS, video=False
+            )
+        return analysis_of(
+            self.source,
+            into / FINDINGS,
+            self.info,
+            settings=DETECTORS,
+            audio=False,
+            part=(float(span.lead_s), self._span_s(span)),
+        )
+
     def make_chunk(self, i: int, into: Path, cancel: threading.Event) -> RunResult:
         return self.run(
             list(self.outputs),
@@ -289,16 +334,48 @@ class LadderEncode:
             lambda n: into / f"{n}.mp4",
             into / "thumbnails" if self.thumbs else None,
             cancel,
+            self._analysis(into, self.spans[i]),
         )
 
     def make_audio(self, into: Path, cancel: threading.Event) -> RunResult:
+        analysis = self._analysis(into, None)
         return self.tools.run(
             "encode audio",
             commands.audio_args(
-                self.source, {into / f"{n}.m4a": o.audio for n, o in self.outputs.items()}
+                self.source,
+                {into / f"{n}.m4a": o.audio for n, o in self.outputs.items()},
+                analysis.streams if analysis is not None else None,
             ),
             duration_s=self.info.duration,
             cancel=cancel,
+        )
+
+    def findings(
+        self, chunks: list[tuple[Path, RunResult]], audio: Optional[tuple[Path, RunResult]]
+    ) -> Optional[SourceReport]:
+        """The source's report from the findings in its pieces (`analyse`); None if a piece has
+        none (made by a run that did not analyse)."""
+        if not all((e / FINDINGS).is_dir() for e, _ in [*chunks, *([audio] if audio else [])]):
+            return None
+        video = self.info.video
+        rate = Fraction(video.constant_frame_rate) if video and video.constant_frame_rate else 0
+        return read_parts(
+            [
+                Part(
+                    entry / FINDINGS,
+                    float(span.start_s),
+                    self._span_s(span),
+                    run.stderr_tail,
+                    frames_skipped=round(span.lead_s * rate),
+                )
+                for (entry, run), span in zip(chunks, self.spans, strict=True)
+            ],
+            Part(audio[0] / FINDINGS, 0.0, self.info.duration, audio[1].stderr_tail)
+            if audio is not None
+            else None,
+            duration_s=self.info.duration,
+            settings=DETECTORS,
+            audio_stream=f"a:{self.info.default_audio}" if self.info.audio is not None else None,
         )
 
     @functools.cached_property
@@ -392,7 +469,8 @@ def encode_ladder(
     source_id: Optional[str] = None,
     loudnorm: Optional[commands.Loudnorm] = None,
 ) -> dict[str, StageOutput]:
-    """Several renditions (and the thumbnails), up to `tools.lanes` FFmpeg processes at once.
+    """Several renditions (and the thumbnails, and the source's analysis when `work` has a dir
+    for SOURCE_QC), up to `tools.lanes` FFmpeg processes at once.
     FFmpeg 5.1 runs the encoders of one process one after another, and x264 must run one thread
     per encoder to give the same bytes on every run, so the work is spread over processes:
 
@@ -407,10 +485,12 @@ def encode_ladder(
 
     Either way an output's bytes depend only on the source, the spec and the build, not on the
     number of lanes or steps or which outputs are encoded together. `work` and the result are keyed
-    by rung name and "thumbnails" (one scratch dir per output, so each is published and cleaned up
-    on its own). A failure fails the whole call: the other processes are stopped, unless a retry
-    may heal it (they finish, and their pieces are kept); callers isolate by re-running the
-    outputs one by one."""
+    by rung name, "thumbnails" and SOURCE_QC (one scratch dir per output, so each is published and
+    cleaned up on its own). The analysis rides on the decodes the encode makes anyway (see
+    `stages.source_qc`): the lightest lane's, or each chunk's video and the audio piece's audio;
+    with nothing else to make it runs alone. A failure fails the whole call: the other processes
+    are stopped, unless a retry may heal it (they finish, and their pieces are kept); callers
+    isolate by re-running the outputs one by one."""
     root = next(iter(work.values())).parent
     encode = LadderEncode(
         ingest_dir,
@@ -422,7 +502,15 @@ def encode_ladder(
         chunks or local_chunks(root),
         source_id,
         loudnorm,
+        analyse=SOURCE_QC in work,
     )
+    on_lane = SOURCE_QC in work and not encode.chunked and bool(rungs or with_thumbnails)
+    analysed: dict[str, StageOutput] = {}
+    if SOURCE_QC in work and not (on_lane or encode.analyse):
+        analysed[SOURCE_QC] = analyse_alone(ingest_dir, info, spec, work[SOURCE_QC], tools)
+        if not rungs and not with_thumbnails:
+            return analysed
+    analysis = source_analysis(ingest_dir, info, spec, work[SOURCE_QC]) if on_lane else None
     frames = work["thumbnails"] / "thumbnails" / "frames" if with_thumbnails else None
     if frames is not None:
         frames.mkdir(parents=True)
@@ -462,15 +550,19 @@ def encode_ladder(
 
         def lane(i: int, cancel: threading.Event) -> dict[str, StageOutput]:
             names = [r.name for r in lanes[i]]
-            with_thumbs = with_thumbnails and i == len(lanes) - 1
+            lightest = i == len(lanes) - 1
+            with_thumbs = with_thumbnails and lightest
             run = encode.run(
                 names,
                 WHOLE,
                 lambda n: work[n] / f"{n}.mp4",
                 frames if with_thumbs else None,
                 cancel,
+                analysis if lightest else None,
             )
             done = finish({n: [run] for n in [*names, *(["thumbnails"] if with_thumbs else [])]})
+            if analysis is not None and lightest:
+                done[SOURCE_QC] = report_output(analysis.read(run), [run], work[SOURCE_QC])
             # while the other lanes still encode
             measure({n: done[n] for n in names})
             return done
@@ -482,6 +574,13 @@ def encode_ladder(
         fetched, audio = encode.fetch_all(threading.Event())
         entries, chunk_runs = [e for e, _ in fetched], [r for _, r in fetched]
         audio_runs = [audio[1]] if audio else []
+        if encode.analyse:
+            report = encode.findings(fetched, audio)
+            analysed[SOURCE_QC] = (
+                report_output(report, [*chunk_runs, *audio_runs], work[SOURCE_QC])
+                if report is not None
+                else analyse_alone(ingest_dir, info, spec, work[SOURCE_QC], tools)
+            )
         if frames is not None:
             for entry in entries:
                 for jpg in (entry / "thumbnails").iterdir():
@@ -515,12 +614,16 @@ def encode_ladder(
             # stream copies and checks: light, all at once
             finished = _together(joins, at_once=len(joins))
         encode.forget()  # everything made from them is done: a retry needs them no more
-    results = {name: out for done in finished for name, out in done.items()}
+    results = {name: out for done in finished for name, out in done.items()} | analysed
     if encode.chunked:
         measure({r.name: results[r.name] for r in rungs})
     return {
         name: results[name]
-        for name in [*(r.name for r in rungs), *(["thumbnails"] if frames is not None else [])]
+        for name in [
+            *(r.name for r in rungs),
+            *(["thumbnails"] if frames is not None else []),
+            *([SOURCE_QC] if SOURCE_QC in work else []),
+        ]
     }
 
 
@@ -782,9 +885,8 @@ def _encode_each(
     for name, run in runs.items():
 
         def produce(sc: StageContext, key: str = name.removeprefix("rendition_")) -> StageOutput:
-            rungs = (
-                [] if key == "thumbnails" else [spec.rendition(key)]
-            )  # the same chunks and bytes as shared
+            # the same chunks and bytes as shared
+            rungs = [] if key in ("thumbnails", SOURCE_QC) else [spec.rendition(key)]
             return encode_ladder(
                 ingest,
                 info,
@@ -807,7 +909,11 @@ def _encode_each(
 
 
 def _rungs(spec: PipelineSpec, todo: Iterable[str]) -> list[Rendition]:
-    return [spec.rendition(n.removeprefix("rendition_")) for n in todo if n != "thumbnails"]
+    return [
+        spec.rendition(n.removeprefix("rendition_"))
+        for n in todo
+        if n not in ("thumbnails", SOURCE_QC)
+    ]
 
 
 def _tools(runs: dict[str, StageRun], todo: Sequence[str]) -> Tools:
@@ -842,7 +948,8 @@ def _encode_ahead(
 ) -> None:
     """Chunk-batch step `step` of `steps`: its share of the pieces of the outputs the encode step
     will make, into the shared store; what is there already is left as it is."""
-    todo = [n for n, run in runs.items() if run.pending()]
+    pending = [n for n, run in runs.items() if run.pending()]
+    todo = [n for n in pending if n != SOURCE_QC]
     if not todo:
         context.log.info("every selected output is reused: nothing to encode")
         return
@@ -856,6 +963,7 @@ def _encode_ahead(
         shared_chunks(context, runs),
         runs[todo[0]].inputs.get("ingest"),
         source_loudnorm(spec, source_qc),
+        analyse=SOURCE_QC in pending,  # the pieces the encode step will look for
     )
     if not encode.chunked:
         context.log.info("the source is not cut in time chunks: the encode step encodes it whole")
@@ -901,6 +1009,8 @@ def assets(
         )
         for r in spec.ladder
     ]
+    if rides_on_encode(spec):  # its detectors on an encode lane's decode
+        stages.append(source_qc_stage(spec, version))
     if spec.thumbnails.enabled:
         stages.append(
             VideoStage(

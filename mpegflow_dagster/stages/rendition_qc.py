@@ -1,12 +1,14 @@
 """What the rendition checks judge (`qc.rendition_checks`), measured on renditions just encoded:
-keyframes at the forced times (packets, no decode), and from one FFmpeg run that decodes the
-source once and each rendition fully, decode health and PSNR/SSIM (and VMAF) against the source
-scaled to each rung's size, on every Nth frame."""
+keyframes at the forced times (packets, no decode), and from FFmpeg runs that decode the source
+and the renditions over one GOP in N (`qc.renditions.every_nth_gop`; 1: whole files, in one run),
+decode health and PSNR/SSIM (and VMAF) against the source scaled to each rung's size, on every
+Nth frame of those GOPs."""
 
 from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -49,20 +51,27 @@ def measure_renditions(
             out.facts[qc.LOUDNORM] = _loudness_reached(out.path, loudnorm, tools, scratch)
     if not cfg.enabled or not todo:
         return
-    frames: dict[str, int] = {}
+    with ThreadPoolExecutor(max_workers=len(todo)) as pool:  # ffprobe reads, one per file
+        read = pool.map(lambda o: quality.video_packets(o.path, tools.ffprobe), todo.values())
+        packets = dict(zip(todo, read, strict=True))
+    first = next(iter(todo))
+    frame_s = 1.0 / _rate(todo[first])
     for name, out in todo.items():
-        packets = quality.video_packets(out.path, tools.ffprobe)
-        frames[name] = len(packets)
-        rate = float(str(out.facts.get("frame_rate") or 30.0))
         # a mark needs a keyframe if a frame starts at or after it: up to the last frame's
         # time (the container's duration counts the audio too)
-        last_frame_s = (frames[name] - 1) / rate
+        last_frame_s = (len(packets[name]) - 1) / _rate(out)
         out.facts[qc.KEYFRAMES] = quality.keyframe_problems(
-            [t for t, key in packets if key],
+            [t for t, key in packets[name] if key],
             every_s=spec.gop_s,
             duration_s=last_frame_s + 1e-3,
-            tolerance_s=1.0 / rate,
+            tolerance_s=1.0 / _rate(out),
         )
+    # the renditions of one encode are cut at the same times: the first one's GOPs are theirs
+    windows = (
+        quality.sample_windows(packets[first], cfg.every_nth_gop, frame_s)
+        if cfg.every_nth_gop > 1
+        else None
+    )
     binary = quality.metrics_binary(cfg.metrics_binary, tools.ffmpeg)
     vmaf = {"auto": binary.vmaf, "on": True, "off": False}[cfg.vmaf]
     compared = [
@@ -73,29 +82,48 @@ def measure_renditions(
     ]
     started = time.monotonic()
     with scratch_dir(scratch, "qc", temporary=True) as work:
-        scores, run = quality.compare(
-            source, compared, work, binary, every=cfg.every_nth_frame, vmaf=vmaf
+        scores, runs = quality.compare(
+            source,
+            compared,
+            work,
+            binary,
+            every=cfg.every_nth_frame,
+            vmaf=vmaf,
+            windows=windows,
+            at_once=max(1, tools.lanes),  # at the end of an encode, its lanes' cores are free
         )
     wall = round(time.monotonic() - started, 3)
     errors = {n: [] for n in todo}
-    if quality.decode_errors(run.messages):  # the joint run cannot say whose: decode each alone
+    # the joint runs cannot say whose: decode each alone, in full
+    if any(quality.decode_errors(run.messages) for run in runs):
         for name, out in todo.items():
             alone = run_ffmpeg(quality.decode_args(out.path), ffmpeg=tools.ffmpeg)
             errors[name] = quality.decode_errors(alone.messages)
     for name, out in todo.items():
         s = scores[name]
-        # every frame the rendition holds decoded (it keeps the source's frames: no need to
-        # count the source's, which would read the whole source again for each lane)
-        expected = quality.expected_frames(frames[name], cfg.every_nth_frame)
+        # every frame decoded (a rendition keeps the source's frames: no need to count the
+        # source's, which would read the whole source again for each lane)
+        expected = (
+            sum(quality.expected_frames(w.frames, cfg.every_nth_frame) for w in windows)
+            if windows is not None
+            else quality.expected_frames(len(packets[name]), cfg.every_nth_frame)
+        )
+        gops = len(windows) if windows is not None else sum(k for _, k in packets[name])
         out.facts[qc.DECODE] = {
             "errors": len(errors[name]),
             "first_error": errors[name][0] if errors[name] else None,
             "frames": s.frames,
             "frames_expected": expected,
+            "gops": gops,
+            "every_nth_gop": cfg.every_nth_gop,
         }
         out.facts[qc.QUALITY] = _quality_facts(
-            s, cfg.every_nth_frame, binary, vmaf, cfg.vmaf_model, wall
+            s, (cfg.every_nth_frame, gops, cfg.every_nth_gop), binary, vmaf, cfg.vmaf_model, wall
         )
+
+
+def _rate(out: StageOutput) -> float:
+    return float(str(out.facts.get("frame_rate") or 30.0))
 
 
 def _loudness_reached(
@@ -123,7 +151,7 @@ def _loudness_reached(
 
 def _quality_facts(
     s: quality.Scores,
-    every: int,
+    sample: tuple[int, int, int],  # every Nth frame, of how many GOPs, 1 in how many GOPs
     binary: quality.MetricsBinary,
     vmaf: bool,
     model: str,
@@ -141,7 +169,9 @@ def _quality_facts(
         if s.vmaf_harmonic_mean is not None
         else None,
         "frames": s.frames,
-        "every_nth_frame": every,
+        "every_nth_frame": sample[0],
+        "gops": sample[1],
+        "every_nth_gop": sample[2],
         "binary": binary.path,
         "binary_version": binary.version,
         "vmaf_model": model if vmaf else None,

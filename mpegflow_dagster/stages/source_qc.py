@@ -1,6 +1,14 @@
 """Source QC: black, frozen and silent stretches, loudness (EBU R 128 / ATSC A/85 with its true
-peak) and interlacing of the stored source, from one decode, judged by the source checks (`qc`);
-and loudnorm's first pass when the spec normalizes loudness (`audio.loudnorm`)."""
+peak) and interlacing of the stored source, judged by the source checks (`qc`); and loudnorm's
+first pass when the spec normalizes loudness (`audio.loudnorm`).
+
+The `source_qc` asset is its own step, before the encodes, when they wait for it
+(`PipelineSpec.encodes_after_source_qc`: a check that blocks, or loudnorm's measurement). Otherwise
+it is an output of the encode step (`source_qc_stage` among the encode's stages): the detectors
+ride on the decode of the source one encode lane makes anyway, for the cost of the detectors alone
+instead of a decode of the source of its own (which for a 1080p source of high bitrate is most of
+what an encode lane costs); a source cut in time chunks, or an analysis asked for alone, is still
+analysed in a run of its own (`analyse_alone`)."""
 
 from __future__ import annotations
 
@@ -13,13 +21,16 @@ from dagster import AssetKey, AssetsDefinition
 
 from .. import qc
 from ..media.commands import Loudnorm, LoudnormTarget
-from ..media.source_qc import Detectors, SourceReport, loudnorm_for, run_source_qc
+from ..media.probe import MediaInfo
+from ..media.runner import RunResult
+from ..media.source_qc import Analysis, Detectors, SourceReport, analysis_of, loudnorm_for
 from ..spec import PipelineSpec
-from ..stage import StageContext, StepLayout, pipeline_key, video_asset
+from ..stage import StageContext, StepLayout, VideoStage, pipeline_key, video_asset
 from .ingest import load_probe, source_file
-from .toolkit import StageOutput
+from .toolkit import StageOutput, Tools
 
 REPORT = "source_qc.json"
+FINDINGS = "findings"  # the detectors' files, in the output's scratch dir or an encode's piece
 DETECTORS = Detectors()
 
 
@@ -32,22 +43,32 @@ def loudnorm_target(spec: PipelineSpec) -> Optional[LoudnormTarget]:
     )
 
 
-def analyse_source(
-    ingest_dir: Path, probe: Path, spec: PipelineSpec, context: StageContext
-) -> StageOutput:
-    """The source's report (`source_qc.json`), its findings also in the facts the checks judge."""
-    info = load_probe(probe)
-    report, _ = run_source_qc(
+def source_analysis(ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, work: Path) -> Analysis:
+    """The analysis of the stored source into the scratch dir `work` of the source_qc output."""
+    return analysis_of(
         source_file(ingest_dir),
-        context.work / "findings",
+        work / FINDINGS,
         info,
         settings=DETECTORS,
         loudnorm=loudnorm_target(spec),
-        run=lambda args, duration_s: context.ffmpeg.run("source qc", args, duration_s=duration_s),
     )
-    out = context.work / REPORT
+
+
+def report_output(report: SourceReport, runs: list[RunResult], work: Path) -> StageOutput:
+    """The source's report (`source_qc.json` in `work`) made by `runs`, its findings also in the
+    facts the checks judge."""
+    out = work / REPORT
     out.write_text(report.model_dump_json(indent=2))
-    return StageOutput(out, {qc.SOURCE_QC: json.loads(report.model_dump_json())})
+    return StageOutput(out, {qc.SOURCE_QC: json.loads(report.model_dump_json())}, runs)
+
+
+def analyse_alone(
+    ingest_dir: Path, info: MediaInfo, spec: PipelineSpec, work: Path, tools: Tools
+) -> StageOutput:
+    """The source analysed in a run of its own (one decode)."""
+    analysis = source_analysis(ingest_dir, info, spec, work)
+    run = tools.run("source qc", analysis.args(source_file(ingest_dir)), duration_s=info.duration)
+    return report_output(analysis.read(run), [run], work)
 
 
 def load_report(path: Path) -> SourceReport:
@@ -71,6 +92,25 @@ def source_loudnorm(spec: PipelineSpec, report: Optional[Path]) -> Optional[Loud
     return loudnorm_for(load_report(report), target)
 
 
+def source_qc_stage(spec: PipelineSpec, version: Callable[..., str]) -> VideoStage:
+    """The source_qc asset, as its own step or as an output of the encode step."""
+    return VideoStage(
+        pipeline_key(spec, "source_qc"),
+        # the detectors' settings and the loudnorm target shape the report; the limits judge it
+        version(dataclasses.asdict(DETECTORS), spec.audio.loudnorm),
+        inputs={"ingest": pipeline_key(spec, "ingest"), "probe": pipeline_key(spec, "probe")},
+        description="Black, frozen and silent stretches, loudness and interlacing of the source "
+        "(JSON), judged by its checks.",
+        retry=spec.failures.retry_for("ingest"),
+        checks=qc.source_checks(spec),
+    )
+
+
+def rides_on_encode(spec: PipelineSpec) -> bool:
+    """Whether the source_qc asset is an output of the encode step (see the module docstring)."""
+    return spec.analyses_source and not spec.encodes_after_source_qc
+
+
 ORDER = 15  # after ingest, before the encode that may wait for it
 
 
@@ -80,21 +120,20 @@ def assets(
     built: Sequence[AssetsDefinition],
     layout: StepLayout,
 ) -> list[AssetsDefinition]:
-    """The source_qc asset, when the spec checks sources or normalizes loudness."""
-    if not spec.analyses_source:
+    """The source_qc asset as its own step, when the encodes wait for it."""
+    if not spec.analyses_source or rides_on_encode(spec):
         return []
+    stage = source_qc_stage(spec, version)
 
     @video_asset(
-        key=pipeline_key(spec, "source_qc"),
-        ins={"ingest": pipeline_key(spec, "ingest"), "probe": pipeline_key(spec, "probe")},
-        # the detectors' settings and the loudnorm target shape the report; the limits judge it
-        code_version=version(dataclasses.asdict(DETECTORS), spec.audio.loudnorm),
-        retry=spec.failures.retry_for("ingest"),
-        checks=qc.source_checks(spec),
-        description="Black, frozen and silent stretches, loudness and interlacing of the source "
-        "(JSON), judged by its checks.",
+        key=stage.key,
+        ins=stage.inputs,
+        code_version=stage.code_version,
+        retry=stage.retry,
+        checks=stage.checks,
+        description=stage.description,
     )
     def source_qc(context: StageContext, ingest: Path, probe: Path) -> StageOutput:
-        return analyse_source(ingest, probe, spec, context)
+        return analyse_alone(ingest, load_probe(probe), spec, context.work, context.ffmpeg)
 
     return [source_qc]
