@@ -59,7 +59,8 @@ def test_a_starved_rung_fails_its_vmaf_check_and_is_left_out(tmp_path: Path):
     ]
     raw["captions"] = {"enabled": False}
     raw["hls"] = {"segment_s": 2, "min_renditions": 2}
-    raw["qc"] = {"renditions": {"metrics_binary": "imageio-ffmpeg"}}
+    # whole files: every frame decoded and every 7th scored (the default samples GOPs)
+    raw["qc"] = {"renditions": {"metrics_binary": "imageio-ffmpeg", "every_nth_gop": 1}}
     spec_file = tmp_path / "resources" / "pipelines" / "vod.yaml"
     spec_file.parent.mkdir(parents=True)
     spec_file.write_text(yaml.safe_dump(raw))
@@ -100,6 +101,8 @@ def test_a_starved_rung_fails_its_vmaf_check_and_is_left_out(tmp_path: Path):
         assert {
             good[c]["status"] for c in ("streams_and_duration", "keyframes", "decode_health")
         } == {"passed"}
+        decoded = good["decode_health"]["metadata"]
+        assert (decoded["gops"], decoded["frames"], decoded["errors"]) == (2, 11, 0)  # 75 / 7
     assert {c["status"] for c in checks["hls"].values()} == {"passed"}
     assert checks["source_qc"]["black"]["status"] == "passed"
     text = run_cli(["qc", "clip", "--spec", str(spec_file)], tmp_path).stdout
@@ -140,11 +143,16 @@ def test_black_and_silence_in_the_middle_are_flagged_and_can_block(tmp_path: Pat
         assert start == pytest.approx(5.0, abs=0.1) and end == pytest.approx(10.0, abs=0.1)
         assert "5.00-10.00 s" in black.description
         assert evaluation(instance, "source_qc", "interlacing").passed
-        assert evaluation(instance, "rendition_240p", "quality").passed
+        quality = evaluation(instance, "rendition_240p", "quality")
+        assert quality.passed and quality.metadata["every_nth_gop"].value == 5
+        # 15 s in 2 s GOPs: 8, one in five is 2 (the 3rd and 7th), 49 frames each after the key
+        assert (quality.metadata["gops"].value, quality.metadata["frames"].value) == (2, 14)
         # warn only: the analysis rode on the encode's decodes (chunks, audio), in its step
         assert evaluated_in(instance, "source_qc", "black") == "vod__encode"
         [record] = instance.fetch_materializations(AssetKey(["vod", "source_qc"]), limit=1).records
-        argv = record.asset_materialization.metadata["provenance"].value["argv"]
+        meta = record.asset_materialization.metadata
+        assert meta["source_qc"].value["frames_analysed"] == 15 * FPS  # the chunks' leads left out
+        argv = meta["provenance"].value["argv"]
         assert sum("libx264" in a for a in argv) == 4 and any(
             "blackdetect" in " ".join(a) for a in argv
         )

@@ -6,7 +6,7 @@ rendition's decode-health check too (`decode_errors` on what FFmpeg said). By de
 whole file is decoded but sampled GOPs (`sample_windows`: one GOP in N, spread evenly), one run
 per GOP, each input seeking to it: the renditions' GOPs are closed and cut at the same forced
 times, so a GOP decodes on its own, and the cost is about 1/N of a full decode of every
-rendition and of the source (which the pipeline decodes anyway, in every encode lane). Metrics
+rendition and of the source. Metrics
 are written to files in a scratch directory (`read_frames`), never parsed from stderr, of which
 the runner keeps only a tail, and pooled over every run (`Scores.pooled`).
 

@@ -24,7 +24,8 @@ silencedetect, then ebur128 (with true peak) and, when asked, loudnorm's measuri
 costliest audio part: it works at 192 kHz). On a 20 s 1920x1080 30 fps H.264 clip (600 frames,
 so idet saw all of them) a plain decode took 1.19 s of CPU, the QC 1.88 s, with loudnorm 2.40 s.
 The files: ebur128's running values take ~10 MB per hour of audio (only their last 8 KB are
-read), idet's ~0.5 KB a frame for its frames, the others a few lines per finding.
+read), idet's ~0.5 KB a frame for its frames, the video detectors' ~60 bytes a frame (every frame
+is written, so that the frames analysed are counted), silencedetect's a few lines per finding.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from .commands import Loudnorm, LoudnormTarget, _input, _output_name
 from .probe import MediaInfo
 from .runner import RunResult, run_ffmpeg
 
-VIDEO_FILE = "video.txt"  # blackdetect and freezedetect, on the downscaled video
+VIDEO_FILE = "video.txt"  # every frame analysed, with blackdetect's and freezedetect's findings
+ANALYSED = "lavfi.mpegflow.analysed"  # the key that has every frame written into VIDEO_FILE
 IDET_FILE = "idet.txt"  # idet's running counts, on the first frames at full resolution
 SILENCE_FILE = "silence.txt"  # silencedetect
 LOUDNESS_FILE = "ebur128.txt"  # ebur128's running values, every 100 ms of audio
@@ -190,6 +192,9 @@ def detector_streams(
                 pic_th=settings.black_picture_threshold,
             )
             .filter("freezedetect", n=f"{settings.freeze_noise_db:g}dB", d=settings.freeze_min_s)
+            # print writes only frames with metadata: this counts every frame the detectors saw
+            # (an encode's log tail, ending with its encoders' summaries, cannot be relied on to)
+            .filter("metadata", mode="add", key=ANALYSED, value="1")
             .filter("metadata", mode="print", file=file(VIDEO_FILE))
         )
         if idet:
@@ -337,24 +342,15 @@ def parse_loudnorm(stderr_tail: str) -> Optional[LoudnormMeasurement]:
     return LoudnormMeasurement(**{k: float(data[k]) for k in _LOUDNORM_KEYS})
 
 
-def _frames_in_log(stderr_tail: str) -> Optional[int]:
-    """The frame count of FFmpeg's final statistics line (its first video output: the black
-    and freeze branch)."""
-    counts = re.findall(r"^frame=\s*(\d+)", stderr_tail, flags=re.MULTILINE)
-    return int(counts[-1]) if counts else None
-
-
 @dataclass(frozen=True)
 class Part:
     """The findings of one run over a part of the source: where they are, where the part starts
-    in the source and how long it is, the run's log tail, and how many frames the log counts that
-    are no part of it (a time chunk's lead)."""
+    in the source and how long it is, and the run's log tail (loudnorm's measurement)."""
 
     out_dir: Path
     start_s: float
     duration_s: float
     stderr_tail: str = ""
-    frames_skipped: int = 0
 
 
 def _joined(parts: list[tuple[float, list[Interval]]], min_s: float) -> list[Interval]:
@@ -420,9 +416,7 @@ def read_parts(
         if video
         else None,
         loudnorm=measured,
-        frames_analysed=sum(
-            max(0, (_frames_in_log(p.stderr_tail) or 0) - p.frames_skipped) for p in video
-        ),
+        frames_analysed=sum(len(_frames(p.out_dir / VIDEO_FILE)) for p in video),
         duration_s=duration_s,
         audio_stream=audio_stream,
         loudnorm_target=loudnorm,
@@ -441,8 +435,7 @@ def read_source_qc(
     """The findings `source_qc_args`'s run left in `out_dir` (run with the same `settings`:
     blackdetect's minimum duration is applied here). `duration_s` (the probe's) closes the
     stretches still open when the source ends; `stderr_tail` gives loudnorm's measurement (when
-    `loudnorm` was asked for it is required: SourceQcError if the log does not have it) and the
-    number of video frames."""
+    `loudnorm` was asked for it is required: SourceQcError if the log does not have it)."""
     whole = Part(Path(out_dir), 0.0, duration_s, stderr_tail)
     return read_parts(
         [whole],

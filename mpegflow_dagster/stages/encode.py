@@ -357,17 +357,9 @@ class LadderEncode:
         none (made by a run that did not analyse)."""
         if not all((e / FINDINGS).is_dir() for e, _ in [*chunks, *([audio] if audio else [])]):
             return None
-        video = self.info.video
-        rate = Fraction(video.constant_frame_rate) if video and video.constant_frame_rate else 0
         return read_parts(
             [
-                Part(
-                    entry / FINDINGS,
-                    float(span.start_s),
-                    self._span_s(span),
-                    run.stderr_tail,
-                    frames_skipped=round(span.lead_s * rate),
-                )
+                Part(entry / FINDINGS, float(span.start_s), self._span_s(span), run.stderr_tail)
                 for (entry, run), span in zip(chunks, self.spans, strict=True)
             ],
             Part(audio[0] / FINDINGS, 0.0, self.info.duration, audio[1].stderr_tail)
