@@ -140,7 +140,8 @@ def sample_windows(
 ) -> list[Window]:
     """One GOP in `every_nth_gop` of a rendition whose `video_packets` are `packets`, spread
     evenly over it (centred: neither only the first GOP, often a fade or a title, nor only the
-    last), at least one; every GOP for 1. GOPs of a single frame have nothing to score."""
+    last), at least one; every GOP for 1. GOPs of a single frame have nothing to score: none
+    (an empty list) if every GOP is one frame (an all-intra file: compare the whole of it)."""
     if every_nth_gop < 1:
         raise ValueError(f"every_nth_gop must be >= 1, not {every_nth_gop}")
     keys = [i for i, (_, key) in enumerate(packets) if key]
@@ -150,7 +151,7 @@ def sample_windows(
         if end - k > 1
     ]
     if not gops:
-        raise QualityError("no GOP of more than one frame to compare")
+        return []
     count = math.ceil(len(gops) / every_nth_gop)
     return [gops[int((k + 0.5) * len(gops) / count)] for k in range(count)]
 

@@ -68,7 +68,7 @@ def measure_renditions(
         )
     # the renditions of one encode are cut at the same times: the first one's GOPs are theirs
     windows = (
-        quality.sample_windows(packets[first], cfg.every_nth_gop, frame_s)
+        quality.sample_windows(packets[first], cfg.every_nth_gop, frame_s) or None
         if cfg.every_nth_gop > 1
         else None
     )
@@ -109,16 +109,17 @@ def measure_renditions(
             else quality.expected_frames(len(packets[name]), cfg.every_nth_frame)
         )
         gops = len(windows) if windows is not None else sum(k for _, k in packets[name])
+        one_in = cfg.every_nth_gop if windows is not None else 1  # all-intra: the whole file
         out.facts[qc.DECODE] = {
             "errors": len(errors[name]),
             "first_error": errors[name][0] if errors[name] else None,
             "frames": s.frames,
             "frames_expected": expected,
             "gops": gops,
-            "every_nth_gop": cfg.every_nth_gop,
+            "every_nth_gop": one_in,
         }
         out.facts[qc.QUALITY] = _quality_facts(
-            s, (cfg.every_nth_frame, gops, cfg.every_nth_gop), binary, vmaf, cfg.vmaf_model, wall
+            s, (cfg.every_nth_frame, gops, one_in), binary, vmaf, cfg.vmaf_model, wall
         )
 
 
