@@ -5,10 +5,11 @@ first pass when the spec normalizes loudness (`audio.loudnorm`).
 The `source_qc` asset is its own step, before the encodes, when they wait for it
 (`PipelineSpec.encodes_after_source_qc`: a check that blocks, or loudnorm's measurement). Otherwise
 it is an output of the encode step (`source_qc_stage` among the encode's stages): the detectors
-ride on the decode of the source one encode lane makes anyway, for the cost of the detectors alone
-instead of a decode of the source of its own (which for a 1080p source of high bitrate is most of
-what an encode lane costs); a source cut in time chunks, or an analysis asked for alone, is still
-analysed in a run of its own (`analyse_alone`)."""
+ride on the decodes of the source the encode makes anyway (the lightest lane's, or each time
+chunk's video and the audio piece's audio), for the cost of the detectors alone instead of a
+decode of their own (which for a 1080p source of high bitrate is most of what an encode lane
+costs). An analysis asked for alone, or one whose chunks a run that did not analyse made, is a
+run of its own (`analyse_alone`)."""
 
 from __future__ import annotations
 
